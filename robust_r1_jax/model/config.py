@@ -1,0 +1,216 @@
+"""Qwen2.5-VL configuration as plain frozen dataclasses, with presets and Hugging Face conversion."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
+          "float16": jnp.float16, "fp16": jnp.float16}
+
+
+def resolve_dtype(dtype: Any):
+    """A jnp dtype from a dtype or one of the names in ``DTYPES``; anything else is a clear error."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype name {dtype!r}; expected one of {sorted(DTYPES)}")
+        return DTYPES[dtype]
+    try:
+        return jnp.dtype(dtype).type
+    except TypeError as e:
+        raise ValueError(f"unknown dtype {dtype!r}") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    depth: int = 32
+    hidden_size: int = 1280
+    intermediate_size: int = 3420
+    num_heads: int = 16
+    out_hidden_size: int = 2048
+    in_channels: int = 3
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    spatial_merge_size: int = 2
+    window_size: int = 112
+    fullatt_block_indexes: tuple[int, ...] = (7, 15, 23, 31)
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    tokens_per_second: int = 2
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def patch_dim(self) -> int:
+        return self.in_channels * self.temporal_patch_size * self.patch_size ** 2
+
+    @property
+    def merge_unit(self) -> int:
+        return self.spatial_merge_size ** 2
+
+    @property
+    def window_merged(self) -> int:
+        """Window side in merged tokens (112 px / 14 px / 2 = 4)."""
+        return self.window_size // self.spatial_merge_size // self.patch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    vocab_size: int = 151936
+    hidden_size: int = 2048
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 36
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 2
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1000000.0
+    mrope_section: tuple[int, int, int] = (16, 24, 24)
+    max_position_embeddings: int = 128000
+    tie_word_embeddings: bool = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    text: TextConfig = TextConfig()
+    vision: VisionConfig = VisionConfig()
+    image_token_id: int = 151655
+    video_token_id: int = 151656
+    vision_start_token_id: int = 151652
+    vision_end_token_id: int = 151653
+    bos_token_id: int = 151643
+    eos_token_id: int = 151645
+    # compute dtype of activations and matmuls; parameters are kept in param_dtype.
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    # "none" | "full" | "dots": what a decoder layer keeps for the backward pass.
+    remat: str = "none"
+    # "xla" | "cudnn" | "auto": the kernel behind layers.attention.
+    attention_impl: str = "xla"
+
+    def replace(self, **kw) -> "ModelConfig":
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        text = TextConfig(**_tuples(d.pop("text", {})))
+        vision = VisionConfig(**_tuples(d.pop("vision", {})))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {unknown}")
+        return cls(text=text, vision=vision, **d)
+
+    # ---- Hugging Face ``config.json`` -------------------------------------------------------------
+    @classmethod
+    def from_hf(cls, hf: dict, **overrides) -> "ModelConfig":
+        """From a Qwen2.5-VL ``config.json`` dict (transformers 4.x flat or 5.x nested layout)."""
+        if hf.get("model_type") not in (None, "qwen2_5_vl"):
+            raise ValueError(f"config.json has model_type {hf.get('model_type')!r}, expected 'qwen2_5_vl'")
+        t = dict(hf.get("text_config") or {})
+        for k, v in hf.items():  # 4.x keeps the text fields at the top level
+            t.setdefault(k, v)
+        rope = t.get("rope_parameters") or t.get("rope_scaling") or {}
+        v = hf.get("vision_config") or {}
+        text = TextConfig(
+            vocab_size=t["vocab_size"], hidden_size=t["hidden_size"], intermediate_size=t["intermediate_size"],
+            num_hidden_layers=t["num_hidden_layers"], num_attention_heads=t["num_attention_heads"],
+            num_key_value_heads=t.get("num_key_value_heads") or t["num_attention_heads"],
+            rms_norm_eps=t.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope.get("rope_theta", t.get("rope_theta", 1e6))),
+            mrope_section=tuple(rope.get("mrope_section", (16, 24, 24))),
+            max_position_embeddings=t.get("max_position_embeddings", 128000),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", t.get("tie_word_embeddings", False))),
+        )
+        vrope = v.get("rope_parameters") or {}
+        vision = VisionConfig(
+            depth=v.get("depth", 32), hidden_size=v.get("hidden_size", 1280),
+            intermediate_size=v.get("intermediate_size", 3420), num_heads=v.get("num_heads", 16),
+            out_hidden_size=v.get("out_hidden_size", text.hidden_size), in_channels=v.get("in_channels", 3),
+            patch_size=v.get("patch_size", 14), temporal_patch_size=v.get("temporal_patch_size", 2),
+            spatial_merge_size=v.get("spatial_merge_size", 2), window_size=v.get("window_size", 112),
+            fullatt_block_indexes=tuple(v.get("fullatt_block_indexes", (7, 15, 23, 31))),
+            rope_theta=float(vrope.get("rope_theta", 10000.0)),
+            tokens_per_second=v.get("tokens_per_second", 2),
+        )
+        eos = t.get("eos_token_id", 151645)
+        return cls(text=text, vision=vision,
+                   image_token_id=hf.get("image_token_id", 151655),
+                   video_token_id=hf.get("video_token_id", 151656),
+                   vision_start_token_id=hf.get("vision_start_token_id", 151652),
+                   vision_end_token_id=hf.get("vision_end_token_id", 151653),
+                   bos_token_id=t.get("bos_token_id") or 151643,
+                   eos_token_id=eos[0] if isinstance(eos, (list, tuple)) else eos, **overrides)
+
+    def to_hf(self) -> dict:
+        """A ``config.json`` dict that transformers' ``Qwen2_5_VLConfig`` reads back."""
+        t, v = self.text, self.vision
+        text = dict(
+            vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+            num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
+            num_key_value_heads=t.num_key_value_heads, rms_norm_eps=t.rms_norm_eps, hidden_act="silu",
+            max_position_embeddings=t.max_position_embeddings, tie_word_embeddings=t.tie_word_embeddings,
+            rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta,
+                             "mrope_section": list(t.mrope_section)},
+            bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id, model_type="qwen2_5_vl_text",
+        )
+        vision = dict(
+            depth=v.depth, hidden_size=v.hidden_size, intermediate_size=v.intermediate_size,
+            num_heads=v.num_heads, out_hidden_size=v.out_hidden_size, in_channels=v.in_channels,
+            patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
+            spatial_merge_size=v.spatial_merge_size, window_size=v.window_size,
+            fullatt_block_indexes=list(v.fullatt_block_indexes), hidden_act="silu",
+            tokens_per_second=v.tokens_per_second, model_type="qwen2_5_vl_vision",
+        )
+        return dict(model_type="qwen2_5_vl", architectures=["Qwen2_5_VLForConditionalGeneration"],
+                    text_config=text, vision_config=vision, tie_word_embeddings=t.tie_word_embeddings,
+                    image_token_id=self.image_token_id, video_token_id=self.video_token_id,
+                    vision_start_token_id=self.vision_start_token_id,
+                    vision_end_token_id=self.vision_end_token_id)
+
+
+def _tuples(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def tiny(vocab_size: int = 512, **kw) -> ModelConfig:
+    """A few-layer model for tests and the CPU demo. Special tokens sit at the top of the vocabulary."""
+    text = TextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, mrope_section=(2, 3, 3),
+                      max_position_embeddings=4096, tie_word_embeddings=True)
+    vision = VisionConfig(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                          fullatt_block_indexes=(1,))
+    top = vocab_size
+    ids = dict(bos_token_id=top - 7, vision_start_token_id=top - 6, vision_end_token_id=top - 5,
+               image_token_id=top - 4, video_token_id=top - 3, eos_token_id=top - 2)
+    ids.update(kw)
+    return ModelConfig(text=text, vision=vision, **ids)
+
+
+def qwen2_5_vl_3b(**kw) -> ModelConfig:
+    return ModelConfig(**kw)
+
+
+def qwen2_5_vl_7b(**kw) -> ModelConfig:
+    text = TextConfig(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                      num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False)
+    return ModelConfig(text=text, vision=VisionConfig(out_hidden_size=3584), **kw)
+
+
+PRESETS = {"tiny": tiny, "3b": qwen2_5_vl_3b, "7b": qwen2_5_vl_7b}
+
+
+def preset(name: str, **kw) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name](**kw)
