@@ -1,0 +1,315 @@
+"""Hugging Face checkpoint I/O: ``config.json`` + safetensors (one file or sharded with an index).
+
+``load`` streams tensor by tensor into an abstract (shape-only) model, each tensor converted to the target
+dtype and, when a mesh is given, placed straight into its sharding; no full fp32 copy of the model is ever
+held on the host. ``save`` writes the layout transformers writes (``visual.*``, ``model.*``, ``lm_head``),
+to a temporary directory renamed into place.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from robust_r1_jax import parallel
+from robust_r1_jax.model.config import ModelConfig, resolve_dtype
+from robust_r1_jax.model.vlm import Qwen25VL
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One HF tensor name pattern <-> one parameter path, with the layout change both ways."""
+    hf: str          # regex over the normalised HF name; groups are layer indices
+    ours: str        # parameter path template, "{0}" for the first group
+    to_ours: Callable[[np.ndarray, ModelConfig], np.ndarray]
+    to_hf: Callable[[np.ndarray, ModelConfig], np.ndarray]
+
+
+def _t(x, cfg):  # torch Linear [out, in] <-> our [in, out]
+    return x.T
+
+
+def _heads(n_heads: Callable[[ModelConfig], int], head_dim: Callable[[ModelConfig], int]):
+    def to_ours(x, cfg):  # [H*D, E] -> [E, H, D]; bias [H*D] -> [H, D]
+        return x.reshape(n_heads(cfg), head_dim(cfg), *x.shape[1:]).transpose(
+            *range(2, x.ndim + 1), 0, 1) if x.ndim == 2 else x.reshape(n_heads(cfg), head_dim(cfg))
+
+    def to_hf(x, cfg):
+        return x.reshape(x.shape[0], -1).T if x.ndim == 3 else x.reshape(-1)
+    return to_ours, to_hf
+
+
+def _out_heads(n_heads, head_dim):
+    def to_ours(x, cfg):  # [E, H*D] -> [H, D, E]
+        return x.T.reshape(n_heads(cfg), head_dim(cfg), -1)
+
+    def to_hf(x, cfg):
+        return x.reshape(-1, x.shape[-1]).T
+    return to_ours, to_hf
+
+
+def _qkv():
+    def to_ours(x, cfg):  # [3*E, E] -> [E, 3, H, D]; bias [3*E] -> [3, H, D]
+        v = cfg.vision
+        if x.ndim == 1:
+            return x.reshape(3, v.num_heads, v.head_dim)
+        return x.T.reshape(x.shape[1], 3, v.num_heads, v.head_dim)
+
+    def to_hf(x, cfg):
+        return x.reshape(-1) if x.ndim == 3 else x.reshape(x.shape[0], -1).T
+    return to_ours, to_hf
+
+
+def _patch():
+    def to_ours(x, cfg):  # Conv3d [E, C, T, P, P] -> [C*T*P*P, E]
+        return x.reshape(x.shape[0], -1).T
+
+    def to_hf(x, cfg):
+        v = cfg.vision
+        return x.T.reshape(v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
+    return to_ours, to_hf
+
+
+_same = (lambda x, cfg: x, lambda x, cfg: x)
+_lin = (_t, _t)
+_q = _heads(lambda c: c.text.num_attention_heads, lambda c: c.text.head_dim)
+_kv = _heads(lambda c: c.text.num_key_value_heads, lambda c: c.text.head_dim)
+_o = _out_heads(lambda c: c.text.num_attention_heads, lambda c: c.text.head_dim)
+_vproj = _out_heads(lambda c: c.vision.num_heads, lambda c: c.vision.head_dim)
+
+RULES: tuple[Rule, ...] = tuple(Rule(h, o, *fns) for h, o, fns in [
+    (r"visual\.patch_embed\.proj\.weight", "visual.patch_embed.kernel", _patch()),
+    (r"visual\.blocks\.(\d+)\.norm1\.weight", "visual.blocks.{0}.norm1.scale", _same),
+    (r"visual\.blocks\.(\d+)\.norm2\.weight", "visual.blocks.{0}.norm2.scale", _same),
+    (r"visual\.blocks\.(\d+)\.attn\.qkv\.weight", "visual.blocks.{0}.attn.qkv.kernel", _qkv()),
+    (r"visual\.blocks\.(\d+)\.attn\.qkv\.bias", "visual.blocks.{0}.attn.qkv.bias", _qkv()),
+    (r"visual\.blocks\.(\d+)\.attn\.proj\.weight", "visual.blocks.{0}.attn.proj.kernel", _vproj),
+    (r"visual\.blocks\.(\d+)\.attn\.proj\.bias", "visual.blocks.{0}.attn.proj.bias", _same),
+    *[(rf"visual\.blocks\.(\d+)\.mlp\.{n}_proj\.weight", f"visual.blocks.{{0}}.mlp.{n}.kernel", _lin)
+      for n in ("gate", "up", "down")],
+    *[(rf"visual\.blocks\.(\d+)\.mlp\.{n}_proj\.bias", f"visual.blocks.{{0}}.mlp.{n}.bias", _same)
+      for n in ("gate", "up", "down")],
+    (r"visual\.merger\.ln_q\.weight", "visual.merger.norm.scale", _same),
+    (r"visual\.merger\.mlp\.0\.weight", "visual.merger.fc1.kernel", _lin),
+    (r"visual\.merger\.mlp\.0\.bias", "visual.merger.fc1.bias", _same),
+    (r"visual\.merger\.mlp\.2\.weight", "visual.merger.fc2.kernel", _lin),
+    (r"visual\.merger\.mlp\.2\.bias", "visual.merger.fc2.bias", _same),
+    (r"model\.embed_tokens\.weight", "language.embed", _same),
+    (r"model\.norm\.weight", "language.norm.scale", _same),
+    (r"lm_head\.weight", "language.lm_head.kernel", _lin),
+    (r"model\.layers\.(\d+)\.input_layernorm\.weight", "language.layers.{0}.input_norm.scale", _same),
+    (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight",
+     "language.layers.{0}.post_attention_norm.scale", _same),
+    (r"model\.layers\.(\d+)\.self_attn\.q_proj\.(?:weight|bias)", None, _q),
+    (r"model\.layers\.(\d+)\.self_attn\.[kv]_proj\.(?:weight|bias)", None, _kv),
+    (r"model\.layers\.(\d+)\.self_attn\.o_proj\.weight", "language.layers.{0}.attn.o.kernel", _o),
+    *[(rf"model\.layers\.(\d+)\.mlp\.{n}_proj\.weight", f"language.layers.{{0}}.mlp.{n}.kernel", _lin)
+      for n in ("gate", "up", "down")],
+])
+
+
+def normalise_name(name: str) -> str:
+    """transformers 5 module names (``model.visual``, ``model.language_model``) -> the checkpoint layout."""
+    if name.startswith("model.visual."):
+        return name[len("model."):]
+    if name.startswith("model.language_model."):
+        return "model." + name[len("model.language_model."):]
+    return name
+
+
+def _our_path(rule: Rule, match: re.Match, hf_name: str) -> str:
+    if rule.ours is not None:
+        return rule.ours.format(*match.groups())
+    proj = re.search(r"self_attn\.([qkv])_proj\.(weight|bias)", hf_name)
+    leaf = "kernel" if proj.group(2) == "weight" else "bias"
+    return f"language.layers.{match.group(1)}.attn.{proj.group(1)}.{leaf}"
+
+
+def match_rule(hf_name: str) -> tuple[Rule, str] | None:
+    name = normalise_name(hf_name)
+    for rule in RULES:
+        m = re.fullmatch(rule.hf, name)
+        if m:
+            return rule, _our_path(rule, m, name)
+    return None
+
+
+# ---- reading ---------------------------------------------------------------------------------------------------
+def read_config(path: str) -> dict:
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"{path} is not a Hugging Face checkpoint directory: no config.json")
+    with open(cfg_path) as f:
+        return json.load(f)
+
+
+def weight_files(path: str) -> dict[str, str]:
+    """tensor name -> safetensors file, from the index when sharded; every listed shard must exist."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        missing = sorted({s for s in weight_map.values() if not os.path.isfile(os.path.join(path, s))})
+        if missing:
+            raise FileNotFoundError(f"checkpoint {path}: shard(s) listed in model.safetensors.index.json are "
+                                    f"missing: {', '.join(missing)}")
+        return {k: os.path.join(path, s) for k, s in weight_map.items()}
+    single = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(single):
+        raise FileNotFoundError(f"checkpoint {path}: neither model.safetensors nor "
+                                f"model.safetensors.index.json found")
+    with safe_open(single, framework="numpy") as f:
+        return {k: single for k in f.keys()}
+
+
+def abstract_model(config: ModelConfig) -> Qwen25VL:
+    return nnx.eval_shape(lambda: Qwen25VL(config, rngs=nnx.Rngs(0)))
+
+
+def load(path: str, dtype=jnp.float32, *, mesh: jax.sharding.Mesh | None = None,
+         config_overrides: dict | None = None) -> Qwen25VL:
+    """A ``Qwen25VL`` with the weights of a local Hugging Face directory, parameters stored in ``dtype``."""
+    param_dtype = resolve_dtype(dtype)
+    overrides = dict(config_overrides or {})
+    overrides.setdefault("param_dtype", jnp.dtype(param_dtype).name)
+    overrides.setdefault("dtype", jnp.dtype(param_dtype).name)
+    config = ModelConfig.from_hf(read_config(path), **overrides)
+    model = abstract_model(config)
+    graphdef, state = nnx.split(model)
+    targets = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(state)}
+    files = weight_files(path)
+
+    problems, unexpected, seen = [], [], set()
+    by_file: dict[str, list[str]] = {}
+    for name, file in files.items():
+        by_file.setdefault(file, []).append(name)
+    for file, names in sorted(by_file.items()):
+        with safe_open(file, framework="numpy") as f:
+            for name in sorted(names):
+                hit = match_rule(name)
+                if hit is None:
+                    unexpected.append(name)
+                    continue
+                rule, ours = hit
+                if ours == "language.lm_head.kernel" and config.text.tie_word_embeddings:
+                    continue  # tied: the embedding is the head
+                if ours not in targets:
+                    unexpected.append(name)
+                    continue
+                var = targets[ours]
+                value = rule.to_ours(f.get_tensor(name), config)
+                if tuple(value.shape) != tuple(var.value.shape):
+                    problems.append(f"{name}: shape {tuple(f.get_slice(name).get_shape())} does not fit "
+                                    f"{ours} {tuple(var.value.shape)}")
+                    continue
+                value = value.astype(jnp.dtype(var.value.dtype))
+                if mesh is not None:
+                    axes = var.get_metadata().get("logical_axes")
+                    var.value = jax.device_put(value, parallel.named_sharding(mesh, axes, value.shape))
+                else:
+                    var.value = jnp.asarray(value)
+                seen.add(ours)
+    missing = sorted(set(targets) - seen)
+    if missing or unexpected or problems:
+        lines = [f"checkpoint {path} does not match the Qwen2.5-VL model built from its config.json:"]
+        if missing:
+            lines.append(f"  missing ({len(missing)}): {', '.join(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected ({len(unexpected)}): {', '.join(sorted(unexpected))}")
+        if problems:
+            lines.append(f"  mis-shaped ({len(problems)}): " + "; ".join(problems))
+        raise ValueError("\n".join(lines))
+    return nnx.merge(graphdef, state)
+
+
+# ---- writing ---------------------------------------------------------------------------------------------------
+def hf_tensors(model: Qwen25VL):
+    """Yields (hf_name, numpy array) for every parameter, in the checkpoint layout."""
+    config = model.config
+    inverse = {}
+    for rule in RULES:
+        inverse[rule.hf] = rule
+    _, state = nnx.split(model, nnx.Param)
+    for path, var in nnx.to_flat_state(state):
+        ours = ".".join(map(str, path))
+        name = hf_name_for(ours)
+        rule, _ = match_rule(name)
+        yield name, rule.to_hf(np.asarray(jax.device_get(var.value)), config)
+
+
+def hf_name_for(ours: str) -> str:
+    """Our parameter path -> the HF tensor name (the rules read backwards)."""
+    for rule in RULES:
+        template = rule.ours or "language.layers.{0}.attn.{proj}.{leaf}"
+        pattern = re.escape(template).replace(r"\{0\}", r"(\d+)").replace(r"\{proj\}", "([qkv])") \
+            .replace(r"\{leaf\}", "(kernel|bias)")
+        m = re.fullmatch(pattern, ours)
+        if not m:
+            continue
+        if rule.ours is None:
+            layer, proj, leaf = m.groups()
+            name = f"model.layers.{layer}.self_attn.{proj}_proj.{'weight' if leaf == 'kernel' else 'bias'}"
+            if re.fullmatch(rule.hf, name):
+                return name
+            continue
+        hf = rule.hf.replace("\\.", ".").replace("(?:weight|bias)", "weight")
+        for g in m.groups():
+            hf = hf.replace(r"(\d+)", g, 1)
+        return hf
+    raise KeyError(f"no Hugging Face name for parameter {ours}")
+
+
+def save(model: Qwen25VL, path: str, *, max_shard_bytes: int = 4 << 30, dtype=None) -> None:
+    """Writes config.json and safetensors (sharded with an index above ``max_shard_bytes``) atomically."""
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    try:
+        out_dtype = None if dtype is None else jnp.dtype(resolve_dtype(dtype))
+        shards, current, size = [], {}, 0
+        for name, value in hf_tensors(model):
+            if out_dtype is not None:
+                value = value.astype(out_dtype)
+            if current and size + value.nbytes > max_shard_bytes:
+                shards.append(current)
+                current, size = {}, 0
+            current[name] = np.ascontiguousarray(value)
+            size += value.nbytes
+        shards.append(current)
+        meta = {"format": "pt"}
+        if len(shards) == 1:
+            save_file(shards[0], os.path.join(tmp, "model.safetensors"), metadata=meta)
+        else:
+            weight_map, total = {}, 0
+            for i, shard in enumerate(shards):
+                fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, os.path.join(tmp, fname), metadata=meta)
+                weight_map.update({k: fname for k in shard})
+                total += sum(v.nbytes for v in shard.values())
+            with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+                json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        hf_config = model.config.to_hf()
+        hf_config["torch_dtype"] = (out_dtype or jnp.dtype(resolve_dtype(model.config.param_dtype))).name
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(hf_config, f, indent=2)
+        if os.path.exists(path):
+            backup = path.rstrip("/") + ".old-" + os.path.basename(tmp)
+            os.replace(path, backup)
+            os.replace(tmp, path)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

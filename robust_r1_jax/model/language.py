@@ -1,0 +1,151 @@
+"""The Qwen2 decoder of Qwen2.5-VL: grouped-query attention with qkv biases, M-RoPE, SwiGLU, RMSNorm.
+
+The KV cache is a pytree of fixed-size arrays (one slot per position up to ``max_len``), so prefill and
+single-token decode are each one compiled program and the cache can be donated between steps.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from robust_r1_jax.model.config import TextConfig
+from robust_r1_jax.model.layers import Dense, GatedMLP, RMSNorm, apply_rotary, attention, param
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Keys/values for every layer, [layers, batch, max_len, kv_heads, head_dim].
+
+    ``valid`` marks written, non-padding slots; ``index`` is the next slot to write (shared by the batch,
+    prompts are left-padded to a common length); ``next_position`` is each row's next rotary position.
+    """
+    keys: jax.Array
+    values: jax.Array
+    valid: jax.Array
+    index: jax.Array
+    next_position: jax.Array
+
+    @classmethod
+    def empty(cls, cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> "KVCache":
+        shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+        return cls(keys=jnp.zeros(shape, dtype), values=jnp.zeros(shape, dtype),
+                   valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32),
+                   next_position=jnp.zeros((batch,), jnp.int32))
+
+    @property
+    def max_len(self) -> int:
+        return self.keys.shape[2]
+
+    def repeat(self, times: int) -> "KVCache":
+        """Each row ``times`` times in a row: G samples share one prefill."""
+        rep = lambda a, axis: jnp.repeat(a, times, axis=axis)
+        return KVCache(rep(self.keys, 1), rep(self.values, 1), rep(self.valid, 0), self.index,
+                       rep(self.next_position, 0))
+
+
+def mrope_cos_sin(positions: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:
+    """positions [3, B, S] (t, h, w) -> cos/sin [B, S, head_dim].
+
+    Frequency j of the rotary half rotates with axis a(j): the first mrope_section[0] with t, the next
+    mrope_section[1] with h, the last with w.
+    """
+    half = cfg.head_dim // 2
+    if sum(cfg.mrope_section) != half:
+        raise ValueError(f"mrope_section {cfg.mrope_section} must sum to head_dim/2 = {half}")
+    inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim))
+    axis_of = jnp.repeat(jnp.arange(3), jnp.asarray(cfg.mrope_section), total_repeat_length=half)
+    pos = positions.astype(jnp.float32)[axis_of]  # [half, B, S]
+    freqs = jnp.moveaxis(pos, 0, -1) * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, rngs, dtype, param_dtype):
+        h, kv, d, e = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.q = Dense((e,), (h, d), ("embed",), ("heads", "head_dim"), use_bias=True, **kw)
+        self.k = Dense((e,), (kv, d), ("embed",), ("kv_heads", "head_dim"), use_bias=True, **kw)
+        self.v = Dense((e,), (kv, d), ("embed",), ("kv_heads", "head_dim"), use_bias=True, **kw)
+        self.o = Dense((h, d), (e,), ("heads", "head_dim"), ("embed",), use_bias=False, **kw)
+
+    def __call__(self, x, cos, sin, mask, implementation, kv_state=None):
+        """kv_state: None (attend within x) or (keys, values, write_index) of this layer's cache."""
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if kv_state is not None:
+            keys, values, index = kv_state
+            keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), index, axis=1)
+            values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), index, axis=1)
+            k, v = keys.astype(q.dtype), values.astype(q.dtype)
+            kv_state = (keys, values)
+        return self.o(attention(q, k, v, mask, implementation=implementation)), kv_state
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, rngs, dtype, param_dtype):
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.input_norm = RMSNorm(cfg.hidden_size, "embed", eps=cfg.rms_norm_eps, **kw)
+        self.attn = Attention(cfg, **kw)
+        self.post_attention_norm = RMSNorm(cfg.hidden_size, "embed", eps=cfg.rms_norm_eps, **kw)
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, "embed", "mlp", use_bias=False, **kw)
+
+    def __call__(self, x, cos, sin, mask, implementation, kv_state=None):
+        h, kv_state = self.attn(self.input_norm(x), cos, sin, mask, implementation, kv_state)
+        x = x + h
+        return x + self.mlp(self.post_attention_norm(x)), kv_state
+
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class LanguageModel(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, dtype, param_dtype, attention_impl="xla",
+                 remat="none"):
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        if remat not in ("none", *_REMAT_POLICIES):
+            raise ValueError(f"unknown remat policy {remat!r}; expected 'none', 'full' or 'dots'")
+        self.cfg, self.dtype, self.attention_impl, self.remat = cfg, dtype, attention_impl, remat
+        self.embed = param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), dtype=param_dtype)
+        self.layers = nnx.List([DecoderLayer(cfg, **kw) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, "embed", eps=cfg.rms_norm_eps, **kw)
+        self.lm_head = None if cfg.tie_word_embeddings else Dense(
+            (cfg.hidden_size,), (cfg.vocab_size,), ("embed",), ("vocab",), use_bias=False, **kw)
+
+    def embed_tokens(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embed.value, ids, axis=0).astype(self.dtype)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        if self.lm_head is not None:
+            return self.lm_head(hidden).astype(jnp.float32)
+        return jnp.einsum("bse,ve->bsv", hidden, self.embed.value.astype(self.dtype)).astype(jnp.float32)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+                 cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        """x [B, S, E] input embeddings, positions [3, B, S], mask bool [B, 1, S, K] -> final hidden states.
+
+        With a cache, the S new tokens are written at ``cache.index`` and attend over all K = max_len slots.
+        """
+        cos, sin = mrope_cos_sin(positions, self.cfg)
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            kv_state = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
+            if self.remat != "none" and cache is None:
+                x, _ = nnx.remat(lambda lyr, *a: lyr(*a), policy=_REMAT_POLICIES[self.remat],
+                                 static_argnums=(5,))(layer, x, cos, sin, mask, self.attention_impl)
+            else:
+                x, kv_state = layer(x, cos, sin, mask, self.attention_impl, kv_state)
+            if kv_state is not None:
+                keys.append(kv_state[0])
+                values.append(kv_state[1])
+        x = self.norm(x)
+        if cache is not None:
+            cache = dataclasses.replace(cache, keys=jnp.stack(keys), values=jnp.stack(values))
+        return x, cache

@@ -1,0 +1,120 @@
+"""Building blocks shared by the vision tower and the language model.
+
+Every parameter is an ``nnx.Param`` carrying ``logical_axes`` metadata; ``robust_r1_jax.parallel`` maps those
+names onto the mesh. Parameters live in ``param_dtype``; each layer casts them to the compute dtype on use.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None], *, std: float = 0.02,
+          dtype=jnp.float32, value: float | None = None) -> nnx.Param:
+    """A parameter initialised N(0, std) (or to a constant ``value``), annotated with logical axes."""
+    if len(shape) != len(axes):
+        raise ValueError(f"shape {tuple(shape)} and axes {tuple(axes)} differ in rank")
+    if value is not None:
+        data = jnp.full(shape, value, dtype)
+    else:
+        data = (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(data, logical_axes=tuple(axes))
+
+
+class Dense(nnx.Module):
+    """y = x · W (+ b), with W of shape in_shape + out_shape so that heads stay a named axis.
+
+    ``in_axes`` / ``out_axes`` name the dimensions; the contraction runs over all ``in_shape`` dims.
+    """
+
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], in_axes: Sequence[str | None],
+                 out_axes: Sequence[str | None], *, use_bias: bool, rngs: nnx.Rngs, dtype=jnp.float32,
+                 param_dtype=jnp.float32):
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        self.dtype = dtype
+        self.kernel = param(rngs, self.in_shape + self.out_shape, tuple(in_axes) + tuple(out_axes),
+                            std=0.02, dtype=param_dtype)
+        self.bias = param(rngs, self.out_shape, out_axes, value=0.0, dtype=param_dtype) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n_in = len(self.in_shape)
+        lhs = "".join(chr(ord("a") + i) for i in range(x.ndim - n_in))
+        contract = "".join(chr(ord("m") + i) for i in range(n_in))
+        out = "".join(chr(ord("s") + i) for i in range(len(self.out_shape)))
+        y = jnp.einsum(f"{lhs}{contract},{contract}{out}->{lhs}{out}", x.astype(self.dtype),
+                       self.kernel.value.astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias.value.astype(self.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    """Qwen2 RMSNorm: normalise in float32, cast back, then scale (the order matters in bf16)."""
+
+    def __init__(self, dim: int, axis_name: str, *, eps: float, rngs: nnx.Rngs, dtype=jnp.float32,
+                 param_dtype=jnp.float32):
+        del rngs
+        self.eps, self.dtype = eps, dtype
+        self.scale = param(None, (dim,), (axis_name,), value=1.0, dtype=param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return self.scale.value.astype(self.dtype) * xf.astype(self.dtype)
+
+
+class GatedMLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, dim: int, hidden: int, embed_axis: str, mlp_axis: str, *, use_bias: bool,
+                 rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+        kw = dict(use_bias=use_bias, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.gate = Dense((dim,), (hidden,), (embed_axis,), (mlp_axis,), **kw)
+        self.up = Dense((dim,), (hidden,), (embed_axis,), (mlp_axis,), **kw)
+        self.down = Dense((hidden,), (dim,), (mlp_axis,), (embed_axis,), **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x [..., seq, heads, head_dim]; cos/sin [..., seq, head_dim], applied in float32."""
+    xf = x.astype(jnp.float32)
+    out = xf * cos[..., None, :] + rotate_half(xf) * sin[..., None, :]
+    return out.astype(x.dtype)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *,
+              implementation: str = "xla") -> jax.Array:
+    """Scaled dot-product attention, the one place a fused kernel plugs in.
+
+    q [B, Q, H, D]; k, v [B, K, KV, D] with H a multiple of KV (grouped-query attention);
+    mask bool broadcastable to [B, H, Q, K], True where a query may attend. Softmax runs in float32.
+    ``implementation``: "xla" (portable, exact reference), "cudnn" (fused flash kernel on NVIDIA GPUs) or
+    "auto" (cudnn on GPU when the dtype allows it, else xla).
+    """
+    if implementation == "auto":
+        implementation = "cudnn" if (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)) \
+            else "xla"
+    if implementation == "xla":
+        b, nq, h, d = q.shape
+        kv = k.shape[2]
+        qg = q.reshape(b, nq, kv, h // kv, d).astype(jnp.float32)
+        logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, k.astype(jnp.float32)) / math.sqrt(d)
+        if mask is not None:
+            m = jnp.broadcast_to(mask, (b, mask.shape[1], nq, k.shape[1]))
+            m = m.reshape(b, kv, h // kv, nq, k.shape[1]) if m.shape[1] == h else m[:, :, None]
+            logits = jnp.where(m, logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v.astype(jnp.float32))
+        return out.reshape(b, nq, h, d).astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)

@@ -1,0 +1,139 @@
+"""Qwen2.5-VL vision tower: patch embedding, 2-D rotary, window / full attention, patch merger.
+
+Static shapes: ``pixel_values`` is a bucket of N patch rows (all images of the batch, then zero padding) and
+``grid_thw`` a fixed number of image slots (unused slots are (0, 0, 0)). Instead of transformers' window
+permutation we give every patch the id of its attention window and attend within equal ids (a block-diagonal
+mask), so patches stay in processor order, no Python loop runs over windows, and the merger reads them as-is.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from robust_r1_jax.model.config import VisionConfig, resolve_dtype
+from robust_r1_jax.model.layers import Dense, GatedMLP, RMSNorm, apply_rotary, attention
+
+_WINDOW_STRIDE = 1 << 20  # window ids of different images never collide
+
+
+def patch_layout(grid_thw: jax.Array, num_patches: int, cfg: VisionConfig) -> dict[str, jax.Array]:
+    """Per-patch metadata from the image grids, jittable: row/column, window and frame ids, validity.
+
+    Patches follow the processor's order: image by image, frame by frame, then 2x2 merge blocks row-major
+    over the merged grid, each block's four patches row-major.
+    """
+    grid_thw = grid_thw.astype(jnp.int32)
+    t, h, w = grid_thw[:, 0], grid_thw[:, 1], grid_thw[:, 2]
+    counts = t * h * w
+    ends = jnp.cumsum(counts)
+    starts = ends - counts
+    p = jnp.arange(num_patches, dtype=jnp.int32)
+    image = jnp.clip(jnp.searchsorted(ends, p, side="right"), 0, grid_thw.shape[0] - 1)
+    valid = p < ends[-1]
+    m = cfg.spatial_merge_size
+    hh, ww = jnp.maximum(h[image], m), jnp.maximum(w[image], m)
+    local = p - starts[image]
+    frame, rest = local // (hh * ww), local % (hh * ww)
+    block, within = rest // (m * m), rest % (m * m)
+    merged_w = ww // m
+    block_row, block_col = block // merged_w, block % merged_w
+    row = block_row * m + within // m
+    col = block_col * m + within % m
+    ws = cfg.window_merged
+    windows_w = (merged_w + ws - 1) // ws
+    windows_h = (hh // m + ws - 1) // ws
+    window = (frame * windows_h + block_row // ws) * windows_w + block_col // ws
+    invalid_id = -1
+    return dict(
+        row=row, col=col, valid=valid,
+        window_segment=jnp.where(valid, image * _WINDOW_STRIDE + window, invalid_id),
+        frame_segment=jnp.where(valid, image * _WINDOW_STRIDE + frame, invalid_id),
+    )
+
+
+def vision_rotary(row: jax.Array, col: jax.Array, cfg: VisionConfig) -> tuple[jax.Array, jax.Array]:
+    """cos/sin [N, head_dim]: half the frequencies rotate with the row, half with the column."""
+    quarter = cfg.head_dim // 2
+    inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, quarter, 2, dtype=jnp.float32) / quarter))
+    freqs = jnp.concatenate([row[:, None] * inv_freq, col[:, None] * inv_freq], axis=-1).astype(jnp.float32)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+class VisionAttention(nnx.Module):
+    def __init__(self, cfg: VisionConfig, *, rngs, dtype, param_dtype):
+        self.cfg = cfg
+        h, d, e = cfg.num_heads, cfg.head_dim, cfg.hidden_size
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, use_bias=True)
+        self.qkv = Dense((e,), (3, h, d), ("vision_embed",), ("qkv", "vision_heads", "head_dim"), **kw)
+        self.proj = Dense((h, d), (e,), ("vision_heads", "head_dim"), ("vision_embed",), **kw)
+
+    def __call__(self, x, cos, sin, mask, implementation):
+        qkv = self.qkv(x)[None]  # [1, N, 3, H, D]
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return self.proj(attention(q, k, v, mask, implementation=implementation)[0])
+
+
+class VisionBlock(nnx.Module):
+    def __init__(self, cfg: VisionConfig, *, rngs, dtype, param_dtype):
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.norm1 = RMSNorm(cfg.hidden_size, "vision_embed", eps=cfg.rms_norm_eps, **kw)
+        self.attn = VisionAttention(cfg, **kw)
+        self.norm2 = RMSNorm(cfg.hidden_size, "vision_embed", eps=cfg.rms_norm_eps, **kw)
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, "vision_embed", "vision_mlp",
+                            use_bias=True, **kw)
+
+    def __call__(self, x, cos, sin, mask, implementation):
+        x = x + self.attn(self.norm1(x), cos, sin, mask, implementation)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerger(nnx.Module):
+    """RMSNorm, then each 2x2 group of patches concatenated and mapped to the language model's width."""
+
+    def __init__(self, cfg: VisionConfig, *, rngs, dtype, param_dtype):
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.unit = cfg.merge_unit
+        wide = cfg.hidden_size * cfg.merge_unit
+        self.norm = RMSNorm(cfg.hidden_size, "vision_embed", eps=cfg.rms_norm_eps, **kw)
+        self.fc1 = Dense((wide,), (wide,), ("vision_merge",), ("vision_mlp",), use_bias=True, **kw)
+        self.fc2 = Dense((wide,), (cfg.out_hidden_size,), ("vision_mlp",), ("embed",), use_bias=True, **kw)
+
+    def __call__(self, x):
+        x = self.norm(x)
+        x = x.reshape(x.shape[0] // self.unit, -1)
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class VisionTower(nnx.Module):
+    def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype="float32", param_dtype="float32",
+                 attention_impl: str = "xla"):
+        dtype, param_dtype = resolve_dtype(dtype), resolve_dtype(param_dtype)
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.cfg, self.attention_impl = cfg, attention_impl
+        self.patch_embed = Dense((cfg.patch_dim,), (cfg.hidden_size,), ("vision_patch",), ("vision_embed",),
+                                 use_bias=False, **kw)
+        self.blocks = nnx.List([VisionBlock(cfg, **kw) for _ in range(cfg.depth)])
+        self.merger = PatchMerger(cfg, **kw)
+
+    def __call__(self, pixel_values: jax.Array, grid_thw: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """pixel_values [N, patch_dim], grid_thw [I, 3] -> (features [N / 4, out_hidden], valid [N / 4])."""
+        cfg = self.cfg
+        n = pixel_values.shape[0]
+        if n % cfg.merge_unit:
+            raise ValueError(f"the patch bucket ({n}) must be a multiple of {cfg.merge_unit}")
+        layout = patch_layout(grid_thw, n, cfg)
+        cos, sin = vision_rotary(layout["row"], layout["col"], cfg)
+        window_mask = _segment_mask(layout["window_segment"])
+        full_mask = _segment_mask(layout["frame_segment"])
+        x = self.patch_embed(pixel_values)
+        for i, block in enumerate(self.blocks):
+            mask = full_mask if i in cfg.fullatt_block_indexes else window_mask
+            x = block(x, cos, sin, mask, self.attention_impl)
+        return self.merger(x), layout["valid"][:: cfg.merge_unit]
+
+
+def _segment_mask(segment: jax.Array) -> jax.Array:
+    return (segment[:, None] == segment[None, :])[None, None]

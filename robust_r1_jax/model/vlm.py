@@ -1,0 +1,178 @@
+"""Qwen2.5-VL for conditional generation: vision tower + Qwen2 decoder, image features scattered into the
+``<|image_pad|>`` positions, M-RoPE positions computed on the device.
+
+Stable API::
+
+    model = Qwen25VL(config, rngs=nnx.Rngs(0))
+    logits = model(input_ids, pixel_values=..., image_grid_thw=..., attention_mask=...)  # [B, S, vocab]
+    logits, cache = model.prefill(input_ids, attention_mask, pixel_values, image_grid_thw, max_len=...)
+    logits, cache = model.decode(next_tokens, cache)
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from robust_r1_jax.model.config import ModelConfig, resolve_dtype
+from robust_r1_jax.model.language import KVCache, LanguageModel
+from robust_r1_jax.model.rope_index import mrope_position_ids, text_position_ids
+from robust_r1_jax.model.vision import VisionTower
+
+
+class Qwen25VL(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        dtype, param_dtype = resolve_dtype(config.dtype), resolve_dtype(config.param_dtype)
+        self.visual = VisionTower(config.vision, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                                  attention_impl=config.attention_impl)
+        self.language = LanguageModel(config.text, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                                      attention_impl=config.attention_impl, remat=config.remat)
+
+    # ---- public entry points ------------------------------------------------------------------------------
+    def __call__(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None,
+                 position_ids=None) -> jax.Array:
+        """Logits [B, S, vocab] in float32 (jitted; checks the image-token count when inputs are concrete)."""
+        check_image_tokens(self.config, input_ids, image_grid_thw, pixel_values)
+        return _jit_logits(self, *_as_arrays(input_ids, pixel_values, image_grid_thw, attention_mask,
+                                             position_ids))
+
+    def prefill(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
+                max_len: int) -> tuple[jax.Array, KVCache]:
+        """Runs the prompt (left-padded) and returns the last position's logits [B, vocab] and the cache."""
+        check_image_tokens(self.config, input_ids, image_grid_thw, pixel_values)
+        ids, pix, grid, mask, _ = _as_arrays(input_ids, pixel_values, image_grid_thw, attention_mask, None)
+        return _jit_prefill(self, ids, pix, grid, mask, max_len)
+
+    def decode(self, tokens, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """One token per row [B] -> logits [B, vocab] and the updated cache (donated)."""
+        return _jit_decode(self, jnp.asarray(tokens, jnp.int32), cache)
+
+    # ---- traceable building blocks (used inside the SFT / RL steps) -------------------------------------------
+    def embed(self, input_ids, pixel_values=None, image_grid_thw=None) -> jax.Array:
+        x = self.language.embed_tokens(input_ids)
+        if pixel_values is None:
+            return x
+        features, _ = self.visual(pixel_values, image_grid_thw)
+        return scatter_image_features(x, input_ids, features.astype(x.dtype), self.config.image_token_id)
+
+    def positions(self, input_ids, attention_mask, image_grid_thw=None) -> tuple[jax.Array, jax.Array]:
+        """M-RoPE positions [3, B, S] and each row's next position [B]."""
+        if image_grid_thw is None:
+            pos = text_position_ids(attention_mask)
+            return pos, jnp.max(pos[0], axis=-1) + 1
+        return mrope_position_ids(input_ids, image_grid_thw, attention_mask,
+                                  image_token_id=self.config.image_token_id,
+                                  spatial_merge_size=self.config.vision.spatial_merge_size)
+
+    def hidden_states(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None,
+                      position_ids=None) -> jax.Array:
+        """Final normalised hidden states [B, S, E] (the SFT loss projects them to logits in chunks)."""
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        x = self.embed(input_ids, pixel_values, image_grid_thw)
+        if position_ids is None:
+            position_ids, _ = self.positions(input_ids, attention_mask, image_grid_thw)
+        hidden, _ = self.language(x, position_ids, causal_mask(attention_mask))
+        return hidden
+
+    def logits(self, *args, **kw) -> jax.Array:
+        return self.language.logits(self.hidden_states(*args, **kw))
+
+    def prefill_traced(self, input_ids, pixel_values, image_grid_thw, attention_mask, max_len: int):
+        b, s = input_ids.shape
+        if s > max_len:
+            raise ValueError(f"prompt length {s} exceeds the cache length {max_len}")
+        x = self.embed(input_ids, pixel_values, image_grid_thw)
+        positions, next_position = self.positions(input_ids, attention_mask, image_grid_thw)
+        cache = KVCache.empty(self.config.text, b, max_len, x.dtype)
+        valid = jnp.zeros((b, max_len), bool).at[:, :s].set(attention_mask.astype(bool))
+        mask = _with_self(valid[:, None, None, :] & _causal(s, max_len)[None, None], s, max_len)
+        cache = dataclasses.replace(cache, valid=valid)
+        hidden, cache = self.language(x, positions, mask, cache)
+        cache = dataclasses.replace(cache, index=jnp.asarray(s, jnp.int32), next_position=next_position)
+        return self.language.logits(hidden[:, -1:])[:, 0], cache
+
+    def decode_traced(self, tokens, cache: KVCache):
+        x = self.language.embed_tokens(tokens[:, None])
+        positions = jnp.broadcast_to(cache.next_position[None, :, None], (3, tokens.shape[0], 1))
+        valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, jnp.ones((tokens.shape[0], 1), bool),
+                                                    cache.index, axis=1)
+        hidden, cache = self.language(x, positions, valid[:, None, None, :], dataclasses.replace(cache, valid=valid))
+        cache = dataclasses.replace(cache, index=cache.index + 1, next_position=cache.next_position + 1)
+        return self.language.logits(hidden)[:, 0], cache
+
+
+# ---- pure helpers -------------------------------------------------------------------------------------------
+def _causal(q_len: int, k_len: int) -> jax.Array:
+    return jnp.arange(k_len)[None, :] <= jnp.arange(q_len)[:, None]
+
+
+def _with_self(mask: jax.Array, q_len: int, k_len: int) -> jax.Array:
+    """Lets every query see its own slot, so padding rows stay finite (their outputs are never used)."""
+    return mask | (jnp.arange(k_len)[None, :] == jnp.arange(q_len)[:, None])[None, None]
+
+
+def causal_mask(attention_mask: jax.Array) -> jax.Array:
+    """[B, 1, S, S]: causal, padding keys hidden."""
+    s = attention_mask.shape[1]
+    key_ok = attention_mask.astype(bool)[:, None, None, :]
+    return _with_self(key_ok & _causal(s, s)[None, None], s, s)
+
+
+def scatter_image_features(x: jax.Array, input_ids: jax.Array, features: jax.Array, image_token_id: int):
+    """The k-th image token of the batch (row-major) takes the k-th feature row."""
+    is_image = (input_ids == image_token_id).reshape(-1)
+    rank = jnp.clip(jnp.cumsum(is_image) - 1, 0, features.shape[0] - 1)
+    merged = jnp.where(is_image[:, None], features[rank], x.reshape(-1, x.shape[-1]))
+    return merged.reshape(x.shape)
+
+
+def check_image_tokens(config: ModelConfig, input_ids, image_grid_thw, pixel_values) -> None:
+    """Host-side check (skipped under tracing): image tokens must match the image features one to one."""
+    if any(isinstance(a, jax.core.Tracer) for a in (input_ids, image_grid_thw, pixel_values)):
+        return
+    n_tokens = int(np.sum(np.asarray(input_ids) == config.image_token_id))
+    if pixel_values is None:
+        if n_tokens:
+            raise ValueError(f"input_ids hold {n_tokens} image tokens but no pixel_values were given")
+        return
+    if image_grid_thw is None:
+        raise ValueError("pixel_values given without image_grid_thw")
+    grid = np.asarray(image_grid_thw).reshape(-1, 3)
+    n_patches = int(np.prod(grid, axis=-1).sum())
+    if n_patches > np.shape(pixel_values)[0]:
+        raise ValueError(f"image_grid_thw describes {n_patches} patches but pixel_values has "
+                         f"{np.shape(pixel_values)[0]} rows")
+    n_features = n_patches // config.vision.merge_unit
+    if n_tokens != n_features:
+        raise ValueError(f"image features and image tokens do not match: input_ids hold {n_tokens} "
+                         f"<|image_pad|> tokens (id {config.image_token_id}) but image_grid_thw gives "
+                         f"{n_features} image features")
+
+
+def _as_arrays(input_ids, pixel_values, image_grid_thw, attention_mask, position_ids):
+    ids = jnp.asarray(input_ids, jnp.int32)
+    mask = jnp.ones(ids.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+    pix = None if pixel_values is None else jnp.asarray(pixel_values)
+    grid = None if image_grid_thw is None else jnp.asarray(image_grid_thw, jnp.int32).reshape(-1, 3)
+    pos = None if position_ids is None else jnp.asarray(position_ids, jnp.int32)
+    return ids, pix, grid, mask, pos
+
+
+@nnx.jit
+def _jit_logits(model: Qwen25VL, ids, pix, grid, mask, pos):
+    return model.logits(ids, pix, grid, mask, pos)
+
+
+@nnx.jit(static_argnums=(5,))
+def _jit_prefill(model: Qwen25VL, ids, pix, grid, mask, max_len):
+    return model.prefill_traced(ids, pix, grid, mask, max_len)
+
+
+@nnx.jit(donate_argnums=(2,))
+def _jit_decode(model: Qwen25VL, tokens, cache):
+    return model.decode_traced(tokens, cache)
