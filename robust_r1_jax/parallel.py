@@ -10,6 +10,7 @@ from typing import Iterable, Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -79,3 +80,19 @@ def named_sharding(mesh: Mesh, axes: Iterable[str | None], shape: Sequence[int] 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Leading axis over (data, fsdp), the rest replicated: how input batches are laid out."""
     return named_sharding(mesh, ("batch",) + (None,) * (ndim - 1))
+
+
+def param_shardings(module: nnx.Module, mesh: Mesh):
+    """An ``nnx.State`` of NamedShardings mirroring the module's parameters, from their logical axes."""
+    state = nnx.state(module, nnx.Param)
+    return jax.tree.map(lambda v: named_sharding(mesh, v.get_metadata().get("logical_axes") or
+                                                 (None,) * v.value.ndim, v.value.shape),
+                        state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_module(module: nnx.Module, mesh: Mesh) -> nnx.Module:
+    """Places every parameter of ``module`` (in place) onto the mesh according to the rules table."""
+    for _, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+        axes = var.get_metadata().get("logical_axes") or (None,) * var.value.ndim
+        var.value = jax.device_put(var.value, named_sharding(mesh, axes, var.value.shape))
+    return module

@@ -208,10 +208,15 @@ def load(path: str, dtype=jnp.float32, *, mesh: jax.sharding.Mesh | None = None,
                     unexpected.append(name)
                     continue
                 var = targets[ours]
-                value = rule.to_ours(f.get_tensor(name), config)
-                if tuple(value.shape) != tuple(var.value.shape):
-                    problems.append(f"{name}: shape {tuple(f.get_slice(name).get_shape())} does not fit "
-                                    f"{ours} {tuple(var.value.shape)}")
+                raw = f.get_tensor(name)
+                try:
+                    value = rule.to_ours(raw, config)
+                except ValueError:
+                    value = None
+                if value is None or tuple(value.shape) != tuple(var.value.shape):
+                    problems.append(f"{name}: shape {tuple(raw.shape)} does not fit {ours} "
+                                    f"{tuple(var.value.shape)}")
+                    seen.add(ours)
                     continue
                 value = value.astype(jnp.dtype(var.value.dtype))
                 if mesh is not None:
@@ -237,9 +242,6 @@ def load(path: str, dtype=jnp.float32, *, mesh: jax.sharding.Mesh | None = None,
 def hf_tensors(model: Qwen25VL):
     """Yields (hf_name, numpy array) for every parameter, in the checkpoint layout."""
     config = model.config
-    inverse = {}
-    for rule in RULES:
-        inverse[rule.hf] = rule
     _, state = nnx.split(model, nnx.Param)
     for path, var in nnx.to_flat_state(state):
         ours = ".".join(map(str, path))

@@ -43,8 +43,8 @@ class KVCache:
     def repeat(self, times: int) -> "KVCache":
         """Each row ``times`` times in a row: G samples share one prefill."""
         rep = lambda a, axis: jnp.repeat(a, times, axis=axis)
-        return KVCache(rep(self.keys, 1), rep(self.values, 1), rep(self.valid, 0), self.index,
-                       rep(self.next_position, 0))
+        return KVCache(rep(self.keys, 1), rep(self.values, 1), rep(self.valid, 0),
+                       jnp.array(self.index, copy=True), rep(self.next_position, 0))
 
 
 def mrope_cos_sin(positions: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:

@@ -1,0 +1,67 @@
+"""Orbax save/restore of a bare model (parameters + config), for conversion and inference.
+
+Training checkpoints (optimizer, step, data iterator) live in ``robust_r1_jax.train``; this is the model alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from robust_r1_jax import parallel
+from robust_r1_jax.model.config import ModelConfig
+from robust_r1_jax.model.vlm import Qwen25VL
+
+CONFIG_FILE = "model_config.json"
+
+
+def save(model: Qwen25VL, path: str) -> None:
+    """Writes ``path/params`` (orbax) and ``path/model_config.json``; orbax commits atomically."""
+    path = os.path.abspath(path)
+    os.makedirs(path, exist_ok=True)
+    _, state = nnx.split(model, nnx.Param)
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(os.path.join(path, "params"), nnx.to_pure_dict(state), force=True)
+    tmp = os.path.join(path, CONFIG_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(model.config.to_dict(), f, indent=2)
+    os.replace(tmp, os.path.join(path, CONFIG_FILE))
+
+
+def read_config(path: str) -> ModelConfig:
+    cfg_file = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(cfg_file):
+        raise FileNotFoundError(f"{path} is not a model checkpoint written by orbax_io.save: no {CONFIG_FILE}")
+    with open(cfg_file) as f:
+        return ModelConfig.from_dict(json.load(f))
+
+
+def restore(path: str, *, mesh: jax.sharding.Mesh | None = None, **config_overrides) -> Qwen25VL:
+    """The model saved at ``path``; with a mesh, every parameter is restored straight into its sharding."""
+    path = os.path.abspath(path)
+    config = read_config(path)
+    if config_overrides:
+        config = config.replace(**config_overrides)
+    abstract = nnx.eval_shape(lambda: Qwen25VL(config, rngs=nnx.Rngs(0)))
+    graphdef, state, rest = nnx.split(abstract, nnx.Param, ...)
+    target = jax.tree.map(lambda v: _abstract_leaf(v, mesh), nnx.to_pure_dict(state))
+    if mesh is not None:
+        for p, var in nnx.to_flat_state(state):
+            leaf = target
+            for k in p[:-1]:
+                leaf = leaf[k]
+            leaf[p[-1]] = jax.ShapeDtypeStruct(var.value.shape, var.value.dtype, sharding=parallel.named_sharding(
+                mesh, var.get_metadata().get("logical_axes"), var.value.shape))
+    with ocp.StandardCheckpointer() as ckpt:
+        restored = ckpt.restore(os.path.join(path, "params"), target)
+    nnx.replace_by_pure_dict(state, restored)
+    return nnx.merge(graphdef, state, rest)
+
+
+def _abstract_leaf(x, mesh):
+    if mesh is None:
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    return jax.ShapeDtypeStruct(x.shape, x.dtype)
