@@ -105,7 +105,7 @@ def preprocess_image(image, *, min_pixels: int = 56 * 56, max_pixels: int = 28 *
     width, height = rgb.size
     new_height, new_width = smart_resize(height, width, factor=patch_size * merge_size,
                                          min_pixels=min_pixels, max_pixels=max_pixels)
-    resized = np.asarray(rgb.resize((new_width, new_height), resample=Image.BILINEAR))
+    resized = np.asarray(rgb.resize((new_width, new_height), resample=Image.BICUBIC))
     # Same dtypes and order as transformers, so the result is bitwise identical.
     scaled = (resized.astype(np.float64) * RESCALE_FACTOR).astype(np.float32)
     normalized = (scaled - np.asarray(image_mean, np.float32)) / np.asarray(image_std, np.float32)
@@ -178,7 +178,7 @@ class ImageProcessor:
 
 def pad_patches(pixel_values: np.ndarray, image_grid_thw: np.ndarray, max_patches: int,
                 max_images: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pad to a static bucket: ``(pixel_values [max_patches, D], image_grid_thw [max_images, 3], valid [max_patches])``.
+    """Pad to static shapes: ``(pixel_values [max_patches, D], image_grid_thw [max_images, 3], valid [max_patches])``.
 
     Padding patches are zeros and marked False in ``valid``; padding grid rows are (0, 0, 0), which the vision
     tower and :func:`robust_r1_jax.model.rope_index.mrope_position_ids` treat as empty slots.

@@ -53,10 +53,10 @@ def patch_layout(grid_thw: jax.Array, num_patches: int, cfg: VisionConfig) -> di
 
 
 def vision_rotary(row: jax.Array, col: jax.Array, cfg: VisionConfig) -> tuple[jax.Array, jax.Array]:
-    """cos/sin [N, head_dim]: half the frequencies rotate with the row, half with the column."""
+    """cos/sin [..., N, head_dim]: half the frequencies rotate with the row, half with the column."""
     quarter = cfg.head_dim // 2
     inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, quarter, 2, dtype=jnp.float32) / quarter))
-    freqs = jnp.concatenate([row[:, None] * inv_freq, col[:, None] * inv_freq], axis=-1).astype(jnp.float32)
+    freqs = jnp.concatenate([row[..., None] * inv_freq, col[..., None] * inv_freq], axis=-1).astype(jnp.float32)
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
 
@@ -70,10 +70,10 @@ class VisionAttention(nnx.Module):
         self.proj = Dense((h, d), (e,), ("vision_heads", "head_dim"), ("vision_embed",), **kw)
 
     def __call__(self, x, cos, sin, mask, implementation):
-        qkv = self.qkv(x)[None]  # [1, N, 3, H, D]
+        qkv = self.qkv(x)  # [B, N, 3, H, D]
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        return self.proj(attention(q, k, v, mask, implementation=implementation)[0])
+        return self.proj(attention(q, k, v, mask, implementation=implementation))
 
 
 class VisionBlock(nnx.Module):
@@ -103,7 +103,7 @@ class PatchMerger(nnx.Module):
 
     def __call__(self, x):
         x = self.norm(x)
-        x = x.reshape(x.shape[0] // self.unit, -1)
+        x = x.reshape(*x.shape[:-2], x.shape[-2] // self.unit, -1)
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 
@@ -119,12 +119,20 @@ class VisionTower(nnx.Module):
         self.merger = PatchMerger(cfg, **kw)
 
     def __call__(self, pixel_values: jax.Array, grid_thw: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """pixel_values [N, patch_dim], grid_thw [I, 3] -> (features [N / 4, out_hidden], valid [N / 4])."""
+        """Features of the merged patches and their validity.
+
+        Flat layout (transformers'): pixel_values [N, patch_dim], grid_thw [I, 3] -> ([N / 4, out], [N / 4]).
+        Batched layout (the data pipeline's, shardable over the batch): pixel_values [B, N, patch_dim],
+        grid_thw [B, I, 3], each row holding its own images -> ([B, N / 4, out], [B, N / 4]).
+        """
+        if pixel_values.ndim == 2:
+            features, valid = self(pixel_values[None], grid_thw[None])
+            return features[0], valid[0]
         cfg = self.cfg
-        n = pixel_values.shape[0]
+        n = pixel_values.shape[1]
         if n % cfg.merge_unit:
             raise ValueError(f"the patch bucket ({n}) must be a multiple of {cfg.merge_unit}")
-        layout = patch_layout(grid_thw, n, cfg)
+        layout = jax.vmap(lambda g: patch_layout(g, n, cfg))(grid_thw)
         cos, sin = vision_rotary(layout["row"], layout["col"], cfg)
         window_mask = _segment_mask(layout["window_segment"])
         full_mask = _segment_mask(layout["frame_segment"])
@@ -132,8 +140,9 @@ class VisionTower(nnx.Module):
         for i, block in enumerate(self.blocks):
             mask = full_mask if i in cfg.fullatt_block_indexes else window_mask
             x = block(x, cos, sin, mask, self.attention_impl)
-        return self.merger(x), layout["valid"][:: cfg.merge_unit]
+        return self.merger(x), layout["valid"][:, :: cfg.merge_unit]
 
 
 def _segment_mask(segment: jax.Array) -> jax.Array:
-    return (segment[:, None] == segment[None, :])[None, None]
+    """[B, N] segment ids -> [B, 1, N, N], True within a segment."""
+    return (segment[:, :, None] == segment[:, None, :])[:, None]

@@ -64,6 +64,8 @@ class Qwen25VL(nnx.Module):
         if image_grid_thw is None:
             pos = text_position_ids(attention_mask)
             return pos, jnp.max(pos[0], axis=-1) + 1
+        if image_grid_thw.ndim == 3:  # batched layout: the rows' images in order, zero rows ignored
+            image_grid_thw = image_grid_thw.reshape(-1, 3)
         return mrope_position_ids(input_ids, image_grid_thw, attention_mask,
                                   image_token_id=self.config.image_token_id,
                                   spatial_merge_size=self.config.vision.spatial_merge_size)
@@ -124,11 +126,20 @@ def causal_mask(attention_mask: jax.Array) -> jax.Array:
 
 
 def scatter_image_features(x: jax.Array, input_ids: jax.Array, features: jax.Array, image_token_id: int):
-    """The k-th image token of the batch (row-major) takes the k-th feature row."""
-    is_image = (input_ids == image_token_id).reshape(-1)
-    rank = jnp.clip(jnp.cumsum(is_image) - 1, 0, features.shape[0] - 1)
-    merged = jnp.where(is_image[:, None], features[rank], x.reshape(-1, x.shape[-1]))
-    return merged.reshape(x.shape)
+    """Image tokens take feature rows in order.
+
+    Flat features [M, E]: the k-th image token of the whole batch (row-major) takes row k.
+    Batched features [B, M, E]: the k-th image token of row b takes features[b, k].
+    """
+    is_image = input_ids == image_token_id
+    if features.ndim == 2:
+        flat = is_image.reshape(-1)
+        rank = jnp.clip(jnp.cumsum(flat) - 1, 0, features.shape[0] - 1)
+        merged = jnp.where(flat[:, None], features[rank], x.reshape(-1, x.shape[-1]))
+        return merged.reshape(x.shape)
+    rank = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)
+    picked = jnp.take_along_axis(features, rank[..., None], axis=1)
+    return jnp.where(is_image[..., None], picked, x)
 
 
 def check_image_tokens(config: ModelConfig, input_ids, image_grid_thw, pixel_values) -> None:
@@ -142,11 +153,12 @@ def check_image_tokens(config: ModelConfig, input_ids, image_grid_thw, pixel_val
         return
     if image_grid_thw is None:
         raise ValueError("pixel_values given without image_grid_thw")
-    grid = np.asarray(image_grid_thw).reshape(-1, 3)
+    grid = np.asarray(image_grid_thw)
     n_patches = int(np.prod(grid, axis=-1).sum())
-    if n_patches > np.shape(pixel_values)[0]:
-        raise ValueError(f"image_grid_thw describes {n_patches} patches but pixel_values has "
-                         f"{np.shape(pixel_values)[0]} rows")
+    per_row = np.prod(grid, axis=-1).sum(axis=-1).max() if grid.ndim == 3 else n_patches
+    if per_row > np.shape(pixel_values)[-2]:
+        raise ValueError(f"image_grid_thw describes {per_row} patches but pixel_values has room for "
+                         f"{np.shape(pixel_values)[-2]}")
     n_features = n_patches // config.vision.merge_unit
     if n_tokens != n_features:
         raise ValueError(f"image features and image tokens do not match: input_ids hold {n_tokens} "
@@ -158,7 +170,9 @@ def _as_arrays(input_ids, pixel_values, image_grid_thw, attention_mask, position
     ids = jnp.asarray(input_ids, jnp.int32)
     mask = jnp.ones(ids.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
     pix = None if pixel_values is None else jnp.asarray(pixel_values)
-    grid = None if image_grid_thw is None else jnp.asarray(image_grid_thw, jnp.int32).reshape(-1, 3)
+    grid = None if image_grid_thw is None else jnp.asarray(image_grid_thw, jnp.int32)
+    if grid is not None and grid.ndim == 1:
+        grid = grid.reshape(-1, 3)
     pos = None if position_ids is None else jnp.asarray(position_ids, jnp.int32)
     return ids, pix, grid, mask, pos
 

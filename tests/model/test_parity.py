@@ -108,3 +108,23 @@ def test_vision_tower_ignores_bucket_padding(models):
     got, valid = ours.visual(padded_pix, padded_grid)
     assert np.asarray(valid).sum() == 16 and not np.asarray(valid)[16:].any()
     np.testing.assert_allclose(np.asarray(got)[:16], np.asarray(exact), atol=1e-5)
+
+
+def test_batched_layout_equals_flat_layout(models):
+    # the data pipeline's layout: per-row patch buckets [B, N, D] and grid slots [B, I, 3]
+    cfg, _, ours = models
+    rng = np.random.default_rng(7)
+    grids = [(1, 4, 8), (1, 6, 4)]
+    rows = [image_tokens_prompt(rng, cfg, [g], [3, 2]) for g in grids]
+    width = max(map(len, rows))
+    ids = np.array([[cfg.bos_token_id] * (width - len(r)) + r for r in rows])
+    mask = np.array([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    pix = _pixels(rng, cfg, grids)
+    flat = np.asarray(ours(ids, pixel_values=pix, image_grid_thw=np.array(grids), attention_mask=mask))
+    bucket = 40
+    batched_pix = np.zeros((2, bucket, pix.shape[1]), np.float32)
+    batched_pix[0, :32], batched_pix[1, :24] = pix[:32], pix[32:]
+    batched_grid = np.zeros((2, 2, 3), int)
+    batched_grid[0, 0], batched_grid[1, 0] = grids
+    batched = np.asarray(ours(ids, pixel_values=batched_pix, image_grid_thw=batched_grid, attention_mask=mask))
+    assert rel_err(batched, flat, mask) < 1e-5
