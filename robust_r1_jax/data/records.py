@@ -1,0 +1,145 @@
+"""The source record every reader produces, and the one way bad input is reported.
+
+Readers (``sources.py``, ``shapes.py``) turn a file or a generator into ``Record`` objects; the
+synthesis step loads each record's image, degrades it and writes the dataset. Bad input never
+vanishes silently: it is reported with the file and line it came from, then skipped or raised
+according to ``on_error``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+ON_ERROR_CHOICES = ("skip", "raise")
+
+
+class SourceError(ValueError):
+    """Bad input in a source file; the message names the file and line (or record)."""
+
+
+class ImageError(SourceError):
+    """A record's image is missing or cannot be decoded."""
+
+
+def check_on_error(on_error: str) -> str:
+    if on_error not in ON_ERROR_CHOICES:
+        raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+    return on_error
+
+
+def report_bad_input(problem: str | SourceError, on_error: str) -> None:
+    """Raise the problem (a ``SourceError``) or log it as a warning and return, by ``on_error``."""
+    check_on_error(on_error)
+    if on_error == "raise":
+        raise problem if isinstance(problem, SourceError) else SourceError(problem)
+    logger.warning("skipping bad input: %s", problem)
+
+
+def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
+    """PNG/JPEG/... bytes -> uint8 RGB (H, W, 3); ``where`` names the origin in errors."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # forces a full decode so truncated files fail here, not later
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageError(f"{where}: cannot decode image ({error})") from error
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One multiple-choice VQA item from any source.
+
+    Exactly one of ``image_path``, ``image_bytes`` or ``image_fn`` supplies the image.
+    ``chain`` is set only for sources that ship a finished reasoning chain (Robust-R1 JSONL);
+    their images are already degraded and ``applied`` holds the types parsed from the chain.
+    ``line`` is the 1-based line of the record in ``source_file`` (JSON: the line where the
+    record's object starts; generated sources: the example index).
+    """
+
+    id: str
+    question: str
+    options: tuple[str, ...]
+    answer: int
+    rationales: tuple[str, ...] = ()
+    image_path: str | None = None
+    image_bytes: bytes | None = dataclasses.field(default=None, repr=False)
+    image_fn: Callable[[], np.ndarray] | None = dataclasses.field(default=None, repr=False)
+    chain: str | None = None
+    applied: tuple[tuple[str, float], ...] = ()
+    category: str = ""
+    hint: str = ""
+    source_file: str = ""
+    line: int = 0
+
+    def __post_init__(self):
+        supplied = [x is not None for x in (self.image_path, self.image_bytes, self.image_fn)]
+        if sum(supplied) != 1:
+            raise ValueError(f"{self.location}: a record needs exactly one image source, got {sum(supplied)}")
+        if self.options and not 0 <= self.answer < len(self.options):
+            raise ValueError(
+                f"{self.location}: answer index {self.answer} outside the {len(self.options)} options"
+            )
+
+    @property
+    def location(self) -> str:
+        return f"{self.source_file}:{self.line}"
+
+    def load_image(self) -> np.ndarray:
+        """The image as uint8 RGB (H, W, 3); ``ImageError`` naming file and line when bad."""
+        if self.image_fn is not None:
+            return np.ascontiguousarray(self.image_fn(), dtype=np.uint8)
+        if self.image_bytes is not None:
+            return decode_image_bytes(self.image_bytes, f"{self.location} (id {self.id})")
+        path = self.image_path
+        if not os.path.isfile(path):
+            raise ImageError(f"{self.location} (id {self.id}): image file not found: {path}")
+        with open(path, "rb") as handle:
+            data = handle.read()
+        return decode_image_bytes(data, f"{self.location} (id {self.id}), image {path}")
+
+    def encoded_image(self) -> bytes:
+        """The image as encoded file bytes (the original bytes when there are any, else PNG)."""
+        if self.image_bytes is not None:
+            return self.image_bytes
+        if self.image_path is not None:
+            self.load_image()  # validates first so a bad file is reported with its origin
+            with open(self.image_path, "rb") as handle:
+                return handle.read()
+        return encode_image(self.load_image(), "png")
+
+
+def encode_image(image: np.ndarray, image_format: str, jpeg_quality: int = 95) -> bytes:
+    """uint8 RGB array -> PNG or JPEG bytes with PIL, deterministic for the same pixels."""
+    buffer = io.BytesIO()
+    pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    if pil.mode != "RGB":
+        raise ValueError(f"expected an RGB (H, W, 3) image, got shape {np.shape(image)}")
+    if image_format == "png":
+        # optimize=False and a fixed level keep the bytes identical across runs.
+        pil.save(buffer, format="PNG", compress_level=6)
+    elif image_format == "jpeg":
+        pil.save(buffer, format="JPEG", quality=jpeg_quality, subsampling=0)
+    else:
+        raise ValueError(f"image_format must be 'png' or 'jpeg', got {image_format!r}")
+    return buffer.getvalue()
+
+
+def load_images(records, on_error: str = "skip"):
+    """Yield ``(record, image)`` for every record whose image loads; bad ones by ``on_error``."""
+    check_on_error(on_error)
+    for record in records:
+        try:
+            image = record.load_image()
+        except ImageError as error:
+            report_bad_input(error, on_error)
+            continue
+        yield record, image

@@ -1,0 +1,369 @@
+"""Build a Robust-R1 dataset end to end: source -> degradations -> chains -> TFDS shards.
+
+``run(config)`` reads ``config.synth`` (see ``configs/synth.py``), degrades every record with the
+training sampler (types drawn at random, s ~ U[0, 1] rounded to the two decimals the chain shows,
+applied in physical order), writes its chain with the configured annotator, stores both splits as
+array_record shards and writes a contact sheet (clean beside degraded, labelled) and a summary.
+
+Every example is a pure function of ``(config seed, split, index)``, so a rerun gives the same
+bytes and ``num_workers > 0`` gives the same dataset as a single process.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import tempfile
+import textwrap
+import time
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+from robust_r1_jax import degrade
+from robust_r1_jax.data import chains, sources, tfds_builder
+from robust_r1_jax.data.records import ImageError, Record, check_on_error, encode_image, report_bad_input
+
+logger = logging.getLogger(__name__)
+
+SPLIT_CODES = {"train": 0, "validation": 1}
+CONTACT_SHEET_NAME = "contact_sheet.png"
+SUMMARY_NAME = "synth_summary.json"
+_READABLE = 0o644  # mkstemp creates 0600 files; outputs are meant to be shared
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthSettings:
+    """The part of the config a worker needs to turn one record into one example."""
+
+    seed: int
+    min_degradations: int
+    max_degradations: int
+    image_format: str
+    max_image_side: int
+    keep_prebuilt_chains: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Synthesized:
+    """One finished example, or the reason its record was skipped."""
+
+    example: dict | None
+    clean: np.ndarray | None = None
+    degraded: np.ndarray | None = None
+    error: str | None = None
+
+
+def example_seed(seed: int, split: str, index: int) -> int:
+    """The degradation / annotation seed of one example: independent of order and workers."""
+    state = np.random.SeedSequence([int(seed), SPLIT_CODES[split], int(index)]).generate_state(1)
+    return int(state[0])
+
+
+def fit_image(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink so the longer side is at most ``max_side`` (0 keeps the size)."""
+    height, width = image.shape[:2]
+    if max_side <= 0 or max(height, width) <= max_side:
+        return image
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def degradation_plan(seed: int, min_count: int, max_count: int) -> list[tuple[str, float]]:
+    """Sampled (name, s) pairs with s rounded to two decimals: the chain shows what was applied."""
+    plan = degrade.sample_training(seed, min_count, max_count)
+    return [(str(name), round(float(s), 2)) for name, s in plan]
+
+
+def synthesize(
+    record: Record,
+    split: str,
+    index: int,
+    settings: SynthSettings,
+    annotator: chains.Annotator,
+    keep_images: bool = False,
+) -> Synthesized:
+    """Load, degrade and annotate one record; an unreadable image becomes ``error``."""
+    try:
+        clean = fit_image(record.load_image(), settings.max_image_side)
+    except ImageError as error:
+        return Synthesized(None, error=str(error))
+    if record.chain is not None and settings.keep_prebuilt_chains:
+        # The released Robust-R1 images are already degraded; keep them and their chain as is.
+        seed, degraded, applied, chain = -1, clean, list(record.applied), record.chain
+    else:
+        seed = example_seed(settings.seed, split, index)
+        plan = degradation_plan(seed, settings.min_degradations, settings.max_degradations)
+        degraded, applied = degrade.compose(clean, plan, seed)
+        applied = [(str(name), round(float(s), 2)) for name, s in applied]
+        request = chains.ChainRequest(
+            question=record.question,
+            options=tuple(record.options),
+            answer=record.answer,
+            rationales=tuple(record.rationales),
+            applied=tuple(applied),
+            seed=seed,
+        )
+        chain = chains.build_chain(request, annotator)
+    example = {
+        "id": record.id,
+        "image": encode_image(degraded, settings.image_format),
+        "question": record.question,
+        "options": list(record.options),
+        "answer": record.answer,
+        "chain": chain,
+        "rationales": list(record.rationales),
+        "degradation_types": [name for name, _ in applied],
+        "degradation_intensities": np.asarray([s for _, s in applied], np.float32),
+        "degradation_seed": seed,
+        "category": record.category,
+        "source": record.location,
+    }
+    if keep_images:
+        return Synthesized(example, clean, np.asarray(degraded, np.uint8))
+    return Synthesized(example)
+
+
+def _synthesize_job(job) -> Synthesized:
+    record, split, index, settings, annotator, keep_images = job
+    return synthesize(record, split, index, settings, annotator, keep_images)
+
+
+# --------------------------------------------------------------------------- records per split
+
+
+def split_records(cfg) -> dict[str, list[Record]]:
+    """Train and validation records of the configured source (disjoint, deterministic)."""
+    if cfg.source == "shapes":
+        return {
+            "train": sources.read_source("shapes", num=cfg.num_train, seed=cfg.seed, image_size=cfg.image_size),
+            "validation": sources.read_source(
+                "shapes", num=cfg.num_validation, seed=cfg.seed, image_size=cfg.image_size, start=cfg.num_train
+            ),
+        }
+    if not cfg.source_path:
+        raise ValueError(f"synth.source={cfg.source!r} needs synth.source_path")
+    if cfg.source == "aokvqa":
+        records = sources.read_aokvqa(
+            cfg.source_path, cfg.image_root, split=cfg.aokvqa_split or None, on_error=cfg.on_error
+        )
+    elif cfg.source == "robust_r1_jsonl":
+        records = sources.read_robust_r1_jsonl(cfg.source_path, cfg.image_root, on_error=cfg.on_error)
+    elif cfg.source == "vlmeval_tsv":
+        records = sources.read_vlmeval_tsv(cfg.source_path, on_error=cfg.on_error)
+    else:
+        raise ValueError(f"unknown synth.source {cfg.source!r}; expected one of {sources.SOURCE_NAMES}")
+    wanted = cfg.num_train + cfg.num_validation
+    if len(records) < wanted:
+        logger.warning("%s holds %d usable records, fewer than the %d requested", cfg.source_path, len(records), wanted)
+    order = np.random.default_rng(cfg.seed).permutation(len(records))
+    shuffled = [records[i] for i in order]
+    return {"train": shuffled[: cfg.num_train], "validation": shuffled[cfg.num_train: wanted]}
+
+
+# --------------------------------------------------------------------------- contact sheet
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow built without FreeType
+        return ImageFont.load_default()
+
+
+def contact_sheet(rows: Sequence[tuple[np.ndarray, np.ndarray, str]], thumb: int = 192) -> np.ndarray:
+    """One row per example: clean | degraded | wrapped label text."""
+    if not rows:
+        raise ValueError("a contact sheet needs at least one example")
+    label_width, pad = 420, 6
+    font = _font(13)
+    sheet = Image.new("RGB", (2 * thumb + label_width + 4 * pad, len(rows) * (thumb + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for row, (clean, degraded, label) in enumerate(rows):
+        top = pad + row * (thumb + pad)
+        for column, image in enumerate((clean, degraded)):
+            tile = Image.fromarray(np.asarray(image, np.uint8))
+            tile.thumbnail((thumb, thumb), Image.Resampling.BILINEAR)
+            sheet.paste(tile, (pad + column * (thumb + pad), top))
+        lines = []
+        for paragraph in label.split("\n"):
+            lines += textwrap.wrap(paragraph, width=58) or [""]
+        draw.multiline_text((3 * pad + 2 * thumb, top), "\n".join(lines[:12]), fill=(0, 0, 0), font=font, spacing=2)
+    return np.asarray(sheet, dtype=np.uint8)
+
+
+def contact_label(example: dict) -> str:
+    applied = list(zip(example["degradation_types"], example["degradation_intensities"].tolist()))
+    types = chains.format_type([(n, round(s, 2)) for n, s in applied])
+    total = sum(s for _, s in applied)
+    answer = example["options"][example["answer"]] if example["options"] else example["answer"]
+    seed = "pre-degraded source" if example["degradation_seed"] < 0 else f"seed {example['degradation_seed']}"
+    return (
+        f"{example['id']}  ({seed})\nclean | degraded: {types}  (sum s = {total:.2f})\n"
+        f"Q: {example['question']}\nA: {answer}"
+    )
+
+
+def save_png_atomic(image: np.ndarray, path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    os.close(handle)
+    try:
+        Image.fromarray(image).save(temporary, format="PNG")
+        os.chmod(temporary, _READABLE)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def save_json_atomic(data: dict, path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=2, sort_keys=True)
+        os.chmod(temporary, _READABLE)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def make_annotator(cfg) -> chains.Annotator:
+    if cfg.annotator == "openai" and not (cfg.annotator_base_url and cfg.annotator_model):
+        raise ValueError("synth.annotator='openai' needs synth.annotator_base_url and synth.annotator_model")
+    if cfg.annotator == "openai":
+        return chains.make_annotator(
+            "openai", base_url=cfg.annotator_base_url, model=cfg.annotator_model, timeout=cfg.annotator_timeout
+        )
+    return chains.make_annotator(cfg.annotator)
+
+
+class _Stats:
+    """Running totals the summary reports."""
+
+    def __init__(self):
+        self.counts = {split: 0 for split in SPLIT_CODES}
+        self.skipped = 0
+        self.totals: list[float] = []
+        self.reasoning_words: list[int] = []
+        self.sheet_rows: list[tuple[np.ndarray, np.ndarray, str]] = []
+
+    def add(self, split: str, item: Synthesized) -> None:
+        self.counts[split] += 1
+        example = item.example
+        self.totals.append(float(np.sum(example["degradation_intensities"])))
+        reasoning = chains.extract_block(example["chain"], "REASONING") or ""
+        self.reasoning_words.append(len(reasoning.split()))
+        if item.clean is not None:
+            self.sheet_rows.append((item.clean, item.degraded, contact_label(example)))
+
+
+def _settings(cfg) -> SynthSettings:
+    return SynthSettings(
+        seed=cfg.seed,
+        min_degradations=cfg.min_degradations,
+        max_degradations=cfg.max_degradations,
+        image_format=cfg.image_format,
+        max_image_side=cfg.max_image_side,
+        keep_prebuilt_chains=cfg.keep_prebuilt_chains,
+    )
+
+
+def _ordered_map(pool, fn, items, window: int) -> Iterator:
+    """``map`` on a process pool with at most ``window`` jobs in flight, results in order.
+
+    ``Executor.map`` submits everything at once, which would hold every encoded image of a large
+    build in memory when the writer falls behind.
+    """
+    pending = collections.deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _split_examples(cfg, split, records, annotator, pool, stats, progress) -> Iterator[dict]:
+    """The examples of one split, in record order; bad records reported by ``cfg.on_error``."""
+    settings = _settings(cfg)
+    jobs = (
+        (record, split, index, settings, annotator, split == "train" and index < cfg.contact_sheet_size)
+        for index, record in enumerate(records)
+    )
+    results = _ordered_map(pool, _synthesize_job, jobs, 4 * cfg.num_workers) if pool else map(_synthesize_job, jobs)
+    for item in results:
+        progress.update(1)
+        if item.error is not None:
+            stats.skipped += 1
+            report_bad_input(ImageError(item.error), cfg.on_error)
+            continue
+        stats.add(split, item)
+        yield item.example
+
+
+def run(config) -> dict:
+    """Build the dataset described by ``config.synth`` under ``config.workdir``; returns the summary."""
+    cfg = config.synth
+    check_on_error(cfg.on_error)
+    if not 1 <= cfg.min_degradations <= cfg.max_degradations:
+        raise ValueError(f"need 1 <= min_degradations <= max_degradations, got {cfg.min_degradations}, {cfg.max_degradations}")
+    workdir = os.path.abspath(config.workdir)
+    data_dir = cfg.data_dir or os.path.join(workdir, "tfds")
+    started = time.perf_counter()
+    records = split_records(cfg)
+    annotator = make_annotator(cfg)
+    stats = _Stats()
+    total = sum(len(r) for r in records.values())
+    pool = None
+    if cfg.num_workers > 0:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            cfg.num_workers, mp_context=multiprocessing.get_context("spawn")
+        )
+    try:
+        with tqdm(total=total, desc=f"synth {cfg.source}", unit="ex") as progress:
+            # One lazy generator per split: tfds consumes them one after the other.
+            split_examples = {
+                split: _split_examples(cfg, split, records[split], annotator, pool, stats, progress)
+                for split in ("train", "validation")
+            }
+            path = tfds_builder.write_dataset(
+                split_examples, data_dir, image_format=cfg.image_format, overwrite=cfg.overwrite
+            )
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    sheet_path = os.path.join(workdir, CONTACT_SHEET_NAME)
+    if stats.sheet_rows:
+        save_png_atomic(contact_sheet(stats.sheet_rows), sheet_path)
+    summary = {
+        "dataset_dir": path,
+        "source": cfg.source,
+        "counts": stats.counts,
+        "skipped": stats.skipped,
+        "mean_sum_intensity": round(float(np.mean(stats.totals)), 4) if stats.totals else 0.0,
+        "mean_reasoning_words": round(float(np.mean(stats.reasoning_words)), 2) if stats.reasoning_words else 0.0,
+        "spearman_sum_intensity_vs_reasoning_words": (
+            chains.spearman(stats.totals, stats.reasoning_words) if len(stats.totals) > 2 else None
+        ),
+        "contact_sheet": sheet_path if stats.sheet_rows else None,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    save_json_atomic(summary, os.path.join(workdir, SUMMARY_NAME))
+    logger.info("synth: wrote %s (%s), contact sheet %s", path, stats.counts, summary["contact_sheet"])
+    return summary

@@ -1,0 +1,245 @@
+"""The ``robust_r1`` tensorflow-datasets builder: array_record shards, no TensorFlow needed.
+
+tfds 4.9.10 prepares a ``GeneratorBasedBuilder`` without TensorFlow as long as no feature has to
+be encoded by TF: images arrive here already encoded (PNG or JPEG bytes made with PIL), which the
+``Image`` feature stores as they are; text, scalars and tensors are serialised by tfds's own
+protobuf code. Reading back goes through ``tfds.builder_from_directory(...).as_data_source``
+(decoding images with PIL), which is also what grain's pipelines consume.
+
+On-disk layout (the standard tfds one)::
+
+    {data_dir}/robust_r1/1.0.0/
+        dataset_info.json  features.json
+        robust_r1-train.array_record-00000-of-0000N
+        robust_r1-validation.array_record-00000-of-0000M
+
+Examples keep the order they were generated in (``disable_shuffling``), so the same inputs give
+byte-identical shards. A build happens in a temporary directory next to the target and is moved
+into place with one rename: a failure leaves the previous dataset (or nothing) behind.
+
+Per example: ``id``, ``image`` (the degraded image), ``question``, ``options``, ``answer`` (option
+index), ``chain``, ``rationales``, ``degradation_types``, ``degradation_intensities``,
+``degradation_seed`` (-1 when the source shipped pre-degraded images), ``category``, ``source``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+from typing import Iterable, Mapping
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+from tensorflow_datasets.core.utils import tqdm_utils
+
+DATASET_NAME = "robust_r1"
+DATASET_VERSION = "1.0.0"
+SPLITS = ("train", "validation")
+IMAGE_FORMATS = ("png", "jpeg")
+DESCRIPTION = "Degraded multiple-choice VQA with degradation-aware reasoning chains (Robust-R1)."
+
+TEXT_FIELDS = ("id", "question", "chain", "category", "source")
+TEXT_LIST_FIELDS = ("options", "rationales", "degradation_types")
+
+
+def features(image_format: str = "png") -> tfds.features.FeaturesDict:
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+    return tfds.features.FeaturesDict({
+        "id": tfds.features.Text(),
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format=image_format),
+        "question": tfds.features.Text(),
+        "options": tfds.features.Sequence(tfds.features.Text()),
+        "answer": tfds.features.Scalar(np.int32),
+        "chain": tfds.features.Text(),
+        "rationales": tfds.features.Sequence(tfds.features.Text()),
+        "degradation_types": tfds.features.Sequence(tfds.features.Text()),
+        "degradation_intensities": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+        "degradation_seed": tfds.features.Scalar(np.int64),
+        "category": tfds.features.Text(),
+        "source": tfds.features.Text(),
+    })
+
+
+def validate_example(example: Mapping, where: str) -> dict:
+    """The example with normalised types; ``ValueError`` naming ``where`` when malformed."""
+    expected = set(features().keys())
+    if set(example) != expected:
+        raise ValueError(
+            f"{where}: example fields differ from the schema: missing {sorted(expected - set(example))}, "
+            f"unexpected {sorted(set(example) - expected)}"
+        )
+    if not isinstance(example["image"], bytes) or not example["image"]:
+        raise ValueError(f"{where}: 'image' must be encoded image bytes (PNG or JPEG)")
+    types = list(example["degradation_types"])
+    intensities = np.asarray(example["degradation_intensities"], dtype=np.float32).reshape(-1)
+    if len(types) != len(intensities):
+        raise ValueError(f"{where}: {len(types)} degradation types but {len(intensities)} intensities")
+    options = [str(o) for o in example["options"]]
+    answer = int(example["answer"])
+    if options and not 0 <= answer < len(options):
+        raise ValueError(f"{where}: answer {answer} outside the {len(options)} options")
+    normalised = dict(example)
+    normalised.update(
+        options=options,
+        rationales=[str(r) for r in example["rationales"]],
+        degradation_types=[str(t) for t in types],
+        degradation_intensities=intensities,
+        answer=answer,
+        degradation_seed=int(example["degradation_seed"]),
+    )
+    for field in TEXT_FIELDS:
+        normalised[field] = str(example[field])
+    return normalised
+
+
+class RobustR1(tfds.core.GeneratorBasedBuilder):
+    """Degraded multiple-choice VQA with degradation-aware reasoning chains (Robust-R1)."""
+
+    VERSION = tfds.core.Version(DATASET_VERSION)
+    RELEASE_NOTES = {DATASET_VERSION: "Initial release."}
+
+    # tfds's default code_path probes ``importlib_resources`` (an optional etils extra that is not
+    # installed); this module's own file is the right answer and needs no probing.
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        return epath.Path(__file__)
+
+    def __init__(self, *, split_examples: Mapping[str, Iterable[Mapping]] | None = None,
+                 image_format: str = "png", **kwargs):
+        self._split_examples = dict(split_examples or {})
+        self._image_format = image_format
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=DESCRIPTION,
+            features=features(self._image_format),
+            disable_shuffling=True,  # keep generation order: reproducible bytes and indices
+            homepage="https://arxiv.org/abs/2512.17532",
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download: examples are handed in
+        if not self._split_examples:
+            raise ValueError("RobustR1 builder was created without examples; use write_dataset()")
+        return {split: self._generate_examples(split) for split in self._split_examples}
+
+    def _generate_examples(self, split):
+        for index, example in enumerate(self._split_examples[split]):
+            yield index, validate_example(example, f"{split} example {index}")
+
+
+def dataset_dir(data_dir: str) -> str:
+    """Where ``write_dataset(..., data_dir)`` puts the dataset."""
+    return os.path.join(data_dir, DATASET_NAME, DATASET_VERSION)
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+    """Hide tfds's own bars and messages; the caller shows its own progress."""
+    previous = tqdm_utils._active  # pylint: disable=protected-access
+    tfds.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tfds.display_progress_bar(previous)
+
+
+def _missing_directories(path: str) -> list[str]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def write_dataset(
+    split_examples: Mapping[str, Iterable[Mapping]],
+    data_dir: str,
+    image_format: str = "png",
+    overwrite: bool = False,
+) -> str:
+    """Write the splits as array_record shards under ``dataset_dir(data_dir)``; returns that path.
+
+    Examples are consumed lazily (pass generators to stream). Nothing is visible at the target
+    until the build has succeeded; an existing dataset is replaced only with ``overwrite``.
+    """
+    unknown = set(split_examples) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"unknown split(s) {sorted(unknown)}; expected a subset of {SPLITS}")
+    target = dataset_dir(data_dir)
+    if os.path.exists(target) and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    parent = os.path.dirname(target)
+    created = _missing_directories(parent)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{DATASET_NAME}-build-", dir=parent)
+    succeeded = False
+    try:
+        builder = RobustR1(
+            split_examples=split_examples,
+            image_format=image_format,
+            data_dir=os.path.join(staging, "tfds"),
+            file_format="array_record",
+        )
+        with _quiet_tfds():
+            builder.download_and_prepare()
+        built = dataset_dir(os.path.join(staging, "tfds"))
+        if os.path.exists(target):
+            # Move the old dataset aside first so the target is never half old, half new.
+            retired = os.path.join(staging, "retired")
+            os.rename(target, retired)
+        os.rename(built, target)
+        succeeded = True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not succeeded:
+            for directory in created:  # deepest first; rmdir only removes empty ones
+                with contextlib.suppress(OSError):
+                    os.rmdir(directory)
+    return target
+
+
+def data_source(path: str, split: str, decode_images: bool = True):
+    """A random-access tfds data source (what grain reads) for a dataset directory."""
+    builder = tfds.builder_from_directory(path)
+    decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
+    return builder.as_data_source(split=split, decoders=decoders)
+
+
+def to_python(example: Mapping) -> dict:
+    """A decoded tfds example with text as ``str`` and intensities as a float32 array."""
+    out = dict(example)
+    for field in TEXT_FIELDS:
+        out[field] = _text(example[field])
+    for field in TEXT_LIST_FIELDS:
+        out[field] = [_text(v) for v in example[field]]
+    out["answer"] = int(example["answer"])
+    out["degradation_seed"] = int(example["degradation_seed"])
+    out["degradation_intensities"] = np.asarray(example["degradation_intensities"], np.float32).reshape(-1)
+    return out
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def read_examples(path: str, split: str, decode_images: bool = True) -> list[dict]:
+    """Every example of a split, in order, as plain Python dicts (images as uint8 arrays)."""
+    source = data_source(path, split, decode_images)
+    return [to_python(source[i]) for i in range(len(source))]
+
+
+def split_sizes(path: str) -> dict[str, int]:
+    builder = tfds.builder_from_directory(path)
+    return {name: info.num_examples for name, info in builder.info.splits.items()}
