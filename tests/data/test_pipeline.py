@@ -1,0 +1,331 @@
+"""grain pipelines: fixed shapes, exact masks and positions, determinism, resumption, host sharding."""
+
+import json
+
+import numpy as np
+import pytest
+
+from robust_r1_jax import degrade
+from robust_r1_jax.data import chains, pipeline, shapes, tfds_builder
+from robust_r1_jax.data.pipeline import PipelineConfig
+from robust_r1_jax.data.records import encode_image
+from robust_r1_jax.data.tokenizer import train_demo_tokenizer
+from robust_r1_jax.model.processor import IM_END, ImageProcessor, Processor
+from robust_r1_jax.model.rope_index import mrope_position_ids
+
+NUM_EXAMPLES = 14
+SEQ_LEN = 1024
+BUCKET = 64
+
+
+def _examples(num=NUM_EXAMPLES):
+    """Shapes questions with hand-picked degradations (no pixels degraded: the pipeline only reads them)."""
+    rng = np.random.default_rng(7)
+    out = []
+    for index, record in enumerate(shapes.make_records(num, seed=3, image_size=56)):
+        image = record.load_image()
+        if index % 3 == 0:  # a larger, non-square image: resized to fit the bucket
+            image = np.ascontiguousarray(np.tile(image, (2, 3, 1))[:100, :150])
+        count = 1 + index % 4
+        names = [str(n) for n in rng.choice(degrade.NAMES, count, replace=False)]
+        values = np.round(rng.uniform(0, 1, count), 2).astype(np.float32)
+        applied = list(zip(names, values.tolist()))
+        chain = chains.make_chain(record.question, record.options, record.answer, record.rationales,
+                                  [(n, round(v, 2)) for n, v in applied], seed=index)
+        out.append({
+            "id": record.id,
+            "image": encode_image(image, "png"),
+            "question": record.question,
+            "options": list(record.options),
+            "answer": record.answer,
+            "chain": chain,
+            "rationales": list(record.rationales),
+            "degradation_types": names,
+            "degradation_intensities": values,
+            "degradation_seed": index,
+            "category": record.category,
+            "source": record.location,
+        })
+    return out
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return _examples()
+
+
+@pytest.fixture(scope="module")
+def source(examples, tmp_path_factory):
+    path = tfds_builder.write_dataset({"train": examples}, str(tmp_path_factory.mktemp("pipeline_tfds")))
+    return tfds_builder.data_source(path, "train")
+
+
+@pytest.fixture(scope="module")
+def processor(examples, tmp_path_factory):
+    texts = [e["chain"] for e in examples] + [pipeline.user_text(e, chains.PROMPT_SUFFIX) for e in examples]
+    tokenizer = train_demo_tokenizer(texts, tmp_path_factory.mktemp("pipeline_tok") / "tok", vocab_size=1024)
+    return Processor(tokenizer, ImageProcessor())
+
+
+def _config(**overrides):
+    settings = dict(batch_size=4, seq_len=SEQ_LEN, patch_bucket=BUCKET, image_slots=2, seed=5, num_epochs=1,
+                    drop_remainder=False, read_threads=0, prefetch_batches=2, reference_bytes=2048)
+    settings.update(overrides)
+    return PipelineConfig(**settings)
+
+
+def _sft(source, processor, **overrides):
+    hosts = {k: overrides.pop(k) for k in ("process_index", "process_count") if k in overrides}
+    hosts = {"process_index": 0, "process_count": 1, **hosts}
+    return pipeline.make_sft_loader(source, processor, _config(**overrides), **hosts)
+
+
+def _rl(source, processor, **overrides):
+    hosts = {k: overrides.pop(k) for k in ("process_index", "process_count") if k in overrides}
+    hosts = {"process_index": 0, "process_count": 1, **hosts}
+    return pipeline.make_rl_loader(source, processor, _config(**overrides), **hosts)
+
+
+def _assert_same_batches(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def _real_indices(batches):
+    return [int(i) for b in batches for i in b["example_index"] if i >= 0]
+
+
+@pytest.fixture(scope="module")
+def sft_batches(source, processor):
+    return list(_sft(source, processor))
+
+
+@pytest.fixture(scope="module")
+def rl_batches(source, processor):
+    return list(_rl(source, processor))
+
+
+# ---- shapes, masks, images, positions ---------------------------------------------------------------------------
+
+def test_sft_batches_have_fixed_shapes_and_dtypes(sft_batches, processor):
+    assert len(sft_batches) == 4  # 14 examples, batches of 4, last one filled with 2 padding rows
+    dim = processor.image_processor.patch_dim
+    expected = {
+        "input_ids": ((4, SEQ_LEN), np.int32), "attention_mask": ((4, SEQ_LEN), np.int32),
+        "loss_mask": ((4, SEQ_LEN), np.int32), "pixel_values": ((4, BUCKET, dim), np.float32),
+        "image_grid_thw": ((4, 2, 3), np.int32), "position_ids": ((4, 3, SEQ_LEN), np.int32),
+        "example_index": ((4,), np.int64), "truncated_tokens": ((4,), np.int32),
+    }
+    for batch in sft_batches:
+        assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
+        assert not batch["truncated_tokens"].any()
+    last = sft_batches[-1]
+    np.testing.assert_array_equal(last["example_index"][2:], [-1, -1])
+    assert not last["loss_mask"][2:].any()
+    assert last["attention_mask"][2:].sum(axis=1).min() > 0  # padding rows repeat real prompts: no empty rows
+    assert sorted(_real_indices(sft_batches)) == list(range(NUM_EXAMPLES))
+
+
+def test_loss_mask_covers_exactly_the_chain_and_im_end(sft_batches, examples, processor):
+    tokenizer, pad = processor.tokenizer, pipeline._RowBuilder._pad_id(processor)
+    for batch in sft_batches:
+        for row, index in enumerate(batch["example_index"]):
+            if index < 0:
+                continue
+            ids, mask = batch["input_ids"][row], batch["loss_mask"][row]
+            masked = np.flatnonzero(mask)
+            # One contiguous block, decoding to exactly the chain and the turn's closing token.
+            assert masked[-1] - masked[0] + 1 == len(masked)
+            assert tokenizer.decode(ids[masked]) == examples[index]["chain"] + IM_END
+            assert tokenizer.decode(ids[: masked[0]]).endswith("<|im_start|>assistant\n")
+            length = batch["attention_mask"][row].sum()
+            assert batch["attention_mask"][row][:length].all() and (ids[length:] == pad).all()
+            assert masked[-1] < length - 1  # the "\n" after <|im_end|> is real but not trained on
+
+
+def test_image_tokens_match_grids_and_patches(sft_batches, processor):
+    image_token = processor.image_token_id
+    for batch in sft_batches:
+        for row in range(4):
+            grid = batch["image_grid_thw"][row]
+            patches = int(np.prod(grid, axis=1).sum())
+            assert grid[0].all() and not grid[1].any()  # one image per example, second slot empty
+            assert 16 <= patches <= BUCKET
+            assert (batch["input_ids"][row] == image_token).sum() == patches // 4
+            pixels = batch["pixel_values"][row]
+            assert np.abs(pixels[:patches]).sum(axis=1).min() > 0 and not pixels[patches:].any()
+
+
+def test_large_image_is_resized_to_fit_the_bucket(source, processor):
+    # Example 0 is 100x150: unconstrained it gets an 8x10 grid of patches, more than the bucket of 64.
+    batches = _first(_sft(source, processor, shuffle=False, batch_size=1), 1)
+    assert ImageProcessor().image_grid(100, 150) == (1, 8, 10)
+    np.testing.assert_array_equal(batches[0]["image_grid_thw"][0, 0], [1, 6, 8])  # 48 patches <= 64
+    np.testing.assert_array_equal(batches[0]["example_index"], [0])
+
+
+def _first(loader, n):
+    out = [next(loader) for _ in range(n)]
+    loader.close()
+    return out
+
+
+def test_position_ids_equal_mrope_position_ids(sft_batches, rl_batches, processor):
+    kw = dict(image_token_id=processor.image_token_id, spatial_merge_size=processor.image_processor.merge_size)
+    for ids_key, mask_key, batches in (("input_ids", "attention_mask", sft_batches),
+                                       ("prompt_ids", "prompt_mask", rl_batches)):
+        for batch in batches:
+            expected, _ = mrope_position_ids(batch[ids_key], batch["image_grid_thw"].reshape(-1, 3),
+                                             batch[mask_key], **kw)
+            np.testing.assert_array_equal(batch["position_ids"], np.asarray(expected).transpose(1, 0, 2))
+            # Image tokens really get 3-D positions: the three rows differ somewhere.
+            assert (batch["position_ids"][:, 1] != batch["position_ids"][:, 2]).any()
+
+
+def test_numpy_positions_reject_split_image_tokens():
+    ids = np.array([5, 9, 9, 5, 9, 9, 5])
+    with pytest.raises(ValueError, match="split by text"):
+        pipeline.mrope_positions(ids, np.ones(7), [[1, 2, 2]], image_token_id=9, spatial_merge_size=1)
+    with pytest.raises(ValueError, match="not covered"):
+        pipeline.mrope_positions(ids, np.ones(7), [[1, 1, 2]], image_token_id=9, spatial_merge_size=1)
+
+
+# ---- RL batches ---------------------------------------------------------------------------------------------------
+
+def test_rl_batch_is_the_left_padded_prompt_with_references(rl_batches, sft_batches, examples, processor):
+    assert len(rl_batches) == 4
+    for rl, sft in zip(rl_batches, sft_batches):
+        assert rl["prompt_ids"].shape == (4, SEQ_LEN) and rl["prompt_ids"].dtype == np.int32
+        assert rl["reference_chain"].shape == (4, 2048) and rl["reference_chain"].dtype == np.uint8
+        assert rl["degradation_ids"].shape == (4, 16) and rl["degradation_values"].dtype == np.float32
+        np.testing.assert_array_equal(rl["example_index"], sft["example_index"])  # same order as SFT
+        texts = pipeline.reference_texts(rl)
+        for row, index in enumerate(rl["example_index"]):
+            mask = rl["prompt_mask"][row]
+            length = mask.sum()
+            assert not mask[: SEQ_LEN - length].any() and mask[SEQ_LEN - length:].all()  # left padded
+            # The prompt is exactly the SFT row's tokens before the chain.
+            prompt_end = np.flatnonzero(sft["loss_mask"][row])[0] if index >= 0 else length
+            np.testing.assert_array_equal(rl["prompt_ids"][row, SEQ_LEN - length:], sft["input_ids"][row, :prompt_end])
+            if index < 0:
+                continue
+            example = examples[index]
+            assert texts[row] == example["chain"]
+            assert rl["reference_chain_length"][row] == len(example["chain"].encode("utf-8"))
+            assert rl["answer_index"][row] == example["answer"]
+            count = len(example["degradation_types"])
+            names = [degrade.NAMES[i] for i in rl["degradation_ids"][row, :count]]
+            assert names == example["degradation_types"]
+            assert (rl["degradation_ids"][row, count:] == -1).all()
+            np.testing.assert_array_equal(rl["degradation_values"][row, :count], example["degradation_intensities"])
+            assert rl["summed_intensity"][row] == pytest.approx(float(example["degradation_intensities"].sum()),
+                                                                abs=1e-6)
+
+
+# ---- order, determinism, resumption, hosts ------------------------------------------------------------------------
+
+def test_two_runs_give_identical_batches_and_seed_changes_order(source, processor, sft_batches):
+    _assert_same_batches(list(_sft(source, processor)), sft_batches)
+    other = _real_indices(_sft(source, processor, seed=6))
+    assert sorted(other) == sorted(_real_indices(sft_batches)) and other != _real_indices(sft_batches)
+
+
+def test_epochs_are_distinct_permutations(examples, processor):
+    loader = _sft(examples, processor, batch_size=7, num_epochs=2, drop_remainder=True, patch_bucket=48)
+    order = _real_indices(loader)
+    assert loader.num_batches == 4 and len(order) == 2 * NUM_EXAMPLES
+    first, second = order[:NUM_EXAMPLES], order[NUM_EXAMPLES:]
+    assert sorted(first) == sorted(second) == list(range(NUM_EXAMPLES)) and first != second
+
+
+def test_resuming_from_a_saved_state_yields_exactly_the_remaining_batches(examples, processor):
+    settings = dict(batch_size=3, num_epochs=2, drop_remainder=True, patch_bucket=48)
+    everything = list(_sft(examples, processor, **settings))
+    assert len(everything) == 9  # 28 rows // 3
+    loader = _sft(examples, processor, **settings)
+    head = [next(loader) for _ in range(4)]  # stops mid-epoch, mid-prefetch
+    saved = json.loads(json.dumps(loader.get_state()))
+    loader.close()
+    assert saved["next_batch"] == 4
+    resumed = _sft(examples, processor, **settings)
+    resumed.set_state(saved)
+    tail = list(resumed)
+    _assert_same_batches(head + tail, everything)
+    assert resumed.get_state()["next_batch"] == 9
+    with pytest.raises(ValueError, match="batch_size: saved 3, now 2"):
+        _sft(examples, processor, **{**settings, "batch_size": 2}).set_state(saved)
+
+
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_hosts_partition_the_data(source, processor, drop_remainder):
+    # 14 examples, 2 hosts x 3 rows: 2 full global batches + 2 rows.
+    hosts = [list(_sft(source, processor, batch_size=3, drop_remainder=drop_remainder, process_index=h,
+                       process_count=2)) for h in (0, 1)]
+    assert len(hosts[0]) == len(hosts[1]) == (2 if drop_remainder else 3)
+    seen = [set(_real_indices(batches)) for batches in hosts]
+    assert len(_real_indices(hosts[0])) == len(seen[0]) and len(_real_indices(hosts[1])) == len(seen[1])
+    assert not seen[0] & seen[1]
+    if drop_remainder:
+        assert len(seen[0]) == len(seen[1]) == 6
+    else:
+        assert seen[0] | seen[1] == set(range(NUM_EXAMPLES))
+    # Together the hosts' rows are the one-host stream cut into global batches.
+    single = _real_indices(_sft(source, processor, batch_size=6, drop_remainder=drop_remainder))
+    interleaved = [i for k in range(len(hosts[0])) for h in (0, 1) for i in hosts[h][k]["example_index"] if i >= 0]
+    assert interleaved == single
+
+
+def test_infinite_loader_keeps_going_and_resumes(examples, processor):
+    loader = _sft(examples, processor, batch_size=5, num_epochs=None, patch_bucket=48)
+    assert loader.num_batches is None
+    batches = _first(loader, 7)  # 35 rows: past two epochs of 14
+    order = _real_indices(batches)
+    assert len(order) == 35 and sorted(order[:14]) == sorted(order[14:28]) == list(range(14))
+    resumed = _sft(examples, processor, batch_size=5, num_epochs=None, patch_bucket=48)
+    resumed.set_state({**loader.get_state(), "next_batch": 5})
+    _assert_same_batches(_first(resumed, 2), batches[5:])
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_batches(source, processor, sft_batches):
+    with _sft(source, processor, worker_count=1) as loader:
+        _assert_same_batches(list(loader), sft_batches)
+    # Resuming on workers from a state saved in-process.
+    loader = _sft(source, processor, worker_count=2)
+    loader.set_state({**loader.get_state(), "next_batch": 2})
+    _assert_same_batches(list(loader), sft_batches[2:])
+
+
+# ---- errors and truncation ---------------------------------------------------------------------------------------
+
+def test_long_sequences_are_truncated_and_counted(examples, processor):
+    full = _first(_sft(examples, processor, shuffle=False, batch_size=2), 1)[0]
+    lengths = full["attention_mask"].sum(axis=1)
+    seq_len = int(lengths.min()) - 5
+    cut = _first(_sft(examples, processor, shuffle=False, batch_size=2, seq_len=seq_len), 1)[0]
+    np.testing.assert_array_equal(cut["truncated_tokens"], lengths - seq_len)
+    np.testing.assert_array_equal(cut["input_ids"], full["input_ids"][:, :seq_len])
+    np.testing.assert_array_equal(cut["loss_mask"], full["loss_mask"][:, :seq_len])
+    assert cut["attention_mask"].all()
+
+
+def test_examples_that_do_not_fit_are_errors_naming_them(examples, processor):
+    name = examples[0]["id"]
+    with pytest.raises(ValueError, match=f"{name}.*min_pixels=12544"):
+        _first(_sft(examples, processor, shuffle=False, min_pixels=112 * 112, patch_bucket=48), 1)
+    with pytest.raises(ValueError, match=f"{name}.*image tokens run to position .* beyond seq_len=20"):
+        _first(_sft(examples, processor, shuffle=False, seq_len=20), 1)
+    with pytest.raises(ValueError, match=f"{name}.*prompt has .* tokens, more than seq_len=60"):
+        _first(_rl(examples, processor, shuffle=False, seq_len=60), 1)
+    with pytest.raises(ValueError, match=f"{name}.*UTF-8 bytes, more than reference_bytes=64"):
+        _first(_rl(examples, processor, shuffle=False, reference_bytes=64), 1)
+    two_images = [{**examples[0], "images": [examples[0]["image"]] * 3}]
+    with pytest.raises(ValueError, match=f"{name}.*3 images but image_slots=2"):
+        _first(_sft(two_images, processor, batch_size=1), 1)
+    with pytest.raises(ValueError, match="patch_bucket=30 must be a multiple of"):
+        _sft(examples, processor, patch_bucket=30)
+    with pytest.raises(ValueError, match="do not fill one global batch"):
+        _sft(examples, processor, batch_size=8, drop_remainder=True, process_count=2)
