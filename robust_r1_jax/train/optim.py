@@ -1,0 +1,52 @@
+"""Optimizer, learning-rate schedule and parameter freezing, all from config."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Sequence
+
+import optax
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    learning_rate: float = 1e-5
+    warmup_steps: int = 0
+    total_steps: int = 1000
+    min_lr_ratio: float = 0.0       # cosine decays to learning_rate * min_lr_ratio
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: float = 1.0          # <= 0 disables clipping
+
+
+def schedule(cfg: OptimConfig) -> optax.Schedule:
+    """Linear warmup from 0, then cosine decay to ``min_lr_ratio`` of the peak at ``total_steps``."""
+    decay_steps = max(cfg.total_steps, cfg.warmup_steps + 1)
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps, decay_steps,
+                                              end_value=cfg.learning_rate * cfg.min_lr_ratio)
+
+
+def optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+    """AdamW (fp32 moments, as the master weights) behind global-norm clipping."""
+    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
+    parts.append(optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay))
+    return optax.chain(*parts)
+
+
+def path_string(path: Sequence) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def frozen_filter(patterns: Sequence[str]):
+    """An nnx filter that picks the parameters whose dotted path matches any regex in ``patterns``.
+
+    The paper freezes the vision tower and its merger: ``("^visual\\.",)``.
+    """
+    compiled = [re.compile(p) for p in patterns]
+
+    def is_frozen(path, value) -> bool:
+        return isinstance(value, nnx.Param) and any(c.search(path_string(path)) for c in compiled)
+    return is_frozen
