@@ -1,0 +1,97 @@
+"""Throughput accounting (tokens/s, model TFLOP/s, MFU) and metric sinks: TensorBoard event files and the
+console. Only process 0 writes."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+# Dense bf16 peak FLOP/s per chip, for MFU. Unknown devices (CPUs) report no MFU.
+PEAK_FLOPS = {
+    "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12,
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+}
+
+
+def peak_flops_per_device(device=None) -> float | None:
+    kind = (device or jax.devices()[0]).device_kind
+    for name, flops in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
+        if name.lower() in kind.lower():
+            return flops
+    return None
+
+
+def step_flops(batch: dict, n_trained: int, n_vision: int, vision_trained: bool) -> float:
+    """6·N·tokens for the trained language model, plus the vision tower's forward (2·N·patches), or its
+    forward and backward when it is trained too."""
+    tokens = float(np.sum(batch["attention_mask"]))
+    patches = float(np.sum(np.prod(batch["image_grid_thw"], axis=-1))) if "image_grid_thw" in batch else 0.0
+    vision = (6.0 if vision_trained else 2.0) * n_vision * patches
+    return 6.0 * n_trained * tokens + vision
+
+
+class Meter:
+    """Wall time between ``tick`` calls, turned into rates."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+
+    def tick(self) -> float:
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        return elapsed
+
+
+def rates(step_time: float, tokens: float, flops: float, n_devices: int) -> dict:
+    out = dict(step_time=step_time, tokens_per_s=tokens / step_time, tflops=flops / step_time / 1e12)
+    peak = peak_flops_per_device()
+    if peak:
+        out["mfu"] = flops / step_time / (peak * n_devices)
+    return out
+
+
+class Writer:
+    """TensorBoard scalars plus a JSONL copy (easy to read back in tests and reports)."""
+
+    def __init__(self, logdir: str, enabled: bool = True):
+        self.enabled = enabled and jax.process_index() == 0
+        self.tb = None
+        self.jsonl = None
+        if self.enabled:
+            os.makedirs(logdir, exist_ok=True)
+            from tensorboardX import SummaryWriter
+            self.tb = SummaryWriter(logdir)
+            self.jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
+
+    def write(self, step: int, scalars: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in scalars.items() if np.ndim(v) == 0}
+        for k, v in clean.items():
+            self.tb.add_scalar(k, v, step)
+        self.jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        self.jsonl.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tb.close()
+            self.jsonl.close()
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def console_line(step: int, total: int, scalars: dict) -> str:
+    keys = ("loss", "grad_norm", "learning_rate", "tokens_per_s", "step_time", "tflops", "mfu", "skipped")
+    parts = [f"step {step}/{total}"]
+    for k in keys:
+        if k in scalars:
+            v = float(scalars[k])
+            parts.append(f"{k} {v:.4g}" if k != "skipped" else f"skipped {int(v)}")
+    return " | ".join(parts)
