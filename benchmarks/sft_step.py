@@ -1,0 +1,116 @@
+"""SFT step throughput of robust_r1_jax on the devices at hand.
+
+Mirrors ../shared/bench/hf_baseline.py's SFT measurement: batch x seqlen tokens with one side x side image
+per row, vision tower frozen, AdamW, random init, bf16 compute with fp32 master weights. Prints one JSON line.
+
+    python benchmarks/sft_step.py --preset tiny                      # CPU smoke run
+    python benchmarks/sft_step.py --preset 3b --remat dots --attention auto   # the H100 comparison
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from robust_r1_jax import parallel  # noqa: E402
+from robust_r1_jax.model import config as model_config  # noqa: E402
+from robust_r1_jax.model.rope_index import mrope_position_ids  # noqa: E402
+from robust_r1_jax.model.vlm import Qwen25VL  # noqa: E402
+from robust_r1_jax.train import metrics as mx  # noqa: E402
+from robust_r1_jax.train import optim, state as train_state, step as sft  # noqa: E402
+
+
+def synthetic_batch(cfg, batch: int, seqlen: int, side: int, seed: int = 0) -> dict:
+    """Random tokens with one image per row at position 10, as the PyTorch baseline lays it out."""
+    rng = np.random.default_rng(seed)
+    grid = side // cfg.vision.patch_size
+    n_img = grid * grid // cfg.vision.merge_unit
+    ids = rng.integers(0, min(cfg.bos_token_id, 150000), (batch, seqlen)).astype(np.int32)
+    ids[:, 10] = cfg.vision_start_token_id
+    ids[:, 11:11 + n_img] = cfg.image_token_id
+    ids[:, 11 + n_img] = cfg.vision_end_token_id
+    mask = np.ones_like(ids)
+    grids = np.tile(np.array([[[1, grid, grid]]], np.int32), (batch, 1, 1))
+    pix = rng.normal(size=(batch, grid * grid, cfg.vision.patch_dim)).astype(np.float32)
+    pos, _ = mrope_position_ids(ids, grids.reshape(-1, 3), mask, image_token_id=cfg.image_token_id,
+                                spatial_merge_size=cfg.vision.spatial_merge_size)
+    return dict(input_ids=ids, attention_mask=mask, loss_mask=mask.copy(), pixel_values=pix,
+                image_grid_thw=grids, position_ids=np.moveaxis(np.asarray(pos), 0, 1).astype(np.int32)), n_img
+
+
+def peak_memory_gib() -> float:
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # host RSS (KiB -> GiB) on CPU
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--preset", default="tiny", choices=sorted(model_config.PRESETS))
+    p.add_argument("--bsz", type=int, default=4)
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--side", type=int, default=448)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--dtype", default=None, help="compute dtype (default bfloat16 on accelerators, float32 on CPU)")
+    p.add_argument("--remat", default="dots", choices=["none", "full", "dots"])
+    p.add_argument("--attention", default="auto", choices=["xla", "cudnn", "auto"])
+    p.add_argument("--ce-chunk", type=int, default=512)
+    p.add_argument("--fsdp", type=int, default=-1)
+    args = p.parse_args()
+
+    on_cpu = jax.default_backend() == "cpu"
+    dtype = args.dtype or ("float32" if on_cpu else "bfloat16")
+    cfg = model_config.preset(args.preset, dtype=dtype, param_dtype="float32", remat=args.remat,
+                              attention_impl=args.attention)
+    mesh = parallel.make_mesh(data=1, fsdp=args.fsdp, tensor=1)
+    model = _materialise(cfg, mesh)
+    n_vision = train_state.count(nnx.state(model.visual, nnx.Param))
+    tx = optim.optimizer(optim.OptimConfig(learning_rate=1e-5, total_steps=1000))
+    parts, state = train_state.init_state(model, tx, ("^visual\\.",), mesh)
+    n_trained = train_state.count(state.trainable)
+    del model
+    batch, n_img = synthetic_batch(cfg, args.bsz, args.seqlen, args.side)
+    step = sft.compile_step(parts, tx, optim.schedule(optim.OptimConfig()), sft.StepConfig(1, args.ce_chunk),
+                            state, mesh, batch)
+    device_batch = sft.global_batch(mesh, batch)
+    times = []
+    for i in range(args.warmup + args.steps):
+        t = time.perf_counter()
+        state, metrics = step(state, device_batch)
+        jax.block_until_ready(metrics["loss"])
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t)
+    med = float(np.median(times))
+    tokens = args.bsz * args.seqlen
+    flops = mx.step_flops(batch, n_trained, n_vision, vision_trained=False)
+    r = mx.rates(med, tokens, flops, jax.device_count())
+    print(json.dumps(dict(
+        what="jax_sft_step", preset=args.preset, device=jax.devices()[0].device_kind, devices=jax.device_count(),
+        dtype=dtype, remat=args.remat, attention=args.attention, bsz=args.bsz, seqlen=args.seqlen,
+        image_tokens=n_img, step_s=med, tokens_per_s=r["tokens_per_s"], model_tflops=r["tflops"],
+        lm_tflops=6 * n_trained * tokens / med / 1e12, mfu=r.get("mfu"), trained_params=n_trained,
+        vision_params=n_vision, peak_mem_gib=peak_memory_gib(), loss=float(metrics["loss"]))), flush=True)
+
+
+def _materialise(cfg, mesh) -> Qwen25VL:
+    """Random init straight into the sharding (never a full unsharded copy on one device)."""
+    abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0)))
+    graphdef, _ = nnx.split(abstract)
+    shardings = parallel.param_shardings(abstract, mesh)
+    state = jax.jit(lambda: nnx.split(Qwen25VL(cfg, rngs=nnx.Rngs(0)))[1], out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""The SFT recipe of configs/sft_qwen2_5_vl_3b.py on Qwen2.5-VL-7B-Instruct (untied head, 8.29B parameters).
+
+7.6B trained parameters need ~122 GB for fp32 weights, gradients and Adam moments: shard them over at least
+two 80 GB chips (fsdp) -- the default mesh puts every device on the fsdp axis.
+"""
+from robust_r1_jax.train.sft import default_config
+
+
+def get_config():
+    c = default_config()
+    c.workdir = "runs/sft_qwen2_5_vl_7b"
+    c.model.preset = "7b"
+    c.model.init_from = ""  # required: a local Qwen2.5-VL-7B-Instruct directory
+    c.model.dtype, c.model.param_dtype = "bfloat16", "float32"
+    c.model.remat, c.model.attention_impl = "full", "auto"
+    c.data.global_batch_size = 16
+    c.data.seq_len = 2048
+    c.data.patch_bucket = 1024
+    c.data.max_pixels = 448 * 448
+    c.data.worker_count = 8
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+    c.optim.learning_rate = 1e-5
+    c.optim.warmup_steps = 10
+    c.optim.min_lr_ratio = 0.1
+    c.train.steps = 2 * 2500 // 16
+    c.train.freeze = ("^visual\\.",)
+    c.train.ce_chunk = 512
+    c.train.checkpoint_every = 50
+    return c
