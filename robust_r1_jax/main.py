@@ -18,7 +18,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file
 MODES = {
     "synth": "robust_r1_jax.data.synth:run",
     "sft": "robust_r1_jax.train.sft:run",
-    "demo": "robust_r1_jax.train.demo:run",
+    "demo": "robust_r1_jax.demo:run",
     "rl": "robust_r1_jax.rl.grpo:run",
     "eval": "robust_r1_jax.eval.robust:run",
     "generate": "robust_r1_jax.eval.generate:run",

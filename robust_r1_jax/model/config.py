@@ -197,6 +197,16 @@ def tiny(vocab_size: int = 512, **kw) -> ModelConfig:
     return ModelConfig(text=text, vision=vision, **ids)
 
 
+def demo(vocab_size: int = 2048, **kw) -> ModelConfig:
+    """The embedded default's model: small enough to train on a 2-core CPU in minutes."""
+    base = tiny(vocab_size=vocab_size, **kw)
+    text = dataclasses.replace(base.text, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                               num_attention_heads=4, num_key_value_heads=2, mrope_section=(4, 6, 6))
+    vision = dataclasses.replace(base.vision, depth=2, hidden_size=64, intermediate_size=128, num_heads=2,
+                                 out_hidden_size=128, fullatt_block_indexes=(1,))
+    return base.replace(text=text, vision=vision)
+
+
 def qwen2_5_vl_3b(**kw) -> ModelConfig:
     return ModelConfig(**kw)
 
@@ -207,7 +217,7 @@ def qwen2_5_vl_7b(**kw) -> ModelConfig:
     return ModelConfig(text=text, vision=VisionConfig(out_hidden_size=3584), **kw)
 
 
-PRESETS = {"tiny": tiny, "3b": qwen2_5_vl_3b, "7b": qwen2_5_vl_7b}
+PRESETS = {"tiny": tiny, "demo": demo, "3b": qwen2_5_vl_3b, "7b": qwen2_5_vl_7b}
 
 
 def preset(name: str, **kw) -> ModelConfig:

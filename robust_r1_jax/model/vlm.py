@@ -52,12 +52,15 @@ class Qwen25VL(nnx.Module):
         return _jit_decode(self, jnp.asarray(tokens, jnp.int32), cache)
 
     # ---- traceable building blocks (used inside the SFT / RL steps) -------------------------------------------
-    def embed(self, input_ids, pixel_values=None, image_grid_thw=None) -> jax.Array:
+    def embed(self, input_ids, pixel_values=None, image_grid_thw=None, image_features=None) -> jax.Array:
+        """Token embeddings with image features in the image-token slots; ``image_features`` (from
+        ``self.visual``) skips the vision tower, e.g. when G samples of one prompt share its image."""
         x = self.language.embed_tokens(input_ids)
-        if pixel_values is None:
+        if image_features is None and pixel_values is not None:
+            image_features, _ = self.visual(pixel_values, image_grid_thw)
+        if image_features is None:
             return x
-        features, _ = self.visual(pixel_values, image_grid_thw)
-        return scatter_image_features(x, input_ids, features.astype(x.dtype), self.config.image_token_id)
+        return scatter_image_features(x, input_ids, image_features.astype(x.dtype), self.config.image_token_id)
 
     def positions(self, input_ids, attention_mask, image_grid_thw=None) -> tuple[jax.Array, jax.Array]:
         """M-RoPE positions [3, B, S] and each row's next position [B]."""
@@ -71,11 +74,11 @@ class Qwen25VL(nnx.Module):
                                   spatial_merge_size=self.config.vision.spatial_merge_size)
 
     def hidden_states(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None,
-                      position_ids=None) -> jax.Array:
+                      position_ids=None, image_features=None) -> jax.Array:
         """Final normalised hidden states [B, S, E] (the SFT loss projects them to logits in chunks)."""
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-        x = self.embed(input_ids, pixel_values, image_grid_thw)
+        x = self.embed(input_ids, pixel_values, image_grid_thw, image_features)
         if position_ids is None:
             position_ids, _ = self.positions(input_ids, attention_mask, image_grid_thw)
         hidden, _ = self.language(x, position_ids, causal_mask(attention_mask))

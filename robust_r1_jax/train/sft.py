@@ -33,7 +33,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.workdir = "runs/sft"
     c.seed = 0
     c.model = ml_collections.ConfigDict(dict(
-        preset="tiny", vocab_size=0,           # vocab_size 0: the tokenizer's size (tiny preset only)
+        preset="tiny", vocab_size=0,           # vocab_size 0: the tokenizer's size (tiny / demo presets)
         init_from="",                           # Hugging Face directory or orbax model checkpoint
         dtype="float32", param_dtype="float32", remat="none", attention_impl="xla"))
     c.data = ml_collections.ConfigDict(dict(
@@ -97,11 +97,11 @@ def build_model(config, processor, mesh) -> Qwen25VL:
         model = _with_runtime_settings(model, overrides)
     else:
         kw = dict(overrides)
-        if m.preset == "tiny":
+        if m.preset in ("tiny", "demo"):  # small presets take their vocabulary from the tokenizer
             ids = processor.token_ids if processor is not None else {}
             kw.update(_token_ids(ids))
             vocab = m.vocab_size or (len(processor.tokenizer) if processor is not None else 512)
-            cfg = model_config.tiny(vocab_size=vocab, **kw)
+            cfg = model_config.preset(m.preset, vocab_size=vocab, **kw)
         else:
             cfg = model_config.preset(m.preset, **kw)
         model = Qwen25VL(cfg, rngs=nnx.Rngs(config.seed))
@@ -240,8 +240,8 @@ def make_loader(config, processor, per_host: int, info):
                                     process_count=info.process_count)
 
 
-def _progress(start: int, total: int):
+def _progress(start: int, total: int, desc: str = "sft"):
     if not distributed.is_primary():
         return None
     from tqdm import tqdm
-    return tqdm(total=total, initial=start, desc="sft", unit="step", dynamic_ncols=True)
+    return tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)

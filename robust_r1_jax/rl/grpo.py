@@ -1,0 +1,313 @@
+"""On-policy GRPO for Robust-R1 (SPEC §4): ``mode = "rl"``. This file owns the loop.
+
+Per step: B prompts from the RL pipeline -> G completions each from the jitted sampler (one prefill per
+prompt) -> the jitted rewards on the completion token ids (no decoding on the host) -> group advantages
+(R - mean_G) / (std_G + 1e-4) -> ``inner_iterations`` (μ) clipped-ratio updates with a k3 KL to the frozen
+reference model. The reference model is the starting policy's *language* weights only: the vision tower is
+frozen, so policy and reference share it (and its features, computed once per prompt).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from robust_r1_jax import distributed
+from robust_r1_jax.rl import rewards as rw
+from robust_r1_jax.rl import sampler as smp
+from robust_r1_jax.train import checkpoint as ckpt
+from robust_r1_jax.train import metrics as mx
+from robust_r1_jax.train import optim, sft, state as train_state
+from robust_r1_jax.train.state import ModelParts, TrainState, shardings_of
+
+log = logging.getLogger(__name__)
+
+AGGREGATIONS = ("sequence_mean", "token_mean")
+STD_ESTIMATORS = ("unbiased", "biased")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    num_samples: int = 8             # G
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.2
+    beta: float = 0.04               # KL weight
+    loss_aggregation: str = "sequence_mean"  # mean over sequences of the token mean (the reference run)
+    std_estimator: str = "unbiased"  # torch's std, as the reference run
+    inner_iterations: int = 1        # μ
+    temperature: float = 1.0
+    logprob_chunk: int = 0           # completion chunk for log-probs (0 = all at once)
+
+    def __post_init__(self):
+        if self.loss_aggregation not in AGGREGATIONS:
+            raise ValueError(f"loss_aggregation must be one of {AGGREGATIONS}, got {self.loss_aggregation!r}")
+        if self.std_estimator not in STD_ESTIMATORS:
+            raise ValueError(f"std_estimator must be one of {STD_ESTIMATORS}, got {self.std_estimator!r}")
+        if self.num_samples < 2:
+            raise ValueError("GRPO needs at least 2 samples per prompt for a group baseline")
+
+
+# ---- pure pieces ----------------------------------------------------------------------------------------------
+def group_advantages(rewards: jax.Array, group: int, std_estimator: str = "unbiased",
+                     eps: float = 1e-4) -> jax.Array:
+    """(R - mean_G) / (std_G + eps) within each run of ``group`` consecutive rows."""
+    r = rewards.reshape(-1, group).astype(jnp.float32)
+    mean = r.mean(axis=1, keepdims=True)
+    std = r.std(axis=1, keepdims=True, ddof=1 if std_estimator == "unbiased" else 0)
+    return ((r - mean) / (std + eps)).reshape(-1)
+
+
+def grpo_objective(logp, old_logp, ref_logp, advantages, mask, row_weight, cfg: GRPOConfig):
+    """The GRPO loss and its diagnostics. logp/old/ref/mask [N, T]; advantages and row_weight [N]."""
+    mask = mask.astype(jnp.float32) * row_weight[:, None]
+    adv = advantages[:, None]
+    ratio = jnp.exp(logp - old_logp)
+    clipped = jnp.clip(ratio, 1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high)
+    policy = -jnp.minimum(ratio * adv, clipped * adv)
+    delta = ref_logp - logp
+    kl = jnp.exp(delta) - delta - 1.0
+    per_token = policy + cfg.beta * kl
+    tokens = jnp.maximum(mask.sum(), 1.0)
+    if cfg.loss_aggregation == "sequence_mean":
+        seq = (per_token * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
+        rows = (mask.sum(axis=1) > 0).astype(jnp.float32)
+        loss = (seq * rows).sum() / jnp.maximum(rows.sum(), 1.0)
+    else:
+        loss = (per_token * mask).sum() / tokens
+    is_clipped = ((ratio < 1.0 - cfg.epsilon_low) & (adv < 0)) | ((ratio > 1.0 + cfg.epsilon_high) & (adv > 0))
+    metrics = dict(kl=(kl * mask).sum() / tokens, clip_fraction=(is_clipped * mask).sum() / tokens,
+                   policy_loss=(policy * mask).sum() / tokens)
+    return loss, metrics
+
+
+def chunked_logprobs(hidden, project, targets, chunk: int, temperature: float = 1.0) -> jax.Array:
+    """log softmax(project(hidden) / temperature) at ``targets``; [N, T] float32, chunked over T."""
+    def one(h, t):
+        logits = project(h).astype(jnp.float32) / temperature
+        return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), t[..., None], axis=-1)[..., 0]
+    n, length, _ = hidden.shape
+    if chunk <= 0 or chunk >= length or length % chunk:
+        return one(hidden, targets)
+    split = lambda x: jnp.moveaxis(x.reshape(n, length // chunk, chunk, *x.shape[2:]), 1, 0)
+    out = jax.lax.map(lambda a: jax.checkpoint(one)(*a), (split(hidden), split(targets)))
+    return jnp.moveaxis(out, 0, 1).reshape(n, length)
+
+
+def completion_logprobs(model, batch: dict, group: int, cfg: GRPOConfig) -> jax.Array:
+    """Log-probs of each completion token under ``model``: prompt + completion in one forward, the image
+    features computed once per prompt and shared by its G samples."""
+    prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
+    tokens, mask = batch["tokens"], batch["mask"]
+    ids = jnp.concatenate([prompt_ids, tokens], axis=1)
+    attention = jnp.concatenate([prompt_mask, mask], axis=1)
+    features, grid = None, None
+    if batch.get("pixel_values") is not None:
+        features, _ = model.visual(batch["pixel_values"], batch["image_grid_thw"])
+        features = jnp.repeat(features, group, axis=0)
+        grid = jnp.repeat(batch["image_grid_thw"], group, axis=0)
+    positions, _ = model.positions(ids, attention, grid)
+    hidden = model.hidden_states(ids, None, grid, attention, positions, image_features=features)
+    s = prompt_ids.shape[1]
+    before = hidden[:, s - 1: s - 1 + tokens.shape[1]]
+    return chunked_logprobs(before, model.language.logits, tokens, cfg.logprob_chunk, cfg.temperature)
+
+
+def score_step(parts: ModelParts, cfg: GRPOConfig, trainable, frozen, ref_trainable, batch):
+    """Old-policy and reference log-probs, both without gradient."""
+    old = completion_logprobs(parts.merge(trainable, frozen), batch, cfg.num_samples, cfg)
+    ref = completion_logprobs(parts.merge(ref_trainable, frozen), batch, cfg.num_samples, cfg)
+    return jax.lax.stop_gradient(old), jax.lax.stop_gradient(ref)
+
+
+def update_step(parts: ModelParts, tx, lr_schedule, cfg: GRPOConfig, state: TrainState, batch, old_logp,
+                ref_logp, advantages):
+    def loss_fn(trainable):
+        logp = completion_logprobs(parts.merge(trainable, state.frozen), batch, cfg.num_samples, cfg)
+        return grpo_objective(logp, old_logp, ref_logp, advantages, batch["mask"], batch["row_weight"], cfg)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+    trainable = optax.apply_updates(state.trainable, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(step=state.step + finite.astype(jnp.int32), trainable=keep(trainable, state.trainable),
+                           frozen=state.frozen, opt_state=keep(opt_state, state.opt_state))
+    return new_state, dict(loss=loss, grad_norm=grad_norm, skipped=1 - finite.astype(jnp.int32),
+                           learning_rate=lr_schedule(state.step), **aux)
+
+
+def length_intensity_correlation(lengths: np.ndarray, intensity: np.ndarray) -> float:
+    """Pearson correlation of completion length with the prompt's summed degradation intensity."""
+    if np.std(lengths) == 0 or np.std(intensity) == 0:
+        return 0.0
+    return float(np.corrcoef(lengths, intensity)[0, 1])
+
+
+# ---- config and the loop --------------------------------------------------------------------------------------
+def default_config() -> ml_collections.ConfigDict:
+    c = sft.default_config()
+    c.mode = "rl"
+    c.workdir = "runs/rl"
+    c.data.global_batch_size = 16   # prompts per step (x G completions)
+    c.data.seq_len = 512            # prompt bucket
+    c.data.reference_bytes = 4096
+    c.optim.learning_rate = 1e-6
+    c.optim.clip_norm = 1.0
+    c.grpo = ml_collections.ConfigDict(dataclasses.asdict(GRPOConfig()))
+    c.sampling = ml_collections.ConfigDict(dict(max_new_tokens=2048, top_p=1.0, top_k=0))
+    c.rewards = ml_collections.ConfigDict(dict(variant="paper", accuracy=1.0, format=1.0, degradation=1.0,
+                                               length=1.0))
+    return c
+
+
+def _grpo_config(config) -> GRPOConfig:
+    return GRPOConfig(**dict(config.grpo))
+
+
+def run(config) -> dict:
+    info = sft.init_distributed(config)
+    workdir = sft.check_workdir(config.workdir)
+    per_host = distributed.check_divisible(config.data.global_batch_size, info.process_count)
+    mesh = sft.make_mesh(config)
+    gcfg = _grpo_config(config)
+    processor = sft.load_processor(config)
+    model = sft.build_model(config, processor, mesh)
+    model_cfg = model.config
+    ocfg = sft.optim_config(config, config.train.steps)
+    tx = optim.optimizer(ocfg)
+    parts, state = train_state.init_state(model, tx, tuple(config.train.freeze), mesh)
+    ref_trainable = jax.tree.map(jnp.copy, state.trainable)   # the frozen reference (language weights only)
+    del model
+    weights = rw.RewardWeights(accuracy=config.rewards.accuracy, format=config.rewards.format,
+                               degradation=config.rewards.degradation, length=config.rewards.length)
+    table = rw.token_bytes_table(processor.tokenizer, vocab_size=model_cfg.text.vocab_size)
+    scfg = smp.SamplerConfig(max_new_tokens=config.sampling.max_new_tokens, temperature=gcfg.temperature,
+                             top_p=config.sampling.top_p, top_k=config.sampling.top_k,
+                             num_samples=gcfg.num_samples, stop_token_ids=smp.default_stop_token_ids(model_cfg),
+                             pad_token_id=model_cfg.bos_token_id)
+
+    loader = make_loader(config, processor, per_host, info)
+    checkpointer = ckpt.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep,
+                                     async_save=config.train.async_checkpoint)
+    start = 0
+    if checkpointer.latest_step() is not None:
+        ckpt.check_compatible(checkpointer.read_meta(), model_cfg, checkpointer.directory)
+        state, data_state, _, start = checkpointer.restore(state)
+        loader.set_state(data_state)
+        log.info("resumed GRPO from step %d", start)
+
+    state_sh = shardings_of(state)
+    score_fn = jax.jit(lambda tr, fr, ref, b: score_step(parts, gcfg, tr, fr, ref, b))
+    update_fn = jax.jit(lambda s, b, o, r, a: update_step(parts, tx, optim.schedule(ocfg), gcfg, s, b, o, r, a),
+                        out_shardings=(state_sh, None), donate_argnums=(0,))
+    advantage_fn = jax.jit(lambda r: group_advantages(r, gcfg.num_samples, gcfg.std_estimator))
+    writer = mx.Writer(os.path.join(workdir, "logs"))
+    history = []
+    base_rng = jax.random.key(config.seed)
+    meter = mx.Meter()
+    progress = sft._progress(start, config.train.steps, "grpo")
+    try:
+        for step in range(start, config.train.steps):
+            local = next(loader)
+            prompts = _device_prompts(mesh, local)
+            policy = parts.merge(state.trainable, state.frozen)
+            rollout = smp.generate(policy, prompts["prompt_ids"], prompts["prompt_mask"],
+                                   prompts.get("pixel_values"), prompts.get("image_grid_thw"), scfg,
+                                   jax.random.fold_in(base_rng, step))
+            refs = _references(mesh, local, processor.tokenizer, gcfg.num_samples, config.data.reference_bytes)
+            scores = rw.compute(rollout.tokens, rollout.mask, refs, table, config.rewards.variant, weights)
+            advantages = advantage_fn(scores["total"])
+            batch = dict(prompt_ids=rollout.prompt_ids, prompt_mask=rollout.prompt_mask, tokens=rollout.tokens,
+                         mask=rollout.mask, pixel_values=prompts.get("pixel_values"),
+                         image_grid_thw=prompts.get("image_grid_thw"),
+                         row_weight=_row_weights(mesh, local, gcfg.num_samples))
+            old_logp, ref_logp = score_fn(state.trainable, state.frozen, ref_trainable, batch)
+            for _ in range(gcfg.inner_iterations):
+                state, metrics = update_fn(state, batch, old_logp, ref_logp, advantages)
+            row = _step_metrics(jax.device_get(metrics), jax.device_get(scores), jax.device_get(rollout.lengths),
+                                local, gcfg.num_samples, meter.tick())
+            history.append(row)
+            writer.write(step + 1, row)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(reward=f"{row['reward/total']:.3f}")
+            if (step + 1) % config.train.log_every == 0 and distributed.is_primary():
+                log.info("rl step %d/%d reward %.4f deg %.4f len %.4f kl %.4g", step + 1, config.train.steps,
+                         row["reward/total"], row["reward/degradation"], row["reward/length"], row["kl"])
+            if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == config.train.steps:
+                checkpointer.save(step + 1, state, loader.get_state(),
+                                  sft.run_meta(config, parts.merge(state.trainable, state.frozen)))
+        checkpointer.wait()
+        exported = None
+        if config.train.export_model:
+            from robust_r1_jax.model import orbax_io
+            exported = os.path.join(workdir, "model")
+            orbax_io.save(parts.merge(state.trainable, state.frozen), exported)
+    finally:
+        checkpointer.close()
+        writer.close()
+        loader.close()
+        if progress is not None:
+            progress.close()
+    return dict(history=history, start_step=start, final_step=config.train.steps, workdir=workdir,
+                model_dir=exported)
+
+
+def make_loader(config, processor, per_host: int, info):
+    from robust_r1_jax.data import pipeline, tfds_builder
+    d = config.data
+    if not d.dataset_dir:
+        raise ValueError("config.data.dataset_dir is required (a robust_r1 dataset; build one with configs/synth.py)")
+    source = tfds_builder.data_source(d.dataset_dir, d.split)
+    pcfg = pipeline.PipelineConfig(batch_size=per_host, seq_len=d.seq_len, patch_bucket=d.patch_bucket,
+                                   image_slots=d.image_slots, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
+                                   seed=config.seed, shuffle=d.shuffle, num_epochs=None,
+                                   worker_count=d.worker_count, reference_bytes=d.reference_bytes)
+    return pipeline.make_rl_loader(source, processor, pcfg, process_index=info.process_index,
+                                   process_count=info.process_count)
+
+
+def _global(mesh, array: np.ndarray):
+    from robust_r1_jax import parallel
+    return jax.make_array_from_process_local_data(parallel.batch_sharding(mesh, array.ndim), np.asarray(array))
+
+
+def _device_prompts(mesh, local: dict) -> dict:
+    keys = ("prompt_ids", "prompt_mask", "pixel_values", "image_grid_thw")
+    return {k: _global(mesh, local[k]) for k in keys if k in local}
+
+
+def _row_weights(mesh, local: dict, group: int):
+    """Padding rows of the pipeline (example_index -1) get no weight in the loss."""
+    weight = (np.asarray(local["example_index"]) >= 0).astype(np.float32)
+    return _global(mesh, np.repeat(weight, group))
+
+
+def _references(mesh, local: dict, tokenizer, group: int, reference_bytes: int) -> rw.RewardReferences:
+    from robust_r1_jax.data.pipeline import reference_texts
+    texts = [t for t in reference_texts(local) for _ in range(group)]
+    refs = rw.prepare_references(texts, tokenizer, answer_bytes=16, max_names=16, name_bytes=32)
+    return jax.tree.map(lambda a: _global(mesh, a), refs)
+
+
+def _step_metrics(metrics: dict, scores: dict, lengths: np.ndarray, local: dict, group: int,
+                  step_time: float) -> dict:
+    row = {k: float(v) for k, v in metrics.items()}
+    for name in ("total", "accuracy", "format", "degradation", "length"):
+        row[f"reward/{name}"] = float(np.mean(scores[name]))
+    row["reward_std"] = float(np.mean(np.std(np.asarray(scores["total"]).reshape(-1, group), axis=1)))
+    row["completion_length"] = float(np.mean(lengths))
+    intensity = np.repeat(np.asarray(local["summed_intensity"]), group)
+    row["length_vs_intensity"] = length_intensity_correlation(np.asarray(lengths, np.float64)[: intensity.size],
+                                                              intensity)
+    row["step_time"] = step_time
+    row["generated_tokens_per_s"] = float(np.sum(lengths)) / step_time
+    return row
