@@ -74,14 +74,19 @@ class Attention(nnx.Module):
         self.o = Dense((h, d), (e,), ("heads", "head_dim"), ("embed",), use_bias=False, **kw)
 
     def __call__(self, x, cos, sin, mask, implementation, kv_state=None):
-        """kv_state: None (attend within x) or (keys, values, write_index) of this layer's cache."""
+        """kv_state: None (attend within x) or (all layers' keys, values, this layer, write index).
+
+        The new keys/values are written into the whole-cache buffers with one dynamic_update_slice each, so
+        XLA updates the cache in place instead of re-stacking every layer at every decode step.
+        """
         q, k, v = self.q(x), self.k(x), self.v(x)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_state is not None:
-            keys, values, index = kv_state
-            keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), index, axis=1)
-            values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), index, axis=1)
-            k, v = keys.astype(q.dtype), values.astype(q.dtype)
+            keys, values, layer, index = kv_state
+            start = (layer, 0, index, 0, 0)
+            keys = jax.lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), start)
+            values = jax.lax.dynamic_update_slice(values, v[None].astype(values.dtype), start)
+            k, v = keys[layer].astype(q.dtype), values[layer].astype(q.dtype)
             kv_state = (keys, values)
         return self.o(attention(q, k, v, mask, implementation=implementation)), kv_state
 
@@ -134,18 +139,17 @@ class LanguageModel(nnx.Module):
         With a cache, the S new tokens are written at ``cache.index`` and attend over all K = max_len slots.
         """
         cos, sin = mrope_cos_sin(positions, self.cfg)
-        keys, values = [], []
+        keys, values = (None, None) if cache is None else (cache.keys, cache.values)
         for i, layer in enumerate(self.layers):
-            kv_state = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
             if self.remat != "none" and cache is None:
                 x, _ = nnx.remat(lambda lyr, *a: lyr(*a), policy=_REMAT_POLICIES[self.remat],
                                  static_argnums=(5,))(layer, x, cos, sin, mask, self.attention_impl)
             else:
+                kv_state = None if cache is None else (keys, values, i, cache.index)
                 x, kv_state = layer(x, cos, sin, mask, self.attention_impl, kv_state)
-            if kv_state is not None:
-                keys.append(kv_state[0])
-                values.append(kv_state[1])
+                if kv_state is not None:
+                    keys, values = kv_state
         x = self.norm(x)
         if cache is not None:
-            cache = dataclasses.replace(cache, keys=jnp.stack(keys), values=jnp.stack(values))
+            cache = dataclasses.replace(cache, keys=keys, values=values)
         return x, cache

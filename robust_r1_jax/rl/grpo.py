@@ -232,8 +232,9 @@ def run(config) -> dict:
             old_logp, ref_logp = score_fn(state.trainable, state.frozen, ref_trainable, batch)
             for _ in range(gcfg.inner_iterations):
                 state, metrics = update_fn(state, batch, old_logp, ref_logp, advantages)
-            row = _step_metrics(jax.device_get(metrics), jax.device_get(scores), jax.device_get(rollout.lengths),
-                                local, gcfg.num_samples, meter.tick())
+            intensity = mx.fetch(_global(mesh, np.asarray(local["summed_intensity"], np.float32)))
+            row = _step_metrics(mx.fetch(metrics), mx.fetch(scores), mx.fetch(rollout.lengths), intensity,
+                                gcfg.num_samples, meter.tick())
             history.append(row)
             writer.write(step + 1, row)
             if progress is not None:
@@ -298,16 +299,15 @@ def _references(mesh, local: dict, tokenizer, group: int, reference_bytes: int) 
     return jax.tree.map(lambda a: _global(mesh, a), refs)
 
 
-def _step_metrics(metrics: dict, scores: dict, lengths: np.ndarray, local: dict, group: int,
+def _step_metrics(metrics: dict, scores: dict, lengths: np.ndarray, summed_intensity: np.ndarray, group: int,
                   step_time: float) -> dict:
     row = {k: float(v) for k, v in metrics.items()}
     for name in ("total", "accuracy", "format", "degradation", "length"):
         row[f"reward/{name}"] = float(np.mean(scores[name]))
     row["reward_std"] = float(np.mean(np.std(np.asarray(scores["total"]).reshape(-1, group), axis=1)))
     row["completion_length"] = float(np.mean(lengths))
-    intensity = np.repeat(np.asarray(local["summed_intensity"]), group)
-    row["length_vs_intensity"] = length_intensity_correlation(np.asarray(lengths, np.float64)[: intensity.size],
-                                                              intensity)
+    row["length_vs_intensity"] = length_intensity_correlation(np.asarray(lengths, np.float64),
+                                                              np.repeat(summed_intensity, group))
     row["step_time"] = step_time
     row["generated_tokens_per_s"] = float(np.sum(lengths)) / step_time
     return row

@@ -17,6 +17,20 @@ PEAK_FLOPS = {
 }
 
 
+def fetch(tree):
+    """Host NumPy copies of (possibly multi-process) arrays: replicated ones are read locally, sharded ones are
+    gathered from every process."""
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return np.asarray(jax.device_get(x))
+        if x.sharding.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.tree.map(one, tree)
+
+
 def peak_flops_per_device(device=None) -> float | None:
     kind = (device or jax.devices()[0]).device_kind
     for name, flops in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):

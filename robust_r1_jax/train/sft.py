@@ -190,7 +190,7 @@ def run(config) -> dict:
                                                 sft_step.StepConfig(config.train.grad_accum, config.train.ce_chunk),
                                                 state, mesh, local)
             state, metrics = step_fn(state, batch)
-            metrics = jax.device_get(metrics)
+            metrics = mx.fetch(metrics)
             elapsed = meter.tick()
             flops = mx.step_flops(local, n_trained, n_vision, vision_trained) * info.process_count
             scalars = {**metrics, **mx.rates(elapsed, float(metrics["tokens"]), flops, jax.device_count())}

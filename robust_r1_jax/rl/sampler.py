@@ -1,0 +1,317 @@
+"""Rollouts for RL: one jitted program runs the prompt prefill once per prompt, repeats the KV cache for the
+G samples of each prompt, and decodes in a ``lax.while_loop`` until every row has stopped.
+
+Usage::
+
+    config = SamplerConfig(max_new_tokens=256, temperature=1.0, num_samples=8,
+                           stop_token_ids=default_stop_token_ids(model.config), pad_token_id=pad)
+    rollout = generate(model, prompt_ids, prompt_mask, pixel_values, image_grid_thw, config, rng)
+
+Shapes are static: one compilation serves every call with the same (batch, prompt length, patch bucket,
+image slots) and the same ``SamplerConfig``. :func:`trace_log` records every trace, so callers and tests can
+assert that RL steps do not recompile.
+
+Log-probabilities. ``Rollout.logprobs`` holds, for each generated token, ``log_softmax(logits / temperature)``
+at that token: the temperature-scaled distribution *before* top-k / top-p filtering (the GRPO learner
+recomputes log-probs with its own forward; these are for monitoring and for the first inner iteration's
+"old" log-probs when no filtering is used). With ``temperature == 0`` (greedy) it is ``log_softmax(logits)``,
+the model's own distribution.
+
+Random numbers: the token at step ``t`` (0 = first generated token) is drawn with
+``jax.random.fold_in(rng, t)``, so :func:`stream` with the same rng reproduces row 0 of :func:`generate`
+for a single prompt.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from robust_r1_jax.model.config import ModelConfig
+from robust_r1_jax.model.language import KVCache
+from robust_r1_jax.model.vlm import check_image_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """How to sample. Hashable: it is a static argument of the compiled rollout."""
+    max_new_tokens: int
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0  # 1 = off
+    top_k: int = 0  # 0 = off
+    num_samples: int = 1  # G completions per prompt
+    stop_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+    cache_len: int | None = None  # None: prompt length + max_new_tokens
+
+    def __post_init__(self):
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        problems = []
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            problems.append(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            problems.append(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.num_samples < 1:
+            problems.append(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.cache_len is not None and self.cache_len < 1:
+            problems.append(f"cache_len must be positive or None, got {self.cache_len}")
+        if problems:
+            raise ValueError("invalid SamplerConfig: " + "; ".join(problems))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def default_stop_token_ids(model_config: ModelConfig) -> tuple[int, int]:
+    """``<|im_end|>`` (the chat turn's end) and ``<|endoftext|>``."""
+    return (model_config.eos_token_id, model_config.bos_token_id)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Rollout:
+    """Completions of B prompts x G samples, rows grouped by prompt (prompt b owns rows b*G .. b*G+G-1).
+
+    tokens    int32   [B*G, T]  generated ids; ``pad_token_id`` after the stop token
+    logprobs  float32 [B*G, T]  see the module docstring; 0 where ``mask`` is 0
+    mask      int32   [B*G, T]  1 on generated tokens up to and including the stop token
+    lengths   int32   [B*G]     number of generated tokens (the stop token counts)
+    prompt_ids, prompt_mask  int32 [B*G, S]  each prompt repeated G times
+    steps     int32   []        decode steps run: < T when every row stopped early
+    """
+    tokens: jax.Array
+    logprobs: jax.Array
+    mask: jax.Array
+    lengths: jax.Array
+    prompt_ids: jax.Array
+    prompt_mask: jax.Array
+    steps: jax.Array
+
+
+# ---- trace bookkeeping ----------------------------------------------------------------------------------------
+_TRACE_LOG: list[tuple[str, tuple]] = []
+
+
+def _record_trace(what: str, *shape_info) -> None:
+    """Runs only while JAX traces, so each entry is one (re)compilation of the enclosing program."""
+    _TRACE_LOG.append((what, tuple(shape_info)))
+
+
+def trace_log() -> tuple[tuple[str, tuple], ...]:
+    """Every trace so far: ("generate", (B, S, T, G)), ("prefill", prompt_ids shape), ("decode", tokens shape)."""
+    return tuple(_TRACE_LOG)
+
+
+def trace_count(what: str = "generate") -> int:
+    return sum(1 for name, _ in _TRACE_LOG if name == what)
+
+
+# ---- token selection ------------------------------------------------------------------------------------------
+def filter_top_k(logits: jax.Array, k: int) -> jax.Array:
+    """Keeps the k largest logits of each row (ties with the k-th all stay), the rest become -inf."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = jax.lax.top_k(logits, k)[0][..., -1:]
+    return jnp.where(logits < kth, -jnp.inf, logits)
+
+
+def filter_top_p(logits: jax.Array, p: float) -> jax.Array:
+    """Nucleus filter: keeps the smallest set of most likely tokens whose probability reaches p."""
+    if p >= 1.0:
+        return logits
+    ordered = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(ordered, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    kept = jnp.maximum(jnp.sum(mass_before < p, axis=-1, keepdims=True), 1)  # the top token always stays
+    threshold = jnp.take_along_axis(ordered, kept - 1, axis=-1)
+    return jnp.where(logits < threshold, -jnp.inf, logits)
+
+
+def sample_tokens(logits: jax.Array, key: jax.Array, config: SamplerConfig) -> tuple[jax.Array, jax.Array]:
+    """logits [N, V] float32 -> (token ids int32 [N], their log-probs [N]; see the module docstring)."""
+    logits = logits.astype(jnp.float32)
+    if config.greedy:
+        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        scaled = logits
+    else:
+        scaled = logits / config.temperature
+        filtered = filter_top_p(filter_top_k(scaled, config.top_k), config.top_p)
+        tokens = jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+    logprobs = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tokens[:, None], axis=-1)[:, 0]
+    return tokens, logprobs
+
+
+def _is_stop(tokens: jax.Array, stop_token_ids: tuple[int, ...]) -> jax.Array:
+    stopped = jnp.zeros(tokens.shape, bool)
+    for stop in stop_token_ids:
+        stopped = stopped | (tokens == stop)
+    return stopped
+
+
+# ---- the compiled rollout -------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Progress:
+    """While-loop state. ``done`` marks rows whose stop token is already written."""
+    step: jax.Array
+    last: jax.Array
+    done: jax.Array
+    lengths: jax.Array
+    tokens: jax.Array
+    logprobs: jax.Array
+    cache: KVCache
+
+
+jax.tree_util.register_dataclass(_Progress)
+
+
+def _write(progress: _Progress, sampled: jax.Array, logprobs: jax.Array, config: SamplerConfig) -> _Progress:
+    """Stores step ``progress.step``'s tokens; rows that stopped earlier get padding and mask 0."""
+    live = ~progress.done
+    token = jnp.where(live, sampled, config.pad_token_id)
+    column = progress.step
+    return dataclasses.replace(
+        progress,
+        step=column + 1,
+        last=token,
+        done=progress.done | (live & _is_stop(sampled, config.stop_token_ids)),
+        lengths=progress.lengths + live.astype(jnp.int32),
+        tokens=jax.lax.dynamic_update_slice_in_dim(progress.tokens, token[:, None], column, axis=1),
+        logprobs=jax.lax.dynamic_update_slice_in_dim(
+            progress.logprobs, jnp.where(live, logprobs, 0.0)[:, None], column, axis=1),
+    )
+
+
+def _rollout(graphdef, state, prompt_ids, prompt_mask, pixel_values, image_grid_thw, rng,
+             config: SamplerConfig, cache_len: int) -> Rollout:
+    model = nnx.merge(graphdef, state)
+    batch, prompt_len = prompt_ids.shape
+    group, horizon = config.num_samples, config.max_new_tokens
+    rows = batch * group
+    _record_trace("generate", batch, prompt_len, horizon, group)
+    _record_trace("prefill", prompt_ids.shape)
+
+    logits, cache = model.prefill_traced(prompt_ids, pixel_values, image_grid_thw, prompt_mask, cache_len)
+    if group > 1:
+        logits, cache = jnp.repeat(logits, group, axis=0), cache.repeat(group)
+
+    progress = _Progress(
+        step=jnp.zeros((), jnp.int32), last=jnp.zeros((rows,), jnp.int32), done=jnp.zeros((rows,), bool),
+        lengths=jnp.zeros((rows,), jnp.int32),
+        tokens=jnp.full((rows, horizon), config.pad_token_id, jnp.int32),
+        logprobs=jnp.zeros((rows, horizon), jnp.float32), cache=cache)
+    first, first_logprobs = sample_tokens(logits, jax.random.fold_in(rng, 0), config)
+    progress = _write(progress, first, first_logprobs, config)
+
+    def unfinished(p: _Progress):
+        return (p.step < horizon) & ~jnp.all(p.done)
+
+    def decode_one(p: _Progress) -> _Progress:
+        _record_trace("decode", p.last.shape)
+        step_logits, next_cache = model.decode_traced(p.last, p.cache)
+        sampled, logprobs = sample_tokens(step_logits, jax.random.fold_in(rng, p.step), config)
+        return _write(dataclasses.replace(p, cache=next_cache), sampled, logprobs, config)
+
+    # The cache is loop state: XLA updates it in place, one buffer for the whole rollout.
+    progress = jax.lax.while_loop(unfinished, decode_one, progress)
+    mask = (jnp.arange(horizon)[None, :] < progress.lengths[:, None]).astype(jnp.int32)
+    return Rollout(tokens=progress.tokens, logprobs=progress.logprobs, mask=mask, lengths=progress.lengths,
+                   prompt_ids=jnp.repeat(prompt_ids, group, axis=0),
+                   prompt_mask=jnp.repeat(prompt_mask, group, axis=0), steps=progress.step)
+
+
+_compiled_rollout = jax.jit(_rollout, static_argnums=(0,), static_argnames=("config", "cache_len"))
+
+
+def compiled_cache_size() -> int:
+    """Number of programs the rollout's jit holds (one per distinct shapes / config / model structure)."""
+    return _compiled_rollout._cache_size()
+
+
+def generate(model, prompt_ids, prompt_mask, pixel_values, image_grid_thw, config: SamplerConfig,
+             rng: jax.Array) -> Rollout:
+    """Samples ``config.num_samples`` completions for each LEFT-padded prompt [B, S].
+
+    Images: ``pixel_values`` [N, patch_dim] with ``image_grid_thw`` [I, 3] (transformers' layout) or
+    [B, N, patch_dim] with [B, I, 3] (the data pipeline's); both None for text only.
+    """
+    ids = jnp.asarray(prompt_ids, jnp.int32)
+    mask = jnp.asarray(prompt_mask, jnp.int32)
+    pixels = None if pixel_values is None else jnp.asarray(pixel_values)
+    grid = None if image_grid_thw is None else jnp.asarray(image_grid_thw, jnp.int32)
+    _check_prompt(model, prompt_ids, prompt_mask, pixel_values, image_grid_thw)
+    cache_len = _cache_len(config, ids.shape[1])
+    graphdef, state = nnx.split(model)
+    return _compiled_rollout(graphdef, state, ids, mask, pixels, grid, rng, config=config, cache_len=cache_len)
+
+
+# ---- streaming (the generate CLI) -----------------------------------------------------------------------------
+_compiled_sample = jax.jit(sample_tokens, static_argnames=("config",))
+
+
+def stream(model, prompt_ids, prompt_mask, pixel_values, image_grid_thw, config: SamplerConfig,
+           rng: jax.Array) -> Iterator[int]:
+    """Yields the token ids of one completion of ONE prompt ([S] or [1, S]) as they are produced, ending with
+    the stop token when one is sampled. Prefill and each decode step are the model's jitted programs."""
+    ids = np.asarray(prompt_ids, np.int32)
+    mask = np.asarray(prompt_mask, np.int32)
+    if ids.ndim == 1:
+        ids, mask = ids[None], mask[None]
+    if ids.shape[0] != 1 or config.num_samples != 1:
+        raise ValueError(f"stream takes one prompt and num_samples=1, got prompt_ids of shape "
+                         f"{np.shape(prompt_ids)} and num_samples={config.num_samples}")
+    _check_prompt(model, ids, mask, pixel_values, image_grid_thw)
+    logits, cache = model.prefill(ids, mask, pixel_values, image_grid_thw,
+                                  max_len=_cache_len(config, ids.shape[1]))
+    for step in range(config.max_new_tokens):
+        token, _ = _compiled_sample(logits, jax.random.fold_in(rng, step), config=config)
+        token_id = int(token[0])
+        yield token_id
+        if token_id in config.stop_token_ids or step + 1 == config.max_new_tokens:
+            return
+        logits, cache = model.decode(token, cache)
+
+
+# ---- host-side checks -----------------------------------------------------------------------------------------
+def _cache_len(config: SamplerConfig, prompt_len: int) -> int:
+    # The last sampled token is never fed back, so T - 1 decode slots follow the prompt.
+    needed = prompt_len + config.max_new_tokens - 1
+    cache_len = prompt_len + config.max_new_tokens if config.cache_len is None else config.cache_len
+    if cache_len < needed:
+        raise ValueError(f"SamplerConfig.cache_len={cache_len} is too short for a {prompt_len}-token prompt and "
+                         f"{config.max_new_tokens} new tokens (needs at least {needed})")
+    return cache_len
+
+
+def _on_host(array: Any) -> bool:
+    """True when the values can be read here: not a tracer, not an array spread over other hosts."""
+    if isinstance(array, jax.core.Tracer):
+        return False
+    return not isinstance(array, jax.Array) or array.is_fully_addressable
+
+
+def _check_prompt(model, prompt_ids, prompt_mask, pixel_values, image_grid_thw) -> None:
+    """Shape and padding checks; the value checks run only where the arrays are on this host."""
+    ids_shape, mask_shape = np.shape(prompt_ids), np.shape(prompt_mask)
+    if len(ids_shape) != 2 or ids_shape != mask_shape:
+        raise ValueError(f"prompt_ids {ids_shape} and prompt_mask {mask_shape} must both be [batch, prompt_len]")
+    if (pixel_values is None) != (image_grid_thw is None):
+        raise ValueError("pixel_values and image_grid_thw must be given together (or both be None)")
+    if pixel_values is not None and np.ndim(pixel_values) == 3 and np.shape(pixel_values)[0] != ids_shape[0]:
+        raise ValueError(f"batched pixel_values {np.shape(pixel_values)} do not match {ids_shape[0]} prompts")
+    if not all(map(_on_host, (prompt_ids, prompt_mask, pixel_values, image_grid_thw))):
+        return
+    mask = np.asarray(prompt_mask)
+    if np.any(np.diff(mask.astype(np.int8), axis=1) < 0):
+        bad = sorted(set(np.nonzero(np.diff(mask.astype(np.int8), axis=1) < 0)[0].tolist()))
+        raise ValueError(f"prompts must be LEFT-padded (padding only before the first real token); rows {bad} "
+                         f"of prompt_mask have padding after a real token")
+    check_image_tokens(model.config, prompt_ids, image_grid_thw, pixel_values)
