@@ -1,0 +1,128 @@
+"""Small byte-level BPE tokenizers trained locally (the real Qwen2 vocabulary cannot be downloaded).
+
+Two flavours, both saved as transformers tokenizer directories that ``AutoTokenizer.from_pretrained(dir,
+local_files_only=True)`` loads:
+
+* ``train_demo_tokenizer``: the CPU demo's tokenizer. GPT-2 style byte-level pre-tokenisation, and the Qwen2.5-VL
+  special tokens at the top of the vocabulary in the order of ``model.config.tiny()`` so that the tokenizer's
+  length equals the tiny model's ``vocab_size``.
+* ``build_qwen2_style_tokenizer``: the stand-in for "the Qwen2 byte-level BPE" in tests. It is a transformers
+  ``Qwen2Tokenizer`` (NFC normaliser, Qwen2's split regex, byte-level mapping) over merges trained here, so tags,
+  names and numbers split and merge with their neighbours the way they do in the real vocabulary.
+
+The chain tags (``<TYPE>``, ``<TYPE_END>`` ...) stay plain text in both, as in the real Qwen vocabulary.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+# Top of the vocabulary, lowest id first: bos = V-7 ... eos (im_end) = V-2, im_start = V-1 (model/config.py::tiny).
+SPECIAL_TOKENS_TOP = ("<|endoftext|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+                      "<|im_end|>", "<|im_start|>")
+EOS_TOKEN = "<|im_end|>"
+PAD_TOKEN = "<|endoftext|>"
+# Qwen2's pre-tokenizer split pattern (tokenizer.json of Qwen2 / Qwen2.5-VL).
+QWEN2_SPLIT_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+                       r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+_BYTE_ALPHABET_SIZE = 256
+
+
+def train_demo_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 512):
+    """Train the demo's byte-level BPE on ``texts``; save it to ``out_dir``; return it loaded from there."""
+    from transformers import PreTrainedTokenizerFast
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend = _train_with_top_specials(texts, vocab_size, pre_tokenizer=pre, normalizer=None)
+    return _save_and_load(PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
+                                                  clean_up_tokenization_spaces=False), out_dir)
+
+
+def build_qwen2_style_tokenizer(out_dir: str | os.PathLike, texts: Iterable[str], vocab_size: int):
+    """Train merges under Qwen2's NFC normaliser and split regex; save as a ``Qwen2Tokenizer``; return it loaded.
+
+    The special tokens sit at the top of the vocabulary in the demo tokenizer's order, not at the real Qwen2 ids
+    (which would need a 151k vocabulary).
+    """
+    from transformers import Qwen2Tokenizer
+    pre = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    backend = _train_with_top_specials(texts, vocab_size, pre_tokenizer=pre, normalizer=normalizers.NFC())
+    return _save_and_load(Qwen2Tokenizer(tokenizer_object=backend, unk_token=None, eos_token=EOS_TOKEN,
+                                         pad_token=PAD_TOKEN, clean_up_tokenization_spaces=False), out_dir)
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------------
+
+def _checked_texts(texts: Iterable[str]) -> list[str]:
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"training text {i} is a {type(t).__name__}, expected str")
+        for special in SPECIAL_TOKENS_TOP:
+            if special in t:
+                raise ValueError(f"training text {i} contains the special token {special!r}; special tokens are "
+                                 f"added after training and must not be learned as merges")
+    if not any(texts):
+        raise ValueError("no training text: every text is empty")
+    return texts
+
+
+def _train_with_top_specials(texts: Iterable[str], vocab_size: int, pre_tokenizer, normalizer) -> Tokenizer:
+    """A byte-level BPE of exactly ``vocab_size`` tokens whose special tokens fill the top of the vocabulary."""
+    texts = _checked_texts(texts)
+    n_learned = vocab_size - len(SPECIAL_TOKENS_TOP)
+    if n_learned < _BYTE_ALPHABET_SIZE:
+        raise ValueError(f"vocab_size={vocab_size} leaves no room for the 256 byte tokens and the "
+                         f"{len(SPECIAL_TOKENS_TOP)} special tokens; use at least "
+                         f"{_BYTE_ALPHABET_SIZE + len(SPECIAL_TOKENS_TOP)}")
+    tokenizer = Tokenizer(models.BPE())
+    if normalizer is not None:
+        tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=n_learned, min_frequency=0, show_progress=False, special_tokens=[],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer)
+    # A small corpus can run out of merges before n_learned: pad with reserved tokens (special, so they decode to
+    # nothing, and never produced by encoding) so that the layout at the top still holds.
+    reserved = [f"<|reserved_{k}|>" for k in range(n_learned - tokenizer.get_vocab_size(with_added_tokens=True))]
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                  for t in (*reserved, *SPECIAL_TOKENS_TOP)])
+    _check_top_layout(tokenizer.get_vocab(with_added_tokens=True), vocab_size)
+    return tokenizer
+
+
+def _check_top_layout(full_vocab: dict, vocab_size: int) -> None:
+    if len(full_vocab) != vocab_size:
+        raise ValueError(f"tokenizer has {len(full_vocab)} tokens, expected vocab_size={vocab_size}")
+    for offset, token in zip(range(len(SPECIAL_TOKENS_TOP), 0, -1), SPECIAL_TOKENS_TOP):
+        if full_vocab.get(token) != vocab_size - offset:
+            raise ValueError(f"special token {token!r} has id {full_vocab.get(token)}, expected {vocab_size - offset}")
+
+
+def _save_and_load(tokenizer, out_dir: str | os.PathLike):
+    """Save into a temporary sibling directory, swap it into place, and load it back from ``out_dir``."""
+    from transformers import AutoTokenizer
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tokenizer.save_pretrained(str(staging))
+        if out.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, retired / out.name)
+            os.replace(staging, out)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return AutoTokenizer.from_pretrained(str(out), local_files_only=True)
