@@ -25,8 +25,10 @@ class OptimConfig:
 def schedule(cfg: OptimConfig) -> optax.Schedule:
     """Linear warmup from 0, then cosine decay to ``min_lr_ratio`` of the peak at ``total_steps``."""
     decay_steps = max(cfg.total_steps, cfg.warmup_steps + 1)
-    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps, decay_steps,
-                                              end_value=cfg.learning_rate * cfg.min_lr_ratio)
+    end = cfg.learning_rate * cfg.min_lr_ratio
+    if cfg.warmup_steps == 0:
+        return optax.cosine_decay_schedule(cfg.learning_rate, decay_steps, alpha=cfg.min_lr_ratio)
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps, decay_steps, end_value=end)
 
 
 def optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
