@@ -1,0 +1,207 @@
+"""Benchmark rows for evaluation: VLMEvalKit multiple-choice TSVs and R-Bench's multiple-choice part.
+
+Every data row of a file is kept, including the ones that cannot be evaluated (undecodable image, bad answer
+letter, ...): those carry a ``problem`` and count as wrong answers, so the denominator of an accuracy is always
+the number of rows in the file.
+
+**Which image index seeds the degradation.** A TSV's ``index`` column when it is a non-negative integer (as in
+VLMEvalKit's MMMB / MMStar / RealWorldQA files), otherwise the row's 0-based position among the file's data rows.
+
+**R-Bench (multiple choice) local layout.** R-Bench ships reference images and their real-world distorted copies
+at three levels. Point ``rbench_dir`` at a folder holding one file per level, each either a VLMEvalKit MCQ TSV or a
+JSON list::
+
+    rbench_dir/
+      MCQ_low.tsv   MCQ_mid.tsv   MCQ_high.tsv      (or low.tsv / mid.tsv / high.tsv)
+      MCQ_ref.tsv                                   (optional: the undistorted reference images)
+    or
+      low.json  mid.json  high.json  [ref.json]     (or MCQ_low.json ...)
+      images/...                                    image paths in the JSON are relative to rbench_dir
+
+A JSON entry is ``{"id": "17", "image": "images/low/17.png", "question": "...", "options": ["...", ...],
+"answer": 2}``; ``answer`` is the 0-based option index or the option letter (``"C"``). The images are already
+distorted, so R-Bench rows are evaluated as they are, level by level.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import re
+from typing import Iterator
+
+import numpy as np
+
+from robust_r1_jax.data import sources
+from robust_r1_jax.data.records import ImageError, Record, SourceError
+from robust_r1_jax.eval.answers import LETTERS as _LETTERS
+
+RBENCH_LEVELS = ("low", "mid", "high")
+RBENCH_REFERENCE = "ref"
+_RBENCH_PATTERNS = ("MCQ_{level}.tsv", "{level}.tsv", "MCQ_{level}.json", "{level}.json")
+_MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+# "file:line: row index 7: what is wrong", as the TSV reader reports a skipped row.
+_REPORTED_ROW = re.compile(r"^(?P<file>.*?):(?P<line>\d+): (?:row index (?P<label>\S*): )?(?P<problem>.*)$",
+                           re.DOTALL)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkRow:
+    """One row of a benchmark file: its record, or the problem that keeps it from being evaluated."""
+
+    where: str  # file:line
+    label: str  # the row's own index / id ("?" when unknown)
+    image_index: int  # seeds the benchmark degradation of this row
+    record: Record | None
+    problem: str | None = None
+
+    def load_image(self) -> tuple[np.ndarray | None, str | None]:
+        """(uint8 RGB image, None) or (None, why it cannot be used)."""
+        if self.record is None:
+            return None, self.problem
+        try:
+            return self.record.load_image(), None
+        except ImageError as error:
+            # PIL names the in-memory file by its address; drop it so reports are identical across runs.
+            return None, _MEMORY_ADDRESS.sub("", str(error))
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.problems: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # report_bad_input logs ("skipping bad input: %s", problem); keep the problem itself.
+        problem = record.args[0] if isinstance(record.args, tuple) and record.args else record.getMessage()
+        self.problems.append(str(problem))
+
+
+@contextlib.contextmanager
+def _skipped_rows() -> Iterator[list[str]]:
+    """The problems the data readers report while skipping bad rows inside the block."""
+    handler = _Collect()
+    logger = logging.getLogger("robust_r1_jax.data.records")
+    level = logger.level
+    if logger.getEffectiveLevel() > logging.WARNING:  # a quieter log must not hide rows from the denominator
+        logger.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield handler.problems
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _image_index(label: str, position: int) -> int:
+    return int(label) if label.isdigit() else position
+
+
+def read_tsv_rows(path: str, limit: int = 0) -> list[BenchmarkRow]:
+    """Every data row of a VLMEvalKit MCQ TSV, in file order (the first ``limit`` rows when limit > 0).
+
+    A missing file or missing required columns raise ``SourceError`` naming them.
+    """
+    if not os.path.isfile(path):
+        raise SourceError(f"benchmark TSV not found: {path}")
+    with _skipped_rows() as problems:
+        records = sources.read_vlmeval_tsv(path, on_error="skip")
+    found: list[tuple[int, str, Record | None, str | None]] = [(r.line, r.id, r, None) for r in records]
+    for problem in problems:
+        match = _REPORTED_ROW.match(problem)
+        line = int(match.group("line")) if match else 0
+        label = (match.group("label") or "?") if match else "?"
+        found.append((line, label, None, problem))
+    found.sort(key=lambda item: item[0])
+    if limit > 0:
+        found = found[:limit]
+    return [
+        BenchmarkRow(where=f"{path}:{line}", label=label, image_index=_image_index(label, position),
+                     record=record, problem=problem)
+        for position, (line, label, record, problem) in enumerate(found)
+    ]
+
+
+# --------------------------------------------------------------------------- R-Bench
+
+
+def _json_answer(value, options: tuple[str, ...]) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value < len(options) else None
+    if isinstance(value, str) and len(value.strip()) == 1 and value.strip().upper() in _LETTERS[: len(options)]:
+        return _LETTERS.index(value.strip().upper())
+    if isinstance(value, str) and value.strip().isdigit():
+        return _json_answer(int(value.strip()), options)
+    return None
+
+
+def read_rbench_json(path: str, image_root: str, limit: int = 0) -> list[BenchmarkRow]:
+    """R-Bench MCQ rows from a JSON list (layout in the module docstring); bad entries become problem rows."""
+    with open(path, encoding="utf-8") as handle:
+        try:
+            items = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise SourceError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from error
+    if not isinstance(items, list):
+        raise SourceError(f"{path}: expected a JSON list of questions, got a {type(items).__name__}")
+    rows = []
+    for position, item in enumerate(items[: limit] if limit > 0 else items):
+        where = f"{path}[{position}]"
+        label = str(item.get("id", position)) if isinstance(item, dict) else str(position)
+        problem, record = None, None
+        if not isinstance(item, dict):
+            problem = f"{where}: entry is a {type(item).__name__}, not an object"
+        else:
+            missing = [k for k in ("image", "question", "options", "answer") if k not in item]
+            options = item.get("options")
+            if missing:
+                problem = f"{where}: entry {label} is missing {missing}"
+            elif not isinstance(options, list) or len(options) < 2:
+                problem = f"{where}: entry {label}: 'options' must be a list of at least two strings"
+            else:
+                options = tuple(str(o) for o in options)
+                answer = _json_answer(item["answer"], options)
+                if answer is None:
+                    problem = f"{where}: entry {label}: answer {item['answer']!r} names none of {len(options)} options"
+                else:
+                    record = Record(id=label, question=str(item["question"]), options=options, answer=answer,
+                                    image_path=os.path.join(image_root, str(item["image"])),
+                                    source_file=path, line=position)
+        rows.append(BenchmarkRow(where=where, label=label, image_index=position, record=record, problem=problem))
+    return rows
+
+
+def rbench_files(rbench_dir: str) -> dict[str, str]:
+    """Level -> file of a local R-Bench copy; at least one of low / mid / high must be there."""
+    if not os.path.isdir(rbench_dir):
+        raise SourceError(f"R-Bench folder not found: {rbench_dir}")
+    files = {}
+    for level in RBENCH_LEVELS + (RBENCH_REFERENCE,):
+        for pattern in _RBENCH_PATTERNS:
+            candidate = os.path.join(rbench_dir, pattern.format(level=level))
+            if os.path.isfile(candidate):
+                files[level] = candidate
+                break
+    if not any(level in files for level in RBENCH_LEVELS):
+        expected = ", ".join(p.format(level="low") for p in _RBENCH_PATTERNS)
+        raise SourceError(f"{rbench_dir} holds no R-Bench level file; expected e.g. {expected} (and the same "
+                          f"for mid / high); see robust_r1_jax/eval/benchmarks.py for the layout")
+    return files
+
+
+def read_rbench(rbench_dir: str, limit: int = 0) -> dict[str, list[BenchmarkRow]]:
+    """Level -> rows of a local R-Bench copy, in the order reference (if present), low, mid, high."""
+    files = rbench_files(rbench_dir)
+    ordered = [RBENCH_REFERENCE] + list(RBENCH_LEVELS)
+    out = {}
+    for level in ordered:
+        if level not in files:
+            continue
+        path = files[level]
+        out[level] = (read_tsv_rows(path, limit) if path.endswith(".tsv")
+                      else read_rbench_json(path, rbench_dir, limit))
+    return out

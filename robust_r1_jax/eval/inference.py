@@ -1,0 +1,167 @@
+"""Loading a model for inference and generating answers for (question, image) prompts in fixed-shape batches.
+
+Batches are padded to static shapes so that one compiled rollout serves a whole benchmark: the batch to
+``batch_size`` rows (repeats of the first prompt, whose outputs are dropped), the prompt length to the smallest of
+``prompt_buckets`` that fits (LEFT padding, as the sampler expects), and the image patches to the smallest of
+``patch_buckets``. Past the largest bucket the next power of two is used.
+
+The generation function is a parameter (default: :func:`robust_r1_jax.rl.sampler.generate`) with the sampler's
+signature ``generate_fn(model, prompt_ids, prompt_mask, pixel_values, image_grid_thw, config, rng)`` returning an
+object with ``tokens`` [B, T] and ``lengths`` [B].
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+
+from robust_r1_jax.model import convert
+from robust_r1_jax.model.processor import END_OF_TEXT, ImageProcessor, Processor, load_tokenizer
+from robust_r1_jax.rl import sampler
+
+GenerateFn = Callable[..., object]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A model to evaluate: its directory, its tokenizer directory ("" = the model's own) and a display name."""
+
+    name: str
+    path: str
+    tokenizer_path: str = ""
+    use_suffix: bool = True  # append the SPEC §1 instruction suffix (off for base models that never saw it)
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    text: str
+    num_tokens: int  # generated tokens, the stop token included
+
+
+def load_model(path: str, dtype: str = "float32"):
+    """A model from a training checkpoint folder, a Hugging Face directory or an orbax model checkpoint."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model directory not found: {path}")
+    try:
+        from robust_r1_jax.train import checkpoint as train_checkpoint
+    except ImportError:  # a model-only install has no training package
+        train_checkpoint = None
+    if train_checkpoint is not None and train_checkpoint.is_checkpoint_dir(path):
+        return train_checkpoint.restore_model(path)
+    return convert.load_any(path, dtype=dtype)
+
+
+def load_processor(spec: ModelSpec, min_pixels: int = 0, max_pixels: int = 0) -> Processor:
+    """The tokenizer (and image settings) of ``spec``: its tokenizer directory, else the model directory."""
+    directory = spec.tokenizer_path or spec.path
+    if not os.path.isfile(os.path.join(directory, "tokenizer_config.json")) and not os.path.isfile(
+            os.path.join(directory, "tokenizer.json")):
+        raise FileNotFoundError(f"no tokenizer in {directory} (model {spec.name!r}); give its tokenizer directory "
+                                f"in the config's 'tokenizers' list")
+    overrides = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
+    return Processor(load_tokenizer(directory), ImageProcessor.from_pretrained(directory, **overrides))
+
+
+def check_pairing(model, processor: Processor, name: str) -> None:
+    """The tokenizer must use the model's special token ids and fit its vocabulary."""
+    config = model.config
+    problems = []
+    if processor.image_token_id != config.image_token_id:
+        problems.append(f"<|image_pad|> is {processor.image_token_id} in the tokenizer but "
+                        f"{config.image_token_id} in the model")
+    if len(processor.tokenizer) > config.text.vocab_size:
+        problems.append(f"the tokenizer has {len(processor.tokenizer)} tokens, the model's vocabulary only "
+                        f"{config.text.vocab_size}")
+    if problems:
+        raise ValueError(f"model {name!r}: the tokenizer does not belong to this model: {'; '.join(problems)}")
+
+
+def bucket(size: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds ``size``; past the largest, the next power of two."""
+    for candidate in sorted(int(b) for b in buckets):
+        if candidate >= size:
+            return candidate
+    return 1 << max(size - 1, 0).bit_length()
+
+
+def pack_batch(encoded: Sequence[dict], batch_size: int, prompt_buckets: Sequence[int],
+               patch_buckets: Sequence[int], pad_id: int) -> dict[str, np.ndarray]:
+    """Left-padded ids and mask [batch_size, S], pixels [batch_size, N, D], grids [batch_size, 1, 3]."""
+    if not 0 < len(encoded) <= batch_size:
+        raise ValueError(f"a batch holds 1 to {batch_size} prompts, got {len(encoded)}")
+    rows = list(encoded) + [encoded[0]] * (batch_size - len(encoded))
+    length = bucket(max(len(e["input_ids"]) for e in rows), prompt_buckets)
+    patches = bucket(max(e["pixel_values"].shape[0] for e in rows), patch_buckets)
+    dim = rows[0]["pixel_values"].shape[1]
+    ids = np.full((batch_size, length), pad_id, np.int32)
+    mask = np.zeros((batch_size, length), np.int32)
+    pixels = np.zeros((batch_size, patches, dim), np.float32)
+    grids = np.zeros((batch_size, 1, 3), np.int32)
+    for i, row in enumerate(rows):
+        n = len(row["input_ids"])
+        ids[i, length - n:] = row["input_ids"]
+        mask[i, length - n:] = 1
+        pixels[i, : row["pixel_values"].shape[0]] = row["pixel_values"]
+        grids[i, 0] = np.asarray(row["image_grid_thw"]).reshape(-1, 3)[0]
+    return {"prompt_ids": ids, "prompt_mask": mask, "pixel_values": pixels, "image_grid_thw": grids}
+
+
+class Generator:
+    """Answers (question text, image) prompts with one model, ``batch_size`` at a time."""
+
+    def __init__(self, model, processor: Processor, sampler_config: sampler.SamplerConfig, *, batch_size: int,
+                 prompt_buckets: Sequence[int], patch_buckets: Sequence[int], seed: int = 0,
+                 generate_fn: GenerateFn | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model, self.processor, self.sampler_config = model, processor, sampler_config
+        self.batch_size = int(batch_size)
+        self.prompt_buckets, self.patch_buckets = tuple(prompt_buckets), tuple(patch_buckets)
+        self.rng = jax.random.key(seed)
+        self.generate_fn = generate_fn or sampler.generate
+        self.pad_id = processor.token_ids[END_OF_TEXT]
+        self.stop_ids = set(sampler_config.stop_token_ids)
+
+    def encode(self, question: str, image: np.ndarray) -> dict:
+        return self.processor.encode(question, [image])
+
+    def decode(self, tokens: np.ndarray, length: int) -> Completion:
+        ids = [int(t) for t in tokens[:length]]
+        while ids and ids[-1] in self.stop_ids:
+            ids.pop()
+        return Completion(self.processor.tokenizer.decode(ids, skip_special_tokens=True), int(length))
+
+    def complete(self, prompts: Sequence[tuple[str, np.ndarray]], stream: Sequence[int] = ()) -> list[Completion]:
+        """One completion per (question text, uint8 RGB image), in order.
+
+        ``stream`` names the call's random stream: batch k samples with the key (seed, *stream, k), so a sampled
+        (non-greedy) run gives the same completions whatever was generated before it.
+        """
+        out: list[Completion] = []
+        stream_key = self.rng
+        for part in stream:
+            stream_key = jax.random.fold_in(stream_key, part)
+        for number, start in enumerate(range(0, len(prompts), self.batch_size)):
+            chunk = [self.encode(q, image) for q, image in prompts[start:start + self.batch_size]]
+            batch = pack_batch(chunk, self.batch_size, self.prompt_buckets, self.patch_buckets, self.pad_id)
+            rollout = self.generate_fn(self.model, batch["prompt_ids"], batch["prompt_mask"],
+                                       batch["pixel_values"], batch["image_grid_thw"], self.sampler_config,
+                                       jax.random.fold_in(stream_key, number))
+            tokens, lengths = np.asarray(rollout.tokens), np.asarray(rollout.lengths)
+            group = self.sampler_config.num_samples
+            out.extend(self.decode(tokens[i * group], int(lengths[i * group])) for i in range(len(chunk)))
+            logging.log_every_n_seconds(logging.INFO, "generated %d / %d", 30, len(out), len(prompts))
+        return out
+
+
+def sampler_config(model, processor: Processor, *, max_new_tokens: int, temperature: float = 0.0,
+                   top_p: float = 1.0, top_k: int = 0) -> sampler.SamplerConfig:
+    """One completion per prompt, stopping at ``<|im_end|>`` / ``<|endoftext|>``; greedy when temperature is 0."""
+    return sampler.SamplerConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                                 top_p=float(top_p), top_k=int(top_k), num_samples=1,
+                                 stop_token_ids=sampler.default_stop_token_ids(model.config),
+                                 pad_token_id=processor.token_ids[END_OF_TEXT])

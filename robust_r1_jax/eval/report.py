@@ -1,0 +1,188 @@
+"""Evaluation results as files: JSON, a Markdown report and a PNG plot of accuracy against intensity.
+
+Every file is written to a temporary name in its folder and renamed, so a reader never sees half a report; only
+process 0 of a multi-process run writes.
+
+``results`` (what ``robust.evaluate`` returns and ``results.json`` holds)::
+
+    {"protocol": {...}, "models": {name: {"path", "tokenizer", "prompt_suffix",
+                                         "benchmarks": {benchmark: summary}}}}
+
+A synthetic-degradation summary has ``kind == "synthetic"`` and ``levels`` keyed by level name with an
+``intensity``; an R-Bench summary has ``kind == "rbench"`` and levels ``ref`` / ``low`` / ``mid`` / ``high`` plus
+``overall`` (all distorted rows together).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+
+import jax
+
+PLOT_NAME = "accuracy.png"
+JSON_NAME = "results.json"
+MARKDOWN_NAME = "results.md"
+PREDICTIONS_NAME = "predictions.jsonl"
+# Each benchmark panel is this many inches at PLOT_DPI: the PNG is (500 * panels) x 400 pixels.
+PANEL_INCHES = (5.0, 4.0)
+PLOT_DPI = 100
+
+
+def is_writer() -> bool:
+    return jax.process_index() == 0
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile("wb", dir=directory, prefix=f".{os.path.basename(path)}.",
+                                         suffix=".tmp", delete=False)
+    try:
+        with handle:
+            handle.write(data)
+        os.chmod(handle.name, 0o644)
+        os.replace(handle.name, path)
+    except BaseException:
+        if os.path.exists(handle.name):
+            os.remove(handle.name)
+        raise
+
+
+def _percent(value) -> str:
+    return "–" if value is None else f"{100.0 * value:.2f}"
+
+
+def _number(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _level_header(name: str, level: dict) -> str:
+    return f"{name} (s={level['intensity']:.2f})" if level.get("intensity") is not None else name
+
+
+def _benchmarks(results: dict) -> list[str]:
+    names: list[str] = []
+    for model in results["models"].values():
+        for bench in model["benchmarks"]:
+            if bench not in names:
+                names.append(bench)
+    return names
+
+
+def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:
+    """A Markdown table; the first ``text_columns`` are left-aligned, the numbers right-aligned."""
+    rule = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _breakdown(results: dict, bench: str, key: str, title: str) -> list[str]:
+    rows, levels = [], None
+    for name, model in results["models"].items():
+        summary = model["benchmarks"].get(bench)
+        if not summary or not summary.get(key):
+            continue
+        levels = levels or list(summary["levels"])
+        for group, by_level in summary[key].items():
+            first = next(iter(by_level.values()))
+            rows.append([name, group, str(first["total"])] + [_percent(by_level[lv]["accuracy"]) for lv in levels])
+    if not rows:
+        return []
+    return ["", f"### {title}", ""] + _table(["model", key.split("_")[1], "rows"] + levels, rows, text_columns=2)
+
+
+def markdown(results: dict) -> str:
+    """The report: per benchmark, accuracy by level (one row per model), chain metrics and breakdowns."""
+    protocol = results["protocol"]
+    decoding = ("greedy decoding" if protocol["temperature"] == 0
+                else f"sampling at temperature {protocol['temperature']}")
+    lines = ["# Robustness evaluation", "",
+             f"{decoding.capitalize()}, at most {protocol['max_new_tokens']} new tokens. Accuracy in %; rows that "
+             f"cannot be evaluated (undecodable image, malformed row) count as wrong."]
+    for bench in _benchmarks(results):
+        summaries = {n: m["benchmarks"][bench] for n, m in results["models"].items() if bench in m["benchmarks"]}
+        first = next(iter(summaries.values()))
+        failed = len(first["failed_rows"])
+        lines += ["", f"## {bench}", "",
+                  f"`{first['source']}`: {first['rows']} rows ({failed} failed); "
+                  + ("one degradation type per image, seeded by its index, at every level."
+                     if first["kind"] == "synthetic" else "real-world distortion levels as shipped."), ""]
+        levels = list(first["levels"])
+        header = ["model"] + [_level_header(lv, first["levels"][lv]) for lv in levels]
+        rows = [[name] + [_percent(s["levels"][lv]["accuracy"]) for lv in levels] for name, s in summaries.items()]
+        lines += _table(header, rows)
+
+        chain_rows = []
+        for name, summary in summaries.items():
+            for lv, level in summary["levels"].items():
+                chain_rows.append([name, lv, _number(level.get("type_precision")), _number(level.get("type_recall")),
+                                   _number(level.get("intensity_mae")), _number(level["mean_chain_tokens"], 1),
+                                   _percent(level["format_rate"]), _percent(level["unanswered_rate"])])
+        lines += ["", "### Chain metrics", "",
+                  "Degradation names in `<TYPE>` against the applied type (precision, recall), mean absolute "
+                  "error of the matched intensities, mean generated tokens, share of outputs in the full chain "
+                  "format, share of outputs with no readable answer.", ""]
+        lines += _table(["model", "level", "type precision", "type recall", "intensity MAE", "chain tokens",
+                         "format ok", "no answer"], chain_rows, text_columns=2)
+        lines += _breakdown(results, bench, "by_stage", "Accuracy by stage (%)")
+        lines += _breakdown(results, bench, "by_type", "Accuracy by type (%)")
+        if failed:
+            lines += ["", "### Failed rows (counted as wrong)", ""]
+            lines += [f"- index {row['label']}: {row['problem']}" for row in first["failed_rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_png(results: dict) -> bytes:
+    """Accuracy against intensity, one line per model, one panel per benchmark; PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    benches = _benchmarks(results)
+    figure = Figure(figsize=(PANEL_INCHES[0] * len(benches), PANEL_INCHES[1]), dpi=PLOT_DPI)
+    axes = figure.subplots(1, len(benches), squeeze=False)[0]
+    for ax, bench in zip(axes, benches):
+        for name, model in results["models"].items():
+            summary = model["benchmarks"].get(bench)
+            if summary is None:
+                continue
+            levels = [lv for lv in summary["levels"] if lv != "overall"]
+            if summary["kind"] == "synthetic":
+                xs = [summary["levels"][lv]["intensity"] for lv in levels]
+                ax.set_xticks(xs, [f"{lv}\n{x:.2f}" for lv, x in zip(levels, xs)])
+                ax.set_xlabel("degradation level and intensity")
+            else:
+                xs = list(range(len(levels)))
+                ax.set_xticks(xs, levels)
+                ax.set_xlabel("distortion level")
+            ys = [100.0 * summary["levels"][lv]["accuracy"] for lv in levels]
+            ax.plot(xs, ys, marker="o", label=name)
+        ax.set_title(bench)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=PLOT_DPI)
+    return buffer.getvalue()
+
+
+def write_reports(results: dict, predictions: list[dict], workdir: str) -> dict[str, str]:
+    """results.json, results.md, accuracy.png and predictions.jsonl in ``workdir`` (process 0 only)."""
+    paths = {kind: os.path.join(workdir, name) for kind, name in
+             (("json", JSON_NAME), ("markdown", MARKDOWN_NAME), ("plot", PLOT_NAME),
+              ("predictions", PREDICTIONS_NAME))}
+    if not is_writer():
+        return paths
+    write_atomic(paths["json"], (json.dumps(results, indent=2) + "\n").encode("utf-8"))
+    write_atomic(paths["markdown"], markdown(results).encode("utf-8"))
+    write_atomic(paths["plot"], plot_png(results))
+    write_atomic(paths["predictions"],
+                 "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions).encode("utf-8"))
+    return paths

@@ -1,0 +1,378 @@
+"""The robustness protocol of SPEC §2 / §6, for the ``eval`` mode of the entry point.
+
+For every model and every benchmark:
+
+* **VLMEvalKit MCQ TSVs** (MMMB, MMStar, RealWorldQA, or the demo's held-out shapes): each image gets ONE
+  degradation type drawn from its index (``degrade.sample_benchmark``) and is evaluated clean and with that type at
+  intensity 0.23 / 0.45 / 0.9 ("25% / 50% / 100%"), the same type and pixel seed at every level;
+* **R-Bench** multiple choice from a local copy (``benchmarks.py`` documents the layout): the shipped distorted
+  images, level by level (low / mid / high, ``overall`` = all three together).
+
+The prompt is the question and its options (``chains.format_prompt``) followed by the SPEC §1 instruction suffix,
+or without the suffix for base models that were never trained on it. Answers are generated in fixed-shape batches
+by the sampler (greedy by default) and read with ``answers.extract`` (option letter or index). Reported per level:
+accuracy (rows that cannot be evaluated count as wrong), accuracy per stage and per type, the chain metrics of
+``chain_metrics`` against the applied type, the mean number of generated tokens, the share of outputs in the full
+chain format and the share with no readable answer. ``report.py`` writes JSON, Markdown and a PNG plot.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+from absl import logging
+
+from robust_r1_jax import degrade
+from robust_r1_jax.data import chains
+from robust_r1_jax.eval import answers, benchmarks, chain_metrics, defaults, inference, report
+from robust_r1_jax.eval.benchmarks import BenchmarkRow
+from robust_r1_jax.eval.inference import ModelSpec
+
+STAGE_OF = {name: stage for stage, names in degrade.STAGES.items() for name in names}
+OVERALL = "overall"
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    """One column of a report: rows evaluated at one level (``intensity`` None: the images as shipped)."""
+
+    level: str
+    intensity: float | None
+    rows: tuple[BenchmarkRow, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    name: str
+    kind: str  # "synthetic" (degraded here) or "rbench" (distorted as shipped)
+    source: str
+    conditions: tuple[Condition, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Generation and batching settings shared by every model of a run."""
+
+    max_new_tokens: int = 1024
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    batch_size: int = 8
+    prompt_buckets: tuple[int, ...] = (256, 512, 1024, 2048)
+    patch_buckets: tuple[int, ...] = (64, 256, 1024, 4096)
+    seed: int = 0
+    dtype: str = "float32"
+    min_pixels: int = 0  # 0: the model directory's preprocessor setting
+    max_pixels: int = 0
+
+    def protocol(self) -> dict:
+        return {**dataclasses.asdict(self), "levels": dict(degrade.BENCHMARK_LEVELS)}
+
+
+# --------------------------------------------------------------------------- benchmarks
+
+
+def synthetic_benchmark(path: str, levels: Sequence[str], name: str | None = None, limit: int = 0) -> Benchmark:
+    """A VLMEvalKit TSV under the synthetic-degradation protocol at ``levels`` (names of BENCHMARK_LEVELS)."""
+    rows = tuple(benchmarks.read_tsv_rows(path, limit))
+    if not rows:
+        raise ValueError(f"{path}: the TSV has no data rows")
+    conditions = tuple(Condition(level, degrade.BENCHMARK_LEVELS[level], rows) for level in levels)
+    return Benchmark(name or os.path.splitext(os.path.basename(path))[0], "synthetic", path, conditions)
+
+
+def rbench_benchmark(rbench_dir: str, name: str = "R-Bench", limit: int = 0) -> Benchmark:
+    levels = benchmarks.read_rbench(rbench_dir, limit)
+    return Benchmark(name, "rbench", rbench_dir,
+                     tuple(Condition(level, None, tuple(rows)) for level, rows in levels.items()))
+
+
+def check_levels(levels: Sequence[str]) -> list[str]:
+    """Level names of BENCHMARK_LEVELS; intensities ("0.45") are accepted for their names."""
+    by_value = {f"{v:g}": k for k, v in degrade.BENCHMARK_LEVELS.items()}
+    out = []
+    for level in levels:
+        level = str(level).strip()
+        name = level if level in degrade.BENCHMARK_LEVELS else by_value.get(_normal_number(level))
+        if name is None:
+            raise ValueError(f"unknown benchmark level {level!r}; expected names {list(degrade.BENCHMARK_LEVELS)} "
+                             f"or intensities {list(degrade.BENCHMARK_LEVELS.values())}")
+        out.append(name)
+    if not out:
+        raise ValueError("no benchmark level given")
+    return out
+
+
+def _normal_number(text: str) -> str | None:
+    try:
+        return f"{float(text):g}"
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------- one model
+
+
+def applied_types(row: BenchmarkRow, condition: Condition) -> list[tuple[str, float]]:
+    """What was applied to the row's image under ``condition`` (nothing at "clean" or for shipped images)."""
+    if not condition.intensity:
+        return []
+    return [(degrade.sample_benchmark(row.image_index), condition.intensity)]
+
+
+def question_text(row: BenchmarkRow, use_suffix: bool) -> str:
+    record = row.record
+    question = f"{record.hint}\n{record.question}" if record.hint else record.question
+    return chains.format_prompt(question, record.options, chains.PROMPT_SUFFIX if use_suffix else "")
+
+
+def condition_image(row: BenchmarkRow, condition: Condition) -> tuple[np.ndarray | None, str | None]:
+    """The row's image at the condition's level, or why there is none."""
+    image, problem = row.load_image()
+    if image is None:
+        return None, problem
+    if condition.intensity is None:
+        return image, None
+    try:
+        return degrade.benchmark_image(image, row.image_index, condition.level), None
+    except ValueError as error:  # e.g. an image smaller than the degradations accept
+        return None, f"{row.where} (index {row.label}): cannot degrade the image: {error}"
+
+
+def _outcome(row: BenchmarkRow, condition: Condition, kind: str) -> dict:
+    outcome = {"level": condition.level, "where": row.where, "index": row.label, "image_index": row.image_index,
+               "answer": None if row.record is None else row.record.answer, "predicted": None,
+               "correct": False, "tokens": None, "output": None, "problem": None}
+    if kind == "synthetic":
+        kind_name = degrade.sample_benchmark(row.image_index)
+        outcome.update(type=kind_name, stage=STAGE_OF[kind_name])
+    return outcome
+
+
+def evaluate_condition(generator: inference.Generator, condition: Condition, kind: str, use_suffix: bool,
+                       stream: tuple[int, ...] = ()) -> list[dict]:
+    """One outcome per row: prediction, correctness, tokens and output, or the problem that made it wrong.
+
+    ``stream`` names the condition's random stream (sampled decoding only): each chunk of rows draws from
+    (stream, chunk number), so results do not depend on what was evaluated before.
+    """
+    outcomes = []
+    size = generator.batch_size
+    for chunk_number, start in enumerate(range(0, len(condition.rows), size)):
+        rows = condition.rows[start:start + size]
+        prompts, waiting = [], []
+        for row in rows:
+            outcome = _outcome(row, condition, kind)
+            outcomes.append(outcome)
+            image, problem = condition_image(row, condition)
+            if image is None:
+                outcome["problem"] = problem
+                logging.warning("row counted as wrong: %s", problem)
+                continue
+            prompts.append((question_text(row, use_suffix), image))
+            waiting.append((row, outcome))
+        if not prompts:
+            continue
+        completions = generator.complete(prompts, stream=(*stream, chunk_number))
+        for (row, outcome), completion in zip(waiting, completions):
+            predicted = answers.extract_answer(completion.text, row.record.options)
+            outcome.update(predicted=predicted, correct=predicted == row.record.answer,
+                           tokens=completion.num_tokens, output=completion.text)
+    return outcomes
+
+
+def _accuracy(outcomes: Sequence[dict]) -> dict:
+    correct = sum(bool(o["correct"]) for o in outcomes)
+    return {"accuracy": correct / len(outcomes) if outcomes else None, "correct": correct, "total": len(outcomes)}
+
+
+def summarize_level(outcomes: Sequence[dict], condition: Condition) -> dict:
+    generated = [o for o in outcomes if o["output"] is not None]
+    rows_by_where = {row.where: row for row in condition.rows}
+    matches = [chain_metrics.match_types(chain_metrics.predicted_types(o["output"]),
+                                         applied_types(rows_by_where[o["where"]], condition)) for o in generated]
+    share = (lambda count: count / len(generated) if generated else None)
+    return {
+        "intensity": condition.intensity,
+        **_accuracy(outcomes),
+        "failed": len(outcomes) - len(generated),
+        "mean_chain_tokens": float(np.mean([o["tokens"] for o in generated])) if generated else None,
+        "format_rate": share(sum(chains.FORMAT_PATTERN.search(o["output"]) is not None for o in generated)),
+        "unanswered_rate": share(sum(o["predicted"] is None for o in generated)),
+        **chain_metrics.summarize(matches),
+    }
+
+
+def _breakdown(outcomes_by_level: dict[str, list[dict]], key: str) -> dict:
+    groups: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for level, outcomes in outcomes_by_level.items():
+        for outcome in outcomes:
+            groups[outcome[key]][level].append(outcome)
+    order = list(degrade.STAGES) if key == "stage" else list(degrade.NAMES)
+    return {group: {level: _accuracy(groups[group][level]) for level in outcomes_by_level}
+            for group in sorted(groups, key=order.index)}
+
+
+def summarize(benchmark: Benchmark, outcomes_by_level: dict[str, list[dict]]) -> dict:
+    levels = {c.level: summarize_level(outcomes_by_level[c.level], c) for c in benchmark.conditions}
+    failed = {}
+    for outcomes in outcomes_by_level.values():
+        for o in outcomes:
+            if o["problem"] is not None:
+                failed.setdefault(o["where"], {"where": o["where"], "label": o["index"], "problem": o["problem"]})
+    summary = {"kind": benchmark.kind, "source": benchmark.source,
+               "rows": len({row.where for c in benchmark.conditions for row in c.rows}),
+               "levels": levels, "failed_rows": list(failed.values())}
+    if benchmark.kind == "synthetic":
+        summary["by_stage"] = _breakdown(outcomes_by_level, "stage")
+        summary["by_type"] = _breakdown(outcomes_by_level, "type")
+    else:
+        distorted = [c for c in benchmark.conditions if c.level in benchmarks.RBENCH_LEVELS]
+        together = Condition(OVERALL, None, tuple(row for c in distorted for row in c.rows))
+        summary["levels"][OVERALL] = summarize_level(
+            [o for c in distorted for o in outcomes_by_level[c.level]], together)
+    return summary
+
+
+def evaluate_model(name: str, model, processor, bench_list: Sequence[Benchmark], settings: Settings,
+                   use_suffix: bool = True, generate_fn=None) -> tuple[dict, list[dict]]:
+    """({benchmark: summary}, prediction records) of one loaded model."""
+    inference.check_pairing(model, processor, name)
+    generator = inference.Generator(
+        model, processor,
+        inference.sampler_config(model, processor, max_new_tokens=settings.max_new_tokens,
+                                 temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k),
+        batch_size=settings.batch_size, prompt_buckets=settings.prompt_buckets,
+        patch_buckets=settings.patch_buckets, seed=settings.seed, generate_fn=generate_fn)
+    summaries, predictions = {}, []
+    for bench_number, bench in enumerate(bench_list):
+        outcomes_by_level = {}
+        for level_number, condition in enumerate(bench.conditions):
+            logging.info("%s: %s at %s (%d rows)", name, bench.name, condition.level, len(condition.rows))
+            outcomes = evaluate_condition(generator, condition, bench.kind, use_suffix,
+                                          stream=(bench_number, level_number))
+            outcomes_by_level[condition.level] = outcomes
+            predictions += [{"model": name, "benchmark": bench.name, **o} for o in outcomes]
+        summaries[bench.name] = summarize(bench, outcomes_by_level)
+    return summaries, predictions
+
+
+def evaluate(specs: Sequence[ModelSpec], bench_list: Sequence[Benchmark], settings: Settings,
+             generate_fn=None) -> tuple[dict, list[dict]]:
+    """(results, prediction records) of every model on every benchmark; models are loaded one at a time."""
+    results = {"protocol": settings.protocol(), "models": {}}
+    predictions: list[dict] = []
+    for spec in specs:
+        processor = inference.load_processor(spec, settings.min_pixels, settings.max_pixels)
+        model = inference.load_model(spec.path, settings.dtype)
+        summaries, records = evaluate_model(spec.name, model, processor, bench_list, settings, spec.use_suffix,
+                                            generate_fn)
+        results["models"][spec.name] = {"path": spec.path, "tokenizer": spec.tokenizer_path or spec.path,
+                                        "prompt_suffix": spec.use_suffix, "benchmarks": summaries}
+        predictions += records
+        del model
+    return results, predictions
+
+
+# --------------------------------------------------------------------------- config
+
+
+def as_list(value) -> list[str]:
+    """A comma-separated string or a sequence -> list of stripped strings (empty entries kept inside)."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    items = [item.strip() for item in items]
+    return [] if all(not item for item in items) else items
+
+
+def _display_names(paths: Sequence[str]) -> list[str]:
+    """Folder names; a name shared by several paths takes its parent folder too (``sft/model``)."""
+    names = [os.path.basename(os.path.normpath(p)) for p in paths]
+    names = [os.path.join(*os.path.normpath(p).split(os.sep)[-2:]) if names.count(n) > 1 else n
+             for p, n in zip(paths, names)]
+    if len(set(names)) < len(names):
+        names = [f"{n}#{i}" for i, n in enumerate(names)]
+    return names
+
+
+def demo_problems() -> list[str]:
+    """The demo outputs that are missing (empty when the demo model can be evaluated)."""
+    missing = [p for p in (defaults.DEMO_TOKENIZER_DIR,) if not os.path.isdir(p)]
+    if not any(os.path.isdir(path) for _, path in defaults.DEMO_MODELS):
+        missing += [path for _, path in defaults.DEMO_MODELS]
+    return missing
+
+
+def model_specs(config) -> list[ModelSpec]:
+    """The models of the config; with no checkpoint, the demo model before and after RL."""
+    checkpoints = as_list(config.checkpoints)
+    no_suffix = set(as_list(config.no_suffix))
+    if not checkpoints:
+        missing = demo_problems()
+        if missing:
+            raise FileNotFoundError(
+                f"no checkpoint given (--config.checkpoints=...), so the demo model is evaluated, but the demo "
+                f"outputs are missing: {', '.join(missing)} (relative to {os.getcwd()}). Run the demo first: "
+                f"{defaults.DEMO_COMMAND}")
+        present = [(name, path) for name, path in defaults.DEMO_MODELS if os.path.isdir(path)]
+        for name, path in defaults.DEMO_MODELS:
+            if not os.path.isdir(path):
+                logging.warning("demo model %r not found at %s; evaluating the others", name, path)
+        return [ModelSpec(name, path, defaults.DEMO_TOKENIZER_DIR,
+                          use_suffix=not ({"all", "*", name} & no_suffix)) for name, path in present]
+    names = as_list(config.names) or _display_names(checkpoints)
+    if len(names) != len(checkpoints):
+        raise ValueError(f"config.names has {len(names)} entries for {len(checkpoints)} checkpoints")
+    tokenizers = as_list(config.tokenizers)
+    if len(tokenizers) == 1:
+        tokenizers = tokenizers * len(checkpoints)
+    if tokenizers and len(tokenizers) != len(checkpoints):
+        raise ValueError(f"config.tokenizers has {len(tokenizers)} entries for {len(checkpoints)} checkpoints "
+                         f"(give one shared tokenizer, one per checkpoint, or none)")
+    tokenizers = tokenizers or [""] * len(checkpoints)
+    return [ModelSpec(name, path, tok, use_suffix=not ({"all", "*", name, path} & no_suffix))
+            for name, path, tok in zip(names, checkpoints, tokenizers)]
+
+
+def load_benchmarks(config, using_demo: bool) -> list[Benchmark]:
+    tsvs = as_list(config.tsvs)
+    if not tsvs and not config.rbench_dir and using_demo:
+        if not os.path.isfile(defaults.DEMO_EVAL_TSV):
+            raise FileNotFoundError(f"the demo's evaluation TSV {defaults.DEMO_EVAL_TSV} is missing (relative to "
+                                    f"{os.getcwd()}). Run the demo first: {defaults.DEMO_COMMAND}")
+        tsvs = [defaults.DEMO_EVAL_TSV]
+    if not tsvs and not config.rbench_dir:
+        raise ValueError("no benchmark given: set --config.tsvs=a.tsv,b.tsv (VLMEvalKit MCQ TSVs) and/or "
+                         "--config.rbench_dir=<local R-Bench copy>")
+    levels = check_levels(as_list(config.levels))
+    names = _display_names(tsvs) if tsvs else []
+    names = [os.path.splitext(n)[0] for n in names]
+    out = [synthetic_benchmark(path, levels, name, int(config.limit)) for path, name in zip(tsvs, names)]
+    if config.rbench_dir:
+        out.append(rbench_benchmark(config.rbench_dir, limit=int(config.limit)))
+    return out
+
+
+def settings_from_config(config) -> Settings:
+    return Settings(max_new_tokens=int(config.max_new_tokens), temperature=float(config.temperature),
+                    top_p=float(config.top_p), top_k=int(config.top_k), batch_size=int(config.batch_size),
+                    prompt_buckets=tuple(int(b) for b in as_list(config.prompt_buckets)),
+                    patch_buckets=tuple(int(b) for b in as_list(config.patch_buckets)), seed=int(config.seed),
+                    dtype=str(config.dtype), min_pixels=int(config.min_pixels), max_pixels=int(config.max_pixels))
+
+
+def run(config) -> dict:
+    """The ``eval`` mode: evaluate, write the reports into ``config.workdir`` and print the Markdown."""
+    specs = model_specs(config)
+    bench_list = load_benchmarks(config, using_demo=not as_list(config.checkpoints))
+    workdir = config.workdir or (defaults.DEMO_EVAL_WORKDIR if not as_list(config.checkpoints) else "runs/eval")
+    results, predictions = evaluate(specs, bench_list, settings_from_config(config))
+    paths = report.write_reports(results, predictions, workdir)
+    if report.is_writer():
+        print(report.markdown(results))
+        print("wrote " + ", ".join(paths.values()))
+    return results

@@ -1,0 +1,41 @@
+"""Presets: parameter counts of SPEC §5, and the Hugging Face config round trip."""
+import numpy as np
+import pytest
+from flax import nnx
+
+from robust_r1_jax.model import config as model_config
+from robust_r1_jax.model.vlm import Qwen25VL
+
+
+def _counts(cfg):
+    model = nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0)))
+    counts = {"visual": 0, "language": 0}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        counts[path[0]] += int(np.prod(var.value.shape))
+    return counts
+
+
+def test_3b_matches_spec():
+    counts = _counts(model_config.preset("3b"))
+    assert counts == {"language": 3_085_938_688, "visual": 668_684_288}  # SPEC §5: 3.086B / 0.669B
+
+
+def test_7b_counts():
+    counts = _counts(model_config.preset("7b"))
+    # Qwen2.5-VL-7B-Instruct: 8.29B in all, untied head
+    assert counts == {"language": 7_615_616_512, "visual": 676_550_144}
+
+
+@pytest.mark.parametrize("name", sorted(model_config.PRESETS))
+def test_hf_config_round_trip(name):
+    from transformers import Qwen2_5_VLConfig
+    cfg = model_config.preset(name)
+    back = model_config.ModelConfig.from_hf(Qwen2_5_VLConfig(**cfg.to_hf()).to_dict())
+    assert back.text == cfg.text and back.vision == cfg.vision and back.image_token_id == cfg.image_token_id
+
+
+def test_unknown_preset_and_keys():
+    with pytest.raises(ValueError, match="unknown model preset 'huge'"):
+        model_config.preset("huge")
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        model_config.ModelConfig.from_dict({"nope": 1})
