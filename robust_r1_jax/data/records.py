@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import logging
 import os
 from typing import Callable
@@ -51,7 +52,9 @@ def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
             image.load()  # forces a full decode so truncated files fail here, not later
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageError(f"{where}: cannot decode image ({error})") from error
+        # PIL names the in-memory file object (with its address) in the message: keep reports reproducible
+        reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(error))
+        raise ImageError(f"{where}: cannot decode image ({reason})") from error
 
 
 @dataclasses.dataclass(frozen=True)
