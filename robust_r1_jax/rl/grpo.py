@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
 from robust_r1_jax import distributed
@@ -26,6 +25,7 @@ from robust_r1_jax.train import checkpoint as ckpt
 from robust_r1_jax.train import metrics as mx
 from robust_r1_jax.train import optim, sft, state as train_state
 from robust_r1_jax.train.state import ModelParts, TrainState, shardings_of
+from robust_r1_jax.train.step import guarded_update
 
 log = logging.getLogger(__name__)
 
@@ -132,16 +132,8 @@ def update_step(parts: ModelParts, tx, lr_schedule, cfg: GRPOConfig, state: Trai
         logp = completion_logprobs(parts.merge(trainable, state.frozen), batch, cfg.num_samples, cfg)
         return grpo_objective(logp, old_logp, ref_logp, advantages, batch["mask"], batch["row_weight"], cfg)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
-    trainable = optax.apply_updates(state.trainable, updates)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = TrainState(step=state.step + finite.astype(jnp.int32), trainable=keep(trainable, state.trainable),
-                           frozen=state.frozen, opt_state=keep(opt_state, state.opt_state))
-    return new_state, dict(loss=loss, grad_norm=grad_norm, skipped=1 - finite.astype(jnp.int32),
-                           learning_rate=lr_schedule(state.step), **aux)
+    new_state, metrics = guarded_update(tx, state, grads, loss)
+    return new_state, dict(metrics, loss=loss, learning_rate=lr_schedule(state.step), **aux)
 
 
 def length_intensity_correlation(lengths: np.ndarray, intensity: np.ndarray) -> float:
@@ -194,7 +186,7 @@ def run(config) -> dict:
                              num_samples=gcfg.num_samples, stop_token_ids=smp.default_stop_token_ids(model_cfg),
                              pad_token_id=model_cfg.bos_token_id)
 
-    loader = make_loader(config, processor, per_host, info)
+    loader = sft.make_loader(config, processor, per_host, info, kind="rl")
     checkpointer = ckpt.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep,
                                      async_save=config.train.async_checkpoint)
     start = 0
@@ -260,20 +252,6 @@ def run(config) -> dict:
             progress.close()
     return dict(history=history, start_step=start, final_step=config.train.steps, workdir=workdir,
                 model_dir=exported)
-
-
-def make_loader(config, processor, per_host: int, info):
-    from robust_r1_jax.data import pipeline, tfds_builder
-    d = config.data
-    if not d.dataset_dir:
-        raise ValueError("config.data.dataset_dir is required (a robust_r1 dataset; build one with configs/synth.py)")
-    source = tfds_builder.data_source(d.dataset_dir, d.split)
-    pcfg = pipeline.PipelineConfig(batch_size=per_host, seq_len=d.seq_len, patch_bucket=d.patch_bucket,
-                                   image_slots=d.image_slots, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
-                                   seed=config.seed, shuffle=d.shuffle, num_epochs=None,
-                                   worker_count=d.worker_count, reference_bytes=d.reference_bytes)
-    return pipeline.make_rl_loader(source, processor, pcfg, process_index=info.process_index,
-                                   process_count=info.process_count)
 
 
 def _global(mesh, array: np.ndarray):

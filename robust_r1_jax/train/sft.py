@@ -226,18 +226,20 @@ def parts_model(parts, state) -> Qwen25VL:
     return parts.merge(state.trainable, state.frozen)
 
 
-def make_loader(config, processor, per_host: int, info):
+def make_loader(config, processor, per_host: int, info, kind: str = "sft"):
+    """This process's shard of the ``robust_r1`` dataset as fixed-shape SFT or RL batches (grain)."""
     from robust_r1_jax.data import pipeline, tfds_builder
     d = config.data
     if not d.dataset_dir:
         raise ValueError("config.data.dataset_dir is required (a robust_r1 dataset; build one with configs/synth.py)")
     source = tfds_builder.data_source(d.dataset_dir, d.split)
+    extra = {"reference_bytes": d.reference_bytes} if "reference_bytes" in d else {}
     pcfg = pipeline.PipelineConfig(batch_size=per_host, seq_len=d.seq_len, patch_bucket=d.patch_bucket,
                                    image_slots=d.image_slots, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
                                    seed=config.seed, shuffle=d.shuffle, num_epochs=None,
-                                   worker_count=d.worker_count)
-    return pipeline.make_sft_loader(source, processor, pcfg, process_index=info.process_index,
-                                    process_count=info.process_count)
+                                   worker_count=d.worker_count, **extra)
+    make = pipeline.make_sft_loader if kind == "sft" else pipeline.make_rl_loader
+    return make(source, processor, pcfg, process_index=info.process_index, process_count=info.process_count)
 
 
 def _progress(start: int, total: int, desc: str = "sft"):

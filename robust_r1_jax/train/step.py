@@ -62,6 +62,13 @@ def sft_step(parts: ModelParts, tx: optax.GradientTransformation, lr_schedule, c
     denom = jnp.maximum(tokens, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
     loss = total / denom
+    new_state, metrics = guarded_update(tx, state, grads, loss)
+    return new_state, dict(metrics, loss=loss, tokens=tokens, learning_rate=lr_schedule(state.step))
+
+
+def guarded_update(tx: optax.GradientTransformation, state: TrainState, grads, loss) -> tuple[TrainState, dict]:
+    """The optimizer update, skipped (state and optimizer moments kept as they were) when the loss or the
+    gradient norm is not finite, so one bad batch never reaches the parameters or a checkpoint."""
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
@@ -70,9 +77,7 @@ def sft_step(parts: ModelParts, tx: optax.GradientTransformation, lr_schedule, c
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = TrainState(step=state.step + finite.astype(jnp.int32), trainable=keep(trainable, state.trainable),
                            frozen=state.frozen, opt_state=keep(opt_state, state.opt_state))
-    metrics = dict(loss=loss, grad_norm=grad_norm, tokens=tokens, skipped=1 - finite.astype(jnp.int32),
-                   learning_rate=lr_schedule(state.step))
-    return new_state, metrics
+    return new_state, dict(grad_norm=grad_norm, skipped=1 - finite.astype(jnp.int32))
 
 
 def batch_shardings(mesh, batch: dict) -> dict:
