@@ -501,7 +501,12 @@ class BatchIterator:
         expected = self._settings()
         if "next_batch" not in state:
             raise ValueError(f"not a pipeline state (no 'next_batch'): {dict(state)}")
-        differs = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
+        # next_batch counts global batches, so any host layout with the same global batch resumes the stream:
+        # every host of a multi-process job restores process 0's state, and a job may resume on fewer hosts.
+        host_layout = ("batch_size", "process_index", "process_count")
+        same_global = (state.get("batch_size") or 0) * (state.get("process_count") or 0) == self._plan.global_batch
+        differs = {k: (state.get(k), v) for k, v in expected.items()
+                   if state.get(k) != v and not (same_global and k in host_layout)}
         if differs:
             detail = ", ".join(f"{k}: saved {s!r}, now {n!r}" for k, (s, n) in differs.items())
             raise ValueError(f"the saved pipeline state belongs to a different loader ({detail})")

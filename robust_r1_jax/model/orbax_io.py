@@ -19,16 +19,21 @@ CONFIG_FILE = "model_config.json"
 
 
 def save(model: Qwen25VL, path: str) -> None:
-    """Writes ``path/params`` (orbax) and ``path/model_config.json``; orbax commits atomically."""
+    """Writes ``path/params`` (orbax, every process takes part) and ``path/model_config.json`` (process 0);
+    orbax commits atomically."""
     path = os.path.abspath(path)
     os.makedirs(path, exist_ok=True)
     _, state = nnx.split(model, nnx.Param)
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(os.path.join(path, "params"), nnx.to_pure_dict(state), force=True)
-    tmp = os.path.join(path, CONFIG_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(model.config.to_dict(), f, indent=2)
-    os.replace(tmp, os.path.join(path, CONFIG_FILE))
+    if jax.process_index() == 0:  # one writer: processes renaming one shared temporary file race
+        tmp = os.path.join(path, CONFIG_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(model.config.to_dict(), f, indent=2)
+        os.replace(tmp, os.path.join(path, CONFIG_FILE))
+    if jax.process_count() > 1:  # no process reads the model before its config is written
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"orbax_io.save {path}")
 
 
 def read_config(path: str) -> ModelConfig:

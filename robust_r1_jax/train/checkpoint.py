@@ -94,7 +94,10 @@ def restore_model(path: str, step: int | None = None, mesh=None):
     model = nnx.eval_shape(lambda: Qwen25VL(ModelConfig.from_dict(meta["model_config"]), rngs=nnx.Rngs(0)))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     flat = {tuple(map(str, p)): v for p, v in nnx.to_flat_state(params)}
-    saved = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore()}))[STATE]
+    # Written on other devices (a pod slice, several processes): read onto this process's first device instead.
+    fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    saved = manager.restore(step, args=ocp.args.Composite(
+        **{STATE: ocp.args.StandardRestore(fallback_sharding=fallback)}))[STATE]
     found = {}
     for part in ("trainable", "frozen"):
         for p, leaf in jax.tree_util.tree_flatten_with_path(saved[part])[0]:
