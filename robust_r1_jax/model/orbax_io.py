@@ -9,6 +9,7 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from robust_r1_jax import parallel
@@ -18,35 +19,37 @@ from robust_r1_jax.model.vlm import Qwen25VL
 CONFIG_FILE = "model_config.json"
 
 
+def _path(path: str) -> epath.Path:
+    """Local paths made absolute; bucket URLs (gs://...) kept as they are."""
+    return epath.Path(path if "://" in str(path) else os.path.abspath(path))
+
+
 def save(model: Qwen25VL, path: str) -> None:
     """Writes ``path/params`` (orbax, every process takes part) and ``path/model_config.json`` (process 0);
     orbax commits atomically."""
-    path = os.path.abspath(path)
-    os.makedirs(path, exist_ok=True)
+    root = _path(path)
+    root.mkdir(parents=True, exist_ok=True)
     _, state = nnx.split(model, nnx.Param)
     with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(os.path.join(path, "params"), nnx.to_pure_dict(state), force=True)
+        ckpt.save(root / "params", nnx.to_pure_dict(state), force=True)
     if jax.process_index() == 0:  # one writer: processes renaming one shared temporary file race
-        tmp = os.path.join(path, CONFIG_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(model.config.to_dict(), f, indent=2)
-        os.replace(tmp, os.path.join(path, CONFIG_FILE))
+        tmp = root / (CONFIG_FILE + ".tmp")
+        tmp.write_text(json.dumps(model.config.to_dict(), indent=2))
+        tmp.rename(root / CONFIG_FILE)
     if jax.process_count() > 1:  # no process reads the model before its config is written
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(f"orbax_io.save {path}")
 
 
 def read_config(path: str) -> ModelConfig:
-    cfg_file = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(cfg_file):
+    cfg_file = _path(path) / CONFIG_FILE
+    if not cfg_file.exists():
         raise FileNotFoundError(f"{path} is not a model checkpoint written by orbax_io.save: no {CONFIG_FILE}")
-    with open(cfg_file) as f:
-        return ModelConfig.from_dict(json.load(f))
+    return ModelConfig.from_dict(json.loads(cfg_file.read_text()))
 
 
 def restore(path: str, *, mesh: jax.sharding.Mesh | None = None, **config_overrides) -> Qwen25VL:
     """The model saved at ``path``; with a mesh, every parameter is restored straight into its sharding."""
-    path = os.path.abspath(path)
     config = read_config(path)
     if config_overrides:
         config = config.replace(**config_overrides)
@@ -61,7 +64,7 @@ def restore(path: str, *, mesh: jax.sharding.Mesh | None = None, **config_overri
             leaf[p[-1]] = jax.ShapeDtypeStruct(var.value.shape, var.value.dtype, sharding=parallel.named_sharding(
                 mesh, var.get_metadata().get("logical_axes"), var.value.shape))
     with ocp.StandardCheckpointer() as ckpt:
-        restored = ckpt.restore(os.path.join(path, "params"), target)
+        restored = ckpt.restore(_path(path) / "params", target)
     nnx.replace_by_pure_dict(state, restored)
     return nnx.merge(graphdef, state, rest)
 

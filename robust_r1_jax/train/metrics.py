@@ -3,6 +3,7 @@ console. Only process 0 writes."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -76,6 +77,11 @@ class Writer:
         self.tb = None
         self.jsonl = None
         if self.enabled:
+            if "://" in logdir:  # event files and the JSONL copy stay local; checkpoints go to the bucket
+                import tempfile
+                local = os.path.join(tempfile.gettempdir(), "robust_r1_jax_logs", logdir.split("://", 1)[1])
+                logging.getLogger(__name__).warning("metrics for %s are written locally to %s", logdir, local)
+                logdir = local
             os.makedirs(logdir, exist_ok=True)
             from tensorboardX import SummaryWriter
             self.tb = SummaryWriter(logdir)
