@@ -35,7 +35,7 @@ def save(model: Qwen25VL, path: str) -> None:
     if jax.process_index() == 0:  # one writer: processes renaming one shared temporary file race
         tmp = root / (CONFIG_FILE + ".tmp")
         tmp.write_text(json.dumps(model.config.to_dict(), indent=2))
-        tmp.rename(root / CONFIG_FILE)
+        tmp.replace(root / CONFIG_FILE)
     if jax.process_count() > 1:  # no process reads the model before its config is written
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(f"orbax_io.save {path}")

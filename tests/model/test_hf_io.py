@@ -127,3 +127,11 @@ def test_image_token_count_must_match_features(checkpoint):
     fewer[0, first_image] = 1
     with pytest.raises(ValueError, match="image features and image tokens do not match: input_ids hold 11"):
         model(fewer, pixel_values=pix, image_grid_thw=grid)
+
+
+def test_orbax_save_overwrites_an_existing_model(checkpoint, tmp_path):
+    _, _, path, _ = checkpoint
+    model = hf.load(path)
+    orbax_io.save(model, str(tmp_path / "m"))
+    orbax_io.save(model, str(tmp_path / "m"))  # a resumed run exports to the same folder again
+    assert orbax_io.read_config(str(tmp_path / "m")) == model.config
