@@ -1,7 +1,7 @@
 """The embedded default: ``python -m robust_r1_jax.main --config=configs/demo.py`` (no downloads, CPU-sized).
 
 Synthesises shapes VQA with degradations and chains, trains a tokenizer, SFTs a small Qwen2.5-VL, runs GRPO,
-evaluates both on held-out degraded images and writes runs/demo/report.md.
+evaluates both on held-out degraded images and writes runs/demo/report.md (see robust_r1_jax/demo.py).
 """
 import ml_collections
 
@@ -12,10 +12,23 @@ def get_config():
     c.workdir = "runs/demo"
     c.seed = 0
     c.model = ml_collections.ConfigDict(dict(preset="demo"))
-    c.data = ml_collections.ConfigDict(dict(num_train=480, num_validation=64, image_size=56, min_degradations=1,
-                                            max_degradations=3, vocab_size=2048))
-    c.sft = ml_collections.ConfigDict(dict(steps=150, batch_size=8, learning_rate=2e-3, warmup_steps=10))
-    c.rl = ml_collections.ConfigDict(dict(steps=20, batch_size=4, num_samples=4, learning_rate=2e-5,
-                                          warmup_steps=0, beta=0.04, reward_variant="paper"))
-    c.eval = ml_collections.ConfigDict(dict(num_examples=64, batch_size=32, tsv_rows=48))
+    # 84 px = 6x6 patches = 3x3 language tokens, one per cell of the shapes grid.
+    # max_token_length: merges may cross words up to this many bytes (phrase tokens; see demo.py).
+    c.data = ml_collections.ConfigDict(dict(num_train=2400, num_validation=64, image_size=84, min_degradations=1,
+                                            max_degradations=1, vocab_size=4096, max_token_length=32))
+    # The shapes task narrowed for a model trained from scratch in minutes (data/shapes.py::Style): one large
+    # object, colour and shape questions, options in palette order.
+    c.data.shapes = ml_collections.ConfigDict(dict(
+        kinds=("colour", "shape"), colours=("red", "green", "blue", "yellow"),
+        shapes=("circle", "square", "triangle", "star"), max_distractors=0, sorted_options=True, object_scale=2.5))
+    c.sft = ml_collections.ConfigDict(dict(steps=1000, batch_size=8, learning_rate=2e-3, warmup_steps=10,
+                                           min_lr_ratio=0.1))
+    # reward weights: the reference code's (all four terms, weight 1); the paper's R = r_deg + r_len is
+    # accuracy=0, format=0.
+    c.rl = ml_collections.ConfigDict(dict(
+        steps=60, batch_size=4, num_samples=4, learning_rate=1e-4, warmup_steps=0, min_lr_ratio=1.0, beta=0.04,
+        temperature=1.0, reward_variant="paper",
+        reward_weights=ml_collections.ConfigDict(dict(accuracy=1.0, format=1.0, degradation=1.0, length=1.0))))
+    # new_token_margin: generations may run this much past the longest training chain.
+    c.eval = ml_collections.ConfigDict(dict(num_examples=64, batch_size=64, tsv_rows=48, new_token_margin=1.25))
     return c

@@ -26,6 +26,12 @@ def get_config() -> ml_collections.ConfigDict:
     synth.num_validation = 64
     synth.image_size = 224  # shapes render size (works down to 8; 56 for the smallest models)
     synth.max_image_side = 0  # file sources: shrink so the longer side is at most this (0 keeps)
+    # shapes only: what the generator may draw (data/shapes.py::Style); the default is the full task.
+    synth.shapes = ml_collections.ConfigDict(dict(
+        kinds=("colour", "shape", "count", "position"),
+        colours=("red", "green", "blue", "yellow", "magenta", "white"),
+        shapes=("circle", "square", "triangle", "star", "diamond"),
+        max_distractors=3, sorted_options=False, object_scale=1.0))
 
     # Degradations per image, types drawn at random with s ~ U[0, 1]; the paper's examples show 2-7.
     synth.min_degradations = 1

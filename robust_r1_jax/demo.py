@@ -4,38 +4,47 @@
 2. train a small byte-level BPE tokenizer on it (Qwen2.5-VL special tokens; chain tags stay plain text);
 3. SFT a small Qwen2.5-VL from scratch; 4. GRPO from the SFT model with the jitted rewards;
 5. evaluate both on held-out degraded images (chain validity, answer accuracy) and write a VLMEvalKit TSV of
-   held-out clean images for ``configs/eval_robust.py``; 6. write ``report.md``.
+   held-out clean images for ``configs/eval_robust.py``; 6. write ``report.md`` and ``summary.json``.
 Everything lands under ``config.workdir`` (default ``runs/demo``, the paths of ``robust_r1_jax.eval.defaults``).
+
+The demo's tokenizer lets merges cross word boundaries (no pre-tokenisation split), capped at
+``data.max_token_length`` bytes. The shapes chains are built from templates and every prompt ends in the same
+long SPEC §1 suffix, so phrase-sized tokens shorten the sequences about five-fold (the suffix alone drops from
+169 word-level tokens to about 30). That is what makes SFT, evaluation and GRPO fit ten CPU minutes. The tags
+stay plain text: they are bytes inside ordinary merged tokens, which the byte-level rewards read exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 
 import numpy as np
 
 from robust_r1_jax.data import chains, sources, synth, tfds_builder
-from robust_r1_jax.data.tokenizer import train_demo_tokenizer
+from robust_r1_jax.data.tokenizer import EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS_TOP
 from robust_r1_jax.eval import answers, inference
-from robust_r1_jax.model.processor import ImageProcessor, Processor, load_tokenizer
+from robust_r1_jax.model.processor import DEFAULT_SYSTEM, ImageProcessor, Processor, chat_prompt, load_tokenizer
 from robust_r1_jax.rl import grpo
 from robust_r1_jax.train import sft
 
 log = logging.getLogger(__name__)
 
-FORMAT_PATTERN = re.compile(r"<TYPE>.*?<TYPE_END>\s*<INFLUENCE>.*?<INFLUENCE_END>\s*<REASONING>.*?<REASONING_END>"
-                            r"\s*<CONCLUSION>.*?<CONCLUSION_END>\s*<ANSWER>.*?<ANSWER_END>", re.DOTALL)
+# SPEC §3 format regex (search, DOTALL): a held-out generation is a valid chain when it matches.
+FORMAT_PATTERN = chains.FORMAT_PATTERN
+_ANSWER_BLOCK = re.compile(r"<ANSWER>(.*?)<ANSWER_END>", re.DOTALL)
+_BYTE_ALPHABET_SIZE = 256
+# One RL history window per 10% of the steps: the acceptance compares the first and the last window.
+RL_KEYS = ("reward/total", "reward/degradation", "reward/length", "reward/format", "reward/accuracy",
+           "completion_length", "kl")
 
 
-def build_data(config, workdir: str) -> dict:
-    s = synth_config(config, workdir)
-    summary = synth.run(s)
-    return summary
-
-
+# ---- data and tokenizer -------------------------------------------------------------------------------------------
 def synth_config(config, workdir: str):
     from ml_collections import ConfigDict
     c = ConfigDict()
@@ -47,110 +56,233 @@ def synth_config(config, workdir: str):
         max_degradations=config.data.max_degradations, seed=config.seed, on_error="raise", annotator="template",
         annotator_base_url="", annotator_model="", annotator_timeout=60.0, image_format="png", data_dir="",
         overwrite=True, num_workers=0, contact_sheet_size=8))
+    c.synth.shapes = ConfigDict(config.data.shapes.to_dict())
     return c
 
 
-def build_tokenizer(dataset_dir: str, out_dir: str, vocab_size: int):
+def build_data(config, workdir: str) -> dict:
+    return synth.run(synth_config(config, workdir))
+
+
+def tokenizer_texts(examples: list[dict], system: str = DEFAULT_SYSTEM) -> list[str]:
+    """What the model will read and write, cut where the chat template puts special tokens (the tokenizer
+    never merges across those): system turn, role names, question + suffix, chain."""
+    texts = []
+    for e in examples:
+        texts += [f"system\n{system}", "\n", "user\n", chains.format_prompt(e["question"], e["options"]),
+                  "assistant\n", e["chain"]]
+    return texts
+
+
+def option_atoms(examples: list[dict]) -> tuple[str, ...]:
+    """The answer vocabulary: every non-numeric option text of the training split."""
+    return tuple(sorted({o for e in examples for o in e["options"] if o and not o.isdigit()}))
+
+
+def train_demo_tokenizer(texts: list[str], vocab_size: int, atoms: tuple[str, ...] = (),
+                         max_token_length: int = 32):
+    """A byte-level BPE with the Qwen2.5-VL special tokens at the top of a vocabulary of exactly ``vocab_size``
+    (the order of ``model.config.tiny``), as an unsaved transformers tokenizer.
+
+    Merges may cross words (up to ``max_token_length`` bytes), except around digits and ``atoms``: each digit,
+    and each atom standing as a whole word, is a piece of its own, so an option's text (an atom) is the same
+    token in the question, the reasoning and the conclusion, and numbers are spelled digit by digit as in Qwen2.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    learned = vocab_size - len(SPECIAL_TOKENS_TOP)
+    if learned < _BYTE_ALPHABET_SIZE:
+        raise ValueError(f"data.vocab_size={vocab_size} leaves no room for the 256 byte tokens and the "
+                         f"{len(SPECIAL_TOKENS_TOP)} special tokens; use at least "
+                         f"{_BYTE_ALPHABET_SIZE + len(SPECIAL_TOKENS_TOP)}")
+    if max_token_length < 2:
+        raise ValueError(f"data.max_token_length must be at least 2, got {max_token_length}")
+    for i, text in enumerate(texts):
+        bad = [s for s in SPECIAL_TOKENS_TOP if s in text]
+        if bad:
+            raise ValueError(f"tokenizer training text {i} contains special token(s) {bad}: {text[:80]!r}")
+    words = sorted({a for a in atoms if a}, key=lambda a: (-len(a), a))  # longest first: alternation is ordered
+    split = r"\p{N}" + (r"|(?<!\p{L})(?:" + "|".join(re.escape(w) for w in words) + r")(?!\p{L})" if words else "")
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=learned, min_frequency=0, show_progress=False, special_tokens=[],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  max_token_length=max_token_length)
+    backend.train_from_iterator(texts, trainer)
+    # A small corpus can run out of merges: reserved (special, never produced) tokens keep the top layout.
+    reserved = [f"<|reserved_{k}|>" for k in range(learned - backend.get_vocab_size(with_added_tokens=True))]
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t in (*reserved, *SPECIAL_TOKENS_TOP)])
+    vocab = backend.get_vocab(with_added_tokens=True)
+    expected = {t: learned + k for k, t in enumerate(SPECIAL_TOKENS_TOP)}
+    if len(vocab) != vocab_size or any(vocab.get(t) != i for t, i in expected.items()):
+        raise ValueError(f"tokenizer layout is wrong: {len(vocab)} tokens (expected {vocab_size}), special ids "
+                         f"{ {t: vocab.get(t) for t in expected} } (expected {expected})")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
+                                   clean_up_tokenization_spaces=False)
+
+
+def build_tokenizer(dataset_dir: str, out_dir: str, vocab_size: int, max_token_length: int,
+                    image_size: int) -> Processor:
+    """The demo tokenizer beside the image settings it was trained for (one directory, written atomically), so
+    every later reader (SFT, RL, evaluation, ``configs/eval_robust.py``) preprocesses images as training did."""
     examples = tfds_builder.read_examples(dataset_dir, "train", decode_images=False)
-    texts = [e["chain"] for e in examples] + [chains.format_prompt(e["question"], e["options"]) for e in examples]
-    return train_demo_tokenizer(texts, out_dir, vocab_size=vocab_size)
+    tokenizer = train_demo_tokenizer(tokenizer_texts(examples), vocab_size, option_atoms(examples),
+                                     max_token_length)
+    pixels = image_size ** 2
+    image_settings = json.dumps({"min_pixels": pixels, "max_pixels": pixels, "patch_size": 14,
+                                 "temporal_patch_size": 2, "merge_size": 2}, indent=2)
+
+    def save(directory: str) -> None:
+        tokenizer.save_pretrained(directory)
+        _write_text(os.path.join(directory, "preprocessor_config.json"), image_settings)
+    _replace_dir(out_dir, save)
+    return Processor(load_tokenizer(out_dir), ImageProcessor.from_pretrained(out_dir))
 
 
-def sequence_bucket(dataset_dir: str, processor: Processor, image_tokens: int, multiple: int = 64) -> tuple[int, int]:
-    """(SFT sequence bucket, longest chain in tokens) over the training split."""
-    longest, longest_chain = 0, 0
+def sequence_lengths(dataset_dir: str, processor: Processor, image_tokens: int) -> dict:
+    """Longest chat prompt (image tokens included) and longest chain over the training split, in tokens.
+
+    The SFT row is prompt + chain + ``<|im_end|>`` + the closing newline; RL prompts and held-out prompts use
+    the prompt figure; the completion budget comes from the chain figure."""
+    longest = dict(prompt=0, chain=0, row=0)
+    closing = len(processor.tokenize("\n")) + 1
     for e in tfds_builder.read_examples(dataset_dir, "train", decode_images=False):
-        prompt = len(processor.tokenize(chains.format_prompt(e["question"], e["options"])))
-        chain = len(processor.tokenize(e["chain"]))
-        longest = max(longest, prompt + chain + image_tokens + 32)
-        longest_chain = max(longest_chain, chain)
-    return -(-longest // multiple) * multiple, longest_chain
+        text = chat_prompt(chains.format_prompt(e["question"], e["options"]), 1, processor.system, [image_tokens])
+        prompt, chain = len(processor.tokenize(text)), len(processor.tokenize(e["chain"]))
+        longest["prompt"] = max(longest["prompt"], prompt)
+        longest["chain"] = max(longest["chain"], chain)
+        longest["row"] = max(longest["row"], prompt + chain + closing)
+    return longest
 
 
-def evaluate(model_dir: str, processor: Processor, examples: list[dict], max_new_tokens: int,
-             batch_size: int) -> dict:
-    """Greedy chains on held-out degraded images: format validity, answer accuracy, mean length."""
+def round_up(n: float, multiple: int) -> int:
+    return int(-(-int(np.ceil(n)) // multiple) * multiple)
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------------------
+def evaluate(model_dir: str, processor: Processor, examples: list[dict], max_new_tokens: int, batch_size: int,
+             prompt_bucket: int) -> dict:
+    """Greedy chains on held-out degraded images: format validity (SPEC §3 regex), answer accuracy with the
+    project's extractor and strictly (the first ANSWER block equals the option index), mean length."""
     model = inference.load_model(model_dir)
     scfg = inference.sampler_config(model, processor, max_new_tokens=max_new_tokens)
-    gen = inference.Generator(model, processor, scfg, batch_size=batch_size, prompt_buckets=(256, 512, 1024),
-                              patch_buckets=(16, 64, 256))
+    patches = (processor.image_processor.max_pixels // processor.image_processor.patch_size ** 2)
+    gen = inference.Generator(model, processor, scfg, batch_size=min(batch_size, len(examples)),
+                              prompt_buckets=(prompt_bucket, 2 * prompt_bucket), patch_buckets=(patches,))
     prompts = [(chains.format_prompt(e["question"], e["options"]), e["image"]) for e in examples]
     outputs = gen.complete(prompts)
     valid = [bool(FORMAT_PATTERN.search(o.text)) for o in outputs]
     correct = [answers.extract_answer(o.text, e["options"]) == int(e["answer"]) for o, e in zip(outputs, examples)]
+    strict = [_answer_block(o.text) == str(int(e["answer"])) for o, e in zip(outputs, examples)]
     return dict(examples=len(examples), valid_chains=float(np.mean(valid)), accuracy=float(np.mean(correct)),
+                strict_accuracy=float(np.mean(strict)),
                 chance=float(np.mean([1.0 / len(e["options"]) for e in examples])),
                 mean_tokens=float(np.mean([o.num_tokens for o in outputs])), sample=outputs[0].text)
 
 
-def write_eval_tsv(path: str, num: int, image_size: int, seed: int) -> str:
-    """Held-out clean shapes questions as a VLMEvalKit TSV (the robustness protocol degrades them itself)."""
+def _answer_block(text: str) -> str | None:
+    match = _ANSWER_BLOCK.search(text)
+    return None if match is None else match.group(1).strip()
+
+
+def write_eval_tsv(path: str, num: int, image_size: int, seed: int, style) -> str:
+    """Held-out clean shapes questions of the trained style as a VLMEvalKit TSV (the robustness protocol degrades
+    them itself)."""
     from robust_r1_jax.data import shapes
-    records = shapes.make_records(num, seed=seed + 7919, image_size=image_size)
+    records = shapes.make_records(num, seed=seed + 7919, image_size=image_size, style=style)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     sources.write_vlmeval_tsv(records, path)
     return path
 
 
+# ---- the run ------------------------------------------------------------------------------------------------------
+class StageClock:
+    """Wall and process CPU seconds (user + sys, all threads) of each named stage."""
+
+    def __init__(self):
+        self.wall, self.cpu = {}, {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        wall, cpu = time.perf_counter(), _cpu_seconds()
+        try:
+            yield
+        finally:
+            self.wall[name] = time.perf_counter() - wall
+            self.cpu[name] = _cpu_seconds() - cpu
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def run(config) -> dict:
-    started = time.perf_counter()
+    clock = StageClock()
+    with clock("total"):
+        summary = _run_stages(config, clock)
+    summary["timings"] = dict(wall=clock.wall, cpu=clock.cpu, cpu_cores=os.cpu_count())
+    workdir = summary["workdir"]
+    _write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2, default=str))
+    text = report(summary)
+    _write_text(os.path.join(workdir, "report.md"), text)
+    print(text)
+    return summary
+
+
+def _run_stages(config, clock: StageClock) -> dict:
     workdir = sft.check_workdir(config.workdir)
-    timings = {}
-
-    t = time.perf_counter()
-    data = build_data(config, workdir)
+    with clock("synth"):
+        data = build_data(config, workdir)
     dataset_dir = data["dataset_dir"]
-    timings["synth"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    tok_dir = os.path.join(workdir, "tokenizer")
-    build_tokenizer(dataset_dir, tok_dir, config.data.vocab_size)
-    pixels = config.data.image_size ** 2
-    # image settings beside the tokenizer, so evaluation preprocesses exactly as training did
-    _write_text(os.path.join(tok_dir, "preprocessor_config.json"),
-                json.dumps({"min_pixels": pixels, "max_pixels": pixels, "patch_size": 14, "temporal_patch_size": 2,
-                            "merge_size": 2}, indent=2))
-    processor = Processor(load_tokenizer(tok_dir), ImageProcessor.from_pretrained(tok_dir))
-    image_tokens = (config.data.image_size // 28) ** 2
-    seq_len, longest_chain = sequence_bucket(dataset_dir, processor, image_tokens)
-    timings["tokenizer"] = time.perf_counter() - t
+    with clock("tokenizer"):
+        tok_dir = os.path.join(workdir, "tokenizer")
+        processor = build_tokenizer(dataset_dir, tok_dir, config.data.vocab_size, config.data.max_token_length,
+                                    config.data.image_size)
+        image_tokens = (config.data.image_size // 28) ** 2
+        lengths = sequence_lengths(dataset_dir, processor, image_tokens)
+    seq_len = round_up(lengths["row"], 32)
+    prompt_len = round_up(lengths["prompt"], 16)
+    new_tokens = round_up(lengths["chain"] * config.eval.new_token_margin, 16)
 
-    t = time.perf_counter()
-    sft_cfg = stage_config(config, "sft", workdir, dataset_dir, tok_dir, seq_len)
-    sft_out = sft.run(sft_cfg)
-    timings["sft"] = time.perf_counter() - t
+    with clock("sft"):
+        sft_out = sft.run(stage_config(config, "sft", workdir, dataset_dir, tok_dir, seq_len))
 
     held_out = tfds_builder.read_examples(dataset_dir, "validation")[: config.eval.num_examples]
-    new_tokens = -(-int(longest_chain * 1.25) // 32) * 32
-    t = time.perf_counter()
-    sft_eval = evaluate(sft_out["model_dir"], processor, held_out, new_tokens, config.eval.batch_size)
-    timings["eval_sft"] = time.perf_counter() - t
+    if not held_out:
+        raise ValueError(f"the validation split of {dataset_dir} is empty; raise data.num_validation")
+    with clock("eval_sft"):
+        sft_eval = evaluate(sft_out["model_dir"], processor, held_out, new_tokens, config.eval.batch_size,
+                            prompt_len)
 
     rl_out, rl_eval = None, None
     if config.rl.steps > 0:
-        t = time.perf_counter()
-        prompt_len = -(-(seq_len - longest_chain) // 64) * 64
-        rl_cfg = stage_config(config, "rl", workdir, dataset_dir, tok_dir, prompt_len,
-                              init_from=sft_out["model_dir"], max_new_tokens=new_tokens)
-        rl_out = grpo.run(rl_cfg)
-        timings["rl"] = time.perf_counter() - t
-        t = time.perf_counter()
-        rl_eval = evaluate(rl_out["model_dir"], processor, held_out, new_tokens, config.eval.batch_size)
-        timings["eval_rl"] = time.perf_counter() - t
+        with clock("rl"):
+            rl_cfg = stage_config(config, "rl", workdir, dataset_dir, tok_dir, prompt_len,
+                                  init_from=sft_out["model_dir"], max_new_tokens=new_tokens)
+            rl_out = grpo.run(rl_cfg)
+        with clock("eval_rl"):
+            rl_eval = evaluate(rl_out["model_dir"], processor, held_out, new_tokens, config.eval.batch_size,
+                               prompt_len)
 
-    tsv = write_eval_tsv(os.path.join(workdir, "data", "demo_eval.tsv"), config.eval.tsv_rows,
-                         config.data.image_size, config.seed)
-    timings["total"] = time.perf_counter() - started
-    summary = dict(dataset=data, seq_len=seq_len, max_new_tokens=new_tokens, sft=_sft_summary(sft_out),
-                   sft_eval=sft_eval, rl=_rl_summary(rl_out), rl_eval=rl_eval, eval_tsv=tsv, timings=timings)
-    _write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2, default=str))
-    _write_text(os.path.join(workdir, "report.md"), report(summary))
-    print(report(summary))
-    return summary
+    with clock("eval_tsv"):
+        style = synth.shapes_style(synth_config(config, workdir).synth)
+        tsv = write_eval_tsv(os.path.join(workdir, "data", "demo_eval.tsv"), config.eval.tsv_rows,
+                             config.data.image_size, config.seed, style)
+    return dict(workdir=workdir, dataset=data, tokenizer=tok_dir, vocab_size=config.data.vocab_size,
+                model_preset=config.model.preset, image_size=config.data.image_size, lengths=lengths,
+                seq_len=seq_len, prompt_len=prompt_len, max_new_tokens=new_tokens, sft=_sft_summary(sft_out),
+                sft_eval=sft_eval, rl=_rl_summary(rl_out, config), rl_eval=rl_eval, eval_tsv=tsv)
 
 
 def stage_config(config, stage: str, workdir: str, dataset_dir: str, tok_dir: str, seq_len: int, *,
                  init_from: str = "", max_new_tokens: int = 0):
+    """The SFT or GRPO config of one stage: the library defaults, overridden by the demo's section."""
     c = sft.default_config() if stage == "sft" else grpo.default_config()
     c.workdir = os.path.join(workdir, stage)
     c.seed = config.seed
@@ -169,64 +301,105 @@ def stage_config(config, stage: str, workdir: str, dataset_dir: str, tok_dir: st
     c.train.log_every = max(1, section.steps // 10)
     c.optim.learning_rate = section.learning_rate
     c.optim.warmup_steps = section.warmup_steps
-    c.optim.min_lr_ratio = 0.1
+    c.optim.min_lr_ratio = section.min_lr_ratio
     if stage == "rl":
         c.data.split = "train"
         c.grpo.num_samples = section.num_samples
         c.grpo.beta = section.beta
+        c.grpo.temperature = section.temperature
         c.sampling.max_new_tokens = max_new_tokens
         c.rewards.variant = section.reward_variant
+        for term in ("accuracy", "format", "degradation", "length"):
+            c.rewards[term] = section.reward_weights[term]
     return c
 
 
 def _sft_summary(out: dict) -> dict:
     losses = out["losses"]
-    return dict(steps=len(losses), first_loss=losses[0], last_loss=losses[-1], skipped=out["skipped"],
-                model_dir=out["model_dir"])
+    k = max(1, len(losses) // 10)
+    return dict(steps=len(losses), first_loss=losses[0], last_loss=losses[-1],
+                last_mean_loss=float(np.mean(losses[-k:])), skipped=out["skipped"], model_dir=out["model_dir"])
 
 
-def _rl_summary(out: dict | None) -> dict | None:
+def _rl_summary(out: dict | None, config) -> dict | None:
     if out is None:
         return None
     hist = out["history"]
     k = max(1, len(hist) // 10)
     mean = lambda rows, key: float(np.mean([r[key] for r in rows]))
-    keys = ("reward/total", "reward/degradation", "reward/length", "reward/format", "reward/accuracy",
-            "completion_length", "kl")
+    step_times = [r["step_time"] for r in hist[1:]] or [hist[0]["step_time"]]
     return dict(steps=len(hist), window=k, model_dir=out["model_dir"],
-                first=dict((key, mean(hist[:k], key)) for key in keys),
-                last=dict((key, mean(hist[-k:], key)) for key in keys))
+                prompts_per_step=config.rl.batch_size, samples_per_prompt=config.rl.num_samples,
+                variant=config.rl.reward_variant, weights=dict(config.rl.reward_weights),
+                first=dict((key, mean(hist[:k], key)) for key in RL_KEYS),
+                last=dict((key, mean(hist[-k:], key)) for key in RL_KEYS),
+                median_step_time=float(np.median(step_times)))
 
 
 def report(s: dict) -> str:
+    lengths = s["lengths"]
     lines = ["# robust_r1_jax demo", "",
-             f"Dataset: {s['dataset']['counts']} shapes questions, mean summed intensity "
-             f"{s['dataset']['mean_sum_intensity']}; sequence bucket {s['seq_len']} tokens.", "",
+             f"Dataset: {s['dataset']['counts']} shapes questions at {s['image_size']} px, mean summed "
+             f"intensity {s['dataset']['mean_sum_intensity']}. Tokenizer: {s['vocab_size']} tokens. Longest "
+             f"training prompt {lengths['prompt']} tokens, chain {lengths['chain']}; SFT rows {s['seq_len']}, "
+             f"prompt bucket {s['prompt_len']}, at most {s['max_new_tokens']} new tokens.", "",
              "## SFT", "",
-             f"{s['sft']['steps']} steps, loss {s['sft']['first_loss']:.3f} -> {s['sft']['last_loss']:.3f} "
-             f"({s['sft']['skipped']} skipped).", "",
+             f"Model preset `{s['model_preset']}`, {s['sft']['steps']} steps, loss {s['sft']['first_loss']:.3f} -> "
+             f"{s['sft']['last_loss']:.3f} (mean of the last 10%: {s['sft']['last_mean_loss']:.3f}; "
+             f"{s['sft']['skipped']} skipped).", "",
              "## Held-out degraded images (greedy)", "",
-             "| model | valid chains | answer accuracy | chance | mean tokens |", "|---|---|---|---|---|"]
+             "| model | examples | valid chains | answer accuracy | strict accuracy | chance | mean tokens |",
+             "|---|---|---|---|---|---|---|"]
     for name, ev in (("SFT", s["sft_eval"]), ("SFT+RL", s["rl_eval"])):
         if ev:
-            lines.append(f"| {name} | {ev['valid_chains']:.1%} | {ev['accuracy']:.1%} | {ev['chance']:.1%} | "
-                         f"{ev['mean_tokens']:.0f} |")
+            lines.append(f"| {name} | {ev['examples']} | {ev['valid_chains']:.1%} | {ev['accuracy']:.1%} | "
+                         f"{ev['strict_accuracy']:.1%} | {ev['chance']:.1%} | {ev['mean_tokens']:.0f} |")
+    lines += ["", "Valid: the SPEC §3 format regex matches. Answer accuracy: the evaluation's answer extractor; "
+                  "strict: the first ANSWER block is the option index."]
     if s["rl"]:
         r = s["rl"]
-        lines += ["", "## GRPO", "", f"{r['steps']} steps; means over the first and last {r['window']} step(s):", "",
+        weights = ", ".join(f"{k} {v:g}" for k, v in r["weights"].items())
+        lines += ["", "## GRPO", "",
+                  f"{r['steps']} steps of {r['prompts_per_step']} prompts x {r['samples_per_prompt']} samples, "
+                  f"r_deg variant `{r['variant']}`, reward weights: {weights}; median step "
+                  f"{r['median_step_time']:.1f} s. Means over the first and last {r['window']} step(s):", "",
                   "| | total | r_deg | r_len | r_fmt | r_acc | length | KL |", "|---|---|---|---|---|---|---|---|"]
         for name in ("first", "last"):
             v = r[name]
             lines.append(f"| {name} | {v['reward/total']:.3f} | {v['reward/degradation']:.3f} | "
                          f"{v['reward/length']:.3f} | {v['reward/format']:.3f} | {v['reward/accuracy']:.3f} | "
-                         f"{v['completion_length']:.0f} | {v['kl']:.4f} |")
-    lines += ["", "## Time (s)", "", " | ".join(f"{k} {v:.0f}" for k, v in s["timings"].items()), "",
-              f"Sample chain (SFT): `{s['sft_eval']['sample'][:300]}`", ""]
+                         f"{v['completion_length']:.1f} | {v['kl']:.4f} |")
+    t = s["timings"]
+    lines += ["", "## Time", "", "| stage | wall s | CPU s (user+sys) |", "|---|---|---|"]
+    lines += [f"| {name} | {t['wall'][name]:.0f} | {t['cpu'][name]:.0f} |" for name in t["wall"]]
+    lines += ["", f"CPU seconds over {t['cpu_cores']} cores: {t['cpu']['total'] / t['cpu_cores']:.0f} s "
+                  f"per core for the whole run.", "",
+              "Sample held-out chain (SFT, greedy):", "", "```", s["sft_eval"]["sample"][:600], "```", ""]
     return "\n".join(lines)
 
 
+# ---- files --------------------------------------------------------------------------------------------------------
 def _write_text(path: str, text: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def _replace_dir(out_dir: str, fill) -> None:
+    """``fill(staging)`` writes a directory that then replaces ``out_dir`` in one rename (nothing half-written)."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        fill(staging)
+        if os.path.exists(out_dir):
+            retired = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
+            os.replace(out_dir, os.path.join(retired, "old"))
+            os.replace(staging, out_dir)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, out_dir)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)

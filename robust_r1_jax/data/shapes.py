@@ -5,8 +5,10 @@ six strongly saturated colours, five shapes with black outlines, objects on a 3x
 overlapping), and four question templates (colour, shape, count, position). Backgrounds are
 gradients with stripes, noise or a checker pattern so that every degradation leaves a visible trace.
 
-Every example is a pure function of ``(seed, index)``: the scene, the question, its four options
-(exactly one correct by construction) and 2-3 rationales written from the scene.
+Every example is a pure function of ``(seed, index, image_size, style)``: the scene, the question, its four
+options (exactly one correct by construction) and 2-3 rationales written from the scene. ``Style`` narrows the
+generator (question kinds, palette, shapes, distractors, option order) for models trained from scratch in
+minutes; its default is the full task.
 """
 
 from __future__ import annotations
@@ -51,6 +53,42 @@ _SHAPE_FEATURES = {
     "diamond": "four corners pointing up, down, left and right",
 }
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+@dataclasses.dataclass(frozen=True)
+class Style:
+    """What the generator may draw. ``colours`` and ``shapes`` are the palette (each at least four: an option
+    list needs four distinct values); ``max_distractors`` caps the extra objects of colour, shape and position
+    questions; ``sorted_options`` lists colour and shape options in palette order instead of a random order, so
+    that an option's index follows from its text alone; ``object_scale`` multiplies every radius (objects then
+    stay inside the image, and may leave their cell: use it with few distractors)."""
+
+    kinds: tuple[str, ...] = QUESTION_KINDS
+    colours: tuple[str, ...] = tuple(COLOURS)
+    shapes: tuple[str, ...] = SHAPES
+    max_distractors: int = 3
+    sorted_options: bool = False
+    object_scale: float = 1.0
+
+    def __post_init__(self):
+        for field, value, allowed in (("kinds", self.kinds, QUESTION_KINDS), ("colours", self.colours, tuple(COLOURS)),
+                                      ("shapes", self.shapes, SHAPES)):
+            unknown = sorted(set(value) - set(allowed))
+            if unknown or not value or len(set(value)) != len(value):
+                raise ValueError(f"shapes style: {field}={tuple(value)} must be distinct values from {allowed}"
+                                 + (f"; unknown {unknown}" if unknown else ""))
+        for field, value in (("colours", self.colours), ("shapes", self.shapes)):
+            if len(value) < NUM_OPTIONS:
+                raise ValueError(f"shapes style: {field} needs at least {NUM_OPTIONS} values (one per option), "
+                                 f"got {tuple(value)}")
+        if not 1.0 <= self.object_scale <= 4.0:
+            raise ValueError(f"shapes style: object_scale must be in [1, 4], got {self.object_scale}")
+        if not 0 <= self.max_distractors <= GRID * GRID - 1:
+            raise ValueError(f"shapes style: max_distractors must be in [0, {GRID * GRID - 1}], "
+                             f"got {self.max_distractors}")
+
+
+FULL_STYLE = Style()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,12 +156,14 @@ def _sample_background(rng: np.random.Generator) -> Background:
     )
 
 
-def _place(rng: np.random.Generator, kind: str, colour: str, cell: tuple[int, int]) -> ShapeObject:
+def _place(rng: np.random.Generator, kind: str, colour: str, cell: tuple[int, int], scale: float = 1.0) -> ShapeObject:
     row, col = cell
-    # Jitter 0.03 + radius <= 0.12 keeps every shape inside its 1/3 cell: no overlaps.
+    # Jitter 0.03 + radius <= 0.12 keeps every shape inside its 1/3 cell: no overlaps (at scale 1).
     cx = (col + 0.5) / GRID + float(rng.uniform(-0.03, 0.03))
     cy = (row + 0.5) / GRID + float(rng.uniform(-0.03, 0.03))
-    return ShapeObject(kind, colour, cell, (cx, cy), float(rng.uniform(0.08, 0.12)))
+    radius = float(rng.uniform(0.08, 0.12)) * scale
+    inside = lambda v: min(max(v, radius), 1.0 - radius)  # a no-op at scale 1
+    return ShapeObject(kind, colour, cell, (inside(cx), inside(cy)), radius)
 
 
 def _free_cells(rng: np.random.Generator, taken: set, count: int) -> list[tuple[int, int]]:
@@ -132,22 +172,24 @@ def _free_cells(rng: np.random.Generator, taken: set, count: int) -> list[tuple[
     return [cells[i] for i in order]
 
 
-def _distractors(rng, count, taken_cells, allowed) -> list[ShapeObject]:
+def _distractors(rng, style: Style, count, taken_cells, allowed) -> list[ShapeObject]:
     """``count`` objects in free cells whose (kind, colour) satisfies ``allowed``."""
-    combos = [(k, c) for k in SHAPES for c in COLOURS if allowed(k, c)]
+    combos = [(k, c) for k in style.shapes for c in style.colours if allowed(k, c)]
     objects = []
     for cell in _free_cells(rng, taken_cells, count):
         kind, colour = combos[int(rng.integers(len(combos)))]
-        objects.append(_place(rng, kind, colour, cell))
+        objects.append(_place(rng, kind, colour, cell, style.object_scale))
     return objects
 
 
-def _options_with(rng, correct: str, pool) -> tuple[tuple[str, ...], int]:
-    """Four distinct options from ``pool`` including ``correct``, in a seeded order."""
+def _options_with(rng, correct: str, pool, keep_order: bool = False) -> tuple[tuple[str, ...], int]:
+    """Four distinct options from ``pool`` including ``correct``, in a seeded order (or ``pool``'s order)."""
     others = [p for p in pool if p != correct]
     chosen = [others[i] for i in rng.permutation(len(others))[: NUM_OPTIONS - 1]] + [correct]
     order = rng.permutation(NUM_OPTIONS)
     options = tuple(chosen[i] for i in order)
+    if keep_order:
+        options = tuple(p for p in pool if p in options)
     return options, options.index(correct)
 
 
@@ -158,12 +200,13 @@ def _pick(rng, sentences: list[str], low: int = 2, high: int = 3) -> tuple[str, 
     return tuple([sentences[0]] + rest)
 
 
-def _colour_question(rng, background, size) -> ShapesExample:
-    kind = str(rng.choice(SHAPES))
-    colour = str(rng.choice(list(COLOURS)))
-    target = _place(rng, kind, colour, _free_cells(rng, set(), 1)[0])
-    extra = _distractors(rng, int(rng.integers(0, 4)), {target.cell}, lambda k, c: k != kind)
-    options, answer = _options_with(rng, colour, list(COLOURS))
+def _colour_question(rng, background, size, style: Style) -> ShapesExample:
+    kind = str(rng.choice(list(style.shapes)))
+    colour = str(rng.choice(list(style.colours)))
+    target = _place(rng, kind, colour, _free_cells(rng, set(), 1)[0], style.object_scale)
+    extra = _distractors(rng, style, int(rng.integers(0, style.max_distractors + 1)), {target.cell},
+                         lambda k, c: k != kind)
+    options, answer = _options_with(rng, colour, list(style.colours), style.sorted_options)
     wrong = next(o for o in options if o != colour)
     rationales = _pick(rng, [
         f"The {kind} in the {target.region} of the image is {colour}.",
@@ -175,12 +218,13 @@ def _colour_question(rng, background, size) -> ShapesExample:
     return ShapesExample(scene, "colour", f"What colour is the {kind}?", options, answer, rationales)
 
 
-def _shape_question(rng, background, size) -> ShapesExample:
-    kind = str(rng.choice(SHAPES))
-    colour = str(rng.choice(list(COLOURS)))
-    target = _place(rng, kind, colour, _free_cells(rng, set(), 1)[0])
-    extra = _distractors(rng, int(rng.integers(0, 4)), {target.cell}, lambda k, c: c != colour)
-    options, answer = _options_with(rng, kind, list(SHAPES))
+def _shape_question(rng, background, size, style: Style) -> ShapesExample:
+    kind = str(rng.choice(list(style.shapes)))
+    colour = str(rng.choice(list(style.colours)))
+    target = _place(rng, kind, colour, _free_cells(rng, set(), 1)[0], style.object_scale)
+    extra = _distractors(rng, style, int(rng.integers(0, style.max_distractors + 1)), {target.cell},
+                         lambda k, c: c != colour)
+    options, answer = _options_with(rng, kind, list(style.shapes), style.sorted_options)
     rationales = _pick(rng, [
         f"The {colour} object in the {target.region} of the image is a {kind}.",
         f"It has {_SHAPE_FEATURES[kind]}.",
@@ -191,9 +235,9 @@ def _shape_question(rng, background, size) -> ShapesExample:
     return ShapesExample(scene, "shape", f"What shape is the {colour} object?", options, answer, rationales)
 
 
-def _count_question(rng, background, size) -> ShapesExample:
+def _count_question(rng, background, size, style: Style) -> ShapesExample:
     count = int(rng.integers(1, MAX_OBJECTS + 1))
-    objects = _distractors(rng, count, set(), lambda k, c: True)
+    objects = _distractors(rng, style, count, set(), lambda k, c: True)
     # Four consecutive numbers containing the truth; where the truth sits is random.
     start = max(1, count - int(rng.integers(0, NUM_OPTIONS)))
     options = tuple(str(n) for n in range(start, start + NUM_OPTIONS))
@@ -211,14 +255,13 @@ def _count_question(rng, background, size) -> ShapesExample:
     return ShapesExample(scene, "count", "How many shapes are in the image?", options, answer, rationales)
 
 
-def _position_question(rng, background, size) -> ShapesExample:
+def _position_question(rng, background, size, style: Style) -> ShapesExample:
     side = str(rng.choice(SIDES))
-    kind = str(rng.choice(SHAPES))
-    colour = str(rng.choice(list(COLOURS)))
-    target = _place(rng, kind, colour, SIDE_CELLS[side])
-    extra = _distractors(
-        rng, int(rng.integers(0, 4)), {target.cell}, lambda k, c: (k, c) != (kind, colour)
-    )
+    kind = str(rng.choice(list(style.shapes)))
+    colour = str(rng.choice(list(style.colours)))
+    target = _place(rng, kind, colour, SIDE_CELLS[side], style.object_scale)
+    extra = _distractors(rng, style, int(rng.integers(0, style.max_distractors + 1)), {target.cell},
+                         lambda k, c: (k, c) != (kind, colour))
     options = SIDES
     answer = options.index(side)
     opposite = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}[side]
@@ -246,14 +289,18 @@ _QUESTION_MAKERS = {
 }
 
 
-def make_example(seed: int, index: int, image_size: int = 224, kinds=QUESTION_KINDS) -> ShapesExample:
-    """The example at ``index`` of the stream ``seed``; a pure function of its arguments."""
+def make_example(seed: int, index: int, image_size: int = 224, kinds=None,
+                 style: Style = FULL_STYLE) -> ShapesExample:
+    """The example at ``index`` of the stream ``seed``; a pure function of its arguments (``kinds``, when given,
+    overrides ``style.kinds``)."""
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8, got {image_size}")
+    if kinds is not None:
+        style = dataclasses.replace(style, kinds=tuple(kinds))
     rng = np.random.default_rng([int(seed), int(index)])
-    kind = str(rng.choice(list(kinds)))
+    kind = str(rng.choice(list(style.kinds)))
     background = _sample_background(rng)
-    return _QUESTION_MAKERS[kind](rng, background, int(image_size))
+    return _QUESTION_MAKERS[kind](rng, background, int(image_size), style)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -317,11 +364,12 @@ def render(scene: Scene) -> np.ndarray:
 # --------------------------------------------------------------------------- records
 
 
-def make_records(num: int, seed: int = 0, image_size: int = 224, start: int = 0) -> list[Record]:
+def make_records(num: int, seed: int = 0, image_size: int = 224, start: int = 0,
+                 style: Style = FULL_STYLE) -> list[Record]:
     """``num`` shapes records (indices ``start`` .. ``start + num - 1``); images render lazily."""
     records = []
     for index in range(start, start + num):
-        example = make_example(seed, index, image_size)
+        example = make_example(seed, index, image_size, style=style)
         records.append(
             Record(
                 id=f"shapes-{seed}-{index}",

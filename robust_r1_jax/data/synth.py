@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from robust_r1_jax import degrade
-from robust_r1_jax.data import chains, sources, tfds_builder
+from robust_r1_jax.data import chains, shapes, sources, tfds_builder
 from robust_r1_jax.data.records import ImageError, Record, check_on_error, encode_image, report_bad_input
 
 logger = logging.getLogger(__name__)
@@ -140,13 +140,27 @@ def _synthesize_job(job) -> Synthesized:
 # --------------------------------------------------------------------------- records per split
 
 
+def shapes_style(cfg) -> shapes.Style:
+    """``synth.shapes`` as a generator style; configs without that section get the full task."""
+    section = cfg.get("shapes")
+    if section is None:
+        return shapes.FULL_STYLE
+    return shapes.Style(kinds=tuple(section.kinds), colours=tuple(section.colours), shapes=tuple(section.shapes),
+                        max_distractors=int(section.max_distractors), sorted_options=bool(section.sorted_options),
+                        object_scale=float(section.get("object_scale", 1.0)))
+
+
 def split_records(cfg) -> dict[str, list[Record]]:
     """Train and validation records of the configured source (disjoint, deterministic)."""
     if cfg.source == "shapes":
+        style = shapes_style(cfg)
         return {
-            "train": sources.read_source("shapes", num=cfg.num_train, seed=cfg.seed, image_size=cfg.image_size),
+            "train": sources.read_source(
+                "shapes", num=cfg.num_train, seed=cfg.seed, image_size=cfg.image_size, style=style
+            ),
             "validation": sources.read_source(
-                "shapes", num=cfg.num_validation, seed=cfg.seed, image_size=cfg.image_size, start=cfg.num_train
+                "shapes", num=cfg.num_validation, seed=cfg.seed, image_size=cfg.image_size, start=cfg.num_train,
+                style=style,
             ),
         }
     if not cfg.source_path:

@@ -33,11 +33,11 @@ class Dense(nnx.Module):
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], in_axes: Sequence[str | None],
                  out_axes: Sequence[str | None], *, use_bias: bool, rngs: nnx.Rngs, dtype=jnp.float32,
-                 param_dtype=jnp.float32):
+                 param_dtype=jnp.float32, std: float = 0.02):
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.dtype = dtype
         self.kernel = param(rngs, self.in_shape + self.out_shape, tuple(in_axes) + tuple(out_axes),
-                            std=0.02, dtype=param_dtype)
+                            std=std, dtype=param_dtype)
         self.bias = param(rngs, self.out_shape, out_axes, value=0.0, dtype=param_dtype) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -71,8 +71,8 @@ class GatedMLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
     def __init__(self, dim: int, hidden: int, embed_axis: str, mlp_axis: str, *, use_bias: bool,
-                 rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
-        kw = dict(use_bias=use_bias, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+                 rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32, std: float = 0.02):
+        kw = dict(use_bias=use_bias, rngs=rngs, dtype=dtype, param_dtype=param_dtype, std=std)
         self.gate = Dense((dim,), (hidden,), (embed_axis,), (mlp_axis,), **kw)
         self.up = Dense((dim,), (hidden,), (embed_axis,), (mlp_axis,), **kw)
         self.down = Dense((hidden,), (dim,), (mlp_axis,), (embed_axis,), **kw)

@@ -65,7 +65,7 @@ class VisionAttention(nnx.Module):
     def __init__(self, cfg: VisionConfig, *, rngs, dtype, param_dtype):
         self.cfg = cfg
         h, d, e = cfg.num_heads, cfg.head_dim, cfg.hidden_size
-        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, use_bias=True)
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, use_bias=True, std=cfg.initializer_range)
         self.qkv = Dense((e,), (3, h, d), ("vision_embed",), ("qkv", "vision_heads", "head_dim"), **kw)
         self.proj = Dense((h, d), (e,), ("vision_heads", "head_dim"), ("vision_embed",), **kw)
 
@@ -83,7 +83,7 @@ class VisionBlock(nnx.Module):
         self.attn = VisionAttention(cfg, **kw)
         self.norm2 = RMSNorm(cfg.hidden_size, "vision_embed", eps=cfg.rms_norm_eps, **kw)
         self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, "vision_embed", "vision_mlp",
-                            use_bias=True, **kw)
+                            use_bias=True, std=cfg.initializer_range, **kw)
 
     def __call__(self, x, cos, sin, mask, implementation):
         x = x + self.attn(self.norm1(x), cos, sin, mask, implementation)
@@ -98,8 +98,10 @@ class PatchMerger(nnx.Module):
         self.unit = cfg.merge_unit
         wide = cfg.hidden_size * cfg.merge_unit
         self.norm = RMSNorm(cfg.hidden_size, "vision_embed", eps=cfg.rms_norm_eps, **kw)
-        self.fc1 = Dense((wide,), (wide,), ("vision_merge",), ("vision_mlp",), use_bias=True, **kw)
-        self.fc2 = Dense((wide,), (cfg.out_hidden_size,), ("vision_mlp",), ("embed",), use_bias=True, **kw)
+        self.fc1 = Dense((wide,), (wide,), ("vision_merge",), ("vision_mlp",), use_bias=True,
+                         std=cfg.initializer_range, **kw)
+        self.fc2 = Dense((wide,), (cfg.out_hidden_size,), ("vision_mlp",), ("embed",), use_bias=True,
+                         std=cfg.initializer_range, **kw)
 
     def __call__(self, x):
         x = self.norm(x)
@@ -114,7 +116,7 @@ class VisionTower(nnx.Module):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.cfg, self.attention_impl = cfg, attention_impl
         self.patch_embed = Dense((cfg.patch_dim,), (cfg.hidden_size,), ("vision_patch",), ("vision_embed",),
-                                 use_bias=False, **kw)
+                                 use_bias=False, std=cfg.initializer_range, **kw)
         self.blocks = nnx.List([VisionBlock(cfg, **kw) for _ in range(cfg.depth)])
         self.merger = PatchMerger(cfg, **kw)
 

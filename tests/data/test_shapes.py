@@ -164,3 +164,55 @@ def test_small_and_odd_sizes_render():
         assert image.shape == (size, size, 3)
     with pytest.raises(ValueError, match="at least 8"):
         shapes.make_example(0, 0, 4)
+
+
+NARROW = shapes.Style(kinds=("colour", "shape", "position"), colours=("red", "green", "blue", "yellow"),
+                      shapes=("circle", "square", "triangle", "star"), max_distractors=1, sorted_options=True)
+
+
+def test_a_narrowed_style_draws_only_from_its_palette():
+    examples = [shapes.make_example(seed=5, index=i, image_size=84, style=NARROW) for i in range(300)]
+    assert {e.kind for e in examples} == set(NARROW.kinds)
+    answers = collections.Counter()
+    for example in examples:
+        assert {o.colour for o in example.scene.objects} <= set(NARROW.colours)
+        assert {o.kind for o in example.scene.objects} <= set(NARROW.shapes)
+        assert 1 <= len(example.scene.objects) <= 1 + NARROW.max_distractors
+        pool = {"colour": NARROW.colours, "shape": NARROW.shapes, "position": shapes.SIDES}[example.kind]
+        assert example.options == tuple(pool)          # four of four, in palette order
+        correct = example.options[example.answer]
+        targets = _target(example)
+        assert len(targets) == 1
+        target = targets[0]
+        assert correct == {"colour": target.colour, "shape": target.kind,
+                           "position": shapes._CELL_NAMES[target.cell]}[example.kind]
+        answers[example.answer] += 1
+    # the answer index stays uniform: a model cannot beat chance without the image
+    assert min(answers.values()) >= 0.18 * len(examples)
+
+
+def test_sorted_options_keep_the_pool_order_with_a_larger_palette():
+    style = shapes.Style(kinds=("colour",), sorted_options=True)
+    for index in range(50):
+        example = shapes.make_example(seed=2, index=index, image_size=64, style=style)
+        order = [list(shapes.COLOURS).index(o) for o in example.options]
+        assert order == sorted(order) and example.options[example.answer] in example.rationales[0]
+
+
+def test_the_default_style_is_the_full_task():
+    for index in range(20):
+        a = shapes.make_example(seed=8, index=index, image_size=48)
+        b = shapes.make_example(seed=8, index=index, image_size=48, style=shapes.Style())
+        assert a == b
+    assert shapes.make_example(8, 3, 48, kinds=("count",)).kind == "count"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(kinds=("colour", "size")), "unknown \\['size'\\]"),
+    (dict(colours=("red", "green", "blue")), "at least 4"),
+    (dict(shapes=("circle", "circle", "square", "star")), "distinct"),
+    (dict(max_distractors=9), "max_distractors"),
+])
+def test_bad_styles_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        shapes.Style(**kwargs)

@@ -263,3 +263,19 @@ def test_openai_annotator_from_config_uses_the_endpoint(tmp_path):
         assert SPEC_FORMAT.search(example["chain"])
         assert parsed.types == list(zip(example["degradation_types"],
                                         [round(s, 2) for s in example["degradation_intensities"].tolist()]))
+
+
+def test_the_shapes_section_narrows_the_generated_questions(tmp_path):
+    config = small_config(tmp_path)
+    assert synth.shapes_style(config.synth) == shapes.FULL_STYLE
+    config.synth.shapes.kinds = ("colour",)
+    config.synth.shapes.colours = ("red", "green", "blue", "yellow")
+    config.synth.shapes.max_distractors = 0
+    config.synth.shapes.sorted_options = True
+    records = synth.split_records(config.synth)
+    assert [len(records["train"]), len(records["validation"])] == [10, 4]
+    for record in records["train"] + records["validation"]:
+        assert record.category == "colour" and record.options == ("red", "green", "blue", "yellow")
+    config.synth.shapes.kinds = ("colour", "weather")
+    with pytest.raises(ValueError, match="weather"):
+        synth.split_records(config.synth)

@@ -39,3 +39,22 @@ def test_unknown_preset_and_keys():
         model_config.preset("huge")
     with pytest.raises(ValueError, match="unknown model config keys"):
         model_config.ModelConfig.from_dict({"nope": 1})
+
+
+def test_vision_initializer_range_sets_the_fresh_kernels_and_survives_config_json():
+    import dataclasses
+    base = model_config.tiny()
+    wide = base.replace(vision=dataclasses.replace(base.vision, initializer_range=0.1))
+    stds = {}
+    for cfg in (base, wide):
+        model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
+        kernels = [model.visual.patch_embed.kernel.value, model.visual.merger.fc2.kernel.value,
+                   model.visual.blocks[0].attn.qkv.kernel.value, model.visual.blocks[0].mlp.up.kernel.value]
+        stds[cfg.vision.initializer_range] = [float(np.std(np.asarray(k))) for k in kernels]
+        # the language model keeps transformers' 0.02 either way
+        assert float(np.std(np.asarray(model.language.embed.value))) == pytest.approx(0.02, rel=0.1)
+    assert all(s == pytest.approx(0.02, rel=0.15) for s in stds[0.02])
+    assert all(s == pytest.approx(0.1, rel=0.15) for s in stds[0.1])
+    assert model_config.ModelConfig.from_hf(wide.to_hf()).vision.initializer_range == 0.1
+    assert model_config.ModelConfig.from_hf(base.to_hf()) == base
+    assert model_config.demo().vision.initializer_range == 0.1

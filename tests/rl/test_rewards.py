@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import reward_reference as reference  # noqa: E402
 
 from robust_r1_jax.data.tokenizer import build_qwen2_style_tokenizer, train_demo_tokenizer  # noqa: E402
+from robust_r1_jax import demo  # noqa: E402
 from robust_r1_jax.rl import rewards  # noqa: E402
 
 KEYS = ("format", "accuracy", "degradation", "length", "total")
@@ -28,7 +29,9 @@ NON_ASCII_REF = ("<TYPE>模糊(0.5), Straße blur(0.2), noise(0.9), noise(0.3)<T
 def tokenizers(tmp_path_factory):
     corpus = reference.training_corpus(seed=0, n=300)
     root = tmp_path_factory.mktemp("tokenizers")
+    # demo_phrase: the embedded run's tokenizer (merges cross words, so tags fuse with their neighbours).
     return {"demo": train_demo_tokenizer(corpus, root / "demo", vocab_size=512),
+            "demo_phrase": demo.train_demo_tokenizer(corpus, 1024, atoms=("red", "square"), max_token_length=32),
             "qwen2": build_qwen2_style_tokenizer(root / "qwen2", corpus, vocab_size=1024)}
 
 
@@ -135,7 +138,7 @@ def assert_parity(tok, ids_list, references, chunk: int = 1000, length: int = 51
     return texts, {k: np.concatenate([o[k] for o in outputs]) for k in KEYS}
 
 
-@pytest.mark.parametrize("which", ["demo", "qwen2"])
+@pytest.mark.parametrize("which", ["demo", "demo_phrase", "qwen2"])
 def test_fuzzed_completions_match_the_reference(tokenizers, which):
     ids, refs = fuzz_batch(tokenizers[which], 2000, seed=1)
     texts, out = assert_parity(tokenizers[which], ids, refs)
@@ -151,7 +154,7 @@ def test_fuzzed_completions_match_the_reference(tokenizers, which):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("which", ["demo", "qwen2"])
+@pytest.mark.parametrize("which", ["demo", "demo_phrase", "qwen2"])
 def test_ten_thousand_fuzzed_completions_match_the_reference(tokenizers, which):
     ids, refs = fuzz_batch(tokenizers[which], 10000, seed=2)
     _, out = assert_parity(tokenizers[which], ids, refs)

@@ -1,0 +1,75 @@
+"""The embedded default run (robust_r1_jax/demo.py): artefacts at tiny size, and the real run's claims (slow)."""
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from robust_r1_jax import demo
+from robust_r1_jax.data import shapes, tfds_builder
+from robust_r1_jax.eval import defaults
+
+CONFIG_PATH = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
+
+
+def demo_config(workdir, **sections):
+    spec = importlib.util.spec_from_file_location("configs_demo_under_test", CONFIG_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.workdir = str(workdir)
+    for dotted, value in sections.items():
+        section, key = dotted.split("__")
+        config[section][key] = value
+    return config
+
+
+TINY = dict(data__num_train=16, data__num_validation=4, data__vocab_size=512, data__image_size=56,
+            sft__steps=2, sft__batch_size=4, rl__steps=2, rl__batch_size=2, rl__num_samples=2,
+            eval__num_examples=4, eval__batch_size=4, eval__tsv_rows=4)
+
+
+def test_the_demo_config_points_where_evaluation_looks():
+    config = demo_config("runs/demo")
+    assert config.mode == "demo" and config.workdir == defaults.DEMO_DIR
+    style = demo.synth.shapes_style(demo.synth_config(config, config.workdir).synth)
+    assert style.kinds and style.sorted_options and set(style.colours) <= set(shapes.COLOURS)
+
+
+def test_tiny_demo_writes_every_artefact(tmp_path):
+    summary = demo.run(demo_config(tmp_path / "demo", **TINY))
+    root = tmp_path / "demo"
+    for path in ("report.md", "summary.json", "sft/model", "rl/model", "tokenizer/tokenizer.json",
+                 "tokenizer/preprocessor_config.json", "data/demo_eval.tsv", "data/contact_sheet.png"):
+        assert (root / path).exists(), path
+    assert json.loads((root / "tokenizer" / "preprocessor_config.json").read_text())["max_pixels"] == 56 * 56
+    report = (root / "report.md").read_text()
+    assert report.startswith("# robust_r1_jax demo")
+    for heading in ("## SFT", "## Held-out degraded images", "## GRPO", "| first |", "| last |", "r_deg", "r_len"):
+        assert heading in report, heading
+    assert summary["sft"]["steps"] == 2 and summary["rl"]["steps"] == 2
+    for ev in (summary["sft_eval"], summary["rl_eval"]):
+        assert ev["examples"] == 4 and 0.0 <= ev["valid_chains"] <= 1.0 and 0.0 <= ev["accuracy"] <= 1.0
+    assert summary["sft_eval"]["chance"] == pytest.approx(0.25)
+    assert json.loads((root / "summary.json").read_text())["max_new_tokens"] == summary["max_new_tokens"]
+    # the evaluation TSV holds held-out questions of the style the model was trained on
+    header, *rows = (root / "data" / "demo_eval.tsv").read_text().splitlines()
+    assert len(rows) == 4 and header.split("\t")[:3] == ["index", "image", "question"]
+    trained_questions = {e["question"] for e in tfds_builder.read_examples(summary["dataset"]["dataset_dir"], "train",
+                                                                         decode_images=False)}
+    kinds = {"What colour": "colour", "What shape": "shape", "How many": "count", "On which": "position"}
+    trained_kinds = {k for prefix, k in kinds.items() if any(q.startswith(prefix) for q in trained_questions)}
+    tsv_kinds = {k for prefix, k in kinds.items() for r in rows if r.split("\t")[2].startswith(prefix)}
+    assert tsv_kinds <= trained_kinds
+
+
+@pytest.mark.slow
+def test_the_default_demo_writes_valid_chains(tmp_path):
+    """The real default (configs/demo.py unchanged): the loss falls and SFT teaches the chain format. (Answer
+    accuracy is reported, not asserted: see WORKSPACE.md, the demo model does not yet learn to read the image.)"""
+    summary = demo.run(demo_config(tmp_path / "demo"))
+    assert summary["sft"]["last_mean_loss"] < 0.2 * summary["sft"]["first_loss"]
+    assert summary["sft_eval"]["valid_chains"] >= 0.9 and summary["rl_eval"]["valid_chains"] >= 0.8
+    rl = summary["rl"]
+    assert all(np.isfinite(rl[w][k]) for w in ("first", "last") for k in demo.RL_KEYS)
