@@ -26,8 +26,8 @@ def get_config():
     # reward weights: the reference code's (all four terms, weight 1); the paper's R = r_deg + r_len is
     # accuracy=0, format=0.
     c.rl = ml_collections.ConfigDict(dict(
-        steps=60, batch_size=4, num_samples=4, learning_rate=1e-4, warmup_steps=0, min_lr_ratio=1.0, beta=0.04,
-        temperature=1.0, reward_variant="paper",
+        steps=80, batch_size=4, num_samples=4, learning_rate=2e-4, warmup_steps=0, min_lr_ratio=1.0, beta=0.04,
+        temperature=0.8, reward_variant="paper",
         reward_weights=ml_collections.ConfigDict(dict(accuracy=1.0, format=1.0, degradation=1.0, length=1.0))))
     # new_token_margin: generations may run this much past the longest training chain.
     c.eval = ml_collections.ConfigDict(dict(num_examples=64, batch_size=64, tsv_rows=48, new_token_margin=1.25))

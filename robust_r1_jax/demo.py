@@ -12,6 +12,11 @@ The demo's tokenizer lets merges cross word boundaries (no pre-tokenisation spli
 long SPEC §1 suffix, so phrase-sized tokens shorten the sequences about five-fold (the suffix alone drops from
 169 word-level tokens to about 30). That is what makes SFT, evaluation and GRPO fit ten CPU minutes. The tags
 stay plain text: they are bytes inside ordinary merged tokens, which the byte-level rewards read exactly.
+
+What a model trained from scratch for minutes can learn decides the rest of ``configs/demo.py``: 84 px images
+(3x3 language tokens), one large object, colour and shape questions with options in palette order
+(``data.shapes``, see ``data/shapes.py::Style``), and the demo preset's vision ``initializer_range`` of 0.1. With
+the full shapes task or the usual 0.02 initialisation the model learns the chain format but answers at chance.
 """
 from __future__ import annotations
 
@@ -79,7 +84,7 @@ def option_atoms(examples: list[dict]) -> tuple[str, ...]:
     return tuple(sorted({o for e in examples for o in e["options"] if o and not o.isdigit()}))
 
 
-def train_demo_tokenizer(texts: list[str], vocab_size: int, atoms: tuple[str, ...] = (),
+def train_phrase_tokenizer(texts: list[str], vocab_size: int, atoms: tuple[str, ...] = (),
                          max_token_length: int = 32):
     """A byte-level BPE with the Qwen2.5-VL special tokens at the top of a vocabulary of exactly ``vocab_size``
     (the order of ``model.config.tiny``), as an unsaved transformers tokenizer.
@@ -130,7 +135,7 @@ def build_tokenizer(dataset_dir: str, out_dir: str, vocab_size: int, max_token_l
     """The demo tokenizer beside the image settings it was trained for (one directory, written atomically), so
     every later reader (SFT, RL, evaluation, ``configs/eval_robust.py``) preprocesses images as training did."""
     examples = tfds_builder.read_examples(dataset_dir, "train", decode_images=False)
-    tokenizer = train_demo_tokenizer(tokenizer_texts(examples), vocab_size, option_atoms(examples),
+    tokenizer = train_phrase_tokenizer(tokenizer_texts(examples), vocab_size, option_atoms(examples),
                                      max_token_length)
     pixels = image_size ** 2
     image_settings = json.dumps({"min_pixels": pixels, "max_pixels": pixels, "patch_size": 14,
@@ -292,7 +297,9 @@ def stage_config(config, stage: str, workdir: str, dataset_dir: str, tok_dir: st
     c.data.seq_len = seq_len
     c.data.patch_bucket = (config.data.image_size // 14) ** 2
     c.data.min_pixels = c.data.max_pixels = config.data.image_size ** 2
-    c.train.freeze = ()  # trained from scratch: the vision tower learns too
+    # SFT trains from scratch, so the vision tower learns too; GRPO keeps it frozen, as the paper does, and the
+    # reference model then shares it with the policy.
+    c.train.freeze = () if stage == "sft" else c.train.freeze
     c.train.async_checkpoint = False
     section = config[stage]
     c.data.global_batch_size = section.batch_size

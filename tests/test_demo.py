@@ -65,11 +65,13 @@ def test_tiny_demo_writes_every_artefact(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_default_demo_writes_valid_chains(tmp_path):
-    """The real default (configs/demo.py unchanged): the loss falls and SFT teaches the chain format. (Answer
-    accuracy is reported, not asserted: see WORKSPACE.md, the demo model does not yet learn to read the image.)"""
+def test_the_default_demo_writes_valid_chains_and_beats_chance(tmp_path):
+    """The real default (configs/demo.py unchanged): the loss falls, SFT teaches the chain format and the model
+    answers from the image (52% against 25% chance when measured; the bound leaves room for other CPUs)."""
     summary = demo.run(demo_config(tmp_path / "demo"))
     assert summary["sft"]["last_mean_loss"] < 0.2 * summary["sft"]["first_loss"]
-    assert summary["sft_eval"]["valid_chains"] >= 0.9 and summary["rl_eval"]["valid_chains"] >= 0.8
+    sft_eval = summary["sft_eval"]
+    assert sft_eval["valid_chains"] >= 0.9 and sft_eval["accuracy"] >= sft_eval["chance"] + 0.1
+    assert summary["rl_eval"]["valid_chains"] >= 0.8
     rl = summary["rl"]
     assert all(np.isfinite(rl[w][k]) for w in ("first", "last") for k in demo.RL_KEYS)

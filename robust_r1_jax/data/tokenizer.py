@@ -3,9 +3,10 @@
 Two flavours, both saved as transformers tokenizer directories that ``AutoTokenizer.from_pretrained(dir,
 local_files_only=True)`` loads:
 
-* ``train_demo_tokenizer``: the CPU demo's tokenizer. GPT-2 style byte-level pre-tokenisation, and the Qwen2.5-VL
-  special tokens at the top of the vocabulary in the order of ``model.config.tiny()`` so that the tokenizer's
-  length equals the tiny model's ``vocab_size``.
+* ``train_demo_tokenizer``: a word-level tokenizer for tiny models and tests. GPT-2 style byte-level
+  pre-tokenisation, and the Qwen2.5-VL special tokens at the top of the vocabulary in the order of
+  ``model.config.tiny()`` so that the tokenizer's length equals the tiny model's ``vocab_size``. (The embedded
+  run itself uses ``robust_r1_jax.demo.train_phrase_tokenizer``, same layout, merges across words.)
 * ``build_qwen2_style_tokenizer``: the stand-in for "the Qwen2 byte-level BPE" in tests. It is a transformers
   ``Qwen2Tokenizer`` (NFC normaliser, Qwen2's split regex, byte-level mapping) over merges trained here, so tags,
   names and numbers split and merge with their neighbours the way they do in the real vocabulary.

@@ -31,7 +31,7 @@ def tokenizers(tmp_path_factory):
     root = tmp_path_factory.mktemp("tokenizers")
     # demo_phrase: the embedded run's tokenizer (merges cross words, so tags fuse with their neighbours).
     return {"demo": train_demo_tokenizer(corpus, root / "demo", vocab_size=512),
-            "demo_phrase": demo.train_demo_tokenizer(corpus, 1024, atoms=("red", "square"), max_token_length=32),
+            "demo_phrase": demo.train_phrase_tokenizer(corpus, 1024, atoms=("red", "square"), max_token_length=32),
             "qwen2": build_qwen2_style_tokenizer(root / "qwen2", corpus, vocab_size=1024)}
 
 
