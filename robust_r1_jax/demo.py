@@ -25,14 +25,12 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
 
 import numpy as np
 
 from robust_r1_jax.data import chains, sources, synth, tfds_builder
-from robust_r1_jax.data.tokenizer import EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS_TOP
+from robust_r1_jax.data.tokenizer import replace_dir, train_phrase_tokenizer
 from robust_r1_jax.eval import answers, inference
 from robust_r1_jax.model.processor import DEFAULT_SYSTEM, ImageProcessor, Processor, chat_prompt, load_tokenizer
 from robust_r1_jax.rl import grpo
@@ -43,7 +41,6 @@ log = logging.getLogger(__name__)
 # SPEC §3 format regex (search, DOTALL): a held-out generation is a valid chain when it matches.
 FORMAT_PATTERN = chains.FORMAT_PATTERN
 _ANSWER_BLOCK = re.compile(r"<ANSWER>(.*?)<ANSWER_END>", re.DOTALL)
-_BYTE_ALPHABET_SIZE = 256
 # One RL history window per 10% of the steps: the acceptance compares the first and the last window.
 RL_KEYS = ("reward/total", "reward/degradation", "reward/length", "reward/format", "reward/accuracy",
            "completion_length", "kl")
@@ -84,52 +81,6 @@ def option_atoms(examples: list[dict]) -> tuple[str, ...]:
     return tuple(sorted({o for e in examples for o in e["options"] if o and not o.isdigit()}))
 
 
-def train_phrase_tokenizer(texts: list[str], vocab_size: int, atoms: tuple[str, ...] = (),
-                         max_token_length: int = 32):
-    """A byte-level BPE with the Qwen2.5-VL special tokens at the top of a vocabulary of exactly ``vocab_size``
-    (the order of ``model.config.tiny``), as an unsaved transformers tokenizer.
-
-    Merges may cross words (up to ``max_token_length`` bytes), except around digits and ``atoms``: each digit,
-    and each atom standing as a whole word, is a piece of its own, so an option's text (an atom) is the same
-    token in the question, the reasoning and the conclusion, and numbers are spelled digit by digit as in Qwen2.
-    """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-    learned = vocab_size - len(SPECIAL_TOKENS_TOP)
-    if learned < _BYTE_ALPHABET_SIZE:
-        raise ValueError(f"data.vocab_size={vocab_size} leaves no room for the 256 byte tokens and the "
-                         f"{len(SPECIAL_TOKENS_TOP)} special tokens; use at least "
-                         f"{_BYTE_ALPHABET_SIZE + len(SPECIAL_TOKENS_TOP)}")
-    if max_token_length < 2:
-        raise ValueError(f"data.max_token_length must be at least 2, got {max_token_length}")
-    for i, text in enumerate(texts):
-        bad = [s for s in SPECIAL_TOKENS_TOP if s in text]
-        if bad:
-            raise ValueError(f"tokenizer training text {i} contains special token(s) {bad}: {text[:80]!r}")
-    words = sorted({a for a in atoms if a}, key=lambda a: (-len(a), a))  # longest first: alternation is ordered
-    split = r"\p{N}" + (r"|(?<!\p{L})(?:" + "|".join(re.escape(w) for w in words) + r")(?!\p{L})" if words else "")
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=learned, min_frequency=0, show_progress=False, special_tokens=[],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  max_token_length=max_token_length)
-    backend.train_from_iterator(texts, trainer)
-    # A small corpus can run out of merges: reserved (special, never produced) tokens keep the top layout.
-    reserved = [f"<|reserved_{k}|>" for k in range(learned - backend.get_vocab_size(with_added_tokens=True))]
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                                for t in (*reserved, *SPECIAL_TOKENS_TOP)])
-    vocab = backend.get_vocab(with_added_tokens=True)
-    expected = {t: learned + k for k, t in enumerate(SPECIAL_TOKENS_TOP)}
-    if len(vocab) != vocab_size or any(vocab.get(t) != i for t, i in expected.items()):
-        raise ValueError(f"tokenizer layout is wrong: {len(vocab)} tokens (expected {vocab_size}), special ids "
-                         f"{ {t: vocab.get(t) for t in expected} } (expected {expected})")
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
-                                   clean_up_tokenization_spaces=False)
-
-
 def build_tokenizer(dataset_dir: str, out_dir: str, vocab_size: int, max_token_length: int,
                     image_size: int) -> Processor:
     """The demo tokenizer beside the image settings it was trained for (one directory, written atomically), so
@@ -144,7 +95,7 @@ def build_tokenizer(dataset_dir: str, out_dir: str, vocab_size: int, max_token_l
     def save(directory: str) -> None:
         tokenizer.save_pretrained(directory)
         _write_text(os.path.join(directory, "preprocessor_config.json"), image_settings)
-    _replace_dir(out_dir, save)
+    replace_dir(out_dir, save)
     return Processor(load_tokenizer(out_dir), ImageProcessor.from_pretrained(out_dir))
 
 
@@ -391,22 +342,3 @@ def _write_text(path: str, text: str) -> None:
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
-
-
-def _replace_dir(out_dir: str, fill) -> None:
-    """``fill(staging)`` writes a directory that then replaces ``out_dir`` in one rename (nothing half-written)."""
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    try:
-        fill(staging)
-        if os.path.exists(out_dir):
-            retired = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
-            os.replace(out_dir, os.path.join(retired, "old"))
-            os.replace(staging, out_dir)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, out_dir)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging, ignore_errors=True)

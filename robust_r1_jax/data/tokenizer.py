@@ -6,7 +6,7 @@ local_files_only=True)`` loads:
 * ``train_demo_tokenizer``: a word-level tokenizer for tiny models and tests. GPT-2 style byte-level
   pre-tokenisation, and the Qwen2.5-VL special tokens at the top of the vocabulary in the order of
   ``model.config.tiny()`` so that the tokenizer's length equals the tiny model's ``vocab_size``. (The embedded
-  run itself uses ``robust_r1_jax.demo.train_phrase_tokenizer``, same layout, merges across words.)
+  run itself uses ``train_phrase_tokenizer``, same layout, merges across words.)
 * ``build_qwen2_style_tokenizer``: the stand-in for "the Qwen2 byte-level BPE" in tests. It is a transformers
   ``Qwen2Tokenizer`` (NFC normaliser, Qwen2's split regex, byte-level mapping) over merges trained here, so tags,
   names and numbers split and merge with their neighbours the way they do in the real vocabulary.
@@ -16,6 +16,7 @@ The chain tags (``<TYPE>``, ``<TYPE_END>`` ...) stay plain text in both, as in t
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,6 +42,25 @@ def train_demo_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab
     backend = _train_with_top_specials(texts, vocab_size, pre_tokenizer=pre, normalizer=None)
     return _save_and_load(PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
                                                   clean_up_tokenization_spaces=False), out_dir)
+
+
+def train_phrase_tokenizer(texts: Iterable[str], vocab_size: int, atoms: Iterable[str] = (),
+                           max_token_length: int = 32):
+    """The embedded run's tokenizer, unsaved: merges may cross words (up to ``max_token_length`` bytes), except
+    around digits and ``atoms``: each digit, and each atom standing as a whole word, is a piece of its own, so an
+    option's text is the same token in the question, the reasoning and the conclusion, and numbers are spelled
+    digit by digit as in Qwen2. Special tokens at the top, as in ``train_demo_tokenizer``."""
+    from transformers import PreTrainedTokenizerFast
+    if max_token_length < 2:
+        raise ValueError(f"max_token_length must be at least 2, got {max_token_length}")
+    words = sorted({a for a in atoms if a}, key=lambda a: (-len(a), a))  # longest first: alternation is ordered
+    split = r"\p{N}" + (r"|(?<!\p{L})(?:" + "|".join(re.escape(w) for w in words) + r")(?!\p{L})" if words else "")
+    pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
+                                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend = _train_with_top_specials(texts, vocab_size, pre_tokenizer=pre, normalizer=None,
+                                       max_token_length=max_token_length)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
+                                   clean_up_tokenization_spaces=False)
 
 
 def build_qwen2_style_tokenizer(out_dir: str | os.PathLike, texts: Iterable[str], vocab_size: int):
@@ -75,7 +95,8 @@ def _checked_texts(texts: Iterable[str]) -> list[str]:
     return texts
 
 
-def _train_with_top_specials(texts: Iterable[str], vocab_size: int, pre_tokenizer, normalizer) -> Tokenizer:
+def _train_with_top_specials(texts: Iterable[str], vocab_size: int, pre_tokenizer, normalizer,
+                             max_token_length: int | None = None) -> Tokenizer:
     """A byte-level BPE of exactly ``vocab_size`` tokens whose special tokens fill the top of the vocabulary."""
     texts = _checked_texts(texts)
     n_learned = vocab_size - len(SPECIAL_TOKENS_TOP)
@@ -89,7 +110,8 @@ def _train_with_top_specials(texts: Iterable[str], vocab_size: int, pre_tokenize
     tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=n_learned, min_frequency=0, show_progress=False, special_tokens=[],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  max_token_length=max_token_length)
     tokenizer.train_from_iterator(texts, trainer)
     # A small corpus can run out of merges before n_learned: pad with reserved tokens (special, so they decode to
     # nothing, and never produced by encoding) so that the layout at the top still holds.
@@ -108,14 +130,13 @@ def _check_top_layout(full_vocab: dict, vocab_size: int) -> None:
             raise ValueError(f"special token {token!r} has id {full_vocab.get(token)}, expected {vocab_size - offset}")
 
 
-def _save_and_load(tokenizer, out_dir: str | os.PathLike):
-    """Save into a temporary sibling directory, swap it into place, and load it back from ``out_dir``."""
-    from transformers import AutoTokenizer
+def replace_dir(out_dir: str | os.PathLike, fill) -> None:
+    """``fill(staging)`` writes a sibling directory that then replaces ``out_dir`` by rename (nothing half-written)."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        tokenizer.save_pretrained(str(staging))
+        fill(str(staging))
         if out.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, retired / out.name)
@@ -126,4 +147,10 @@ def _save_and_load(tokenizer, out_dir: str | os.PathLike):
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+
+
+def _save_and_load(tokenizer, out_dir: str | os.PathLike):
+    """Save into a temporary sibling directory, swap it into place, and load it back from ``out_dir``."""
+    from transformers import AutoTokenizer
+    replace_dir(out_dir, tokenizer.save_pretrained)
+    return AutoTokenizer.from_pretrained(str(out_dir), local_files_only=True)

@@ -11,8 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import reward_reference as reference  # noqa: E402
 
-from robust_r1_jax.data.tokenizer import build_qwen2_style_tokenizer, train_demo_tokenizer  # noqa: E402
-from robust_r1_jax import demo  # noqa: E402
+from robust_r1_jax.data.tokenizer import (build_qwen2_style_tokenizer, train_demo_tokenizer,  # noqa: E402
+                                          train_phrase_tokenizer)
 from robust_r1_jax.rl import rewards  # noqa: E402
 
 KEYS = ("format", "accuracy", "degradation", "length", "total")
@@ -31,7 +31,7 @@ def tokenizers(tmp_path_factory):
     root = tmp_path_factory.mktemp("tokenizers")
     # demo_phrase: the embedded run's tokenizer (merges cross words, so tags fuse with their neighbours).
     return {"demo": train_demo_tokenizer(corpus, root / "demo", vocab_size=512),
-            "demo_phrase": demo.train_phrase_tokenizer(corpus, 1024, atoms=("red", "square"), max_token_length=32),
+            "demo_phrase": train_phrase_tokenizer(corpus, 1024, atoms=("red", "square"), max_token_length=32),
             "qwen2": build_qwen2_style_tokenizer(root / "qwen2", corpus, vocab_size=1024)}
 
 
