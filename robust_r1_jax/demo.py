@@ -261,7 +261,9 @@ def stage_config(config, stage: str, workdir: str, dataset_dir: str, tok_dir: st
     c.optim.warmup_steps = section.warmup_steps
     c.optim.min_lr_ratio = section.min_lr_ratio
     if stage == "rl":
-        c.data.split = "train"
+        pool = min(section.prompt_pool, config.data.num_train)
+        c.data.split = f"train[:{pool}]" if pool else "train"
+        c.sampling.top_p = section.top_p
         c.grpo.num_samples = section.num_samples
         c.grpo.beta = section.beta
         c.grpo.temperature = section.temperature
@@ -286,8 +288,16 @@ def _rl_summary(out: dict | None, config) -> dict | None:
     k = max(1, len(hist) // 10)
     mean = lambda rows, key: float(np.mean([r[key] for r in rows]))
     step_times = [r["step_time"] for r in hist[1:]] or [hist[0]["step_time"]]
+    totals = np.array([r["reward/total"] for r in hist])
+    first, last = totals[:k], totals[-k:]
+    spread = lambda x: float(np.var(x, ddof=1) / len(x)) if len(x) > 1 else float("nan")
     return dict(steps=len(hist), window=k, model_dir=out["model_dir"],
                 prompts_per_step=config.rl.batch_size, samples_per_prompt=config.rl.num_samples,
+                prompt_pool=min(config.rl.prompt_pool, config.data.num_train), temperature=config.rl.temperature, top_p=config.rl.top_p,
+                rise=float(last.mean() - first.mean()),
+                rise_standard_error=float(np.sqrt(spread(first) + spread(last))),
+                fifths=dict((key, [float(np.mean(part)) for part in np.array_split([r[key] for r in hist], 5)])
+                            for key in RL_KEYS if len(hist) >= 5),
                 variant=config.rl.reward_variant, weights=dict(config.rl.reward_weights),
                 first=dict((key, mean(hist[:k], key)) for key in RL_KEYS),
                 last=dict((key, mean(hist[-k:], key)) for key in RL_KEYS),
@@ -317,16 +327,26 @@ def report(s: dict) -> str:
     if s["rl"]:
         r = s["rl"]
         weights = ", ".join(f"{k} {v:g}" for k, v in r["weights"].items())
+        pool = f"prompts from the first {r['prompt_pool']} training examples" if r["prompt_pool"] else "all prompts"
         lines += ["", "## GRPO", "",
-                  f"{r['steps']} steps of {r['prompts_per_step']} prompts x {r['samples_per_prompt']} samples, "
-                  f"r_deg variant `{r['variant']}`, reward weights: {weights}; median step "
-                  f"{r['median_step_time']:.1f} s. Means over the first and last {r['window']} step(s):", "",
+                  f"{r['steps']} steps of {r['prompts_per_step']} prompts x {r['samples_per_prompt']} samples "
+                  f"({pool}), temperature {r['temperature']:g}, top-p {r['top_p']:g}, r_deg variant "
+                  f"`{r['variant']}`, reward weights: {weights}; median step {r['median_step_time']:.1f} s. "
+                  f"Means over the first and last {r['window']} step(s):", "",
                   "| | total | r_deg | r_len | r_fmt | r_acc | length | KL |", "|---|---|---|---|---|---|---|---|"]
         for name in ("first", "last"):
             v = r[name]
             lines.append(f"| {name} | {v['reward/total']:.3f} | {v['reward/degradation']:.3f} | "
                          f"{v['reward/length']:.3f} | {v['reward/format']:.3f} | {v['reward/accuracy']:.3f} | "
                          f"{v['completion_length']:.1f} | {v['kl']:.4f} |")
+        error = r["rise_standard_error"]
+        error = f"standard error {error:.3f} from the per-step means" if np.isfinite(error) else "one step per window"
+        lines += ["", f"Total reward rise, last minus first window: {r['rise']:+.3f} ({error})."]
+        if r["fifths"]:
+            lines += ["", "Means over fifths of the run:", "",
+                      "| | " + " | ".join(f"{i + 1}/5" for i in range(5)) + " |", "|---|" + "---|" * 5]
+            lines += [f"| {key.split('/')[-1]} | " + " | ".join(f"{x:.3f}" for x in r["fifths"][key]) + " |"
+                      for key in RL_KEYS if key.startswith("reward/")]
     t = s["timings"]
     lines += ["", "## Time", "", "| stage | wall s | CPU s (user+sys) |", "|---|---|---|"]
     lines += [f"| {name} | {t['wall'][name]:.0f} | {t['cpu'][name]:.0f} |" for name in t["wall"]]

@@ -251,6 +251,34 @@ def test_top_k_and_top_p_filters():
     np.testing.assert_array_equal(np.asarray(sampler.filter_top_p(logits, 1.0)), np.asarray(logits))
 
 
+def _sorted_top_k(x: np.ndarray, k: int) -> np.ndarray:
+    kth = np.sort(x, axis=-1)[:, ::-1][:, k - 1:k]
+    return np.where(x < kth, -np.inf, x)
+
+
+def _sorted_top_p(x: np.ndarray, p: float) -> np.ndarray:
+    ordered = np.sort(x, axis=-1)[:, ::-1]
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(ordered), axis=-1))
+    kept = np.maximum((np.cumsum(probs, axis=-1) - probs < p).sum(axis=-1, keepdims=True), 1)
+    return np.where(x < np.take_along_axis(ordered, kept - 1, axis=-1), -np.inf, x)
+
+
+def test_sort_free_filters_equal_the_sorted_definitions():
+    """The bit-search filters against sorting, on a fixed vocabulary with ties, -inf, -0.0 and huge ranges."""
+    rng = np.random.default_rng(0)
+    top_k = jax.jit(sampler.filter_top_k, static_argnums=1)
+    top_p = jax.jit(sampler.filter_top_p, static_argnums=1)
+    for trial in range(60):
+        x = (rng.normal(size=(6, 97)) * rng.uniform(0.05, 30)).astype(np.float32)
+        if trial % 3 == 0:
+            x = np.round(x)  # ties, and -0.0 next to 0.0
+        if trial % 4 == 0:
+            x[:, rng.integers(0, 97, size=5)] = -np.inf
+        k, p = int(rng.integers(1, 97)), float(rng.choice([0.01, 0.3, 0.5, 0.9, 0.95, 0.999]))
+        np.testing.assert_array_equal(np.asarray(top_k(jnp.asarray(x), k)), _sorted_top_k(x, k))
+        np.testing.assert_array_equal(np.asarray(top_p(jnp.asarray(x), p)), _sorted_top_p(x, p))
+
+
 def test_sampled_frequencies_follow_the_filtered_distribution():
     probs = np.array([0.4, 0.3, 0.2, 0.1])
     logits = jnp.log(jnp.asarray(np.tile(probs, (4000, 1)), jnp.float32))
