@@ -293,7 +293,8 @@ def _rl_summary(out: dict | None, config) -> dict | None:
     spread = lambda x: float(np.var(x, ddof=1) / len(x)) if len(x) > 1 else float("nan")
     return dict(steps=len(hist), window=k, model_dir=out["model_dir"],
                 prompts_per_step=config.rl.batch_size, samples_per_prompt=config.rl.num_samples,
-                prompt_pool=min(config.rl.prompt_pool, config.data.num_train), temperature=config.rl.temperature, top_p=config.rl.top_p,
+                prompt_pool=min(config.rl.prompt_pool, config.data.num_train),
+                temperature=config.rl.temperature, top_p=config.rl.top_p,
                 rise=float(last.mean() - first.mean()),
                 rise_standard_error=float(np.sqrt(spread(first) + spread(last))),
                 fifths=dict((key, [float(np.mean(part)) for part in np.array_split([r[key] for r in hist], 5)])
