@@ -200,12 +200,19 @@ def _pick(rng, sentences: list[str], low: int = 2, high: int = 3) -> tuple[str, 
     return tuple([sentences[0]] + rest)
 
 
-def _colour_question(rng, background, size, style: Style) -> ShapesExample:
+def _target_among_distractors(rng, style: Style, differ_by: str):
+    """A target of random shape and colour and distractors that differ from it in ``differ_by`` ("shape" or
+    "colour"), so a question naming the target by the other attribute has one answer."""
     kind = str(rng.choice(list(style.shapes)))
     colour = str(rng.choice(list(style.colours)))
     target = _place(rng, kind, colour, _free_cells(rng, set(), 1)[0], style.object_scale)
-    extra = _distractors(rng, style, int(rng.integers(0, style.max_distractors + 1)), {target.cell},
-                         lambda k, c: k != kind)
+    differs = (lambda k, c: k != kind) if differ_by == "shape" else (lambda k, c: c != colour)
+    extra = _distractors(rng, style, int(rng.integers(0, style.max_distractors + 1)), {target.cell}, differs)
+    return kind, colour, target, extra
+
+
+def _colour_question(rng, background, size, style: Style) -> ShapesExample:
+    kind, colour, target, extra = _target_among_distractors(rng, style, differ_by="shape")
     options, answer = _options_with(rng, colour, list(style.colours), style.sorted_options)
     wrong = next(o for o in options if o != colour)
     rationales = _pick(rng, [
@@ -219,11 +226,7 @@ def _colour_question(rng, background, size, style: Style) -> ShapesExample:
 
 
 def _shape_question(rng, background, size, style: Style) -> ShapesExample:
-    kind = str(rng.choice(list(style.shapes)))
-    colour = str(rng.choice(list(style.colours)))
-    target = _place(rng, kind, colour, _free_cells(rng, set(), 1)[0], style.object_scale)
-    extra = _distractors(rng, style, int(rng.integers(0, style.max_distractors + 1)), {target.cell},
-                         lambda k, c: c != colour)
+    kind, colour, target, extra = _target_among_distractors(rng, style, differ_by="colour")
     options, answer = _options_with(rng, kind, list(style.shapes), style.sorted_options)
     rationales = _pick(rng, [
         f"The {colour} object in the {target.region} of the image is a {kind}.",
