@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import time
 
 import numpy as np
@@ -40,7 +39,6 @@ log = logging.getLogger(__name__)
 
 # SPEC §3 format regex (search, DOTALL): a held-out generation is a valid chain when it matches.
 FORMAT_PATTERN = chains.FORMAT_PATTERN
-_ANSWER_BLOCK = re.compile(r"<ANSWER>(.*?)<ANSWER_END>", re.DOTALL)
 # One RL history window per 10% of the steps: the acceptance compares the first and the last window.
 RL_KEYS = ("reward/total", "reward/degradation", "reward/length", "reward/format", "reward/accuracy",
            "completion_length", "kl")
@@ -133,16 +131,12 @@ def evaluate(model_dir: str, processor: Processor, examples: list[dict], max_new
     outputs = gen.complete(prompts)
     valid = [bool(FORMAT_PATTERN.search(o.text)) for o in outputs]
     correct = [answers.extract_answer(o.text, e["options"]) == int(e["answer"]) for o, e in zip(outputs, examples)]
-    strict = [_answer_block(o.text) == str(int(e["answer"])) for o, e in zip(outputs, examples)]
+    strict = [(chains.extract_block(o.text, "ANSWER") or "").strip() == str(int(e["answer"]))
+              for o, e in zip(outputs, examples)]
     return dict(examples=len(examples), valid_chains=float(np.mean(valid)), accuracy=float(np.mean(correct)),
                 strict_accuracy=float(np.mean(strict)),
                 chance=float(np.mean([1.0 / len(e["options"]) for e in examples])),
                 mean_tokens=float(np.mean([o.num_tokens for o in outputs])), sample=outputs[0].text)
-
-
-def _answer_block(text: str) -> str | None:
-    match = _ANSWER_BLOCK.search(text)
-    return None if match is None else match.group(1).strip()
 
 
 def write_eval_tsv(path: str, num: int, image_size: int, seed: int, style) -> str:
@@ -288,20 +282,19 @@ def _rl_summary(out: dict | None, config) -> dict | None:
     k = max(1, len(hist) // 10)
     mean = lambda rows, key: float(np.mean([r[key] for r in rows]))
     step_times = [r["step_time"] for r in hist[1:]] or [hist[0]["step_time"]]
-    totals = np.array([r["reward/total"] for r in hist])
-    first, last = totals[:k], totals[-k:]
-    spread = lambda x: float(np.var(x, ddof=1) / len(x)) if len(x) > 1 else float("nan")
+    first = dict((key, mean(hist[:k], key)) for key in RL_KEYS)
+    last = dict((key, mean(hist[-k:], key)) for key in RL_KEYS)
+    spread = lambda rows: float(np.var([r["reward/total"] for r in rows], ddof=1) / k) if k > 1 else float("nan")
     return dict(steps=len(hist), window=k, model_dir=out["model_dir"],
                 prompts_per_step=config.rl.batch_size, samples_per_prompt=config.rl.num_samples,
                 prompt_pool=min(config.rl.prompt_pool, config.data.num_train),
                 temperature=config.rl.temperature, top_p=config.rl.top_p,
-                rise=float(last.mean() - first.mean()),
-                rise_standard_error=float(np.sqrt(spread(first) + spread(last))),
+                rise=last["reward/total"] - first["reward/total"],
+                rise_standard_error=float(np.sqrt(spread(hist[:k]) + spread(hist[-k:]))),
                 fifths=dict((key, [float(np.mean(part)) for part in np.array_split([r[key] for r in hist], 5)])
                             for key in RL_KEYS if len(hist) >= 5),
                 variant=config.rl.reward_variant, weights=dict(config.rl.reward_weights),
-                first=dict((key, mean(hist[:k], key)) for key in RL_KEYS),
-                last=dict((key, mean(hist[-k:], key)) for key in RL_KEYS),
+                first=first, last=last,
                 median_step_time=float(np.median(step_times)))
 
 
