@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from robust_r1_jax import degrade
-from robust_r1_jax.data import chains, shapes, sources, tfds_builder
+from robust_r1_jax.data import annotators, chain_text, chains, shapes, sources, tfds_builder
 from robust_r1_jax.data.records import ImageError, Record, check_on_error, encode_image, report_bad_input
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def synthesize(
     split: str,
     index: int,
     settings: SynthSettings,
-    annotator: chains.Annotator,
+    annotator: annotators.Annotator,
     keep_images: bool = False,
 ) -> Synthesized:
     """Load, degrade and annotate one record; an unreadable image becomes ``error``."""
@@ -112,7 +112,7 @@ def synthesize(
             applied=tuple(applied),
             seed=seed,
         )
-        chain = chains.build_chain(request, annotator)
+        chain = annotators.build_chain(request, annotator)
     example = {
         "id": record.id,
         "image": encode_image(degraded, settings.image_format),
@@ -257,14 +257,14 @@ def save_json_atomic(data: dict, path: str) -> None:
 # --------------------------------------------------------------------------- the run
 
 
-def make_annotator(cfg) -> chains.Annotator:
+def make_annotator(cfg) -> annotators.Annotator:
     if cfg.annotator == "openai" and not (cfg.annotator_base_url and cfg.annotator_model):
         raise ValueError("synth.annotator='openai' needs synth.annotator_base_url and synth.annotator_model")
     if cfg.annotator == "openai":
-        return chains.make_annotator(
+        return annotators.make_annotator(
             "openai", base_url=cfg.annotator_base_url, model=cfg.annotator_model, timeout=cfg.annotator_timeout
         )
-    return chains.make_annotator(cfg.annotator)
+    return annotators.make_annotator(cfg.annotator)
 
 
 class _Stats:
@@ -373,7 +373,7 @@ def run(config) -> dict:
         "mean_sum_intensity": round(float(np.mean(stats.totals)), 4) if stats.totals else 0.0,
         "mean_reasoning_words": round(float(np.mean(stats.reasoning_words)), 2) if stats.reasoning_words else 0.0,
         "spearman_sum_intensity_vs_reasoning_words": (
-            chains.spearman(stats.totals, stats.reasoning_words) if len(stats.totals) > 2 else None
+            chain_text.spearman(stats.totals, stats.reasoning_words) if len(stats.totals) > 2 else None
         ),
         "contact_sheet": sheet_path if stats.sheet_rows else None,
         "seconds": round(time.perf_counter() - started, 3),

@@ -2,7 +2,7 @@
 
 Two answer conventions meet here and both are accepted:
 
-* the chains of SPEC §1 write the 0-based option index inside the answer tags, ``<ANSWER>2<ANSWER_END>``;
+* the chains of SPEC §1 write the 0-based option index in their ANSWER block (``data/chains.py``), e.g. ``2``;
 * VLMEvalKit references, and most base models, use option letters, ``C`` / ``(C)`` / ``Answer: C``.
 
 A letter maps to its position (``A`` -> 0, ``C`` -> 2); a bare integer is an index (``2`` -> 2). Either must fall
@@ -11,10 +11,10 @@ inside the options, otherwise the answer is None; an out-of-range integer that e
 
 Where the answer is looked for:
 
-1. the first ``<ANSWER>...<ANSWER_END>`` block. The model committed to it, so when it cannot be read the
-   result is None and the rest of the text is not consulted. Later blocks are ignored.
-2. an ``<ANSWER>`` whose end tag was cut off (the generation ran out of tokens): the text after it, up to the
-   next ``<``.
+1. the first complete ANSWER block (``chains.extract_block``). The model committed to it, so when it cannot be
+   read the result is None and the rest of the text is not consulted. Later blocks are ignored.
+2. an ANSWER opening tag whose end tag was cut off (the generation ran out of tokens): the text after it, up to
+   the next ``<``.
 3. otherwise the whole output as free text.
 
 Inside a region, the first rule that finds anything decides; several different options found by that rule are
@@ -36,10 +36,11 @@ import dataclasses
 import re
 from typing import Sequence
 
+from robust_r1_jax.data import chains
+
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
-_ANSWER_BLOCK = re.compile(r"<ANSWER>(.*?)<ANSWER_END>", re.DOTALL)
-_ANSWER_OPEN = re.compile(r"<ANSWER>(.*)", re.DOTALL)
+_ANSWER_OPEN = chains.open_tag("ANSWER")
 
 # A choice token: a letter or an integer, optionally bracketed, optionally followed by . ) :
 _LONE_CHOICE = re.compile(r"^[(\[]?\s*([A-Za-z]|\d+)\s*[)\]]?\s*[.:)]?$")
@@ -148,13 +149,13 @@ def extract(text: str, options: Sequence[str]) -> Extraction:
     """Where the answer is and which option it picks (see the module docstring)."""
     if not options:
         raise ValueError("answer extraction needs the question's options")
-    block = _ANSWER_BLOCK.search(text)
+    block = chains.extract_block(text, "ANSWER")
     if block is not None:
-        return Extraction(parse_choice(block.group(1), options), "answer_tag")
-    opened = _ANSWER_OPEN.search(text)
-    if opened is not None:
+        return Extraction(parse_choice(block, options), "answer_tag")
+    _, opened, after = text.partition(_ANSWER_OPEN)
+    if opened:
         # The region ends at the next tag, even a cut-off one (``<ANSWER_E``).
-        region = opened.group(1).split("<", 1)[0]
+        region = after.split("<", 1)[0]
         return Extraction(parse_choice(region, options), "truncated_tag")
     return Extraction(parse_choice(text, options), "free_text")
 

@@ -1,5 +1,5 @@
 """How well a generated chain names the degradation that was applied: precision and recall of the names in its
-``<TYPE>`` block and the mean absolute error of their intensities.
+TYPE block and the mean absolute error of their intensities.
 
 Names are compared exactly after stripping (the SPEC §3 rule); a name predicted twice counts once, with its first
 intensity. Counts are summed over a set of outputs before dividing (micro-averages), so an output that names

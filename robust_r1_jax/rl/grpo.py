@@ -19,8 +19,10 @@ import numpy as np
 from flax import nnx
 
 from robust_r1_jax import distributed
+from robust_r1_jax.data.references import RewardReferences, prepare_references
 from robust_r1_jax.rl import rewards as rw
 from robust_r1_jax.rl import sampler as smp
+from robust_r1_jax.rl.token_text import token_bytes_table
 from robust_r1_jax.train import checkpoint as ckpt
 from robust_r1_jax.train import metrics as mx
 from robust_r1_jax.train import optim, sft, state as train_state
@@ -180,7 +182,7 @@ def run(config) -> dict:
     del model
     weights = rw.RewardWeights(accuracy=config.rewards.accuracy, format=config.rewards.format,
                                degradation=config.rewards.degradation, length=config.rewards.length)
-    table = rw.token_bytes_table(processor.tokenizer, vocab_size=model_cfg.text.vocab_size)
+    table = token_bytes_table(processor.tokenizer, vocab_size=model_cfg.text.vocab_size)
     scfg = smp.SamplerConfig(max_new_tokens=config.sampling.max_new_tokens, temperature=gcfg.temperature,
                              top_p=config.sampling.top_p, top_k=config.sampling.top_k,
                              num_samples=gcfg.num_samples, stop_token_ids=smp.default_stop_token_ids(model_cfg),
@@ -270,10 +272,10 @@ def _row_weights(mesh, local: dict, group: int):
     return _global(mesh, np.repeat(weight, group))
 
 
-def _references(mesh, local: dict, tokenizer, group: int, reference_bytes: int) -> rw.RewardReferences:
+def _references(mesh, local: dict, tokenizer, group: int, reference_bytes: int) -> RewardReferences:
     from robust_r1_jax.data.pipeline import reference_texts
     texts = [t for t in reference_texts(local) for _ in range(group)]
-    refs = rw.prepare_references(texts, tokenizer, answer_bytes=16, max_names=16, name_bytes=32)
+    refs = prepare_references(texts, tokenizer, answer_bytes=16, max_names=16, name_bytes=32)
     return jax.tree.map(lambda a: _global(mesh, a), refs)
 
 

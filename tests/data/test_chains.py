@@ -1,15 +1,11 @@
-"""Chains: SPEC §1 format, TYPE round trip, length scaling, annotators (loopback stub only)."""
+"""Chains: SPEC §1 format, TYPE round trip, the template text and its length scaling."""
 
-import http.server
-import json
 import re
-import threading
-import time
 
 import numpy as np
 import pytest
 
-from robust_r1_jax.data import chains, shapes
+from robust_r1_jax.data import annotators, chain_text, chains, shapes
 
 SPEC_NAMES = (
     "lens blur", "lens flare", "motion blur", "dirty lens", "saturation",
@@ -60,6 +56,18 @@ def test_prompt_suffix_is_spec_text_with_whitespace_folded():
     assert "tags,provides" in chains.PROMPT_SUFFIX and "<ANSWER_END>.i.e.," in chains.PROMPT_SUFFIX
 
 
+def test_format_regex_segments_and_pair_pattern_are_the_spec_text():
+    assert chains.FORMAT_REGEX == SPEC_FORMAT.pattern
+    segments = [first if second is None else first + r"\s*" + second for first, second in chains.FORMAT_SEGMENTS]
+    joined = ".*?".join(segments)
+    assert joined == SPEC_FORMAT.pattern
+    assert chains.TYPE_PAIR_REGEX == r"(\w+(?:\s+\w+)*)\(([\d.]+)\)"
+    assert [(chains.open_tag(t), chains.close_tag(t)) for t in ("TYPE", "ANSWER")] == [
+        ("<TYPE>", "<TYPE_END>"), ("<ANSWER>", "<ANSWER_END>")]
+    assert chains.extract_block("x<ANSWER> 2 <ANSWER_END><ANSWER>3<ANSWER_END>", "ANSWER") == " 2 "
+    assert chains.contains_tag("a <B_C> b") and not chains.contains_tag("a <b> (C)")
+
+
 def test_spec_example_chain_layout():
     body = chains.ChainBody("influence here", "reasoning here", "summary here")
     text = chains.render_chain([("lens blur", 0.47), ("jpeg compression", 0.58)], body, 0)
@@ -80,7 +88,7 @@ def test_every_generated_chain_matches_format_and_round_trips_types():
     rng = np.random.default_rng(0)
     for seed in range(300):
         request = random_request(rng, seed)
-        text = chains.build_chain(request)
+        text = annotators.build_chain(request)
         assert SPEC_FORMAT.search(text), text
         assert chains.FORMAT_PATTERN.search(text)
         parsed, answer = chains.parse_chain_strict(text)
@@ -103,7 +111,7 @@ def test_type_block_uses_two_decimals():
 
 
 def test_zero_degradation_chain_has_none_type_and_parses_to_empty_list():
-    text = chains.make_chain("Q?", ["a", "b"], 1, ["because"], [], seed=1)
+    text = annotators.make_chain("Q?", ["a", "b"], 1, ["because"], [], seed=1)
     assert text.startswith("<TYPE>none<TYPE_END>\n")
     assert SPEC_FORMAT.search(text)
     assert chains.parse_chain(text).types == []
@@ -116,27 +124,27 @@ def test_parse_chain_reports_missing_blocks_and_drops_invalid_numbers():
     assert parsed.blocks["ANSWER"] is None
     with pytest.raises(chains.ChainFormatError, match="INFLUENCE"):
         chains.parse_chain_strict("<TYPE>noise(0.50)<TYPE_END>")
-    good = chains.make_chain("Q?", ["a", "b"], 1, [], [("noise", 0.5)])
+    good = annotators.make_chain("Q?", ["a", "b"], 1, [], [("noise", 0.5)])
     with pytest.raises(chains.ChainFormatError, match="not an option index"):
         chains.parse_chain_strict(good.replace("<ANSWER>1<", "<ANSWER>b<"))
 
 
 def test_influence_text_covers_all_16_types_and_three_bands():
-    assert set(chains.DEGRADATION_TEXT) == set(SPEC_NAMES)
-    texts = [t for entry in chains.DEGRADATION_TEXT.values() for t in entry.influence]
+    assert set(chain_text.DEGRADATION_TEXT) == set(SPEC_NAMES)
+    texts = [t for entry in chain_text.DEGRADATION_TEXT.values() for t in entry.influence]
     assert len(texts) == 48 and len(set(texts)) == 48
-    assert [chains.band_of(s) for s in (0.0, 0.23, 0.34, 0.45, 0.67, 0.9, 1.0)] == [
+    assert [chain_text.band_of(s) for s in (0.0, 0.23, 0.34, 0.45, 0.67, 0.9, 1.0)] == [
         "mild", "mild", "moderate", "moderate", "severe", "severe", "severe"]
-    mild = chains.influence_text([("noise", 0.1)])
-    severe = chains.influence_text([("noise", 0.95)])
-    assert chains.DEGRADATION_TEXT["noise"].influence[0] in mild
-    assert chains.DEGRADATION_TEXT["noise"].influence[2] in severe
+    mild = chain_text.influence_text([("noise", 0.1)])
+    severe = chain_text.influence_text([("noise", 0.95)])
+    assert chain_text.DEGRADATION_TEXT["noise"].influence[0] in mild
+    assert chain_text.DEGRADATION_TEXT["noise"].influence[2] in severe
 
 
 def test_influence_names_match_the_degradation_registry():
     from robust_r1_jax import degrade
 
-    assert set(chains.DEGRADATION_TEXT) == set(degrade.NAMES)
+    assert set(chain_text.DEGRADATION_TEXT) == set(degrade.NAMES)
 
 
 def test_reasoning_length_correlates_with_summed_intensity():
@@ -144,10 +152,10 @@ def test_reasoning_length_correlates_with_summed_intensity():
     totals, lengths = [], []
     for seed in range(1000):
         request = random_request(rng, seed)
-        reasoning = chains.parse_chain(chains.build_chain(request)).blocks["REASONING"]
-        totals.append(chains.total_intensity(request.applied))
+        reasoning = chains.parse_chain(annotators.build_chain(request)).blocks["REASONING"]
+        totals.append(chain_text.total_intensity(request.applied))
         lengths.append(len(reasoning.split()))
-    rho = chains.spearman(totals, lengths)
+    rho = chain_text.spearman(totals, lengths)
     assert rho > 0.5, rho
     totals, lengths = np.asarray(totals), np.asarray(lengths)
     light = lengths[totals < np.quantile(totals, 0.25)].mean()
@@ -158,9 +166,9 @@ def test_reasoning_length_correlates_with_summed_intensity():
 def test_template_chain_is_deterministic_given_seed():
     rng = np.random.default_rng(2)
     request = random_request(rng, 5)
-    assert chains.build_chain(request) == chains.build_chain(request)
+    assert annotators.build_chain(request) == annotators.build_chain(request)
     variants = {
-        chains.build_chain(chains.ChainRequest(**{**request.__dict__, "seed": s})) for s in range(12)
+        annotators.build_chain(chains.ChainRequest(**{**request.__dict__, "seed": s})) for s in range(12)
     }
     assert len(variants) > 1  # the seed does pick among paraphrases
 
@@ -168,8 +176,8 @@ def test_template_chain_is_deterministic_given_seed():
 def test_reasoning_uses_more_rationales_when_degradation_is_stronger():
     base = dict(question="What colour is the star?", options=("red", "blue", "green", "white"), answer=1,
                 rationales=("Rationale one is here.", "Rationale two is here.", "Rationale three is here."), seed=0)
-    light = chains.template_reasoning(chains.ChainRequest(applied=(("noise", 0.3),), **base))
-    heavy = chains.template_reasoning(chains.ChainRequest(
+    light = chain_text.template_reasoning(chains.ChainRequest(applied=(("noise", 0.3),), **base))
+    heavy = chain_text.template_reasoning(chains.ChainRequest(
         applied=(("noise", 0.9), ("darkness", 0.8), ("lens blur", 0.7)), **base))
     assert light.count("Rationale") == 1
     assert heavy.count("Rationale") == 3
@@ -177,161 +185,30 @@ def test_reasoning_uses_more_rationales_when_degradation_is_stronger():
 
 
 def test_spearman_matches_hand_computed_values():
-    assert chains.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert chains.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert chain_text.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert chain_text.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # ranks x: 1,2,3,4 ; y with a tie: [1, 2.5, 2.5, 4] -> Pearson of ranks
     x = np.array([1, 2, 3, 4.0]) - 2.5
     y = np.array([1, 2.5, 2.5, 4.0]) - 2.5
     expected = (x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum())
-    assert chains.spearman([5, 6, 7, 8], [0.1, 0.5, 0.5, 0.9]) == pytest.approx(expected)
+    assert chain_text.spearman([5, 6, 7, 8], [0.1, 0.5, 0.5, 0.9]) == pytest.approx(expected)
+
+
+def test_spearman_is_zero_for_constant_input_and_ranks_ties_by_average():
+    assert chain_text.spearman([1, 1, 1], [1, 2, 3]) == 0.0
+    assert chain_text.spearman([1, 2, 3], [4, 4, 4]) == 0.0
+    assert chain_text.spearman([], []) == 0.0
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        x, y = rng.integers(0, 4, 12).astype(float), rng.integers(0, 3, 12).astype(float)
+        if len(set(x)) < 2 or len(set(y)) < 2:
+            continue
+        rx = np.array([np.mean(np.flatnonzero(np.sort(x) == v)) for v in x]) - 5.5  # average 0-based ranks
+        ry = np.array([np.mean(np.flatnonzero(np.sort(y) == v)) for v in y]) - 5.5
+        expected = (rx * ry).sum() / np.sqrt((rx * rx).sum() * (ry * ry).sum())
+        assert chain_text.spearman(x, y) == pytest.approx(expected, abs=1e-12)
 
 
 def test_format_prompt_puts_options_then_suffix():
     prompt = chains.format_prompt("What is it?", ["cat", "dog"])
     assert prompt == "What is it?\nOptions:\n0. cat\n1. dog\n" + chains.PROMPT_SUFFIX
-
-
-# --------------------------------------------------------------------------- OpenAI annotator
-
-
-GOOD_REPLY = (
-    "<INFLUENCE>Noise hides fine texture.<INFLUENCE_END>\n"
-    "<REASONING>{reasoning}<REASONING_END>\n"
-    "<CONCLUSION>The star is blue, so the answer is blue.<CONCLUSION_END>"
-)
-
-
-class _StubHandler(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        server = self.server
-        length = int(self.headers["Content-Length"])
-        body = json.loads(self.rfile.read(length))
-        server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-        mode = server.mode
-        if mode == "slow":
-            time.sleep(1.0)
-        if mode == "http500":
-            self._send(500, b'{"error": "overloaded"}')
-            return
-        if mode == "not_json":
-            self._send(200, b"<html>proxy error</html>")
-            return
-        if mode == "no_choices":
-            self._send(200, json.dumps({"object": "chat.completion"}).encode())
-            return
-        words = server.reasoning_words
-        reasoning = " ".join(["blue"] * words)
-        content = {
-            "good": GOOD_REPLY.format(reasoning=reasoning),
-            "missing_block": GOOD_REPLY.format(reasoning=reasoning).split("<CONCLUSION>")[0],
-            "nested_tag": GOOD_REPLY.format(reasoning=reasoning + " <ANSWER>1<ANSWER_END>"),
-            "too_short": GOOD_REPLY.format(reasoning="blue"),
-        }.get(mode, GOOD_REPLY.format(reasoning=reasoning))
-        reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
-        self._send(200, json.dumps(reply).encode())
-
-    def _send(self, status, payload):
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        try:
-            self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (timeout test)
-
-    def log_message(self, *args):  # keep test output clean
-        pass
-
-
-@pytest.fixture()
-def stub_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StubHandler)
-    server.requests = []
-    server.mode = "good"
-    server.reasoning_words = 40
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
-
-
-def _request():
-    return chains.ChainRequest(
-        question="What colour is the star?", options=("red", "blue", "green", "white"), answer=1,
-        rationales=("The star is blue.",), applied=(("noise", 0.8), ("darkness", 0.3)), seed=3)
-
-
-def test_openai_annotator_against_loopback_stub(stub_server):
-    request = _request()
-    stub_server.reasoning_words = chains.reasoning_word_target(request)
-    host, port = stub_server.server_address
-    annotator = chains.OpenAIAnnotator(f"http://{host}:{port}", "stub-model", api_key="test-key", timeout=5,
-                                       on_failure="raise")
-    text = chains.build_chain(request, annotator)
-    assert SPEC_FORMAT.search(text)
-    parsed = chains.parse_chain(text)
-    assert parsed.types == [("noise", 0.8), ("darkness", 0.3)]  # TYPE from the request, not the LLM
-    assert parsed.answer == "1"
-    assert parsed.blocks["INFLUENCE"] == "Noise hides fine texture."
-    assert len(stub_server.requests) == 1
-    sent = stub_server.requests[0]
-    assert sent["path"] == "/v1/chat/completions"
-    assert sent["headers"]["Authorization"] == "Bearer test-key"
-    assert sent["body"]["model"] == "stub-model"
-    user = sent["body"]["messages"][1]["content"]
-    assert "noise: intensity 0.80 (severe)" in user
-    assert "darkness: intensity 0.30 (mild)" in user
-    assert f"about {chains.reasoning_word_target(request)} words" in user
-
-
-def test_openai_annotator_base_url_with_v1_suffix(stub_server):
-    host, port = stub_server.server_address
-    stub_server.reasoning_words = chains.reasoning_word_target(_request())
-    annotator = chains.OpenAIAnnotator(f"http://{host}:{port}/v1/", "m", api_key="k", on_failure="raise")
-    annotator.annotate(_request())
-    assert stub_server.requests[0]["path"] == "/v1/chat/completions"
-
-
-@pytest.mark.parametrize(
-    "mode, message",
-    [
-        ("http500", "HTTP 500"),
-        ("not_json", "invalid JSON"),
-        ("no_choices", "no choices"),
-        ("missing_block", "CONCLUSION"),
-        ("nested_tag", "contains another tag"),
-        ("too_short", "calibrated target"),
-    ],
-)
-def test_openai_annotator_bad_replies_raise_or_fall_back(stub_server, mode, message):
-    stub_server.mode = mode
-    stub_server.reasoning_words = chains.reasoning_word_target(_request())
-    host, port = stub_server.server_address
-    strict = chains.OpenAIAnnotator(f"http://{host}:{port}", "m", api_key="k", timeout=5, on_failure="raise")
-    with pytest.raises(chains.AnnotatorError, match=message):
-        strict.annotate(_request())
-    lenient = chains.OpenAIAnnotator(f"http://{host}:{port}", "m", api_key="k", timeout=5)
-    body = lenient.annotate(_request())
-    assert body == chains.TemplateAnnotator().annotate(_request())
-    assert lenient.num_fallbacks == 1
-
-
-def test_openai_annotator_timeout_and_unreachable(stub_server):
-    stub_server.mode = "slow"
-    host, port = stub_server.server_address
-    slow = chains.OpenAIAnnotator(f"http://{host}:{port}", "m", api_key="k", timeout=0.2, on_failure="raise")
-    with pytest.raises(chains.AnnotatorError, match="could not be reached"):
-        slow.annotate(_request())
-    # A loopback port with nothing listening: refused at once, never leaves the machine.
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        free_port = probe.getsockname()[1]
-    closed = chains.OpenAIAnnotator(f"http://127.0.0.1:{free_port}", "m", api_key="k", timeout=2,
-                                    on_failure="raise")
-    with pytest.raises(chains.AnnotatorError, match="could not be reached"):
-        closed.annotate(_request())

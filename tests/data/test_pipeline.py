@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from robust_r1_jax import degrade
-from robust_r1_jax.data import chains, pipeline, shapes, tfds_builder
+from robust_r1_jax.data import annotators, chains, pipeline, shapes, tfds_builder
 from robust_r1_jax.data.pipeline import PipelineConfig
 from robust_r1_jax.data.records import encode_image
 from robust_r1_jax.data.tokenizer import train_demo_tokenizer
@@ -30,8 +30,8 @@ def _examples(num=NUM_EXAMPLES):
         names = [str(n) for n in rng.choice(degrade.NAMES, count, replace=False)]
         values = np.round(rng.uniform(0, 1, count), 2).astype(np.float32)
         applied = list(zip(names, values.tolist()))
-        chain = chains.make_chain(record.question, record.options, record.answer, record.rationales,
-                                  [(n, round(v, 2)) for n, v in applied], seed=index)
+        chain = annotators.make_chain(record.question, record.options, record.answer, record.rationales,
+                                      [(n, round(v, 2)) for n, v in applied], seed=index)
         out.append({
             "id": record.id,
             "image": encode_image(image, "png"),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from robust_r1_jax.data import chains, shapes, sources
+from robust_r1_jax.data import annotators, chains, shapes, sources
 from robust_r1_jax.data.records import ImageError, Record, SourceError, encode_image, load_images
 
 
@@ -105,7 +105,7 @@ def test_aokvqa_broken_json_is_fatal_with_line(tmp_path):
 
 
 def _chain(answer=1, applied=(("noise", 0.42), ("graffiti", 0.91))):
-    return chains.make_chain("Q", ["a", "b", "c", "d", "e", "f"], answer, ["r"], applied, seed=0)
+    return annotators.make_chain("Q", ["a", "b", "c", "d", "e", "f"], answer, ["r"], applied, seed=0)
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from robust_r1_jax import degrade
-from robust_r1_jax.data import chains, shapes, sources, synth, tfds_builder
+from robust_r1_jax.data import annotators, chains, shapes, sources, synth, tfds_builder
 from robust_r1_jax.data.records import ImageError, Record
 
 CONFIG_PATH = pathlib.Path(__file__).resolve().parents[2] / "configs" / "synth.py"
@@ -146,7 +146,7 @@ def test_jsonl_source_keeps_prebuilt_chains_and_images(tmp_path):
         array = np.random.default_rng(i).integers(0, 256, (20, 30, 3), dtype=np.uint8)
         Image.fromarray(array).save(images / f"{i}.png")
         pixels[f"r{i}"] = array
-        chain = chains.make_chain("Q", ["a", "b"], i % 2, [], [("noise", 0.3 + 0.1 * i)], seed=i)
+        chain = annotators.make_chain("Q", ["a", "b"], i % 2, [], [("noise", 0.3 + 0.1 * i)], seed=i)
         lines.append(json.dumps({"id": f"r{i}", "image": f"{i}.png", "conversations": [
             {"from": "human", "value": f"<image>\nQuestion {i}?\nA. a\nB. b"}, {"from": "gpt", "value": chain}]}))
     source = tmp_path / "data.jsonl"

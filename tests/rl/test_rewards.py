@@ -13,7 +13,8 @@ import reward_reference as reference  # noqa: E402
 
 from robust_r1_jax.data.tokenizer import (build_qwen2_style_tokenizer, train_demo_tokenizer,  # noqa: E402
                                           train_phrase_tokenizer)
-from robust_r1_jax.rl import rewards  # noqa: E402
+from robust_r1_jax.data.references import bucket_size, prepare_references  # noqa: E402
+from robust_r1_jax.rl import rewards, token_text  # noqa: E402
 
 KEYS = ("format", "accuracy", "degradation", "length", "total")
 SPEC_CHAIN = ("<TYPE>lens blur(0.47), jpeg compression(0.58)<TYPE_END>\n"
@@ -109,16 +110,16 @@ def fuzz_batch(tok, count: int, seed: int):
 def assert_parity(tok, ids_list, references, chunk: int = 1000, length: int = 512):
     """Device rewards equal the reference on the decoded ids, for both variants, in fixed shapes (one compilation
     per tokenizer). Returns the decoded texts and the device's paper-variant rewards."""
-    table = rewards.token_bytes_table(tok)
+    table = token_text.token_bytes_table(tok)
     texts = [tok.decode(ids, skip_special_tokens=True) for ids in ids_list]
     ref_lengths = [len(tok.encode(r, add_special_tokens=False)) for r in references]
-    max_bytes = max(1024, rewards._bucket(max(int(np.asarray(table.lengths)[i].sum()) for i in ids_list if i), 64))
+    max_bytes = max(1024, bucket_size(max(int(np.asarray(table.lengths)[i].sum()) for i in ids_list if i), 64))
     outputs = []
     for start in range(0, len(ids_list), chunk):
         part = slice(start, start + chunk)
         size = len(references[part])
-        refs = rewards.prepare_references(references[part] + [references[0]] * (chunk - size), tok,
-                                          answer_bytes=32, max_names=8, name_bytes=32)
+        refs = prepare_references(references[part] + [references[0]] * (chunk - size), tok,
+                                  answer_bytes=32, max_names=8, name_bytes=32)
         ids, mask = rewards.pad_completions(ids_list[part], length=length, batch=chunk)
         for variant in rewards.VARIANTS:
             got = {k: np.asarray(v)[:size] for k, v in
@@ -178,7 +179,7 @@ def test_tags_split_across_tokens_in_many_ways(tokenizers):
 # ---- the pieces ---------------------------------------------------------------------------------------------------
 
 def test_character_classes_are_pythons():
-    table = rewards.char_class_table()
+    table = token_text.char_class_table()
     space = np.array([chr(c).isspace() for c in range(0x110000)])
     np.testing.assert_array_equal((table & 2) > 0, space)
     digits = np.flatnonzero(table & 4)
@@ -192,18 +193,18 @@ def test_character_classes_are_pythons():
 
 def test_table_matches_decode_and_drops_unknown_ids(tokenizers):
     tok = tokenizers["demo"]
-    table = rewards.token_bytes_table(tok, vocab_size=600)
+    table = token_text.token_bytes_table(tok, vocab_size=600)
     assert table.vocab_size == 600 and table.max_token_bytes >= 2
     lengths = np.asarray(table.lengths)
     assert lengths[tok.convert_tokens_to_ids("<|im_end|>")] == 0 and lengths[511] == 0 and lengths[550] == 0
     ids = tok.encode(SPEC_CHAIN, add_special_tokens=False)
     noisy = ids[:5] + [550, tok.eos_token_id] + ids[5:]
-    x, n = rewards.detokenize(jnp.asarray([noisy]), jnp.ones((1, len(noisy)), bool), table, 512)
+    x, n = token_text.detokenize(jnp.asarray([noisy]), jnp.ones((1, len(noisy)), bool), table, 512)
     assert bytes(np.asarray(x[0, :int(n[0])]).astype(np.uint8)) == SPEC_CHAIN.encode()
     # A cap below the text cuts it off; completion_byte_lengths tells how much there was.
-    x, n = rewards.detokenize(jnp.asarray([ids]), jnp.ones((1, len(ids)), bool), table, 16)
+    x, n = token_text.detokenize(jnp.asarray([ids]), jnp.ones((1, len(ids)), bool), table, 16)
     assert int(n[0]) == 16 and bytes(np.asarray(x[0]).astype(np.uint8)) == SPEC_CHAIN.encode()[:16]
-    assert int(rewards.completion_byte_lengths(jnp.asarray([ids]), jnp.ones((1, len(ids)), bool), table)[0]) == \
+    assert int(token_text.completion_byte_lengths(jnp.asarray([ids]), jnp.ones((1, len(ids)), bool), table)[0]) == \
         len(SPEC_CHAIN.encode())
 
 
@@ -213,7 +214,7 @@ def test_non_byte_level_tokenizers_are_refused():
     backend = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     with pytest.raises(ValueError, match="byte-level"):
-        rewards.token_bytes_table(PreTrainedTokenizerFast(tokenizer_object=backend))
+        token_text.token_bytes_table(PreTrainedTokenizerFast(tokenizer_object=backend))
 
 
 def test_no_recompilation_within_a_bucket(tokenizers):
@@ -237,10 +238,10 @@ def test_bad_inputs_are_clear_errors(tokenizers):
     with pytest.raises(ValueError, match="reference chain 1 has no <ANSWER>"):
         rewards.score(["a", "b"], [SPEC_CHAIN, "<TYPE>noise(0.1)<TYPE_END>"], tok)
     with pytest.raises(ValueError, match="reference chain 0: a <TYPE> intensity is not a number"):
-        rewards.prepare_references([chain("noise(0..1)")], tok)
+        prepare_references([chain("noise(0..1)")], tok)
     with pytest.raises(ValueError, match="unknown r_deg variant"):
         rewards.score([SPEC_CHAIN], [SPEC_CHAIN], tok, variant="eq6")
     with pytest.raises(ValueError, match="max_names=1 is too small"):
-        rewards.prepare_references([SPEC_CHAIN], tok, max_names=1)
+        prepare_references([SPEC_CHAIN], tok, max_names=1)
     empty = rewards.score([], [], tok)
     assert set(empty) == set(KEYS) and all(v.shape == (0,) for v in empty.values())
