@@ -17,7 +17,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -28,6 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from robust_r1_jax import atomic  # noqa: E402
 from robust_r1_jax.model import config as model_config  # noqa: E402
 from robust_r1_jax.model import generate as gen  # noqa: E402
 from robust_r1_jax.model.vlm import Qwen25VL  # noqa: E402
@@ -81,19 +81,6 @@ def timed(call) -> tuple[float, object]:
     start = time.perf_counter()
     out = jax.block_until_ready(call())
     return time.perf_counter() - start, out
-
-
-def write_json_atomically(path: str, payload: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=folder, prefix=".rollout.", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(json.dumps(result), flush=True)
     if args.out:
-        write_json_atomically(args.out, result)
+        atomic.write_text(args.out, json.dumps(result, indent=2))
     return 0
 
 

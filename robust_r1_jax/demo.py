@@ -28,8 +28,9 @@ import time
 
 import numpy as np
 
+from robust_r1_jax import atomic
 from robust_r1_jax.data import chains, sources, synth, tfds_builder
-from robust_r1_jax.data.tokenizer import replace_dir, train_phrase_tokenizer
+from robust_r1_jax.data.tokenizer import train_phrase_tokenizer
 from robust_r1_jax.eval import answers, inference
 from robust_r1_jax.model.processor import DEFAULT_SYSTEM, ImageProcessor, Processor, chat_prompt, load_tokenizer
 from robust_r1_jax.rl import grpo
@@ -92,8 +93,8 @@ def build_tokenizer(dataset_dir: str, out_dir: str, vocab_size: int, max_token_l
 
     def save(directory: str) -> None:
         tokenizer.save_pretrained(directory)
-        _write_text(os.path.join(directory, "preprocessor_config.json"), image_settings)
-    replace_dir(out_dir, save)
+        atomic.write_text(os.path.join(directory, "preprocessor_config.json"), image_settings)
+    atomic.replace_dir(out_dir, save)
     return Processor(load_tokenizer(out_dir), ImageProcessor.from_pretrained(out_dir))
 
 
@@ -177,9 +178,9 @@ def run(config) -> dict:
         summary = _run_stages(config, clock)
     summary["timings"] = dict(wall=clock.wall, cpu=clock.cpu, cpu_cores=os.cpu_count())
     workdir = summary["workdir"]
-    _write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2, default=str))
+    atomic.write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2, default=str))
     text = report(summary)
-    _write_text(os.path.join(workdir, "report.md"), text)
+    atomic.write_text(os.path.join(workdir, "report.md"), text)
     print(text)
     return summary
 
@@ -348,11 +349,3 @@ def report(s: dict) -> str:
                   f"per core for the whole run.", "",
               "Sample held-out chain (SFT, greedy):", "", "```", s["sft_eval"]["sample"][:600], "```", ""]
     return "\n".join(lines)
-
-
-# ---- files --------------------------------------------------------------------------------------------------------
-def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

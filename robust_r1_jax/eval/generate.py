@@ -28,6 +28,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from robust_r1_jax import atomic
 from robust_r1_jax.data import chains
 from robust_r1_jax.eval import answers, defaults, inference, report
 from robust_r1_jax.eval.inference import Completion, ModelSpec
@@ -190,6 +191,6 @@ def run(config, out: TextIO = sys.stdout) -> list[dict] | Completion:
     records = generate_batch(generator, batch_items(config), spec.use_suffix)
     path = config.output or os.path.join(config.workdir, "generations.jsonl")
     if report.is_writer():
-        report.write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
+        atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         out.write(f"wrote {len(records)} generations to {path}\n")
     return records
