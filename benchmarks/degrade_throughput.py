@@ -17,14 +17,13 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from robust_r1_jax import degrade  # noqa: E402
+from robust_r1_jax import atomic, degrade  # noqa: E402
 from robust_r1_jax.degrade.synthetic import textured_scene  # noqa: E402
 
 # SPEC section 7: the released OpenCV code, 448x448 RGB at intensity 0.45, one 2-core CPU of this
@@ -62,19 +61,6 @@ def rates(wall: list[float], cpu: list[float]) -> dict[str, float]:
 def harmonic_rate(per_type: dict[str, float]) -> float:
     """Images/s when each image gets one type drawn uniformly from ``per_type``."""
     return len(per_type) / sum(1.0 / r for r in per_type.values())
-
-
-def write_json_atomically(path: str, payload: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=folder, prefix=".degrade_throughput.", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,13 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     slower = [n for n, r in per_type.items() if r["images_per_s_cpu"] < r["reference_images_per_s"]]
     print("slower than the reference (CPU time):", ", ".join(slower) if slower else "none")
 
-    write_json_atomically(args.out, {
+    atomic.write_text(args.out, json.dumps({
         "size": args.size, "intensity": args.intensity, "repeats": args.repeats, "load_average_1min": load,
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                     "cpu_count": os.cpu_count(), "numpy": np.__version__},
         "reference_source": "SPEC.md section 7 (OpenCV reference, 448x448, intensity 0.45)",
         "per_type": per_type, "one_random_type_per_image": random_type, "slower_than_reference": slower,
-    })
+    }, indent=2))
     print(f"wrote {args.out}")
     return 0
 

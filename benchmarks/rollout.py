@@ -1,4 +1,4 @@
-"""Rollout throughput: generated tokens/s of ``robust_r1_jax.rl.sampler.generate`` for a model preset.
+"""Rollout throughput: generated tokens/s of ``robust_r1_jax.model.generate.generate`` for a model preset.
 
     python benchmarks/rollout.py --preset 3b                     # 8 prompts x 8 samples, 320 + 256 tokens
     python benchmarks/rollout.py --preset tiny --batch 2 --samples 2 --prompt-len 96 --new-tokens 32 \
@@ -17,7 +17,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -28,9 +27,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from robust_r1_jax import atomic  # noqa: E402
 from robust_r1_jax.model import config as model_config  # noqa: E402
+from robust_r1_jax.model import generate as gen  # noqa: E402
 from robust_r1_jax.model.vlm import Qwen25VL  # noqa: E402
-from robust_r1_jax.rl import sampler  # noqa: E402
 
 # SPEC section 7: transformers `generate`, 3B, bf16, one H100, 8 prompts x 8 samples, 320 + 256 tokens.
 PEER_TOKENS_PER_S = {"3b": 580.0}
@@ -83,19 +83,6 @@ def timed(call) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def write_json_atomically(path: str, payload: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=folder, prefix=".rollout.", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", choices=sorted(model_config.PRESETS))
@@ -127,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     jax.block_until_ready(nnx.state(model))
     init_s = time.perf_counter() - start
     prompts, image_tokens = synthetic_prompts(config, args.batch, args.prompt_len, args.image_side, args.seed)
-    sampling = sampler.SamplerConfig(max_new_tokens=args.new_tokens, temperature=args.temperature,
-                                     top_p=args.top_p, top_k=args.top_k, num_samples=args.samples,
-                                     stop_token_ids=(), pad_token_id=config.bos_token_id)
-    call = lambda i: sampler.generate(model, *prompts, sampling, jax.random.key(args.seed + i))
+    sampling = gen.SamplerConfig(max_new_tokens=args.new_tokens, temperature=args.temperature,
+                                 top_p=args.top_p, top_k=args.top_k, num_samples=args.samples,
+                                 stop_token_ids=(), pad_token_id=config.bos_token_id)
+    call = lambda i: gen.generate(model, *prompts, sampling, jax.random.key(args.seed + i))
 
     first_s, rollout = timed(lambda: call(0))
     for i in range(args.warmup):
@@ -152,14 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         image_side=args.image_side, image_tokens=image_tokens, new_tokens=args.new_tokens,
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         init_s=init_s, first_call_s=first_s, seconds=median, seconds_all=seconds,
-        gen_tokens_per_s=generated / median, compilations=sampler.trace_count("generate"),
+        gen_tokens_per_s=generated / median, compilations=gen.trace_count("generate"),
         peer_gen_tokens_per_s=PEER_TOKENS_PER_S.get(args.preset),
         peer="transformers generate, bf16, one H100 (SPEC section 7)" if args.preset in PEER_TOKENS_PER_S
         else None,
     )
     print(json.dumps(result), flush=True)
     if args.out:
-        write_json_atomically(args.out, result)
+        atomic.write_text(args.out, json.dumps(result, indent=2))
     return 0
 
 

@@ -4,7 +4,8 @@
 2. train a small byte-level BPE tokenizer on it (Qwen2.5-VL special tokens; chain tags stay plain text);
 3. SFT a small Qwen2.5-VL from scratch; 4. GRPO from the SFT model with the jitted rewards;
 5. evaluate both on held-out degraded images (chain validity, answer accuracy) and write a VLMEvalKit TSV of
-   held-out clean images for ``configs/eval_robust.py``; 6. write ``report.md`` and ``summary.json``.
+   held-out clean images for ``configs/eval_robust.py``; 6. write ``report.md`` and ``summary.json``
+   (``robust_r1_jax.eval.demo_report``).
 Everything lands under ``config.workdir`` (default ``runs/demo``, the paths of ``robust_r1_jax.eval.defaults``).
 
 The demo's tokenizer lets merges cross word boundaries (no pre-tokenisation split), capped at
@@ -28,9 +29,10 @@ import time
 
 import numpy as np
 
+from robust_r1_jax import atomic
 from robust_r1_jax.data import chains, sources, synth, tfds_builder
-from robust_r1_jax.data.tokenizer import replace_dir, train_phrase_tokenizer
-from robust_r1_jax.eval import answers, inference
+from robust_r1_jax.data.tokenizer import train_phrase_tokenizer
+from robust_r1_jax.eval import answers, demo_report, inference
 from robust_r1_jax.model.processor import DEFAULT_SYSTEM, ImageProcessor, Processor, chat_prompt, load_tokenizer
 from robust_r1_jax.rl import grpo
 from robust_r1_jax.train import sft
@@ -39,9 +41,6 @@ log = logging.getLogger(__name__)
 
 # SPEC §3 format regex (search, DOTALL): a held-out generation is a valid chain when it matches.
 FORMAT_PATTERN = chains.FORMAT_PATTERN
-# One RL history window per 10% of the steps: the acceptance compares the first and the last window.
-RL_KEYS = ("reward/total", "reward/degradation", "reward/length", "reward/format", "reward/accuracy",
-           "completion_length", "kl")
 
 
 # ---- data and tokenizer -------------------------------------------------------------------------------------------
@@ -92,8 +91,8 @@ def build_tokenizer(dataset_dir: str, out_dir: str, vocab_size: int, max_token_l
 
     def save(directory: str) -> None:
         tokenizer.save_pretrained(directory)
-        _write_text(os.path.join(directory, "preprocessor_config.json"), image_settings)
-    replace_dir(out_dir, save)
+        atomic.write_text(os.path.join(directory, "preprocessor_config.json"), image_settings)
+    atomic.replace_dir(out_dir, save)
     return Processor(load_tokenizer(out_dir), ImageProcessor.from_pretrained(out_dir))
 
 
@@ -176,11 +175,7 @@ def run(config) -> dict:
     with clock("total"):
         summary = _run_stages(config, clock)
     summary["timings"] = dict(wall=clock.wall, cpu=clock.cpu, cpu_cores=os.cpu_count())
-    workdir = summary["workdir"]
-    _write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2, default=str))
-    text = report(summary)
-    _write_text(os.path.join(workdir, "report.md"), text)
-    print(text)
+    print(demo_report.write(summary, summary["workdir"]))
     return summary
 
 
@@ -226,8 +221,9 @@ def _run_stages(config, clock: StageClock) -> dict:
                              config.data.image_size, config.seed, style)
     return dict(workdir=workdir, dataset=data, tokenizer=tok_dir, vocab_size=config.data.vocab_size,
                 model_preset=config.model.preset, image_size=config.data.image_size, lengths=lengths,
-                seq_len=seq_len, prompt_len=prompt_len, max_new_tokens=new_tokens, sft=_sft_summary(sft_out),
-                sft_eval=sft_eval, rl=_rl_summary(rl_out, config), rl_eval=rl_eval, eval_tsv=tsv)
+                seq_len=seq_len, prompt_len=prompt_len, max_new_tokens=new_tokens,
+                sft=demo_report.sft_summary(sft_out), sft_eval=sft_eval,
+                rl=demo_report.rl_summary(rl_out, config), rl_eval=rl_eval, eval_tsv=tsv)
 
 
 def stage_config(config, stage: str, workdir: str, dataset_dir: str, tok_dir: str, seq_len: int, *,
@@ -266,93 +262,3 @@ def stage_config(config, stage: str, workdir: str, dataset_dir: str, tok_dir: st
         for term in ("accuracy", "format", "degradation", "length"):
             c.rewards[term] = section.reward_weights[term]
     return c
-
-
-def _sft_summary(out: dict) -> dict:
-    losses = out["losses"]
-    k = max(1, len(losses) // 10)
-    return dict(steps=len(losses), first_loss=losses[0], last_loss=losses[-1],
-                last_mean_loss=float(np.mean(losses[-k:])), skipped=out["skipped"], model_dir=out["model_dir"])
-
-
-def _rl_summary(out: dict | None, config) -> dict | None:
-    if out is None:
-        return None
-    hist = out["history"]
-    k = max(1, len(hist) // 10)
-    mean = lambda rows, key: float(np.mean([r[key] for r in rows]))
-    step_times = [r["step_time"] for r in hist[1:]] or [hist[0]["step_time"]]
-    first = dict((key, mean(hist[:k], key)) for key in RL_KEYS)
-    last = dict((key, mean(hist[-k:], key)) for key in RL_KEYS)
-    spread = lambda rows: float(np.var([r["reward/total"] for r in rows], ddof=1) / k) if k > 1 else float("nan")
-    return dict(steps=len(hist), window=k, model_dir=out["model_dir"],
-                prompts_per_step=config.rl.batch_size, samples_per_prompt=config.rl.num_samples,
-                prompt_pool=min(config.rl.prompt_pool, config.data.num_train),
-                temperature=config.rl.temperature, top_p=config.rl.top_p,
-                rise=last["reward/total"] - first["reward/total"],
-                rise_standard_error=float(np.sqrt(spread(hist[:k]) + spread(hist[-k:]))),
-                fifths=dict((key, [float(np.mean(part)) for part in np.array_split([r[key] for r in hist], 5)])
-                            for key in RL_KEYS if len(hist) >= 5),
-                variant=config.rl.reward_variant, weights=dict(config.rl.reward_weights),
-                first=first, last=last,
-                median_step_time=float(np.median(step_times)))
-
-
-def report(s: dict) -> str:
-    lengths = s["lengths"]
-    lines = ["# robust_r1_jax demo", "",
-             f"Dataset: {s['dataset']['counts']} shapes questions at {s['image_size']} px, mean summed "
-             f"intensity {s['dataset']['mean_sum_intensity']}. Tokenizer: {s['vocab_size']} tokens. Longest "
-             f"training prompt {lengths['prompt']} tokens, chain {lengths['chain']}; SFT rows {s['seq_len']}, "
-             f"prompt bucket {s['prompt_len']}, at most {s['max_new_tokens']} new tokens.", "",
-             "## SFT", "",
-             f"Model preset `{s['model_preset']}`, {s['sft']['steps']} steps, loss {s['sft']['first_loss']:.3f} -> "
-             f"{s['sft']['last_loss']:.3f} (mean of the last 10%: {s['sft']['last_mean_loss']:.3f}; "
-             f"{s['sft']['skipped']} skipped).", "",
-             "## Held-out degraded images (greedy)", "",
-             "| model | examples | valid chains | answer accuracy | strict accuracy | chance | mean tokens |",
-             "|---|---|---|---|---|---|---|"]
-    for name, ev in (("SFT", s["sft_eval"]), ("SFT+RL", s["rl_eval"])):
-        if ev:
-            lines.append(f"| {name} | {ev['examples']} | {ev['valid_chains']:.1%} | {ev['accuracy']:.1%} | "
-                         f"{ev['strict_accuracy']:.1%} | {ev['chance']:.1%} | {ev['mean_tokens']:.0f} |")
-    lines += ["", "Valid: the SPEC §3 format regex matches. Answer accuracy: the evaluation's answer extractor; "
-                  "strict: the first ANSWER block is the option index."]
-    if s["rl"]:
-        r = s["rl"]
-        weights = ", ".join(f"{k} {v:g}" for k, v in r["weights"].items())
-        pool = f"prompts from the first {r['prompt_pool']} training examples" if r["prompt_pool"] else "all prompts"
-        lines += ["", "## GRPO", "",
-                  f"{r['steps']} steps of {r['prompts_per_step']} prompts x {r['samples_per_prompt']} samples "
-                  f"({pool}), temperature {r['temperature']:g}, top-p {r['top_p']:g}, r_deg variant "
-                  f"`{r['variant']}`, reward weights: {weights}; median step {r['median_step_time']:.1f} s. "
-                  f"Means over the first and last {r['window']} step(s):", "",
-                  "| | total | r_deg | r_len | r_fmt | r_acc | length | KL |", "|---|---|---|---|---|---|---|---|"]
-        for name in ("first", "last"):
-            v = r[name]
-            lines.append(f"| {name} | {v['reward/total']:.3f} | {v['reward/degradation']:.3f} | "
-                         f"{v['reward/length']:.3f} | {v['reward/format']:.3f} | {v['reward/accuracy']:.3f} | "
-                         f"{v['completion_length']:.1f} | {v['kl']:.4f} |")
-        error = r["rise_standard_error"]
-        error = f"standard error {error:.3f} from the per-step means" if np.isfinite(error) else "one step per window"
-        lines += ["", f"Total reward rise, last minus first window: {r['rise']:+.3f} ({error})."]
-        if r["fifths"]:
-            lines += ["", "Means over fifths of the run:", "",
-                      "| | " + " | ".join(f"{i + 1}/5" for i in range(5)) + " |", "|---|" + "---|" * 5]
-            lines += [f"| {key.split('/')[-1]} | " + " | ".join(f"{x:.3f}" for x in r["fifths"][key]) + " |"
-                      for key in RL_KEYS if key.startswith("reward/")]
-    t = s["timings"]
-    lines += ["", "## Time", "", "| stage | wall s | CPU s (user+sys) |", "|---|---|---|"]
-    lines += [f"| {name} | {t['wall'][name]:.0f} | {t['cpu'][name]:.0f} |" for name in t["wall"]]
-    lines += ["", f"CPU seconds over {t['cpu_cores']} cores: {t['cpu']['total'] / t['cpu_cores']:.0f} s "
-                  f"per core for the whole run.", "",
-              "Sample held-out chain (SFT, greedy):", "", "```", s["sft_eval"]["sample"][:600], "```", ""]
-    return "\n".join(lines)
-
-
-# ---- files --------------------------------------------------------------------------------------------------------
-def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -5,12 +5,19 @@ applies wins:
 
 1. ``config``: explicit arguments (fields the config leaves unset may come from the sources below);
 2. ``env``: ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID`` (what
-   ``launch/multinode_gpu.sh`` sets). These rank above SLURM and TPU because a deliberately set value must
-   beat ambient scheduler variables, e.g. ``multinode_gpu.sh --local 2`` run inside an ``salloc`` shell;
-3. ``slurm``: ``srun`` tasks (``SLURM_NTASKS``, ``SLURM_PROCID``, first node of the nodelist, port from
-   ``ROBUST_R1_COORDINATOR_PORT``, or ``JAX_COORDINATOR_ADDRESS`` when ``launch/slurm_gpu.sbatch`` exported it);
-4. ``tpu``: on a Cloud TPU VM, ``jax.distributed.initialize()`` with no arguments (JAX reads the TPU metadata);
+   ``launch/multinode_gpu.sh`` sets). These rank above the schedulers and TPU because a deliberately set value
+   must beat ambient scheduler variables, e.g. ``multinode_gpu.sh --local 2`` run inside an ``salloc`` shell;
+3. ``ompi`` / ``slurm``: an ``mpirun`` or ``srun`` task, read by JAX's own cluster detection
+   (``jax._src.clusters``, what ``jax.distributed.initialize`` would use). The coordinator is
+   ``JAX_COORDINATOR_ADDRESS`` when set (``launch/slurm_gpu.sbatch`` exports the first node as ``scontrol``
+   names it), else the scheduler's first host at port ``ROBUST_R1_COORDINATOR_PORT`` (default 12355);
+4. ``tpu``: a Cloud TPU VM as JAX's GKE / GCE TPU detection sees it: ``jax.distributed.initialize()`` with
+   no arguments (JAX reads the TPU metadata);
 5. ``single``: one process, nothing is called.
+
+Devices: a process drives every GPU it sees unless several of the job's processes share its host, each seeing
+all of them; then process k of the host drives GPU k (JAX's own rule under a scheduler, which it would also
+apply to one process per host). ``JAX_LOCAL_DEVICE_IDS`` or the config's ``local_device_ids`` override both.
 
 CPU collectives across processes (measured with jax 0.10.2): cross-process computations on the CPU backend
 need ``jax_cpu_collectives_implementation`` set to ``"gloo"`` (or ``"mpi"``). 0.10.2 already defaults to
@@ -22,32 +29,30 @@ Failure modes of ``jax.distributed.initialize`` in 0.10.2 (measured): when the c
 some process never registers, JAX does not raise -- it aborts the whole process (SIGABRT, "DEADLINE_EXCEEDED
 ... RegisterTask") about 5 s after ``initialization_timeout`` runs out. So processes other than 0 first probe
 the coordinator's TCP port and raise a clear ``RuntimeError`` at the deadline, and every process arms a
-watchdog that says on stderr, at the time-out, what is missing before JAX aborts.
+watchdog that says on stderr, at the time-out, what is missing before JAX aborts. That probe needs the
+coordinator before JAX starts, which is why the scheduler's layout is read here, with JAX's detection, and
+then passed to ``jax.distributed.initialize`` explicitly.
 """
 from __future__ import annotations
 
 import dataclasses
-import glob
-import importlib.util
 import math
 import os
-import re
-import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
 from typing import Mapping, Sequence
 
 import jax
+from jax._src import clusters as jax_clusters  # JAX's scheduler detection; no public name exists for it
 
 DEFAULT_COORDINATOR_PORT = 12355
 COORDINATOR_PORT_ENV = "ROBUST_R1_COORDINATOR_PORT"
 
-# Any of these in the environment means a Cloud TPU VM (GKE and multislice set them; GCE sets some).
-_TPU_ENV_HINTS = ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID", "TPU_PROCESS_ADDRESSES",
-                  "MEGASCALE_COORDINATOR_ADDRESS", "MEGASCALE_NUM_SLICES")
+# JAX's detection order, less the opt-in mpi4py and Kubernetes (which needs the kubernetes package).
+SCHEDULERS: tuple[type[jax_clusters.ClusterEnv], ...] = (jax_clusters.OmpiCluster, jax_clusters.SlurmCluster)
+TPU_CLUSTERS: tuple[type[jax_clusters.ClusterEnv], ...] = (jax_clusters.GkeTpuCluster, jax_clusters.GceTpuCluster)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,72 +80,6 @@ class DistributedInfo:
 
 
 # ----------------------------------------------------------------------------------------------- parsing
-
-def _expand_bracket(body: str, nodelist: str) -> list[str]:
-    names = []
-    for part in body.split(","):
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not match:
-            raise ValueError(f"SLURM nodelist {nodelist!r}: bad range {part!r} inside [{body}]")
-        start, stop = match.group(1), match.group(2) or match.group(1)
-        if int(stop) < int(start):
-            raise ValueError(f"SLURM nodelist {nodelist!r}: range {part!r} runs backwards")
-        width = len(start)  # Slurm keeps the zero padding of the first bound: gpu[08-10] -> gpu08 .. gpu10
-        names.extend(str(i).zfill(width) for i in range(int(start), int(stop) + 1))
-    return names
-
-
-def _expand_host_pattern(pattern: str, nodelist: str) -> list[str]:
-    hosts = [""]
-    for literal, bracket in re.findall(r"([^\[\]]*)(?:(\[[^\[\]]*)\])?", pattern):
-        options = _expand_bracket(bracket[1:], nodelist) if bracket else [""]
-        hosts = [h + literal + o for h in hosts for o in options]
-    return hosts
-
-
-def _split_top_level(nodelist: str) -> list[str]:
-    items, depth, current = [], 0, []
-    for ch in nodelist:
-        depth += {"[": 1, "]": -1}.get(ch, 0)
-        if depth not in (0, 1):
-            raise ValueError(f"SLURM nodelist {nodelist!r}: unbalanced or nested brackets")
-        if ch == "," and depth == 0:
-            items.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    if depth:
-        raise ValueError(f"SLURM nodelist {nodelist!r}: unclosed '['")
-    items.append("".join(current))
-    return items
-
-
-def parse_slurm_nodelist(nodelist: str) -> list[str]:
-    """Expand Slurm's compressed host list: ``"gpu[01-03,07],login"`` -> gpu01 gpu02 gpu03 gpu07 login."""
-    nodelist = nodelist.strip()
-    if not nodelist:
-        raise ValueError("SLURM nodelist is empty")
-    hosts = []
-    for item in _split_top_level(nodelist):
-        if not item:
-            raise ValueError(f"SLURM nodelist {nodelist!r}: empty host name between commas")
-        hosts.extend(_expand_host_pattern(item, nodelist))
-    return hosts
-
-
-def first_slurm_node(nodelist: str, scontrol: str | None = None) -> str:
-    """First host of a nodelist: asks ``scontrol show hostnames`` when given, else parses it here."""
-    if scontrol:
-        try:
-            done = subprocess.run([scontrol, "show", "hostnames", nodelist], capture_output=True,
-                                  text=True, timeout=20, check=True)
-            names = done.stdout.split()
-            if names:
-                return names[0]
-        except (OSError, subprocess.SubprocessError):
-            pass  # a broken scontrol should not stop a job whose nodelist we can read ourselves
-    return parse_slurm_nodelist(nodelist)[0]
-
 
 def split_address(address: str) -> tuple[str, int]:
     """``"host:port"`` (or ``"[v6]:port"``) -> (host, port), with a clear error for anything else."""
@@ -170,15 +109,9 @@ def _device_ids(text: str, source: str) -> tuple[int, ...]:
 
 # --------------------------------------------------------------------------------------------- detection
 
-def on_tpu_vm(environ: Mapping[str, str] | None = None) -> bool:
-    """True on a Cloud TPU VM: TPU env hints, /dev/accel* (v2-v4), or /dev/vfio/N with libtpu (v5+)."""
-    environ = os.environ if environ is None else environ
-    if any(environ.get(name) for name in _TPU_ENV_HINTS):
-        return True
-    if glob.glob("/dev/accel[0-9]*"):
-        return True
-    # /dev/vfio also appears on GPU hosts with device passthrough, so it only counts together with libtpu.
-    return bool(glob.glob("/dev/vfio/[0-9]*")) and importlib.util.find_spec("libtpu") is not None
+def on_tpu_vm() -> bool:
+    """True where JAX's Cloud TPU detection (GKE worker variables, or the GCE metadata server) finds a TPU VM."""
+    return any(cluster.is_env_present() for cluster in TPU_CLUSTERS)
 
 
 def _plan_from_env_vars(environ: Mapping[str, str]) -> DistributedPlan | None:
@@ -195,60 +128,54 @@ def _plan_from_env_vars(environ: Mapping[str, str]) -> DistributedPlan | None:
     return DistributedPlan("env", address, num, pid, _device_ids(local, "JAX_LOCAL_DEVICE_IDS") if local else None)
 
 
-def _slurm_nodelist(environ: Mapping[str, str]) -> str | None:
-    for name in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"):
-        if environ.get(name):
-            return environ[name]
-    return None
-
-
-def _plan_from_slurm(environ: Mapping[str, str], scontrol: str | None) -> DistributedPlan | None:
-    pid = _env_int(environ, "SLURM_PROCID")
+def _processes_share_host(scheduler: str, num_processes: int, environ: Mapping[str, str]) -> bool:
+    """Whether several of the job's processes run on this host (JAX's detection does not say)."""
+    if scheduler == "ompi":
+        return (_env_int(environ, "OMPI_COMM_WORLD_LOCAL_SIZE") or 1) > 1
     nodes = next((n for n in (_env_int(environ, v) for v in ("SLURM_STEP_NUM_NODES", "SLURM_JOB_NUM_NODES",
                                                                 "SLURM_NNODES")) if n is not None), None)
-    num = _env_int(environ, "SLURM_NTASKS")
-    num = nodes if num is None else num
-    nodelist = _slurm_nodelist(environ)
-    if pid is None or num is None or nodelist is None:
+    if nodes is None:
+        raise ValueError(f"SLURM runs {num_processes} tasks but SLURM_STEP_NUM_NODES is not set")
+    return num_processes > nodes
+
+
+def _plan_from_scheduler(environ: Mapping[str, str]) -> DistributedPlan | None:
+    scheduler = next((cluster for cluster in SCHEDULERS if cluster.is_env_present()), None)
+    if scheduler is None:
         return None
-    address = environ.get("JAX_COORDINATOR_ADDRESS")
-    if not address:
-        port = _env_int(environ, COORDINATOR_PORT_ENV) or DEFAULT_COORDINATOR_PORT
-        address = f"{first_slurm_node(nodelist, scontrol)}:{port}"
-    nodes = nodes or len(parse_slurm_nodelist(nodelist))
+    name = scheduler.name
+    try:
+        num, pid = scheduler.get_process_count(), scheduler.get_process_id()
+        address = environ.get("JAX_COORDINATOR_ADDRESS") or scheduler.get_coordinator_address(
+            timeout_secs=None, override_coordinator_port=str(_env_int(environ, COORDINATOR_PORT_ENV)
+                                                             or DEFAULT_COORDINATOR_PORT))
+        local_id = scheduler.get_local_process_id()
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{name}: cannot read the job's process layout from the environment: {error}") from None
     visible = environ.get("CUDA_VISIBLE_DEVICES")
-    slurm_bound_one_gpu = visible is not None and len(visible.split(",")) == 1
+    bound_one_gpu = visible is not None and len(visible.split(",")) == 1
     local = None
     if environ.get("JAX_LOCAL_DEVICE_IDS"):
         local = _device_ids(environ["JAX_LOCAL_DEVICE_IDS"], "JAX_LOCAL_DEVICE_IDS")
-    elif num > nodes and not slurm_bound_one_gpu:
-        # Several tasks per node, each seeing all GPUs: task k drives GPU k (JAX's own Slurm convention).
-        # When Slurm already bound one GPU to the task, that GPU is all it sees and there is nothing to pick.
-        local_id = _env_int(environ, "SLURM_LOCALID")
-        if local_id is None:
-            raise ValueError(f"SLURM runs {num} tasks on {nodes} nodes but SLURM_LOCALID is not set")
+    elif not bound_one_gpu and _processes_share_host(name, num, environ):
+        # When the scheduler already bound one GPU to the process, that GPU is all it sees: nothing to pick.
         local = (local_id,)
-    return DistributedPlan("slurm", address, num, pid, local)
+    return DistributedPlan(name, address, num, pid, local)
 
 
 def plan_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                      process_id: int | None = None, local_device_ids: int | Sequence[int] | None = None,
-                     environ: Mapping[str, str] | None = None, tpu_vm: bool | None = None,
-                     scontrol: str | None = None) -> DistributedPlan:
-    """Decide how this process joins the job (pure apart from reading ``environ`` and ``scontrol``).
-
-    ``tpu_vm``: None asks ``on_tpu_vm``. ``scontrol``: its path; None looks it up on PATH, "" never uses it.
-    """
-    environ = os.environ if environ is None else environ
-    if scontrol is None:
-        scontrol = shutil.which("scontrol")
+                     tpu_vm: bool | None = None) -> DistributedPlan:
+    """Decide how this process joins the job from the arguments and the process environment (``os.environ``,
+    which JAX's scheduler detection reads). ``tpu_vm``: None asks ``on_tpu_vm``."""
+    environ = os.environ
     if isinstance(local_device_ids, int):
         local_device_ids = (local_device_ids,)
     explicit = (coordinator_address, num_processes, process_id, local_device_ids)
 
-    detected = _plan_from_env_vars(environ) or _plan_from_slurm(environ, scontrol)
+    detected = _plan_from_env_vars(environ) or _plan_from_scheduler(environ)
     if detected is None and any(v is None for v in explicit[:3]):
-        if on_tpu_vm(environ) if tpu_vm is None else tpu_vm:
+        if on_tpu_vm() if tpu_vm is None else tpu_vm:
             detected = DistributedPlan("tpu", None, None, None)
     if detected is None and environ.get("JAX_COORDINATOR_ADDRESS") and all(v is None for v in explicit[:3]):
         raise ValueError("JAX_COORDINATOR_ADDRESS is set but JAX_NUM_PROCESSES and JAX_PROCESS_ID are not")
@@ -363,7 +290,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
             coordinator_address=plan.coordinator_address, num_processes=plan.num_processes,
             process_id=plan.process_id,
             local_device_ids=list(plan.local_device_ids) if plan.local_device_ids is not None else None,
-            # Everything is decided above; JAX's own Slurm detection would otherwise pin one GPU per task.
+            # Everything is decided above (with JAX's detection), so JAX must not redo it and pin one GPU per task.
             cluster_detection_method="deactivate",
             initialization_timeout=remaining)
     finally:

@@ -20,9 +20,9 @@ import json
 import os
 import re
 import sys
-import tempfile
 from typing import Iterable, Iterator, Sequence
 
+from robust_r1_jax import atomic
 from robust_r1_jax.data import chains, shapes
 from robust_r1_jax.data.records import Record, SourceError, check_on_error, report_bad_input
 
@@ -364,27 +364,16 @@ def write_vlmeval_tsv(records: Sequence[Record], path: str) -> None:
     with_hint = any(r.hint for r in records)
     header = ["index", "image", "question", "hint"] if with_hint else ["index", "image", "question"]
     header += list(_LETTERS[:width]) + ["answer", "category"]
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", newline="", dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-            writer.writerow(header)
-            for record in records:
-                row = [record.id, base64.b64encode(record.encoded_image()).decode("ascii"), record.question]
-                if with_hint:
-                    row.append(record.hint)
-                row += list(record.options) + [""] * (width - len(record.options))
-                row += [_LETTERS[record.answer], record.category]
-                writer.writerow(row)
-        os.replace(handle.name, path)
-    except BaseException:
-        if os.path.exists(handle.name):
-            os.remove(handle.name)
-        raise
+    with atomic.open_for_write(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(header)
+        for record in records:
+            row = [record.id, base64.b64encode(record.encoded_image()).decode("ascii"), record.question]
+            if with_hint:
+                row.append(record.hint)
+            row += list(record.options) + [""] * (width - len(record.options))
+            row += [_LETTERS[record.answer], record.category]
+            writer.writerow(row)
 
 
 # --------------------------------------------------------------------------- dispatch

@@ -18,7 +18,6 @@ import json
 import logging
 import multiprocessing
 import os
-import tempfile
 import textwrap
 import time
 from typing import Iterator, Sequence
@@ -27,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from robust_r1_jax import degrade
+from robust_r1_jax import atomic, degrade
 from robust_r1_jax.data import annotators, chain_text, chains, shapes, sources, tfds_builder
 from robust_r1_jax.data.records import ImageError, Record, check_on_error, encode_image, report_bad_input
 
@@ -36,7 +35,6 @@ logger = logging.getLogger(__name__)
 SPLIT_CODES = {"train": 0, "validation": 1}
 CONTACT_SHEET_NAME = "contact_sheet.png"
 SUMMARY_NAME = "synth_summary.json"
-_READABLE = 0o644  # mkstemp creates 0600 files; outputs are meant to be shared
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,34 +224,6 @@ def contact_label(example: dict) -> str:
     )
 
 
-def save_png_atomic(image: np.ndarray, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(handle)
-    try:
-        Image.fromarray(image).save(temporary, format="PNG")
-        os.chmod(temporary, _READABLE)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def save_json_atomic(data: dict, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2, sort_keys=True)
-        os.chmod(temporary, _READABLE)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -364,7 +334,8 @@ def run(config) -> dict:
             pool.shutdown(cancel_futures=True)
     sheet_path = os.path.join(workdir, CONTACT_SHEET_NAME)
     if stats.sheet_rows:
-        save_png_atomic(contact_sheet(stats.sheet_rows), sheet_path)
+        with atomic.open_for_write(sheet_path, "wb") as handle:
+            Image.fromarray(contact_sheet(stats.sheet_rows)).save(handle, format="PNG")
     summary = {
         "dataset_dir": path,
         "source": cfg.source,
@@ -378,6 +349,6 @@ def run(config) -> dict:
         "contact_sheet": sheet_path if stats.sheet_rows else None,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    save_json_atomic(summary, os.path.join(workdir, SUMMARY_NAME))
+    atomic.write_text(os.path.join(workdir, SUMMARY_NAME), json.dumps(summary, indent=2, sort_keys=True))
     logger.info("synth: wrote %s (%s), contact sheet %s", path, stats.counts, summary["contact_sheet"])
     return summary

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Iterable
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from robust_r1_jax import atomic
 
 # Top of the vocabulary, lowest id first: bos = V-7 ... eos (im_end) = V-2, im_start = V-1 (model/config.py::tiny).
 SPECIAL_TOKENS_TOP = ("<|endoftext|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
@@ -130,27 +129,8 @@ def _check_top_layout(full_vocab: dict, vocab_size: int) -> None:
             raise ValueError(f"special token {token!r} has id {full_vocab.get(token)}, expected {vocab_size - offset}")
 
 
-def replace_dir(out_dir: str | os.PathLike, fill) -> None:
-    """``fill(staging)`` writes a sibling directory that then replaces ``out_dir`` by rename (nothing half-written)."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        fill(str(staging))
-        if out.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, retired / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
 def _save_and_load(tokenizer, out_dir: str | os.PathLike):
     """Save into a temporary sibling directory, swap it into place, and load it back from ``out_dir``."""
     from transformers import AutoTokenizer
-    replace_dir(out_dir, tokenizer.save_pretrained)
+    atomic.replace_dir(out_dir, tokenizer.save_pretrained)
     return AutoTokenizer.from_pretrained(str(out_dir), local_files_only=True)

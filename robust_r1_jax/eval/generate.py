@@ -28,10 +28,11 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from robust_r1_jax import atomic
 from robust_r1_jax.data import chains
 from robust_r1_jax.eval import answers, defaults, inference, report
 from robust_r1_jax.eval.inference import Completion, ModelSpec
-from robust_r1_jax.rl import sampler
+from robust_r1_jax.model import generate as gen
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 OPTION_SEPARATOR = "|"
@@ -52,13 +53,13 @@ def prompt_text(question: str, options: Iterable[str], use_suffix: bool) -> str:
     return chains.format_prompt(question, tuple(options), chains.PROMPT_SUFFIX if use_suffix else "")
 
 
-def stream_completion(model, processor, image: np.ndarray, text: str, config: sampler.SamplerConfig, rng,
+def stream_completion(model, processor, image: np.ndarray, text: str, config: gen.SamplerConfig, rng,
                       out: TextIO = sys.stdout, stream_fn: Callable | None = None) -> Completion:
     """Generate for one prompt, writing the text to ``out`` as tokens arrive; returns the whole completion.
 
-    ``stream_fn`` has the signature of :func:`robust_r1_jax.rl.sampler.stream` (the default).
+    ``stream_fn`` has the signature of :func:`robust_r1_jax.model.generate.stream` (the default).
     """
-    stream_fn = stream_fn or sampler.stream
+    stream_fn = stream_fn or gen.stream
     encoded = processor.encode(text, [image])
     ids = encoded["input_ids"][None]
     tokenizer, stops = processor.tokenizer, set(config.stop_token_ids)
@@ -190,6 +191,6 @@ def run(config, out: TextIO = sys.stdout) -> list[dict] | Completion:
     records = generate_batch(generator, batch_items(config), spec.use_suffix)
     path = config.output or os.path.join(config.workdir, "generations.jsonl")
     if report.is_writer():
-        report.write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
+        atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         out.write(f"wrote {len(records)} generations to {path}\n")
     return records

@@ -5,7 +5,7 @@ Batches are padded to static shapes so that one compiled rollout serves a whole 
 ``prompt_buckets`` that fits (LEFT padding, as the sampler expects), and the image patches to the smallest of
 ``patch_buckets``. Past the largest bucket the next power of two is used.
 
-The generation function is a parameter (default: :func:`robust_r1_jax.rl.sampler.generate`) with the sampler's
+The generation function is a parameter (default: :func:`robust_r1_jax.model.generate.generate`) with the sampler's
 signature ``generate_fn(model, prompt_ids, prompt_mask, pixel_values, image_grid_thw, config, rng)`` returning an
 object with ``tokens`` [B, T] and ``lengths`` [B].
 """
@@ -20,8 +20,8 @@ import numpy as np
 from absl import logging
 
 from robust_r1_jax.model import convert
+from robust_r1_jax.model import generate as gen
 from robust_r1_jax.model.processor import END_OF_TEXT, ImageProcessor, Processor, load_tokenizer
-from robust_r1_jax.rl import sampler
 
 GenerateFn = Callable[..., object]
 
@@ -113,7 +113,7 @@ def pack_batch(encoded: Sequence[dict], batch_size: int, prompt_buckets: Sequenc
 class Generator:
     """Answers (question text, image) prompts with one model, ``batch_size`` at a time."""
 
-    def __init__(self, model, processor: Processor, sampler_config: sampler.SamplerConfig, *, batch_size: int,
+    def __init__(self, model, processor: Processor, sampler_config: gen.SamplerConfig, *, batch_size: int,
                  prompt_buckets: Sequence[int], patch_buckets: Sequence[int], seed: int = 0,
                  generate_fn: GenerateFn | None = None):
         if batch_size < 1:
@@ -122,7 +122,7 @@ class Generator:
         self.batch_size = int(batch_size)
         self.prompt_buckets, self.patch_buckets = tuple(prompt_buckets), tuple(patch_buckets)
         self.rng = jax.random.key(seed)
-        self.generate_fn = generate_fn or sampler.generate
+        self.generate_fn = generate_fn or gen.generate
         self.pad_id = processor.token_ids[END_OF_TEXT]
         self.stop_ids = set(sampler_config.stop_token_ids)
 
@@ -159,9 +159,9 @@ class Generator:
 
 
 def sampler_config(model, processor: Processor, *, max_new_tokens: int, temperature: float = 0.0,
-                   top_p: float = 1.0, top_k: int = 0) -> sampler.SamplerConfig:
+                   top_p: float = 1.0, top_k: int = 0) -> gen.SamplerConfig:
     """One completion per prompt, stopping at ``<|im_end|>`` / ``<|endoftext|>``; greedy when temperature is 0."""
-    return sampler.SamplerConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                                 top_p=float(top_p), top_k=int(top_k), num_samples=1,
-                                 stop_token_ids=sampler.default_stop_token_ids(model.config),
-                                 pad_token_id=processor.token_ids[END_OF_TEXT])
+    return gen.SamplerConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                             top_p=float(top_p), top_k=int(top_k), num_samples=1,
+                             stop_token_ids=gen.default_stop_token_ids(model.config),
+                             pad_token_id=processor.token_ids[END_OF_TEXT])

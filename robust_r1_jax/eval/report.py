@@ -1,7 +1,7 @@
 """Evaluation results as files: JSON, a Markdown report and a PNG plot of accuracy against intensity.
 
-Every file is written to a temporary name in its folder and renamed, so a reader never sees half a report; only
-process 0 of a multi-process run writes.
+Every file is written atomically (``robust_r1_jax.atomic``), so a reader never sees half a report; only process 0
+of a multi-process run writes.
 
 ``results`` (what ``robust.evaluate`` returns and ``results.json`` holds)::
 
@@ -17,9 +17,10 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 
 import jax
+
+from robust_r1_jax import atomic
 
 PLOT_NAME = "accuracy.png"
 JSON_NAME = "results.json"
@@ -32,23 +33,6 @@ PLOT_DPI = 100
 
 def is_writer() -> bool:
     return jax.process_index() == 0
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("wb", dir=directory, prefix=f".{os.path.basename(path)}.",
-                                         suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(data)
-        os.chmod(handle.name, 0o644)
-        os.replace(handle.name, path)
-    except BaseException:
-        if os.path.exists(handle.name):
-            os.remove(handle.name)
-        raise
 
 
 def _percent(value) -> str:
@@ -180,9 +164,8 @@ def write_reports(results: dict, predictions: list[dict], workdir: str) -> dict[
               ("predictions", PREDICTIONS_NAME))}
     if not is_writer():
         return paths
-    write_atomic(paths["json"], (json.dumps(results, indent=2) + "\n").encode("utf-8"))
-    write_atomic(paths["markdown"], markdown(results).encode("utf-8"))
-    write_atomic(paths["plot"], plot_png(results))
-    write_atomic(paths["predictions"],
-                 "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions).encode("utf-8"))
+    atomic.write_text(paths["json"], json.dumps(results, indent=2) + "\n")
+    atomic.write_text(paths["markdown"], markdown(results))
+    atomic.write_bytes(paths["plot"], plot_png(results))
+    atomic.write_text(paths["predictions"], "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
     return paths

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from robust_r1_jax import parallel
+from robust_r1_jax import atomic, parallel
 from robust_r1_jax.model.config import ModelConfig
 from robust_r1_jax.model.vlm import Qwen25VL
 
@@ -32,13 +32,18 @@ def save(model: Qwen25VL, path: str) -> None:
     _, state = nnx.split(model, nnx.Param)
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(root / "params", nnx.to_pure_dict(state), force=True)
-    if jax.process_index() == 0:  # one writer: processes renaming one shared temporary file race
-        tmp = root / (CONFIG_FILE + ".tmp")
-        tmp.write_text(json.dumps(model.config.to_dict(), indent=2))
-        tmp.replace(root / CONFIG_FILE)
+    if jax.process_index() == 0:  # one writer: the others would only write the same bytes again
+        _write_config(root, json.dumps(model.config.to_dict(), indent=2))
     if jax.process_count() > 1:  # no process reads the model before its config is written
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(f"orbax_io.save {path}")
+
+
+def _write_config(root: epath.Path, text: str) -> None:
+    if "://" in str(root):  # an object store publishes an object whole, when its upload completes
+        (root / CONFIG_FILE).write_text(text)
+    else:
+        atomic.write_text(root / CONFIG_FILE, text)
 
 
 def read_config(path: str) -> ModelConfig:

@@ -21,7 +21,7 @@ from flax import nnx
 from robust_r1_jax import distributed
 from robust_r1_jax.data.references import RewardReferences, prepare_references
 from robust_r1_jax.rl import rewards as rw
-from robust_r1_jax.rl import sampler as smp
+from robust_r1_jax.model import generate as smp
 from robust_r1_jax.rl.token_text import token_bytes_table
 from robust_r1_jax.train import checkpoint as ckpt
 from robust_r1_jax.train import metrics as mx

@@ -104,11 +104,11 @@ def test_sampler_batches_equal_a_greedy_loop(setup, evaluated, independent):
 
 
 def test_real_runs_are_identical_without_recompiling(setup, processor, evaluated):
-    from robust_r1_jax.rl import sampler
-    compiled = sampler.trace_count("generate")
+    from robust_r1_jax.model import generate as gen
+    compiled = gen.trace_count("generate")
     bench = robust.synthetic_benchmark(setup["tsv"], LEVELS)
     assert robust.evaluate_model("tiny", setup["model"], processor, [bench], SETTINGS, use_suffix=False) == evaluated
-    assert sampler.trace_count("generate") == compiled  # every batch of every level reused one program
+    assert gen.trace_count("generate") == compiled  # every batch of every level reused one program
 
 
 def _main(args, cwd=ROOT, timeout=300):

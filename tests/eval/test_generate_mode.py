@@ -8,7 +8,7 @@ from eval_helpers import IMAGE_SIZE, ScriptedAnswerer, good_records, stand_in_mo
 from PIL import Image
 
 from robust_r1_jax.eval import generate, inference
-from robust_r1_jax.rl import sampler
+from robust_r1_jax.model import generate as gen
 
 CHAIN = "<TYPE>noise(0.40)<TYPE_END>\n<REASONING>the circle is red<REASONING_END>\n<ANSWER>2<ANSWER_END>"
 
@@ -83,7 +83,7 @@ def test_stream_waits_for_whole_characters(tokenizer, processor):
 def test_run_one_image(tokenizer_dir, tokenizer, image_folder, monkeypatch):
     folder, records = image_folder
     stream, calls = scripted_stream(tokenizer, CHAIN)
-    monkeypatch.setattr(sampler, "stream", stream)
+    monkeypatch.setattr(gen, "stream", stream)
     monkeypatch.setattr(inference, "load_model", lambda path, dtype: stand_in_model(tokenizer))
     out = RecordingOutput()
     completion = generate.run(config(checkpoint=tokenizer_dir, image=str(folder / "img0.png"),
@@ -99,7 +99,7 @@ def test_run_one_image(tokenizer_dir, tokenizer, image_folder, monkeypatch):
 def test_run_folder_writes_jsonl(tokenizer_dir, tokenizer, processor, image_folder, tmp_path, monkeypatch):
     folder, records = image_folder
     scripted = ScriptedAnswerer(tokenizer, tokenizer.convert_tokens_to_ids("<|im_end|>"), "noise(0.40)")
-    monkeypatch.setattr(sampler, "generate", scripted.generate)
+    monkeypatch.setattr(gen, "generate", scripted.generate)
     monkeypatch.setattr(inference, "load_model", lambda path, dtype: stand_in_model(tokenizer))
     questions = folder / "questions.jsonl"
     lines = [{"image": f"img{i}.png", "question": r.question, "options": list(r.options)}

@@ -8,7 +8,7 @@ from robust_r1_jax import degrade
 from robust_r1_jax.data import chains, sources
 from robust_r1_jax.data.records import ImageError, SourceError
 from robust_r1_jax.eval import robust
-from robust_r1_jax.rl.sampler import SamplerConfig
+from robust_r1_jax.model.generate import SamplerConfig
 
 LEVELS = ["clean", "25%", "50%", "100%"]
 SETTINGS = robust.Settings(max_new_tokens=256, batch_size=5, prompt_buckets=(256, 512), patch_buckets=(16,))

@@ -1,4 +1,5 @@
-"""robust_r1_jax.distributed: nodelists, environment detection, time-outs, and a real two-process job."""
+"""robust_r1_jax.distributed: environment detection (JAX's, for the schedulers), time-outs, and a real two-process
+job."""
 from __future__ import annotations
 
 import json
@@ -10,60 +11,17 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from robust_r1_jax import distributed as dist
-from robust_r1_jax.distributed import DistributedPlan, check_divisible, parse_slurm_nodelist, plan_distributed
+from robust_r1_jax.distributed import DistributedPlan, check_divisible, plan_distributed
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-# ---------------------------------------------------------------------------------------------- nodelists
-
-@pytest.mark.parametrize("nodelist, hosts", [
-    ("gpu01", ["gpu01"]),
-    ("gpu01,login", ["gpu01", "login"]),
-    ("gpu[01-04,07]", ["gpu01", "gpu02", "gpu03", "gpu04", "gpu07"]),
-    ("gpu[08-11]", ["gpu08", "gpu09", "gpu10", "gpu11"]),
-    ("a[8-10]", ["a8", "a9", "a10"]),
-    ("n[008-010],x[1]", ["n008", "n009", "n010", "x1"]),
-    ("gpu[1-2],cpu[5,3]", ["gpu1", "gpu2", "cpu5", "cpu3"]),
-    ("rack[1-2]-n[1-2]", ["rack1-n1", "rack1-n2", "rack2-n1", "rack2-n2"]),
-    ("node[3]-ib", ["node3-ib"]),
-    (" gpu[1-2] ", ["gpu1", "gpu2"]),
-])
-def test_parse_slurm_nodelist(nodelist, hosts):
-    assert parse_slurm_nodelist(nodelist) == hosts
-
-
-@pytest.mark.parametrize("nodelist, message", [
-    ("", "empty"),
-    ("gpu[01-", "unclosed"),
-    ("gpu]1[", "unbalanced"),
-    ("gpu[[1]]", "nested"),
-    ("gpu[3-1]", "runs backwards"),
-    ("gpu[a-b]", "bad range 'a-b'"),
-    ("gpu[]", "bad range ''"),
-    ("a,,b", "empty host name"),
-])
-def test_parse_slurm_nodelist_errors(nodelist, message):
-    with pytest.raises(ValueError, match="SLURM nodelist") as error:
-        parse_slurm_nodelist(nodelist)
-    assert message in str(error.value)
-
-
-def test_first_slurm_node_prefers_scontrol_and_falls_back(tmp_path):
-    scontrol = tmp_path / "scontrol"
-    scontrol.write_text("#!/bin/sh\necho hostA\necho hostB\n")
-    scontrol.chmod(0o755)
-    assert dist.first_slurm_node("gpu[07-08]", str(scontrol)) == "hostA"
-    broken = tmp_path / "broken"
-    broken.write_text("#!/bin/sh\nexit 1\n")
-    broken.chmod(0o755)
-    assert dist.first_slurm_node("gpu[07-08]", str(broken)) == "gpu07"
-    assert dist.first_slurm_node("gpu[07-08]", None) == "gpu07"
-
+# ---------------------------------------------------------------------------------------------- addresses
 
 @pytest.mark.parametrize("address, expected", [("h:1", ("h", 1)), ("10.0.0.1:12355", ("10.0.0.1", 12355)),
                                                ("[::1]:8476", ("::1", 8476))])
@@ -79,12 +37,18 @@ def test_split_address_errors(address):
 
 # ---------------------------------------------------------------------------------------------- detection
 
-SLURM_NODE = {"SLURM_JOB_ID": "9", "SLURM_JOB_NODELIST": "gpu[03-04]", "SLURM_JOB_NUM_NODES": "2",
+# What srun gives each task (JAX's Slurm detection needs the step's variables).
+SLURM_NODE = {"SLURM_JOB_ID": "9", "SLURM_STEP_NODELIST": "gpu[03-04]", "SLURM_STEP_NUM_NODES": "2",
               "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}
+# What mpirun gives each process: one per host on two hosts.
+OMPI_HOST = {"OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.96.0.1,10.148.0.1:34911", "OMPI_COMM_WORLD_SIZE": "2",
+             "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_RANK": "0", "OMPI_COMM_WORLD_LOCAL_SIZE": "1"}
 
 
 def plan(environ, tpu_vm=False, **explicit):
-    return plan_distributed(environ=environ, tpu_vm=tpu_vm, scontrol="", **explicit)
+    """The plan for a process whose whole environment is ``environ`` (JAX's detection reads os.environ)."""
+    with mock.patch.dict(os.environ, environ, clear=True):
+        return plan_distributed(tpu_vm=tpu_vm, **explicit)
 
 
 def test_single_process_when_nothing_is_set():
@@ -109,7 +73,10 @@ def test_env_mode():
      "process id 2 is outside 0..1"),
     ({"JAX_COORDINATOR_ADDRESS": "h", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}, "not 'host:port'"),
     ({"JAX_COORDINATOR_ADDRESS": "h:1"}, "JAX_NUM_PROCESSES and JAX_PROCESS_ID are not"),
-    ({**SLURM_NODE, "SLURM_PROCID": "x"}, "SLURM_PROCID='x' is not an integer"),
+    ({**SLURM_NODE, "SLURM_PROCID": "x"}, "slurm: cannot read the job's process layout from the environment"),
+    ({**SLURM_NODE, "SLURM_NTASKS": "two"}, "'two'"),
+    ({**OMPI_HOST, "OMPI_COMM_WORLD_RANK": ""}, "ompi: cannot read the job's process layout"),
+    ({**OMPI_HOST, "OMPI_MCA_orte_hnp_uri": "1.0;udp://x"}, "Could not parse coordinator IP address"),
     ({**SLURM_NODE, "SLURM_PROCID": "5"}, "slurm: process id 5 is outside 0..1"),
     ({**SLURM_NODE, "JAX_LOCAL_DEVICE_IDS": "0,a"}, "JAX_LOCAL_DEVICE_IDS='0,a'"),
 ])
@@ -124,9 +91,13 @@ def test_slurm_one_process_per_node_drives_all_local_gpus():
     assert plan({**SLURM_NODE, "ROBUST_R1_COORDINATOR_PORT": "2222"}).coordinator_address == "gpu03:2222"
     # The sbatch script exports the coordinator it resolved; that wins over parsing the nodelist here.
     assert plan({**SLURM_NODE, "JAX_COORDINATOR_ADDRESS": "head:7"}).coordinator_address == "head:7"
-    # Without SLURM_NTASKS (sbatch without --ntasks) there is one process per node.
-    no_ntasks = {k: v for k, v in SLURM_NODE.items() if k != "SLURM_NTASKS"}
-    assert plan(no_ntasks).num_processes == 2
+    # Outside an srun step (the batch script itself: no step variables) JAX sees no job: one process.
+    batch_script = {k: v for k, v in SLURM_NODE.items() if k not in ("SLURM_STEP_NODELIST", "SLURM_LOCALID")}
+    assert plan({**batch_script, "SLURM_JOB_NODELIST": "gpu[03-04]"}).mode == "single"
+    # JAX's detection takes the first host of a compressed nodelist.
+    for nodelist, host in (("gpu01", "gpu01"), ("gpu01,login", "gpu01"), ("n[008-010],x[1]", "n008"),
+                           ("gpu[1,3-4]", "gpu1")):
+        assert plan({**SLURM_NODE, "SLURM_STEP_NODELIST": nodelist}).coordinator_address == f"{host}:12355"
     # One task in the whole job: nothing to initialise.
     assert not plan({**SLURM_NODE, "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}).needs_initialize
 
@@ -136,16 +107,22 @@ def test_slurm_one_process_per_gpu_picks_the_local_gpu():
     assert plan(per_gpu) == DistributedPlan("slurm", "gpu03:12355", 16, 11, (3,))
     # Slurm already bound one GPU to the task: it is that process's only device, nothing to choose.
     assert plan({**per_gpu, "CUDA_VISIBLE_DEVICES": "3"}).local_device_ids is None
-    with pytest.raises(ValueError, match="SLURM_LOCALID is not set"):
-        plan({k: v for k, v in per_gpu.items() if k != "SLURM_LOCALID"})
+    with pytest.raises(ValueError, match="SLURM runs 16 tasks but SLURM_STEP_NUM_NODES is not set"):
+        plan({k: v for k, v in per_gpu.items() if k != "SLURM_STEP_NUM_NODES"})
 
 
-def test_slurm_uses_scontrol_when_present(tmp_path):
-    scontrol = tmp_path / "scontrol"
-    scontrol.write_text("#!/bin/sh\necho node-from-scontrol\n")
-    scontrol.chmod(0o755)
-    result = plan_distributed(environ=SLURM_NODE, tpu_vm=False, scontrol=str(scontrol))
-    assert result.coordinator_address == "node-from-scontrol:12355"
+def test_open_mpi_processes_from_jax_detection():
+    assert plan(OMPI_HOST) == DistributedPlan("ompi", "10.96.0.1:12355", 2, 1, None)
+    assert plan({**OMPI_HOST, "ROBUST_R1_COORDINATOR_PORT": "2222"}).coordinator_address == "10.96.0.1:2222"
+    assert plan({**OMPI_HOST, "JAX_COORDINATOR_ADDRESS": "head:7"}).coordinator_address == "head:7"
+    # two processes on this host, each seeing all GPUs: local rank k drives GPU k
+    two_per_host = {**OMPI_HOST, "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "3",
+                    "OMPI_COMM_WORLD_LOCAL_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
+    assert plan(two_per_host) == DistributedPlan("ompi", "10.96.0.1:12355", 4, 3, (1,))
+    # mpirun beats srun, as in JAX's own order; JAX_* variables beat both
+    assert plan({**SLURM_NODE, **OMPI_HOST}).mode == "ompi"
+    assert plan({**OMPI_HOST, "JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2",
+                 "JAX_PROCESS_ID": "0"}).mode == "env"
 
 
 def test_tpu_mode_leaves_everything_to_jax():
@@ -155,12 +132,15 @@ def test_tpu_mode_leaves_everything_to_jax():
     assert plan(SLURM_NODE, tpu_vm=True).mode == "slurm"
 
 
-def test_on_tpu_vm_from_environment_hints():
-    assert dist.on_tpu_vm({"TPU_ACCELERATOR_TYPE": "v6e-8"})
-    assert dist.on_tpu_vm({"TPU_WORKER_ID": "0"})
-    assert dist.on_tpu_vm({"MEGASCALE_COORDINATOR_ADDRESS": "10.0.0.2"})
-    has_tpu_devices = bool(list(Path("/dev").glob("accel[0-9]*")))
-    assert dist.on_tpu_vm({}) == has_tpu_devices  # this CPU test machine: False
+def test_on_tpu_vm_is_jax_detection(monkeypatch):
+    from jax._src.clusters import cloud_tpu_cluster
+    gke_worker = {"TPU_WORKER_HOSTNAMES": "w0,w1", "TPU_WORKER_ID": "1"}
+    with mock.patch.dict(os.environ, gke_worker, clear=True):
+        # JAX found no TPU chip on this CPU machine, so worker variables alone are not a TPU VM
+        assert dist.on_tpu_vm() == cloud_tpu_cluster.running_in_cloud_tpu_vm
+        monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)  # as on a GKE TPU node
+        assert dist.on_tpu_vm()
+        assert plan_distributed().mode == "tpu"
 
 
 def test_explicit_config_wins_and_may_borrow_from_the_environment():
@@ -178,10 +158,10 @@ def test_explicit_config_wins_and_may_borrow_from_the_environment():
 
 def test_initialize_single_process_calls_nothing(monkeypatch):
     for var in list(os.environ):
-        if var.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_", "TPU_",
+        if var.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_", "OMPI_", "TPU_",
                            "MEGASCALE_")):
             monkeypatch.delenv(var)
-    monkeypatch.setattr(dist, "on_tpu_vm", lambda environ=None: False)
+    monkeypatch.setattr(dist, "on_tpu_vm", lambda: False)
     called = []
     monkeypatch.setattr(dist.jax.distributed, "initialize", lambda *a, **k: called.append((a, k)))
     info = dist.initialize()
@@ -227,7 +207,7 @@ def test_wait_for_coordinator_returns_once_listening():
 
 def python_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_"))}
+           if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_", "OMPI_"))}
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     return env
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -215,7 +216,8 @@ def test_slurm_script_exports_coordinator_and_runs_srun(fake_slurm):
     for task in range(2):
         task_env = {**exported, "SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "gpu[03-04]", "SLURM_NTASKS": "2",
                     "SLURM_STEP_NUM_NODES": "2", "SLURM_PROCID": str(task), "SLURM_LOCALID": "0"}
-        plan = plan_distributed(environ=task_env, tpu_vm=False, scontrol="")
+        with mock.patch.dict(os.environ, task_env, clear=True):  # JAX's Slurm detection reads os.environ
+            plan = plan_distributed(tpu_vm=False)
         assert (plan.mode, plan.coordinator_address, plan.num_processes, plan.process_id,
                 plan.local_device_ids) == ("slurm", "gpu03:12355", 2, task, None)
 

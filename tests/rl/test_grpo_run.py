@@ -8,7 +8,8 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "train"))
 import sft_data  # noqa: E402
 
-from robust_r1_jax.rl import grpo, sampler  # noqa: E402
+from robust_r1_jax.model import generate as gen  # noqa: E402
+from robust_r1_jax.rl import grpo  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +30,9 @@ def _config(data, workdir, steps):
 
 
 def test_grpo_steps_report_every_reward_and_resume(data, tmp_path):
-    before = sampler.compiled_cache_size()
+    before = gen.compiled_cache_size()
     out = grpo.run(_config(data, tmp_path / "run", steps=2))
-    assert sampler.compiled_cache_size() - before == 1  # one rollout program served both steps
+    assert gen.compiled_cache_size() - before == 1  # one rollout program served both steps
     hist = out["history"]
     assert len(hist) == 2
     for row in hist:

@@ -1,5 +1,6 @@
-"""The rollout sampler against the model's full forward: greedy parity at every step with images and left
-padding, per-row stops, one prefill per prompt for G samples, reproducible sampling, no recompilation."""
+"""Generation (the rollout sampler) against the model's full forward: greedy parity at every step with images
+and left padding, per-row stops, one prefill per prompt for G samples, reproducible sampling, no recompilation."""
+import collections
 import dataclasses
 import math
 
@@ -10,10 +11,10 @@ import pytest
 from flax import nnx
 
 from robust_r1_jax.model import config as model_config
+from robust_r1_jax.model import generate as gen
+from robust_r1_jax.model.generate import SamplerConfig
 from robust_r1_jax.model.layers import Dense, RMSNorm
 from robust_r1_jax.model.vlm import Qwen25VL
-from robust_r1_jax.rl import sampler
-from robust_r1_jax.rl.sampler import SamplerConfig
 
 NEW_TOKENS = 6
 GRIDS = [(1, 4, 4), (1, 4, 8)]  # 4 and 8 image tokens
@@ -105,7 +106,7 @@ def _greedy(cfg, **kw):
 @pytest.fixture(scope="module")
 def greedy_rollout(model, cfg):
     prompts = _prompts(cfg, seed=0)
-    return prompts, sampler.generate(model, *prompts, _greedy(cfg), jax.random.key(0))
+    return prompts, gen.generate(model, *prompts, _greedy(cfg), jax.random.key(0))
 
 
 def test_greedy_equals_argmax_of_the_full_forward_at_every_step(model, greedy_rollout):
@@ -127,10 +128,12 @@ def test_greedy_equals_argmax_of_the_full_forward_at_every_step(model, greedy_ro
 def test_group_samples_share_one_prefill(model, cfg, greedy_rollout):
     _, single = greedy_rollout
     prompts = _prompts(cfg, seed=0, layout="flat")  # same prompts, transformers' flat image layout
-    before = len(sampler.trace_log())
-    rollout = sampler.generate(model, *prompts, _greedy(cfg, num_samples=3), jax.random.key(0))
-    new_traces = dict(sampler.trace_log()[before:])
-    assert [name for name, _ in sampler.trace_log()[before:]] == ["generate", "prefill", "decode"]
+    names = ("generate", "prefill", "decode")
+    before = [gen.trace_count(name) for name in names]
+    rollout = gen.generate(model, *prompts, _greedy(cfg, num_samples=3), jax.random.key(0))
+    assert [gen.trace_count(name) - count for name, count in zip(names, before)] == [1, 1, 1]
+    new_traces = dict(gen.trace_log()[-3:])  # exactly three traces since `before`: the last three entries
+    assert [name for name, _ in gen.trace_log()[-3:]] == list(names)
     assert new_traces["generate"] == (2, prompts[0].shape[1], NEW_TOKENS, 3)
     assert new_traces["prefill"] == ((2, prompts[0].shape[1]),)  # batch B, not B*G
     assert new_traces["decode"] == ((6,),)
@@ -159,7 +162,7 @@ def test_stopped_rows_stay_stopped_and_the_loop_exits_early(model, cfg, greedy_r
             break
     assert stop_ids is not None, f"no usable stop ids in {free_tokens}"
     stops = _first_stops(free_tokens, stop_ids)
-    rollout = sampler.generate(model, *prompts, _greedy(cfg, stop_token_ids=stop_ids), jax.random.key(0))
+    rollout = gen.generate(model, *prompts, _greedy(cfg, stop_token_ids=stop_ids), jax.random.key(0))
     tokens, mask = np.asarray(rollout.tokens), np.asarray(rollout.mask)
     positions = np.arange(NEW_TOKENS)[None]
     live = positions <= stops[:, None]
@@ -179,9 +182,9 @@ def _sampling(cfg, **kw):
 def test_sampling_is_reproducible_and_its_logprobs_match_the_full_forward(model, cfg):
     prompts = _prompts(cfg, seed=1)
     config = _sampling(cfg)
-    first = sampler.generate(model, *prompts, config, jax.random.key(7))
-    again = sampler.generate(model, *prompts, config, jax.random.key(7))
-    other = sampler.generate(model, *prompts, config, jax.random.key(8))
+    first = gen.generate(model, *prompts, config, jax.random.key(7))
+    again = gen.generate(model, *prompts, config, jax.random.key(7))
+    other = gen.generate(model, *prompts, config, jax.random.key(8))
     tokens, logprobs = np.asarray(first.tokens), np.asarray(first.logprobs)
     np.testing.assert_array_equal(tokens, np.asarray(again.tokens))
     np.testing.assert_array_equal(logprobs, np.asarray(again.logprobs))
@@ -202,9 +205,9 @@ def test_no_recompilation_across_rl_steps(model, cfg):
     assert len({p[0].shape for p in steps}) == 1 and len({p[2].shape for p in steps}) == 1
     outputs, counts, sizes = [], [], []
     for i, prompts in enumerate(steps):
-        outputs.append(np.asarray(sampler.generate(model, *prompts, config, jax.random.key(i)).tokens))
-        counts.append(sampler.trace_count("generate"))
-        sizes.append(sampler.compiled_cache_size())
+        outputs.append(np.asarray(gen.generate(model, *prompts, config, jax.random.key(i)).tokens))
+        counts.append(gen.trace_count("generate"))
+        sizes.append(gen.compiled_cache_size())
     assert counts[0] >= 1 and sizes[0] >= 1
     assert counts[0] == counts[1] == counts[2] and sizes[0] == sizes[1] == sizes[2]
     assert not np.array_equal(outputs[0], outputs[1]) and not np.array_equal(outputs[1], outputs[2])
@@ -216,7 +219,7 @@ def test_stream_yields_the_greedy_tokens_and_stops_at_a_stop_token(model, cfg, g
     flat = _prompts(cfg, seed=0, layout="flat")
     row = 1  # with its own image only: the patches of GRIDS[0] come first in the flat layout
     pixels, grid = flat[2][int(np.prod(GRIDS[0])):], flat[3][row:row + 1]
-    run = lambda config, seed=0: list(sampler.stream(model, ids[row], mask[row], pixels, grid, config,
+    run = lambda config, seed=0: list(gen.stream(model, ids[row], mask[row], pixels, grid, config,
                                                      jax.random.key(seed)))
     want = np.asarray(greedy.tokens)[row].tolist()
     assert run(_greedy(cfg)) == want
@@ -233,22 +236,34 @@ def test_stream_draws_the_same_samples_as_generate(model, cfg):
     row = 0  # its image's patches come first in the flat layout
     pixels, grid = pixels[:int(np.prod(GRIDS[0]))], grid[:1]
     config = _sampling(cfg, num_samples=1)
-    streamed = list(sampler.stream(model, ids[row], mask[row], pixels, grid, config, jax.random.key(5)))
-    rollout = sampler.generate(model, ids[row:row + 1], mask[row:row + 1], pixels, grid, config,
+    streamed = list(gen.stream(model, ids[row], mask[row], pixels, grid, config, jax.random.key(5)))
+    rollout = gen.generate(model, ids[row:row + 1], mask[row:row + 1], pixels, grid, config,
                                jax.random.key(5))
     assert streamed == np.asarray(rollout.tokens)[0].tolist()
-    assert streamed != list(sampler.stream(model, ids[row], mask[row], pixels, grid, config, jax.random.key(6)))
+    assert streamed != list(gen.stream(model, ids[row], mask[row], pixels, grid, config, jax.random.key(6)))
 
 
 # ---- token selection on small hand-made distributions ----------------------------------------------------------
+def test_trace_log_keeps_the_recent_entries_and_exact_counts(monkeypatch):
+    assert gen._RECENT_TRACES.maxlen == gen.TRACE_LOG_LENGTH  # the real log is bounded too
+    monkeypatch.setattr(gen, "_RECENT_TRACES", collections.deque(maxlen=4))
+    monkeypatch.setattr(gen, "_TRACE_COUNTS", collections.Counter())
+    for step in range(10):
+        gen._record_trace("decode", (step,))
+    gen._record_trace("generate", 1, 2, 3, 4)
+    assert gen.trace_log() == (("decode", ((7,),)), ("decode", ((8,),)), ("decode", ((9,),)),
+                               ("generate", (1, 2, 3, 4)))
+    assert gen.trace_count("decode") == 10 and gen.trace_count("generate") == 1 and gen.trace_count("prefill") == 0
+
+
 def test_top_k_and_top_p_filters():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05], [0.05, 0.15, 0.3, 0.5]]))
     kept = lambda x: np.isfinite(np.asarray(x)).astype(int).tolist()
-    assert kept(sampler.filter_top_k(logits, 2)) == [[1, 1, 0, 0], [0, 0, 1, 1]]
-    assert kept(sampler.filter_top_p(logits, 0.75)) == [[1, 1, 0, 0], [0, 0, 1, 1]]
-    assert kept(sampler.filter_top_p(logits, 0.85)) == [[1, 1, 1, 0], [0, 1, 1, 1]]
-    assert kept(sampler.filter_top_p(logits, 0.01)) == [[1, 0, 0, 0], [0, 0, 0, 1]]
-    np.testing.assert_array_equal(np.asarray(sampler.filter_top_p(logits, 1.0)), np.asarray(logits))
+    assert kept(gen.filter_top_k(logits, 2)) == [[1, 1, 0, 0], [0, 0, 1, 1]]
+    assert kept(gen.filter_top_p(logits, 0.75)) == [[1, 1, 0, 0], [0, 0, 1, 1]]
+    assert kept(gen.filter_top_p(logits, 0.85)) == [[1, 1, 1, 0], [0, 1, 1, 1]]
+    assert kept(gen.filter_top_p(logits, 0.01)) == [[1, 0, 0, 0], [0, 0, 0, 1]]
+    np.testing.assert_array_equal(np.asarray(gen.filter_top_p(logits, 1.0)), np.asarray(logits))
 
 
 def _sorted_top_k(x: np.ndarray, k: int) -> np.ndarray:
@@ -266,8 +281,8 @@ def _sorted_top_p(x: np.ndarray, p: float) -> np.ndarray:
 def test_sort_free_filters_equal_the_sorted_definitions():
     """The bit-search filters against sorting, on a fixed vocabulary with ties, -inf, -0.0 and huge ranges."""
     rng = np.random.default_rng(0)
-    top_k = jax.jit(sampler.filter_top_k, static_argnums=1)
-    top_p = jax.jit(sampler.filter_top_p, static_argnums=1)
+    top_k = jax.jit(gen.filter_top_k, static_argnums=1)
+    top_p = jax.jit(gen.filter_top_p, static_argnums=1)
     for trial in range(60):
         x = (rng.normal(size=(6, 97)) * rng.uniform(0.05, 30)).astype(np.float32)
         if trial % 3 == 0:
@@ -282,7 +297,7 @@ def test_sort_free_filters_equal_the_sorted_definitions():
 def test_sampled_frequencies_follow_the_filtered_distribution():
     probs = np.array([0.4, 0.3, 0.2, 0.1])
     logits = jnp.log(jnp.asarray(np.tile(probs, (4000, 1)), jnp.float32))
-    draw = lambda **kw: np.asarray(sampler.sample_tokens(logits, jax.random.key(0), SamplerConfig(1, **kw))[0])
+    draw = lambda **kw: np.asarray(gen.sample_tokens(logits, jax.random.key(0), SamplerConfig(1, **kw))[0])
     freq = np.bincount(draw(), minlength=4) / 4000
     np.testing.assert_allclose(freq, probs, atol=0.03)
     freq = np.bincount(draw(top_k=2), minlength=4) / 4000
@@ -290,7 +305,7 @@ def test_sampled_frequencies_follow_the_filtered_distribution():
     freq = np.bincount(draw(top_p=0.8), minlength=4) / 4000  # 0.4 + 0.3 < 0.8, so three tokens stay
     np.testing.assert_allclose(freq, [4 / 9, 3 / 9, 2 / 9, 0], atol=0.03)
     # temperature 2 flattens: probabilities proportional to sqrt(p); log-probs are of that distribution
-    tokens, logprobs = sampler.sample_tokens(logits, jax.random.key(1), SamplerConfig(1, temperature=2.0))
+    tokens, logprobs = gen.sample_tokens(logits, jax.random.key(1), SamplerConfig(1, temperature=2.0))
     flat = np.sqrt(probs) / np.sqrt(probs).sum()
     np.testing.assert_allclose(np.bincount(np.asarray(tokens), minlength=4) / 4000, flat, atol=0.03)
     np.testing.assert_allclose(np.asarray(logprobs), np.log(flat)[np.asarray(tokens)], atol=1e-5)
@@ -303,12 +318,12 @@ def test_bad_configs_and_prompts_are_clear_errors(model, cfg):
         SamplerConfig(4, temperature=-1.0)
     ids, mask, pixels, grid = _prompts(cfg, seed=0)
     with pytest.raises(ValueError, match="cache_len=8 is too short"):
-        sampler.generate(model, ids, mask, pixels, grid, _greedy(cfg, cache_len=8), jax.random.key(0))
+        gen.generate(model, ids, mask, pixels, grid, _greedy(cfg, cache_len=8), jax.random.key(0))
     with pytest.raises(ValueError, match=r"LEFT-padded.*rows \[0\]"):
-        sampler.generate(model, ids, mask[:, ::-1], pixels, grid, _greedy(cfg), jax.random.key(0))
+        gen.generate(model, ids, mask[:, ::-1], pixels, grid, _greedy(cfg), jax.random.key(0))
     smaller = grid.copy()
     smaller[1, 0] = GRIDS[0]
     with pytest.raises(ValueError, match="image features and image tokens do not match"):
-        sampler.generate(model, ids, mask, pixels, smaller, _greedy(cfg), jax.random.key(0))
+        gen.generate(model, ids, mask, pixels, smaller, _greedy(cfg), jax.random.key(0))
     with pytest.raises(ValueError, match="one prompt and num_samples=1"):
-        next(sampler.stream(model, ids, mask, pixels, grid, _greedy(cfg), jax.random.key(0)))
+        next(gen.stream(model, ids, mask, pixels, grid, _greedy(cfg), jax.random.key(0)))

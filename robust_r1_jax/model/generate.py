@@ -1,5 +1,6 @@
-"""Rollouts for RL: one jitted program runs the prompt prefill once per prompt, repeats the KV cache for the
-G samples of each prompt, and decodes in a ``lax.while_loop`` until every row has stopped.
+"""Generation: one jitted program runs the prompt prefill once per prompt, repeats the KV cache for the G
+samples of each prompt, and decodes in a ``lax.while_loop`` until every row has stopped. GRPO's rollouts, the
+evaluation and the ``generate`` mode all sample through it.
 
 Usage::
 
@@ -8,8 +9,8 @@ Usage::
     rollout = generate(model, prompt_ids, prompt_mask, pixel_values, image_grid_thw, config, rng)
 
 Shapes are static: one compilation serves every call with the same (batch, prompt length, patch bucket,
-image slots) and the same ``SamplerConfig``. :func:`trace_log` records every trace, so callers and tests can
-assert that RL steps do not recompile.
+image slots) and the same ``SamplerConfig``. :func:`trace_count` counts every trace and :func:`trace_log`
+keeps the most recent ones, so callers and tests can assert that RL steps do not recompile.
 
 Log-probabilities. ``Rollout.logprobs`` holds, for each generated token, ``log_softmax(logits / temperature)``
 at that token: the temperature-scaled distribution *before* top-k / top-p filtering (the GRPO learner
@@ -23,6 +24,7 @@ for a single prompt.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Any, Iterator
 
@@ -98,21 +100,28 @@ class Rollout:
 
 
 # ---- trace bookkeeping ----------------------------------------------------------------------------------------
-_TRACE_LOG: list[tuple[str, tuple]] = []
+# A long run traces a handful of programs, but a process that runs many tests or benchmarks keeps tracing: the
+# counts stay exact while only the most recent entries are kept.
+TRACE_LOG_LENGTH = 64
+_RECENT_TRACES: collections.deque[tuple[str, tuple]] = collections.deque(maxlen=TRACE_LOG_LENGTH)
+_TRACE_COUNTS: collections.Counter[str] = collections.Counter()
 
 
 def _record_trace(what: str, *shape_info) -> None:
     """Runs only while JAX traces, so each entry is one (re)compilation of the enclosing program."""
-    _TRACE_LOG.append((what, tuple(shape_info)))
+    _RECENT_TRACES.append((what, tuple(shape_info)))
+    _TRACE_COUNTS[what] += 1
 
 
 def trace_log() -> tuple[tuple[str, tuple], ...]:
-    """Every trace so far: ("generate", (B, S, T, G)), ("prefill", prompt_ids shape), ("decode", tokens shape)."""
-    return tuple(_TRACE_LOG)
+    """The last ``TRACE_LOG_LENGTH`` traces, oldest first: ("generate", (B, S, T, G)), ("prefill", prompt_ids
+    shape), ("decode", tokens shape)."""
+    return tuple(_RECENT_TRACES)
 
 
 def trace_count(what: str = "generate") -> int:
-    return sum(1 for name, _ in _TRACE_LOG if name == what)
+    """Number of traces of ``what`` since the process started (not bounded by the log's length)."""
+    return _TRACE_COUNTS[what]
 
 
 # ---- token selection ------------------------------------------------------------------------------------------
