@@ -273,7 +273,7 @@ def _row_weights(mesh, local: dict, group: int):
 
 
 def _references(mesh, local: dict, tokenizer, group: int, reference_bytes: int) -> RewardReferences:
-    from robust_r1_jax.data.pipeline import reference_texts
+    from robust_r1_jax.data.rows import reference_texts
     texts = [t for t in reference_texts(local) for _ in range(group)]
     refs = prepare_references(texts, tokenizer, answer_bytes=16, max_names=16, name_bytes=32)
     return jax.tree.map(lambda a: _global(mesh, a), refs)

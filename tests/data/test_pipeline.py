@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from robust_r1_jax import degrade
-from robust_r1_jax.data import annotators, chains, pipeline, shapes, tfds_builder
+from robust_r1_jax.data import annotators, chains, pipeline, rows, shapes, tfds_builder
 from robust_r1_jax.data.pipeline import PipelineConfig
 from robust_r1_jax.data.records import encode_image
 from robust_r1_jax.data.tokenizer import train_demo_tokenizer
@@ -62,7 +62,7 @@ def source(examples, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def processor(examples, tmp_path_factory):
-    texts = [e["chain"] for e in examples] + [pipeline.user_text(e, chains.PROMPT_SUFFIX) for e in examples]
+    texts = [e["chain"] for e in examples] + [rows.user_text(e, chains.PROMPT_SUFFIX) for e in examples]
     tokenizer = train_demo_tokenizer(texts, tmp_path_factory.mktemp("pipeline_tok") / "tok", vocab_size=1024)
     return Processor(tokenizer, ImageProcessor())
 
@@ -130,7 +130,7 @@ def test_sft_batches_have_fixed_shapes_and_dtypes(sft_batches, processor):
 
 
 def test_loss_mask_covers_exactly_the_chain_and_im_end(sft_batches, examples, processor):
-    tokenizer, pad = processor.tokenizer, pipeline._RowBuilder._pad_id(processor)
+    tokenizer, pad = processor.tokenizer, rows._RowBuilder._pad_id(processor)
     for batch in sft_batches:
         for row, index in enumerate(batch["example_index"]):
             if index < 0:
@@ -185,14 +185,6 @@ def test_position_ids_equal_mrope_position_ids(sft_batches, rl_batches, processo
             assert (batch["position_ids"][:, 1] != batch["position_ids"][:, 2]).any()
 
 
-def test_numpy_positions_reject_split_image_tokens():
-    ids = np.array([5, 9, 9, 5, 9, 9, 5])
-    with pytest.raises(ValueError, match="split by text"):
-        pipeline.mrope_positions(ids, np.ones(7), [[1, 2, 2]], image_token_id=9, spatial_merge_size=1)
-    with pytest.raises(ValueError, match="not covered"):
-        pipeline.mrope_positions(ids, np.ones(7), [[1, 1, 2]], image_token_id=9, spatial_merge_size=1)
-
-
 # ---- RL batches ---------------------------------------------------------------------------------------------------
 
 def test_rl_batch_is_the_left_padded_prompt_with_references(rl_batches, sft_batches, examples, processor):
@@ -202,7 +194,7 @@ def test_rl_batch_is_the_left_padded_prompt_with_references(rl_batches, sft_batc
         assert rl["reference_chain"].shape == (4, 2048) and rl["reference_chain"].dtype == np.uint8
         assert rl["degradation_ids"].shape == (4, 16) and rl["degradation_values"].dtype == np.float32
         np.testing.assert_array_equal(rl["example_index"], sft["example_index"])  # same order as SFT
-        texts = pipeline.reference_texts(rl)
+        texts = rows.reference_texts(rl)
         for row, index in enumerate(rl["example_index"]):
             mask = rl["prompt_mask"][row]
             length = mask.sum()
@@ -276,6 +268,29 @@ def test_hosts_partition_the_data(source, processor, drop_remainder):
     single = _real_indices(_sft(source, processor, batch_size=6, drop_remainder=drop_remainder))
     interleaved = [i for k in range(len(hosts[0])) for h in (0, 1) for i in hosts[h][k]["example_index"] if i >= 0]
     assert interleaved == single
+
+
+def test_order_is_numpys_permutation_per_epoch():
+    # The runs' data order (and the demo's numbers) rest on this rule; grain's own shuffle draws other orders.
+    order = pipeline.StreamOrder(dataset_size=5, global_batch=4, seed=3, shuffle=True, num_epochs=2,
+                                 drop_remainder=False)
+    expected = np.concatenate([np.random.default_rng([3, epoch]).permutation(5) for epoch in (0, 1)])
+    assert [order(p)[0] for p in range(10)] == expected.tolist() and not any(order(p)[1] for p in range(10))
+    assert order.num_batches == 3 and [order(p) for p in (10, 11)] == [(expected[0], True), (expected[1], True)]
+
+
+def test_a_state_saved_on_two_hosts_resumes_on_one(source, processor):
+    settings = dict(num_epochs=2, drop_remainder=True, patch_bucket=48)
+    pair = [_sft(source, processor, batch_size=3, process_index=h, process_count=2, **settings) for h in (0, 1)]
+    for loader in pair:
+        next(loader)
+    saved = json.loads(json.dumps(pair[0].get_state()))
+    for loader in pair:
+        loader.close()
+    single = list(_sft(source, processor, batch_size=6, **settings))
+    resumed = _sft(source, processor, batch_size=6, **settings)
+    resumed.set_state(saved)
+    _assert_same_batches(list(resumed), single[1:])
 
 
 def test_infinite_loader_keeps_going_and_resumes(examples, processor):

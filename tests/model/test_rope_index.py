@@ -6,8 +6,8 @@ import torch
 import transformers
 
 from robust_r1_jax.model.config import tiny
-from robust_r1_jax.model.rope_index import (check_image_tokens, generation_position_ids, mrope_position_ids,
-                                            text_position_ids)
+from robust_r1_jax.model.rope_index import (check_image_tokens, generation_position_ids, host_mrope_position_ids,
+                                            mrope_position_ids, text_position_ids)
 
 CFG = tiny()
 IMAGE = CFG.image_token_id
@@ -60,13 +60,22 @@ def transformers_positions(model, ids, grid, mask):
     return positions.numpy(), deltas.numpy()[:, 0]
 
 
-def assert_matches(model, ids, grid, mask, reference_grid=None):
+def assert_matches(model, ids, grid, mask, reference_grid=None, spare_slots=False):
     expected, deltas = transformers_positions(model, ids, grid if reference_grid is None else reference_grid, mask)
     positions, next_position = mrope_jit(ids, grid, mask, image_token_id=IMAGE, spatial_merge_size=MERGE)
     assert positions.dtype == np.int32 and next_position.dtype == np.int32
     np.testing.assert_array_equal(np.asarray(positions), expected)
     real = np.ones_like(ids) if mask is None else mask
     np.testing.assert_array_equal(np.asarray(next_position) - real.sum(axis=1), deltas)
+    # The NumPy path runs the same rule; it checks the layout first, and spare slots do not pass that check.
+    if spare_slots:
+        with pytest.raises(ValueError, match="accounts for"):
+            host_mrope_position_ids(ids, grid, mask, image_token_id=IMAGE, spatial_merge_size=MERGE)
+    else:
+        host, host_next = host_mrope_position_ids(ids, grid, mask, image_token_id=IMAGE, spatial_merge_size=MERGE)
+        assert host.dtype == np.int32 and host_next.dtype == np.int32 and isinstance(host, np.ndarray)
+        np.testing.assert_array_equal(host, expected)
+        np.testing.assert_array_equal(host_next, np.asarray(next_position))
     # The image blocks must really be 3-D, or the comparison proves little.
     assert (expected[1] != expected[2]).any()
     return np.asarray(positions), np.asarray(next_position)
@@ -137,7 +146,7 @@ def test_empty_grid_slots_are_skipped(reference):
     between = np.array([[0, 0, 0], [1, 4, 6], [0, 0, 0], [1, 8, 4], [0, 0, 0]])
     assert_matches(reference, ids, between, mask, reference_grid=real_grid)
     # Spare slots past the images used in the text are ignored too.
-    assert_matches(reference, ids, np.concatenate([real_grid, [[1, 6, 6]]]), mask)
+    assert_matches(reference, ids, np.concatenate([real_grid, [[1, 6, 6]]]), mask, spare_slots=True)
 
 
 def test_one_compilation_for_different_grids(reference):
@@ -198,3 +207,11 @@ def test_check_image_tokens():
     # Adjacent images in one run are fine.
     check_image_tokens(np.array([[1] + [IMAGE] * 6]), [[1, 2, 6], [1, 2, 6]], image_token_id=IMAGE,
                        spatial_merge_size=MERGE)
+
+
+def test_numpy_positions_reject_split_image_tokens():
+    ids = np.array([[5, 9, 9, 5, 9, 9, 5]])
+    with pytest.raises(ValueError, match="split by text"):
+        host_mrope_position_ids(ids, [[1, 2, 2]], np.ones((1, 7)), image_token_id=9, spatial_merge_size=1)
+    with pytest.raises(ValueError, match="not covered"):
+        host_mrope_position_ids(ids, [[1, 1, 2]], np.ones((1, 7)), image_token_id=9, spatial_merge_size=1)

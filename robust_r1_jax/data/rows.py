@@ -1,0 +1,330 @@
+"""One example to one fixed-shape row: the SFT and RL rows that ``pipeline``'s loaders batch.
+
+**Prompt.** The user turn is the image followed by ``chains.format_prompt(question, options)``::
+
+    {question}
+    Options:
+    0. {option 0}
+    1. {option 1}
+    {the SPEC §1 prompt suffix, chains.PROMPT_SUFFIX}
+
+inside the Qwen2.5-VL chat template (``processor.chat_prompt``). SFT appends the chain as the assistant
+turn (``processor.chat_completion``); RL stops after ``<|im_start|>assistant\\n``.
+
+**SFT batch** (S = ``seq_len``, P = ``patch_bucket``, I = ``image_slots``, D = patch dim)::
+
+    input_ids       int32   [B, S]     right padded with the tokenizer's pad id
+    attention_mask  int32   [B, S]     1 on real tokens
+    loss_mask       int32   [B, S]     1 on the chain's tokens and its closing <|im_end|> only
+    pixel_values    float32 [B, P, D]  each row's patches, then zero rows
+    image_grid_thw  int32   [B, I, 3]  each row's grids, then (0, 0, 0) rows
+    position_ids    int32   [B, 3, S]  M-RoPE positions (the model's layout is [3, B, S]: transpose)
+    example_index   int64   [B]        index into the source; -1 on padding rows
+    truncated_tokens int32  [B]        tokens cut off the end of the row to fit S (0 almost always)
+
+**RL batch** (S = ``seq_len`` is the prompt length, C = ``reference_bytes``, K = ``degradation_slots``)::
+
+    prompt_ids, prompt_mask           int32 [B, S]   LEFT padded: the prompt ends at column S - 1
+    pixel_values, image_grid_thw, position_ids, example_index     as for SFT
+    reference_chain         uint8 [B, C]   UTF-8 of the reference chain, zero padded
+    reference_chain_length  int32 [B]      its length in bytes (see ``reference_texts``)
+    answer_index            int32 [B]      the correct option
+    degradation_ids         int32 [B, K]   indices into ``degrade.NAMES``, -1 padding
+    degradation_values      float32 [B, K] their intensities, 0 padding
+    summed_intensity        float32 [B]    sum of the intensities
+
+Padding rows (``example_index == -1``) repeat a real example to keep the shapes; SFT gives them a zero loss
+mask, RL loops must give them zero weight.
+
+**Images.** Each image is resized by the processor's smart resize with ``max_pixels`` lowered so that the
+example's images fit the patch bucket (``patch_bucket // images`` patches each). An example that still does
+not fit (``min_pixels`` too large, an extreme aspect ratio, more images than slots, image tokens past S, a
+prompt longer than S for RL, a chain longer than C) is an error naming its id.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import pickle
+import threading
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from robust_r1_jax import degrade
+from robust_r1_jax.data import chains
+from robust_r1_jax.model.processor import END_OF_TEXT, ImageProcessor, Processor
+from robust_r1_jax.model.rope_index import host_mrope_position_ids
+
+logger = logging.getLogger(__name__)
+
+PADDING_INDEX = -1
+_DEGRADATION_IDS = {name: i for i, name in enumerate(degrade.NAMES)}
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Buckets (read by the rows), order and parallelism (read by the loader) of one loader.
+
+    ``batch_size`` is per host.
+    """
+
+    batch_size: int = 8
+    seq_len: int = 2048
+    patch_bucket: int = 1024
+    image_slots: int = 1
+    min_pixels: int = 56 * 56
+    max_pixels: int = 28 * 28 * 1280
+    seed: int = 0
+    shuffle: bool = True
+    num_epochs: int | None = 1  # None: repeat forever
+    worker_count: int = 0  # grain worker processes; 0 = in this process
+    drop_remainder: bool = True
+    read_threads: int = 2  # threads per process building rows
+    prefetch_batches: int = 4  # batches buffered per process
+    reference_bytes: int = 4096  # RL: C
+    degradation_slots: int = 16  # RL: K
+    prompt_suffix: str = chains.PROMPT_SUFFIX
+
+    def __post_init__(self):
+        positive = ("batch_size", "seq_len", "patch_bucket", "image_slots", "min_pixels", "max_pixels",
+                    "reference_bytes", "degradation_slots")
+        for name in positive:
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"PipelineConfig.{name} must be positive, got {getattr(self, name)}")
+        for name in ("worker_count", "read_threads", "prefetch_batches"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"PipelineConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.num_epochs is not None and self.num_epochs <= 0:
+            raise ValueError(f"PipelineConfig.num_epochs must be positive or None, got {self.num_epochs}")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"PipelineConfig.min_pixels={self.min_pixels} exceeds max_pixels={self.max_pixels}")
+
+
+# ---- reading one example -------------------------------------------------------------------------------------
+
+def _text(value) -> str:
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8")
+    return str(value)
+
+
+def _texts(values) -> list[str]:
+    return [_text(v) for v in (values if values is not None else [])]
+
+
+def _image_array(value, where: str) -> np.ndarray:
+    if isinstance(value, (bytes, np.bytes_)):
+        try:
+            with Image.open(io.BytesIO(bytes(value))) as image:
+                return np.asarray(image.convert("RGB"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{where}: the image bytes do not decode ({e})") from e
+    return np.asarray(value)
+
+
+def example_images(example: Mapping, where: str) -> list[np.ndarray]:
+    """An example's images: ``image`` (the tfds schema) or a list under ``images``."""
+    if "images" in example:
+        return [_image_array(v, where) for v in example["images"]]
+    if "image" in example:
+        return [_image_array(example["image"], where)]
+    raise ValueError(f"{where}: the example has no 'image' field")
+
+
+def example_name(example: Mapping, index: int) -> str:
+    name = _text(example["id"]) if "id" in example else "?"
+    return f"example {name!r} (source index {index})"
+
+
+def user_text(example: Mapping, suffix: str) -> str:
+    return chains.format_prompt(_text(example["question"]), _texts(example.get("options")), suffix)
+
+
+# ---- one example to one row ----------------------------------------------------------------------------------
+
+class _RowBuilder:
+    """Shared by the SFT and RL rows: images to the bucket, tokenisation, positions.
+
+    Called with ``(source index, is padding)``, the pair the loader's order gives for each row.
+    """
+
+    def __init__(self, source: Sequence, processor: Processor, config: PipelineConfig):
+        images = processor.image_processor
+        if config.patch_bucket % images.merge_size ** 2:
+            raise ValueError(f"patch_bucket={config.patch_bucket} must be a multiple of merge_size**2="
+                             f"{images.merge_size ** 2}")
+        self.source, self.config = source, config
+        self.processor = processor
+        self.pad_id = self._pad_id(processor)
+        self._local = threading.local()
+
+    @staticmethod
+    def _pad_id(processor: Processor) -> int:
+        pad = getattr(processor.tokenizer, "pad_token_id", None)
+        return int(pad) if pad is not None else processor.token_ids[END_OF_TEXT]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        del state["_local"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def _processor_for(self, num_images: int) -> Processor:
+        """A per-thread processor (tokenizers are not safe to share) whose max_pixels fits the bucket."""
+        cache = getattr(self._local, "processors", None)
+        if cache is None:
+            cache = self._local.processors = {}
+        if num_images not in cache:
+            base = self.processor.image_processor
+            per_image = (self.config.patch_bucket // num_images) * base.patch_size ** 2
+            max_pixels = min(self.config.max_pixels, per_image)
+            tokenizer = pickle.loads(pickle.dumps(self.processor.tokenizer))
+            image_processor = ImageProcessor(
+                min_pixels=min(self.config.min_pixels, max_pixels), max_pixels=max_pixels,
+                patch_size=base.patch_size, temporal_patch_size=base.temporal_patch_size,
+                merge_size=base.merge_size, image_mean=base.image_mean, image_std=base.image_std)
+            cache[num_images] = Processor(tokenizer, image_processor, self.processor.system)
+        return cache[num_images]
+
+    def encode(self, example: Mapping, index: int, answer: str | None) -> tuple[dict, Processor, str]:
+        where = example_name(example, index)
+        images = example_images(example, where)
+        if len(images) > self.config.image_slots:
+            raise ValueError(f"{where} has {len(images)} images but image_slots={self.config.image_slots}")
+        processor = self._processor_for(max(len(images), 1))
+        budget = processor.image_processor
+        if self.config.min_pixels > budget.max_pixels:
+            raise ValueError(f"{where}: min_pixels={self.config.min_pixels} needs more patches per image than "
+                             f"the bucket of {self.config.patch_bucket} patches allows for {len(images)} image(s)")
+        try:
+            encoded = processor.encode(user_text(example, self.config.prompt_suffix), images, answer)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
+        patches = encoded["pixel_values"].shape[0]
+        if patches > self.config.patch_bucket:
+            raise ValueError(f"{where}: its image(s) need {patches} patches (grids "
+                             f"{encoded['image_grid_thw'].tolist()}), more than patch_bucket="
+                             f"{self.config.patch_bucket}")
+        return encoded, processor, where
+
+    def vision(self, encoded: dict) -> tuple[np.ndarray, np.ndarray]:
+        pixels, grid = encoded["pixel_values"], encoded["image_grid_thw"]
+        padded = np.zeros((self.config.patch_bucket, self.processor.image_processor.patch_dim), np.float32)
+        padded[:len(pixels)] = pixels
+        grid_slots = np.zeros((self.config.image_slots, 3), np.int32)
+        grid_slots[:len(grid)] = grid
+        return padded, grid_slots
+
+    def positions(self, ids, mask, grid, processor: Processor, where: str) -> np.ndarray:
+        """The row's M-RoPE positions ``[3, S]`` (NumPy: see ``rope_index.host_mrope_position_ids``)."""
+        try:
+            positions, _ = host_mrope_position_ids(ids[None], grid, mask[None],
+                                                   image_token_id=processor.image_token_id,
+                                                   spatial_merge_size=processor.image_processor.merge_size)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
+        return positions[:, 0]
+
+
+class SFTRow(_RowBuilder):
+    """(source index, is padding) -> one SFT row (prompt + chain, right padded)."""
+
+    def __call__(self, located: tuple[int, bool]) -> dict:
+        index, padding = located
+        example = self.source[index]
+        encoded, processor, where = self.encode(example, index, _text(example["chain"]))
+        seq_len = self.config.seq_len
+        ids, loss = encoded["input_ids"], encoded["loss_mask"]
+        image_columns = np.flatnonzero(ids == processor.image_token_id)
+        if len(image_columns) and image_columns[-1] + 1 >= seq_len:  # its <|vision_end|> must fit too
+            raise ValueError(f"{where}: its image tokens run to position {image_columns[-1] + 1}, beyond "
+                             f"seq_len={seq_len}; raise seq_len or lower patch_bucket / max_pixels")
+        truncated = max(0, len(ids) - seq_len)
+        if truncated:
+            logger.warning("%s: %d tokens cut to fit seq_len=%d", where, truncated, seq_len)
+        length = min(len(ids), seq_len)
+        input_ids = np.full(seq_len, self.pad_id, np.int32)
+        input_ids[:length] = ids[:length]
+        attention_mask = (np.arange(seq_len) < length).astype(np.int32)
+        loss_mask = np.zeros(seq_len, np.int32)
+        if not padding:
+            loss_mask[:length] = loss[:length]
+        pixel_values, grid = self.vision(encoded)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "loss_mask": loss_mask,
+            "pixel_values": pixel_values,
+            "image_grid_thw": grid,
+            "position_ids": self.positions(input_ids, attention_mask, grid, processor, where),
+            "example_index": np.int64(PADDING_INDEX if padding else index),
+            "truncated_tokens": np.int32(truncated),
+        }
+
+
+class RLRow(_RowBuilder):
+    """(source index, is padding) -> one RL row (prompt left padded, plus the reward references)."""
+
+    def __call__(self, located: tuple[int, bool]) -> dict:
+        index, padding = located
+        example = self.source[index]
+        encoded, processor, where = self.encode(example, index, None)
+        seq_len, ids = self.config.seq_len, encoded["input_ids"]
+        if len(ids) > seq_len:
+            raise ValueError(f"{where}: its prompt has {len(ids)} tokens, more than seq_len={seq_len}")
+        prompt_ids = np.full(seq_len, self.pad_id, np.int32)
+        prompt_ids[seq_len - len(ids):] = ids
+        prompt_mask = (np.arange(seq_len) >= seq_len - len(ids)).astype(np.int32)
+        pixel_values, grid = self.vision(encoded)
+        row = {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "pixel_values": pixel_values,
+            "image_grid_thw": grid,
+            "position_ids": self.positions(prompt_ids, prompt_mask, grid, processor, where),
+            "example_index": np.int64(PADDING_INDEX if padding else index),
+        }
+        row.update(self.references(example, where))
+        return row
+
+    def references(self, example: Mapping, where: str) -> dict:
+        chain = _text(example["chain"]).encode("utf-8")
+        if len(chain) > self.config.reference_bytes:
+            raise ValueError(f"{where}: its chain has {len(chain)} UTF-8 bytes, more than reference_bytes="
+                             f"{self.config.reference_bytes}")
+        reference = np.zeros(self.config.reference_bytes, np.uint8)
+        reference[:len(chain)] = np.frombuffer(chain, np.uint8)
+        names = _texts(example.get("degradation_types"))
+        values = np.asarray(example.get("degradation_intensities", []), np.float32).reshape(-1)
+        if len(names) != len(values):
+            raise ValueError(f"{where}: {len(names)} degradation types but {len(values)} intensities")
+        if len(names) > self.config.degradation_slots:
+            raise ValueError(f"{where}: {len(names)} degradations, more than degradation_slots="
+                             f"{self.config.degradation_slots}")
+        unknown = [n for n in names if n not in _DEGRADATION_IDS]
+        if unknown:
+            raise ValueError(f"{where}: unknown degradation name(s) {unknown}; expected names of degrade.NAMES")
+        ids = np.full(self.config.degradation_slots, -1, np.int32)
+        ids[:len(names)] = [_DEGRADATION_IDS[n] for n in names]
+        padded_values = np.zeros(self.config.degradation_slots, np.float32)
+        padded_values[:len(values)] = values
+        return {
+            "reference_chain": reference,
+            "reference_chain_length": np.int32(len(chain)),
+            "answer_index": np.int32(int(example["answer"])),
+            "degradation_ids": ids,
+            "degradation_values": padded_values,
+            "summed_intensity": np.float32(values.astype(np.float64).sum()),
+        }
+
+
+def reference_texts(batch: Mapping[str, np.ndarray]) -> list[str]:
+    """The reference chains of an RL batch as ``str``."""
+    data, lengths = np.asarray(batch["reference_chain"]), np.asarray(batch["reference_chain_length"])
+    return [bytes(row[:n]).decode("utf-8") for row, n in zip(data, lengths)]
