@@ -38,6 +38,17 @@ def test_the_demo_config_points_where_evaluation_looks():
     assert style.kinds and style.sorted_options and set(style.colours) <= set(shapes.COLOURS)
 
 
+def test_the_stages_are_the_modes_configs_sharing_seed_and_image_size():
+    config = demo_config("runs/demo", seed=5, image_size=56)
+    assert {config.synth.synth.seed, config.sft.seed, config.rl.seed} == {5}
+    assert config.synth.synth.image_size == 56
+    for stage in ("sft", "rl"):
+        c = demo.stage_config(config, stage, "w", "d", "t", 96)
+        assert (c.mode, c.workdir, c.data.dataset_dir, c.data.seq_len) == (stage, f"w/{stage}", "d", 96)
+        assert c.data.min_pixels == c.data.max_pixels == 56 * 56 and c.data.patch_bucket == 16
+        assert c.train.checkpoint_every == c.train.steps and not c.train.async_checkpoint
+
+
 def test_grpo_stage_draws_from_the_prompt_pool_with_the_demo_sampler():
     config = demo_config("runs/demo")
     rl = demo.stage_config(config, "rl", "w", "d", "t", 80, init_from="m", max_new_tokens=80)
