@@ -1,12 +1,9 @@
-"""Print a checkpoint's model config and parameter counts (HF directory or orbax model checkpoint).
+"""Print a checkpoint's model config and parameter counts (HF directory, orbax model or training checkpoint).
 
 python -m robust_r1_jax.main --config=configs/inspect.py --config.inspect.path=/path/to/checkpoint
 """
-import ml_collections
+from robust_r1_jax.model.convert import default_inspect_config
 
 
 def get_config():
-    config = ml_collections.ConfigDict()
-    config.mode = "inspect"
-    config.inspect = ml_collections.ConfigDict(dict(path=""))
-    return config
+    return default_inspect_config()

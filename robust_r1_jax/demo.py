@@ -35,7 +35,7 @@ from robust_r1_jax.data.tokenizer import train_phrase_tokenizer
 from robust_r1_jax.eval import answers, demo_report, inference
 from robust_r1_jax.model.processor import DEFAULT_SYSTEM, ImageProcessor, Processor, chat_prompt, load_tokenizer
 from robust_r1_jax.rl import grpo
-from robust_r1_jax.train import sft
+from robust_r1_jax.train import run as train_run, sft
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +45,9 @@ FORMAT_PATTERN = chains.FORMAT_PATTERN
 
 # ---- data and tokenizer -------------------------------------------------------------------------------------------
 def synth_config(config, workdir: str):
-    from ml_collections import ConfigDict
-    c = ConfigDict()
+    """The synth stage's config (``config.synth``) writing under ``workdir/data``."""
+    c = config.synth.copy_and_resolve_references()
     c.workdir = os.path.join(workdir, "data")
-    c.synth = ConfigDict(dict(
-        source="shapes", source_path="", image_root="", aokvqa_split="", keep_prebuilt_chains=True,
-        num_train=config.data.num_train, num_validation=config.data.num_validation,
-        image_size=config.data.image_size, max_image_side=0, min_degradations=config.data.min_degradations,
-        max_degradations=config.data.max_degradations, seed=config.seed, on_error="raise", annotator="template",
-        annotator_base_url="", annotator_model="", annotator_timeout=60.0, image_format="png", data_dir="",
-        overwrite=True, num_workers=0, contact_sheet_size=8))
-    c.synth.shapes = ConfigDict(config.data.shapes.to_dict())
     return c
 
 
@@ -180,16 +172,16 @@ def run(config) -> dict:
 
 
 def _run_stages(config, clock: StageClock) -> dict:
-    workdir = sft.check_workdir(config.workdir)
+    workdir = train_run.check_workdir(config.workdir)
     with clock("synth"):
         data = build_data(config, workdir)
     dataset_dir = data["dataset_dir"]
 
     with clock("tokenizer"):
         tok_dir = os.path.join(workdir, "tokenizer")
-        processor = build_tokenizer(dataset_dir, tok_dir, config.data.vocab_size, config.data.max_token_length,
-                                    config.data.image_size)
-        image_tokens = (config.data.image_size // 28) ** 2
+        processor = build_tokenizer(dataset_dir, tok_dir, config.tokenizer.vocab_size,
+                                    config.tokenizer.max_token_length, config.image_size)
+        image_tokens = (config.image_size // 28) ** 2
         lengths = sequence_lengths(dataset_dir, processor, image_tokens)
     seq_len = round_up(lengths["row"], 32)
     prompt_len = round_up(lengths["prompt"], 16)
@@ -206,7 +198,7 @@ def _run_stages(config, clock: StageClock) -> dict:
                             prompt_len)
 
     rl_out, rl_eval = None, None
-    if config.rl.steps > 0:
+    if config.rl.train.steps > 0:
         with clock("rl"):
             rl_cfg = stage_config(config, "rl", workdir, dataset_dir, tok_dir, prompt_len,
                                   init_from=sft_out["model_dir"], max_new_tokens=new_tokens)
@@ -218,47 +210,24 @@ def _run_stages(config, clock: StageClock) -> dict:
     with clock("eval_tsv"):
         style = synth.shapes_style(synth_config(config, workdir).synth)
         tsv = write_eval_tsv(os.path.join(workdir, "data", "demo_eval.tsv"), config.eval.tsv_rows,
-                             config.data.image_size, config.seed, style)
-    return dict(workdir=workdir, dataset=data, tokenizer=tok_dir, vocab_size=config.data.vocab_size,
-                model_preset=config.model.preset, image_size=config.data.image_size, lengths=lengths,
-                seq_len=seq_len, prompt_len=prompt_len, max_new_tokens=new_tokens,
-                sft=demo_report.sft_summary(sft_out), sft_eval=sft_eval,
-                rl=demo_report.rl_summary(rl_out, config), rl_eval=rl_eval, eval_tsv=tsv)
+                             config.image_size, config.seed, style)
+    return dict(workdir=workdir, dataset=data, tokenizer=tok_dir, vocab_size=config.tokenizer.vocab_size,
+                model_preset=config.sft.model.preset, image_size=config.image_size, lengths=lengths,
+                seq_len=seq_len, prompt_len=prompt_len, max_new_tokens=new_tokens, sft=demo_report.sft_summary(sft_out),
+                sft_eval=sft_eval, rl=demo_report.rl_summary(rl_out, config), rl_eval=rl_eval, eval_tsv=tsv)
 
 
 def stage_config(config, stage: str, workdir: str, dataset_dir: str, tok_dir: str, seq_len: int, *,
                  init_from: str = "", max_new_tokens: int = 0):
-    """The SFT or GRPO config of one stage: the library defaults, overridden by the demo's section."""
-    c = sft.default_config() if stage == "sft" else grpo.default_config()
+    """The SFT or GRPO stage's config (``config.sft`` / ``config.rl``) with what earlier stages produced filled
+    in: its workdir, the dataset and tokenizer, the measured sequence length and, for GRPO, the SFT model and the
+    completion budget. A prompt pool larger than the training split is cut to it."""
+    c = config[stage].copy_and_resolve_references()
     c.workdir = os.path.join(workdir, stage)
-    c.seed = config.seed
-    c.model.preset = config.model.preset
     c.model.init_from = init_from
-    c.data.dataset_dir, c.data.tokenizer = dataset_dir, tok_dir
-    c.data.seq_len = seq_len
-    c.data.patch_bucket = (config.data.image_size // 14) ** 2
-    c.data.min_pixels = c.data.max_pixels = config.data.image_size ** 2
-    # SFT trains from scratch, so the vision tower learns too; GRPO keeps it frozen, as the paper does, and the
-    # reference model then shares it with the policy.
-    c.train.freeze = () if stage == "sft" else c.train.freeze
-    c.train.async_checkpoint = False
-    section = config[stage]
-    c.data.global_batch_size = section.batch_size
-    c.train.steps = section.steps
-    c.train.checkpoint_every = section.steps
-    c.train.log_every = max(1, section.steps // 10)
-    c.optim.learning_rate = section.learning_rate
-    c.optim.warmup_steps = section.warmup_steps
-    c.optim.min_lr_ratio = section.min_lr_ratio
+    c.data.dataset_dir, c.data.tokenizer, c.data.seq_len = dataset_dir, tok_dir, seq_len
     if stage == "rl":
-        pool = min(section.prompt_pool, config.data.num_train)
-        c.data.split = f"train[:{pool}]" if pool else "train"
-        c.sampling.top_p = section.top_p
-        c.grpo.num_samples = section.num_samples
-        c.grpo.beta = section.beta
-        c.grpo.temperature = section.temperature
+        pool = demo_report.prompt_pool(c.data.split, config.synth.synth.num_train)
+        c.data.split = f"train[:{pool}]" if pool else c.data.split
         c.sampling.max_new_tokens = max_new_tokens
-        c.rewards.variant = section.reward_variant
-        for term in ("accuracy", "format", "degradation", "length"):
-            c.rewards[term] = section.reward_weights[term]
     return c

@@ -13,20 +13,21 @@ from robust_r1_jax.eval import defaults, demo_report
 CONFIG_PATH = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
 
 
-def demo_config(workdir, **sections):
+def demo_config(workdir, **fields):
+    """configs/demo.py with ``fields`` (``sft__train__steps=2`` sets ``config.sft.train.steps``) changed."""
     spec = importlib.util.spec_from_file_location("configs_demo_under_test", CONFIG_PATH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
     config.workdir = str(workdir)
-    for dotted, value in sections.items():
-        section, key = dotted.split("__")
-        config[section][key] = value
+    config.lock()
+    config.update_from_flattened_dict({dotted.replace("__", "."): value for dotted, value in fields.items()})
     return config
 
 
-TINY = dict(data__num_train=16, data__num_validation=4, data__vocab_size=512, data__image_size=56,
-            sft__steps=2, sft__batch_size=4, rl__steps=2, rl__batch_size=2, rl__num_samples=2,
+TINY = dict(synth__synth__num_train=16, synth__synth__num_validation=4, tokenizer__vocab_size=512, image_size=56,
+            sft__train__steps=2, sft__data__global_batch_size=4, rl__train__steps=2,
+            rl__data__global_batch_size=2, rl__grpo__num_samples=2,
             eval__num_examples=4, eval__batch_size=4, eval__tsv_rows=4)
 
 
@@ -37,16 +38,28 @@ def test_the_demo_config_points_where_evaluation_looks():
     assert style.kinds and style.sorted_options and set(style.colours) <= set(shapes.COLOURS)
 
 
+def test_the_stages_are_the_modes_configs_sharing_seed_and_image_size():
+    config = demo_config("runs/demo", seed=5, image_size=56)
+    assert {config.synth.synth.seed, config.sft.seed, config.rl.seed} == {5}
+    assert config.synth.synth.image_size == 56
+    for stage in ("sft", "rl"):
+        c = demo.stage_config(config, stage, "w", "d", "t", 96)
+        assert (c.mode, c.workdir, c.data.dataset_dir, c.data.seq_len) == (stage, f"w/{stage}", "d", 96)
+        assert c.data.min_pixels == c.data.max_pixels == 56 * 56 and c.data.patch_bucket == 16
+        assert c.train.checkpoint_every == c.train.steps and not c.train.async_checkpoint
+
+
 def test_grpo_stage_draws_from_the_prompt_pool_with_the_demo_sampler():
     config = demo_config("runs/demo")
     rl = demo.stage_config(config, "rl", "w", "d", "t", 80, init_from="m", max_new_tokens=80)
-    assert rl.data.split == f"train[:{config.rl.prompt_pool}]" and rl.sampling.top_p == config.rl.top_p
-    assert (rl.grpo.temperature, rl.grpo.num_samples, tuple(rl.train.freeze)) == (1.0, 8, ("^visual\\.",))
+    pool = demo.prompt_pool(config.rl.data.split, config.synth.synth.num_train)
+    assert rl.data.split == f"train[:{pool}]" and rl.sampling.top_p == 0.95
+    assert (rl.sampling.temperature, rl.grpo.num_samples, tuple(rl.train.freeze)) == (1.0, 8, ("^visual\\.",))
     # one epoch of the pool fills exactly the first 10% of the steps, so first and last windows see the same prompts
-    assert config.rl.prompt_pool == config.rl.batch_size * config.rl.steps // 10
-    small = demo_config("runs/demo", data__num_train=16)
+    assert pool == config.rl.data.global_batch_size * config.rl.train.steps // 10
+    small = demo_config("runs/demo", synth__synth__num_train=16)
     assert demo.stage_config(small, "rl", "w", "d", "t", 80).data.split == "train[:16]"
-    small.rl.prompt_pool = 0
+    small.rl.data.split = "train"
     assert demo.stage_config(small, "rl", "w", "d", "t", 80).data.split == "train"
 
 

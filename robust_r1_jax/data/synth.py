@@ -1,6 +1,6 @@
 """Build a Robust-R1 dataset end to end: source -> degradations -> chains -> TFDS shards.
 
-``run(config)`` reads ``config.synth`` (see ``configs/synth.py``), degrades every record with the
+``run(config)`` reads ``config.synth`` (``default_config()``, overridden by ``configs/synth.py``), degrades every record with the
 training sampler (types drawn at random, s ~ U[0, 1] rounded to the two decimals the chain shows,
 applied in physical order), writes its chain with the configured annotator, stores both splits as
 array_record shards and writes a contact sheet (clean beside degraded, labelled) and a summary.
@@ -22,6 +22,7 @@ import textwrap
 import time
 from typing import Iterator, Sequence
 
+import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
@@ -299,6 +300,50 @@ def _split_examples(cfg, split, records, annotator, pool, stats, progress) -> It
             continue
         stats.add(split, item)
         yield item.example
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every setting of the ``synth`` mode with its default: the embedded shapes run."""
+    config = ml_collections.ConfigDict()
+    config.mode = "synth"
+    config.workdir = "/tmp/robust_r1_jax/synth"
+
+    synth = config.synth = ml_collections.ConfigDict()
+    # Source: "shapes" | "aokvqa" | "robust_r1_jsonl" | "vlmeval_tsv".
+    synth.source = "shapes"
+    synth.source_path = ""  # A-OKVQA json, Robust-R1 JSONL or VLMEvalKit TSV
+    synth.image_root = ""  # COCO root holding {split}2017/ (aokvqa) or the JSONL's image folder
+    synth.aokvqa_split = ""  # "" -> taken from the json file name (train / val / test)
+    synth.keep_prebuilt_chains = True  # robust_r1_jsonl: keep its degraded images and chains
+
+    synth.num_train = 256
+    synth.num_validation = 64
+    synth.image_size = 224  # shapes render size (works down to 8; 56 for the smallest models)
+    synth.max_image_side = 0  # file sources: shrink so the longer side is at most this (0 keeps)
+    # shapes only: what the generator may draw (data/shapes.py::Style); the default is the full task.
+    synth.shapes = ml_collections.ConfigDict(dict(
+        kinds=("colour", "shape", "count", "position"),
+        colours=("red", "green", "blue", "yellow", "magenta", "white"),
+        shapes=("circle", "square", "triangle", "star", "diamond"),
+        max_distractors=3, sorted_options=False, object_scale=1.0))
+
+    # Degradations per image, types drawn at random with s ~ U[0, 1]; the paper's examples show 2-7.
+    synth.min_degradations = 1
+    synth.max_degradations = 4
+    synth.seed = 0
+    synth.on_error = "skip"  # "skip" (warn with file:line) or "raise" on bad input
+
+    synth.annotator = "template"  # or "openai": an OpenAI-compatible endpoint (OPENAI_API_KEY env)
+    synth.annotator_base_url = ""
+    synth.annotator_model = ""
+    synth.annotator_timeout = 60.0
+
+    synth.image_format = "png"  # "png" (lossless) or "jpeg"
+    synth.data_dir = ""  # "" -> {workdir}/tfds; the dataset lands in {data_dir}/robust_r1/1.0.0
+    synth.overwrite = True  # replace an existing dataset (atomically) instead of failing
+    synth.num_workers = 0  # >0: degrade in that many spawned processes (same bytes as 0)
+    synth.contact_sheet_size = 8  # first N train examples, clean beside degraded
+    return config
 
 
 def run(config) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 
@@ -25,13 +26,19 @@ def sft_summary(out: dict) -> dict:
                 last_mean_loss=float(np.mean(losses[-k:])), skipped=out["skipped"], model_dir=out["model_dir"])
 
 
+def prompt_pool(split: str, num_train: int) -> int:
+    """The number of prompts of a ``train[:N]`` split, at most ``num_train``; 0 for any other split."""
+    match = re.fullmatch(r"train\[:(\d+)\]", split)
+    return min(int(match.group(1)), num_train) if match else 0
+
+
 def rl_summary(out: dict | None, config) -> dict | None:
     """What the report shows of ``grpo.run``'s result (None when RL was skipped): the means of ``RL_KEYS`` over
     the first and last 10% of the steps, the rise of the total reward with its standard error, fifths of the
     run, and the demo config's sampling and reward settings."""
     if out is None:
         return None
-    hist, settings = out["history"], config["rl"]
+    hist, rl = out["history"], config["rl"]
     k = max(1, len(hist) // 10)
     mean = lambda rows, key: float(np.mean([r[key] for r in rows]))
     step_times = [r["step_time"] for r in hist[1:]] or [hist[0]["step_time"]]
@@ -39,14 +46,15 @@ def rl_summary(out: dict | None, config) -> dict | None:
     last = dict((key, mean(hist[-k:], key)) for key in RL_KEYS)
     spread = lambda rows: float(np.var([r["reward/total"] for r in rows], ddof=1) / k) if k > 1 else float("nan")
     return dict(steps=len(hist), window=k, model_dir=out["model_dir"],
-                prompts_per_step=settings.batch_size, samples_per_prompt=settings.num_samples,
-                prompt_pool=min(settings.prompt_pool, config.data.num_train),
-                temperature=settings.temperature, top_p=settings.top_p,
+                prompts_per_step=rl.data.global_batch_size, samples_per_prompt=rl.grpo.num_samples,
+                prompt_pool=prompt_pool(rl.data.split, config.synth.synth.num_train),
+                temperature=rl.sampling.temperature, top_p=rl.sampling.top_p,
                 rise=last["reward/total"] - first["reward/total"],
                 rise_standard_error=float(np.sqrt(spread(hist[:k]) + spread(hist[-k:]))),
                 fifths=dict((key, [float(np.mean(part)) for part in np.array_split([r[key] for r in hist], 5)])
                             for key in RL_KEYS if len(hist) >= 5),
-                variant=settings.reward_variant, weights=dict(settings.reward_weights),
+                variant=rl.rewards.variant,
+                weights={k: rl.rewards[k] for k in ("accuracy", "format", "degradation", "length")},
                 first=first, last=last,
                 median_step_time=float(np.median(step_times)))
 

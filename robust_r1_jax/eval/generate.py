@@ -3,7 +3,7 @@
 One image (tokens are printed as they are generated)::
 
     python -m robust_r1_jax.main --config=configs/generate.py --config.image=cat.png \
-        --config.question="What is on the sofa?" --config.options="a cat|a dog|a hat"
+        --config.question="What is on the sofa?" --config.options='("a cat", "a dog", "a hat")'
 
 A folder, one shared question or one per image from a JSONL file of ``{"image": "name.png", "question": "...",
 "options": ["...", ...]}`` lines (``options`` optional, image names relative to the folder)::
@@ -24,6 +24,7 @@ import sys
 from typing import Callable, Iterable, TextIO
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 from PIL import Image
@@ -33,9 +34,9 @@ from robust_r1_jax.data import chains
 from robust_r1_jax.eval import answers, defaults, inference, report
 from robust_r1_jax.eval.inference import Completion, ModelSpec
 from robust_r1_jax.model import generate as gen
+from robust_r1_jax.model import sampling
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-OPTION_SEPARATOR = "|"
 
 
 def load_image(path: str) -> np.ndarray:
@@ -84,8 +85,10 @@ def stream_completion(model, processor, image: np.ndarray, text: str, config: ge
     return Completion(final, len(generated))
 
 
-def parse_options(text: str) -> tuple[str, ...]:
-    return tuple(o.strip() for o in text.split(OPTION_SEPARATOR) if o.strip()) if text else ()
+def parse_options(options) -> tuple[str, ...]:
+    """The non-empty options of the tuple field ``config.options`` (a plain string is one option)."""
+    options = (options,) if isinstance(options, str) else tuple(options)
+    return tuple(str(o).strip() for o in options if str(o).strip())
 
 
 def batch_items(config) -> list[dict]:
@@ -162,6 +165,31 @@ def model_spec(config) -> ModelSpec:
         f"(relative to {os.getcwd()}). Run the demo first: {defaults.DEMO_COMMAND}")
 
 
+def default_config() -> ml_collections.ConfigDict:
+    """Every setting of the ``generate`` mode with its default (``configs/generate.py`` shows how to use them)."""
+    config = ml_collections.ConfigDict()
+    config.mode = "generate"
+    config.checkpoint = ""  # Hugging Face dir, orbax model checkpoint or training checkpoint folder
+    config.tokenizer = ""  # "" = the checkpoint's own folder
+    config.suffix = True  # append the SPEC §1 instruction suffix (off for base models)
+    config.image = ""
+    config.question = ""
+    config.options = ()  # empty for an open question
+    config.image_dir = ""
+    config.questions_file = ""  # JSONL: {"image": "name.png", "question": "...", "options": [...]}
+    config.output = ""  # "" -> <workdir>/generations.jsonl
+    config.workdir = "runs/generate"
+    config.batch_size = 4
+    config.prompt_buckets = (256, 512, 1024, 2048)
+    config.patch_buckets = (64, 256, 1024, 4096)
+    config.sampling = sampling.default_config()  # greedy
+    config.seed = 0
+    config.min_pixels = 0
+    config.max_pixels = 0
+    config.dtype = "float32"
+    return config
+
+
 def run(config, out: TextIO = sys.stdout) -> list[dict] | Completion:
     """The ``generate`` mode (see the module docstring)."""
     if not config.image and not config.image_dir:
@@ -172,9 +200,7 @@ def run(config, out: TextIO = sys.stdout) -> list[dict] | Completion:
     processor = inference.load_processor(spec, int(config.min_pixels), int(config.max_pixels))
     model = inference.load_model(spec.path, str(config.dtype))
     inference.check_pairing(model, processor, spec.name)
-    sampler_config = inference.sampler_config(model, processor, max_new_tokens=int(config.max_new_tokens),
-                                              temperature=float(config.temperature), top_p=float(config.top_p),
-                                              top_k=int(config.top_k))
+    sampler_config = inference.sampler_config(model, processor, **sampling.sampler_settings(config.sampling))
     if config.image:
         image = load_image(config.image)
         options = parse_options(config.options)
@@ -186,8 +212,8 @@ def run(config, out: TextIO = sys.stdout) -> list[dict] | Completion:
         return completion
     generator = inference.Generator(
         model, processor, sampler_config, batch_size=int(config.batch_size),
-        prompt_buckets=tuple(int(b) for b in str(config.prompt_buckets).split(",")),
-        patch_buckets=tuple(int(b) for b in str(config.patch_buckets).split(",")), seed=int(config.seed))
+        prompt_buckets=tuple(int(b) for b in config.prompt_buckets),
+        patch_buckets=tuple(int(b) for b in config.patch_buckets), seed=int(config.seed))
     records = generate_batch(generator, batch_items(config), spec.use_suffix)
     path = config.output or os.path.join(config.workdir, "generations.jsonl")
     if report.is_writer():

@@ -12,16 +12,16 @@ object with ``tokens`` [B, T] and ``lengths`` [B].
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Callable, Sequence
 
 import jax
 import numpy as np
 from absl import logging
 
-from robust_r1_jax.model import convert
 from robust_r1_jax.model import generate as gen
-from robust_r1_jax.model.processor import END_OF_TEXT, ImageProcessor, Processor, load_tokenizer
+from robust_r1_jax.model import loading
+from robust_r1_jax.model.loading import check_pairing, load_model  # noqa: F401  (the modes call them from here)
+from robust_r1_jax.model.processor import END_OF_TEXT, Processor
 
 GenerateFn = Callable[..., object]
 
@@ -42,42 +42,10 @@ class Completion:
     num_tokens: int  # generated tokens, the stop token included
 
 
-def load_model(path: str, dtype: str = "float32"):
-    """A model from a training checkpoint folder, a Hugging Face directory or an orbax model checkpoint."""
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"model directory not found: {path}")
-    try:
-        from robust_r1_jax.train import checkpoint as train_checkpoint
-    except ImportError:  # a model-only install has no training package
-        train_checkpoint = None
-    if train_checkpoint is not None and train_checkpoint.is_checkpoint_dir(path):
-        return train_checkpoint.restore_model(path)
-    return convert.load_any(path, dtype=dtype)
-
-
 def load_processor(spec: ModelSpec, min_pixels: int = 0, max_pixels: int = 0) -> Processor:
     """The tokenizer (and image settings) of ``spec``: its tokenizer directory, else the model directory."""
-    directory = spec.tokenizer_path or spec.path
-    if not os.path.isfile(os.path.join(directory, "tokenizer_config.json")) and not os.path.isfile(
-            os.path.join(directory, "tokenizer.json")):
-        raise FileNotFoundError(f"no tokenizer in {directory} (model {spec.name!r}); give its tokenizer directory "
-                                f"in the config's 'tokenizers' list")
-    overrides = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
-    return Processor(load_tokenizer(directory), ImageProcessor.from_pretrained(directory, **overrides))
-
-
-def check_pairing(model, processor: Processor, name: str) -> None:
-    """The tokenizer must use the model's special token ids and fit its vocabulary."""
-    config = model.config
-    problems = []
-    if processor.image_token_id != config.image_token_id:
-        problems.append(f"<|image_pad|> is {processor.image_token_id} in the tokenizer but "
-                        f"{config.image_token_id} in the model")
-    if len(processor.tokenizer) > config.text.vocab_size:
-        problems.append(f"the tokenizer has {len(processor.tokenizer)} tokens, the model's vocabulary only "
-                        f"{config.text.vocab_size}")
-    if problems:
-        raise ValueError(f"model {name!r}: the tokenizer does not belong to this model: {'; '.join(problems)}")
+    return loading.load_processor(spec.tokenizer_path or spec.path, min_pixels=min_pixels, max_pixels=max_pixels,
+                                  name=spec.name)
 
 
 def bucket(size: int, buckets: Sequence[int]) -> int:

@@ -22,6 +22,7 @@ import os
 from collections import defaultdict
 from typing import Sequence
 
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -30,6 +31,7 @@ from robust_r1_jax.data import chains
 from robust_r1_jax.eval import answers, benchmarks, chain_metrics, defaults, inference, report
 from robust_r1_jax.eval.benchmarks import BenchmarkRow
 from robust_r1_jax.eval.inference import ModelSpec
+from robust_r1_jax.model import sampling
 
 STAGE_OF = {name: stage for stage, names in degrade.STAGES.items() for name in names}
 OVERALL = "overall"
@@ -281,10 +283,11 @@ def evaluate(specs: Sequence[ModelSpec], bench_list: Sequence[Benchmark], settin
 
 
 def as_list(value) -> list[str]:
-    """A comma-separated string or a sequence -> list of stripped strings (empty entries kept inside)."""
+    """A tuple config field (``--config.tsvs='("a.tsv", "b.tsv")'`` or the flag repeated) -> list of stripped
+    strings (empty entries kept inside; all empty -> []). A plain string is one entry."""
     if value is None:
         return []
-    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    items = [value] if isinstance(value, str) else [str(v) for v in value]
     items = [item.strip() for item in items]
     return [] if all(not item for item in items) else items
 
@@ -357,11 +360,38 @@ def load_benchmarks(config, using_demo: bool) -> list[Benchmark]:
     return out
 
 
+def default_config() -> ml_collections.ConfigDict:
+    """Every setting of the ``eval`` mode with its default (``configs/eval_robust.py`` documents them)."""
+    config = ml_collections.ConfigDict()
+    config.mode = "eval"
+    config.workdir = ""  # "" -> runs/demo/eval for the demo, runs/eval otherwise
+    # Models: paths, display names (default: folder names), tokenizer folders ("" = the checkpoint's own; one
+    # entry is shared by all), and the names (or "all") prompted WITHOUT the SPEC §1 suffix (base models).
+    config.checkpoints = ()
+    config.names = ()
+    config.tokenizers = ()
+    config.no_suffix = ()
+    # Benchmarks: VLMEvalKit MCQ TSVs under synthetic degradation, and/or a local R-Bench MCQ copy.
+    config.tsvs = ()
+    config.rbench_dir = ""
+    config.levels = ("clean", "25%", "50%", "100%")  # intensities 0, 0.23, 0.45, 0.9
+    config.limit = 0  # evaluate only the first N rows of each file (0 = all)
+    # Generation: greedy by default; batches padded to fixed shapes so one compilation serves a benchmark.
+    config.sampling = sampling.default_config()
+    config.seed = 0
+    config.batch_size = 8
+    config.prompt_buckets = (256, 512, 1024, 2048)  # prompt lengths in tokens (images included)
+    config.patch_buckets = (64, 256, 1024, 4096)  # image patches per prompt
+    config.min_pixels = 0  # 0: the model's preprocessor_config.json (or Qwen2-VL's defaults)
+    config.max_pixels = 0
+    config.dtype = "float32"  # "bfloat16" on accelerators
+    return config
+
+
 def settings_from_config(config) -> Settings:
-    return Settings(max_new_tokens=int(config.max_new_tokens), temperature=float(config.temperature),
-                    top_p=float(config.top_p), top_k=int(config.top_k), batch_size=int(config.batch_size),
-                    prompt_buckets=tuple(int(b) for b in as_list(config.prompt_buckets)),
-                    patch_buckets=tuple(int(b) for b in as_list(config.patch_buckets)), seed=int(config.seed),
+    return Settings(**sampling.sampler_settings(config.sampling), batch_size=int(config.batch_size),
+                    prompt_buckets=tuple(int(b) for b in config.prompt_buckets),
+                    patch_buckets=tuple(int(b) for b in config.patch_buckets), seed=int(config.seed),
                     dtype=str(config.dtype), min_pixels=int(config.min_pixels), max_pixels=int(config.max_pixels))
 
 

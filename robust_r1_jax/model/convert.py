@@ -1,37 +1,23 @@
 """Checkpoint conversion (Hugging Face directory <-> orbax) and inspection, for the ``convert`` and
-``inspect`` modes of the entry point."""
+``inspect`` modes of the entry point. Models are read with ``model.loading``."""
 from __future__ import annotations
 
 import json
-import os
 
+import ml_collections
 import numpy as np
 from flax import nnx
 
-from robust_r1_jax.model import hf, orbax_io
-from robust_r1_jax.model.config import ModelConfig
-
-
-def is_hf_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json"))
-
-
-def load_any(path: str, dtype="float32", mesh=None):
-    """A model from a Hugging Face directory or an orbax model checkpoint, whichever ``path`` holds."""
-    if is_hf_dir(path):
-        return hf.load(path, dtype=dtype, mesh=mesh)
-    if os.path.isfile(os.path.join(path, orbax_io.CONFIG_FILE)):
-        return orbax_io.restore(path, mesh=mesh, param_dtype=dtype, dtype=dtype)
-    raise FileNotFoundError(f"{path} holds neither a Hugging Face checkpoint (config.json) nor an orbax model "
-                            f"checkpoint ({orbax_io.CONFIG_FILE})")
+from robust_r1_jax.model import hf, loading, orbax_io
 
 
 def convert(src: str, dst: str, dtype: str = "float32") -> str:
-    """HF -> orbax or orbax -> HF, decided by what ``src`` holds. Returns the direction taken."""
+    """HF -> orbax, or orbax (a model or training checkpoint) -> HF, decided by what ``src`` holds. Returns the
+    direction taken."""
     if not src or not dst:
         raise ValueError("convert needs both config.convert.src and config.convert.dst")
-    model = load_any(src, dtype=dtype)
-    if is_hf_dir(src):
+    model = loading.load_model(src, dtype=dtype)
+    if loading.is_hf_dir(src):
         orbax_io.save(model, dst)
         return "hf->orbax"
     hf.save(model, dst)
@@ -48,10 +34,7 @@ def parameter_counts(model) -> dict[str, int]:
 
 def describe(path: str) -> str:
     """The checkpoint's model config and parameter counts, without reading its weights."""
-    if is_hf_dir(path):
-        config = ModelConfig.from_hf(hf.read_config(path))
-    else:
-        config = orbax_io.read_config(path)
+    config = loading.read_config(path)
     abstract = nnx.eval_shape(lambda: _build(config))
     counts = parameter_counts(abstract)
     lines = [f"checkpoint: {path}", "config:", json.dumps(config.to_dict(), indent=2), "parameters:"]
@@ -64,9 +47,25 @@ def _build(config):
     return Qwen25VL(config, rngs=nnx.Rngs(0))
 
 
+def default_config() -> ml_collections.ConfigDict:
+    """The ``convert`` mode: ``src`` (HF directory, orbax model or training checkpoint) -> ``dst``."""
+    c = ml_collections.ConfigDict()
+    c.mode = "convert"
+    c.convert = ml_collections.ConfigDict(dict(src="", dst="", dtype="float32"))
+    return c
+
+
+def default_inspect_config() -> ml_collections.ConfigDict:
+    """The ``inspect`` mode: print the model config and parameter counts of ``inspect.path``."""
+    c = ml_collections.ConfigDict()
+    c.mode = "inspect"
+    c.inspect = ml_collections.ConfigDict(dict(path=""))
+    return c
+
+
 def run_convert(config) -> None:
     c = config.convert
-    direction = convert(c.src, c.dst, c.get("dtype", "float32"))
+    direction = convert(c.src, c.dst, c.dtype)
     print(f"converted {c.src} -> {c.dst} ({direction})")
 
 

@@ -54,27 +54,21 @@ def read_config(path: str) -> ModelConfig:
 
 
 def restore(path: str, *, mesh: jax.sharding.Mesh | None = None, **config_overrides) -> Qwen25VL:
-    """The model saved at ``path``; with a mesh, every parameter is restored straight into its sharding."""
+    """The model saved at ``path``; with a mesh, every parameter is restored straight into its sharding
+    (``parallel.param_shardings``), without one onto this process's first device."""
     config = read_config(path)
     if config_overrides:
         config = config.replace(**config_overrides)
     abstract = nnx.eval_shape(lambda: Qwen25VL(config, rngs=nnx.Rngs(0)))
     graphdef, state, rest = nnx.split(abstract, nnx.Param, ...)
-    target = jax.tree.map(lambda v: _abstract_leaf(v, mesh), nnx.to_pure_dict(state))
-    if mesh is not None:
-        for p, var in nnx.to_flat_state(state):
-            leaf = target
-            for k in p[:-1]:
-                leaf = leaf[k]
-            leaf[p[-1]] = jax.ShapeDtypeStruct(var.value.shape, var.value.dtype, sharding=parallel.named_sharding(
-                mesh, var.get_metadata().get("logical_axes"), var.value.shape))
+    if mesh is None:
+        first = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: first, nnx.to_pure_dict(state))
+    else:
+        shardings = nnx.to_pure_dict(parallel.param_shardings(abstract, mesh))
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          nnx.to_pure_dict(state), shardings)
     with ocp.StandardCheckpointer() as ckpt:
         restored = ckpt.restore(_path(path) / "params", target)
     nnx.replace_by_pure_dict(state, restored)
     return nnx.merge(graphdef, state, rest)
-
-
-def _abstract_leaf(x, mesh):
-    if mesh is None:
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-    return jax.ShapeDtypeStruct(x.shape, x.dtype)

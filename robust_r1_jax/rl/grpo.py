@@ -9,8 +9,6 @@ frozen, so policy and reference share it (and its features, computed once per pr
 from __future__ import annotations
 
 import dataclasses
-import logging
-import os
 
 import jax
 import jax.numpy as jnp
@@ -18,18 +16,16 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from robust_r1_jax import distributed
 from robust_r1_jax.data.references import RewardReferences, prepare_references
-from robust_r1_jax.rl import rewards as rw
 from robust_r1_jax.model import generate as smp
+from robust_r1_jax.model import sampling
+from robust_r1_jax.rl import rewards as rw
 from robust_r1_jax.rl.token_text import token_bytes_table
-from robust_r1_jax.train import checkpoint as ckpt
 from robust_r1_jax.train import metrics as mx
-from robust_r1_jax.train import optim, sft, state as train_state
+from robust_r1_jax.train import sft
+from robust_r1_jax.train.run import Run
 from robust_r1_jax.train.state import ModelParts, TrainState, shardings_of
 from robust_r1_jax.train.step import guarded_update
-
-log = logging.getLogger(__name__)
 
 AGGREGATIONS = ("sequence_mean", "token_mean")
 STD_ESTIMATORS = ("unbiased", "biased")
@@ -44,7 +40,7 @@ class GRPOConfig:
     loss_aggregation: str = "sequence_mean"  # mean over sequences of the token mean (the reference run)
     std_estimator: str = "unbiased"  # torch's std, as the reference run
     inner_iterations: int = 1        # μ
-    temperature: float = 1.0
+    temperature: float = 1.0         # config.sampling.temperature: the rollouts' and the learner's
     logprob_chunk: int = 0           # completion chunk for log-probs (0 = all at once)
 
     def __post_init__(self):
@@ -155,68 +151,52 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.reference_bytes = 4096
     c.optim.learning_rate = 1e-6
     c.optim.clip_norm = 1.0
-    c.grpo = ml_collections.ConfigDict(dataclasses.asdict(GRPOConfig()))
-    c.sampling = ml_collections.ConfigDict(dict(max_new_tokens=2048, top_p=1.0, top_k=0))
+    # The sampling temperature is also the learner's: log-probs are taken of the tempered distribution.
+    c.grpo = ml_collections.ConfigDict({k: v for k, v in dataclasses.asdict(GRPOConfig()).items()
+                                        if k != "temperature"})
+    c.sampling = sampling.default_config(max_new_tokens=2048, temperature=GRPOConfig.temperature)
     c.rewards = ml_collections.ConfigDict(dict(variant="paper", accuracy=1.0, format=1.0, degradation=1.0,
                                                length=1.0))
     return c
 
 
 def _grpo_config(config) -> GRPOConfig:
-    return GRPOConfig(**dict(config.grpo))
+    return GRPOConfig(**dict(config.grpo), temperature=float(config.sampling.temperature))
+
+
+def _sampler_config(config, gcfg: GRPOConfig, model_cfg) -> smp.SamplerConfig:
+    return smp.SamplerConfig(**sampling.sampler_settings(config.sampling), num_samples=gcfg.num_samples,
+                             stop_token_ids=smp.default_stop_token_ids(model_cfg), pad_token_id=model_cfg.bos_token_id)
+
+
+def _compiled_steps(r: Run, gcfg: GRPOConfig):
+    """The jitted scoring (old policy and reference log-probs), update and advantage functions of a run."""
+    score_fn = jax.jit(lambda tr, fr, ref, b: score_step(r.parts, gcfg, tr, fr, ref, b))
+    update_fn = jax.jit(lambda s, b, o, ref, a: update_step(r.parts, r.tx, r.schedule, gcfg, s, b, o, ref, a),
+                        out_shardings=(shardings_of(r.state), None), donate_argnums=(0,))
+    advantage_fn = jax.jit(lambda rewards: group_advantages(rewards, gcfg.num_samples, gcfg.std_estimator))
+    return score_fn, update_fn, advantage_fn
 
 
 def run(config) -> dict:
-    info = sft.init_distributed(config)
-    workdir = sft.check_workdir(config.workdir)
-    per_host = distributed.check_divisible(config.data.global_batch_size, info.process_count)
-    mesh = sft.make_mesh(config)
+    """``train.steps`` GRPO steps (resuming the workdir's newest checkpoint); returns one metrics row per step
+    and the run summary of ``Run.finish``."""
     gcfg = _grpo_config(config)
-    processor = sft.load_processor(config)
-    model = sft.build_model(config, processor, mesh)
-    model_cfg = model.config
-    ocfg = sft.optim_config(config, config.train.steps)
-    tx = optim.optimizer(ocfg)
-    parts, state = train_state.init_state(model, tx, tuple(config.train.freeze), mesh)
-    ref_trainable = jax.tree.map(jnp.copy, state.trainable)   # the frozen reference (language weights only)
-    del model
-    weights = rw.RewardWeights(accuracy=config.rewards.accuracy, format=config.rewards.format,
-                               degradation=config.rewards.degradation, length=config.rewards.length)
-    table = token_bytes_table(processor.tokenizer, vocab_size=model_cfg.text.vocab_size)
-    scfg = smp.SamplerConfig(max_new_tokens=config.sampling.max_new_tokens, temperature=gcfg.temperature,
-                             top_p=config.sampling.top_p, top_k=config.sampling.top_k,
-                             num_samples=gcfg.num_samples, stop_token_ids=smp.default_stop_token_ids(model_cfg),
-                             pad_token_id=model_cfg.bos_token_id)
-
-    loader = sft.make_loader(config, processor, per_host, info, kind="rl")
-    checkpointer = ckpt.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep,
-                                     async_save=config.train.async_checkpoint)
-    start = 0
-    if checkpointer.latest_step() is not None:
-        ckpt.check_compatible(checkpointer.read_meta(), model_cfg, checkpointer.directory)
-        state, data_state, _, start = checkpointer.restore(state)
-        loader.set_state(data_state)
-        log.info("resumed GRPO from step %d", start)
-
-    state_sh = shardings_of(state)
-    score_fn = jax.jit(lambda tr, fr, ref, b: score_step(parts, gcfg, tr, fr, ref, b))
-    update_fn = jax.jit(lambda s, b, o, r, a: update_step(parts, tx, optim.schedule(ocfg), gcfg, s, b, o, r, a),
-                        out_shardings=(state_sh, None), donate_argnums=(0,))
-    advantage_fn = jax.jit(lambda r: group_advantages(r, gcfg.num_samples, gcfg.std_estimator))
-    writer = mx.Writer(os.path.join(workdir, "logs"))
-    history = []
-    base_rng = jax.random.key(config.seed)
-    meter = mx.Meter()
-    progress = sft._progress(start, config.train.steps, "grpo")
-    try:
-        for step in range(start, config.train.steps):
-            local = next(loader)
+    r = Run(config, "grpo", loader_kind="rl")
+    ref_trainable = jax.tree.map(jnp.copy, r.state.trainable)   # the frozen reference: the starting policy
+    with r:
+        weights = rw.RewardWeights(**{k: config.rewards[k] for k in ("accuracy", "format", "degradation", "length")})
+        table = token_bytes_table(r.processor.tokenizer, vocab_size=r.model_config.text.vocab_size)
+        scfg = _sampler_config(config, gcfg, r.model_config)
+        score_fn, update_fn, advantage_fn = _compiled_steps(r, gcfg)
+        state, history, base_rng, meter, mesh = r.state, [], jax.random.key(config.seed), mx.Meter(), r.mesh
+        for step in r.steps():
+            local = next(r.loader)
             prompts = _device_prompts(mesh, local)
-            policy = parts.merge(state.trainable, state.frozen)
-            rollout = smp.generate(policy, prompts["prompt_ids"], prompts["prompt_mask"],
+            rollout = smp.generate(r.model(state), prompts["prompt_ids"], prompts["prompt_mask"],
                                    prompts.get("pixel_values"), prompts.get("image_grid_thw"), scfg,
                                    jax.random.fold_in(base_rng, step))
-            refs = _references(mesh, local, processor.tokenizer, gcfg.num_samples, config.data.reference_bytes)
+            refs = _references(mesh, local, r.processor.tokenizer, gcfg.num_samples, config.data.reference_bytes)
             scores = rw.compute(rollout.tokens, rollout.mask, refs, table, config.rewards.variant, weights)
             advantages = advantage_fn(scores["total"])
             batch = dict(prompt_ids=rollout.prompt_ids, prompt_mask=rollout.prompt_mask, tokens=rollout.tokens,
@@ -230,30 +210,15 @@ def run(config) -> dict:
             row = _step_metrics(mx.fetch(metrics), mx.fetch(scores), mx.fetch(rollout.lengths), intensity,
                                 gcfg.num_samples, meter.tick())
             history.append(row)
-            writer.write(step + 1, row)
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(reward=f"{row['reward/total']:.3f}")
-            if (step + 1) % config.train.log_every == 0 and distributed.is_primary():
-                log.info("rl step %d/%d reward %.4f deg %.4f len %.4f kl %.4g", step + 1, config.train.steps,
-                         row["reward/total"], row["reward/degradation"], row["reward/length"], row["kl"])
-            if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == config.train.steps:
-                checkpointer.save(step + 1, state, loader.get_state(),
-                                  sft.run_meta(config, parts.merge(state.trainable, state.frozen)))
-        checkpointer.wait()
-        exported = None
-        if config.train.export_model:
-            from robust_r1_jax.model import orbax_io
-            exported = os.path.join(workdir, "model")
-            orbax_io.save(parts.merge(state.trainable, state.frozen), exported)
-    finally:
-        checkpointer.close()
-        writer.close()
-        loader.close()
-        if progress is not None:
-            progress.close()
-    return dict(history=history, start_step=start, final_step=config.train.steps, workdir=workdir,
-                model_dir=exported)
+            r.step_done(step, state, row, dict(reward=f"{row['reward/total']:.3f}"),
+                        lambda: _console_line(step + 1, config.train.steps, row))
+        summary = r.finish(state)
+    return dict(history=history, **summary)
+
+
+def _console_line(step: int, total: int, row: dict) -> str:
+    return (f"rl step {step}/{total} reward {row['reward/total']:.4f} deg {row['reward/degradation']:.4f} "
+            f"len {row['reward/length']:.4f} kl {row['kl']:.4g}")
 
 
 def _global(mesh, array: np.ndarray):

@@ -12,11 +12,9 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-from flax import nnx
 
 from robust_r1_jax.model.config import ModelConfig
-
-STATE, DATA, META = "state", "data", "meta"
+from robust_r1_jax.model.loading import DATA, META, STATE  # the layout the model loader reads back
 
 
 class Checkpointer:
@@ -73,45 +71,3 @@ def check_compatible(saved_meta: dict, model_config: ModelConfig, where: str) ->
                  if a != getattr(getattr(model_config, part), k)
                  for b in [getattr(getattr(model_config, part), k)]]
         raise ValueError(f"checkpoint {where} was written for a different model: " + "; ".join(diffs))
-
-
-def is_checkpoint_dir(path: str) -> bool:
-    """True for a training workdir's checkpoint folder (numbered step directories written by orbax)."""
-    if not os.path.isdir(path):
-        return False
-    return any(name.isdigit() and os.path.isdir(os.path.join(path, name, META)) for name in os.listdir(path))
-
-
-def restore_model(path: str, step: int | None = None, mesh=None):
-    """The model of a training checkpoint (trained + frozen parameters), without the optimizer."""
-    from robust_r1_jax import parallel
-    from robust_r1_jax.model.vlm import Qwen25VL
-    manager = ocp.CheckpointManager(os.path.abspath(path), item_names=(STATE, DATA, META))
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {path}")
-    meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
-    model = nnx.eval_shape(lambda: Qwen25VL(ModelConfig.from_dict(meta["model_config"]), rngs=nnx.Rngs(0)))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    flat = {tuple(map(str, p)): v for p, v in nnx.to_flat_state(params)}
-    # Written on other devices (a pod slice, several processes): read onto this process's first device instead.
-    fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    saved = manager.restore(step, args=ocp.args.Composite(
-        **{STATE: ocp.args.StandardRestore(fallback_sharding=fallback)}))[STATE]
-    found = {}
-    for part in ("trainable", "frozen"):
-        for p, leaf in jax.tree_util.tree_flatten_with_path(saved[part])[0]:
-            key = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in p)
-            key = key[:-1] if key and key[-1] == "value" else key
-            found[key] = leaf
-    missing = sorted(".".join(k) for k in flat if k not in found)
-    if missing:
-        raise ValueError(f"checkpoint {path} step {step} lacks parameters: {', '.join(missing[:10])}")
-    for key, var in flat.items():
-        value = found[key]
-        if mesh is not None:
-            value = jax.device_put(value, parallel.named_sharding(mesh, var.get_metadata().get("logical_axes"),
-                                                                  value.shape))
-        var.value = jax.numpy.asarray(value)
-    manager.close()
-    return nnx.merge(graphdef, params, rest)

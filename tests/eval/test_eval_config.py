@@ -12,20 +12,21 @@ def config(**overrides):
 
 
 def test_checkpoints_names_tokenizers_and_suffix():
-    specs = robust.model_specs(config(checkpoints="/m/base,/runs/sft/model,/runs/rl/model",
-                                      tokenizers="/m/base", no_suffix="base"))
+    specs = robust.model_specs(config(checkpoints=("/m/base", "/runs/sft/model", "/runs/rl/model"),
+                                      tokenizers=("/m/base",), no_suffix=("base",)))
     assert [s.name for s in specs] == ["base", "sft/model", "rl/model"]  # folder names, made unique
     assert [s.tokenizer_path for s in specs] == ["/m/base"] * 3  # one tokenizer shared by all
     assert [s.use_suffix for s in specs] == [False, True, True]
 
-    specs = robust.model_specs(config(checkpoints="/a, /b", names="A,B", tokenizers=",/tok", no_suffix="all"))
+    specs = robust.model_specs(config(checkpoints=("/a", " /b"), names=("A", "B"), tokenizers=("", "/tok"),
+                                      no_suffix=("all",)))
     assert [(s.name, s.path, s.tokenizer_path, s.use_suffix) for s in specs] == [
         ("A", "/a", "", False), ("B", "/b", "/tok", False)]
 
     with pytest.raises(ValueError, match="config.names has 1 entries for 2 checkpoints"):
-        robust.model_specs(config(checkpoints="/a,/b", names="A"))
+        robust.model_specs(config(checkpoints=("/a", "/b"), names=("A",)))
     with pytest.raises(ValueError, match="config.tokenizers has 2 entries for 3 checkpoints"):
-        robust.model_specs(config(checkpoints="/a,/b,/c", tokenizers="/t,/u"))
+        robust.model_specs(config(checkpoints=("/a", "/b", "/c"), tokenizers=("/t", "/u")))
 
 
 def test_no_checkpoint_without_the_demo_says_how_to_make_it(tmp_path, monkeypatch):
@@ -53,16 +54,16 @@ def test_no_checkpoint_evaluates_the_demo_models_before_and_after_rl(tmp_path, m
 
 def test_a_benchmark_is_required_for_your_own_checkpoints():
     with pytest.raises(ValueError, match="no benchmark given: set --config.tsvs"):
-        robust.load_benchmarks(config(checkpoints="/a"), using_demo=False)
+        robust.load_benchmarks(config(checkpoints=("/a",)), using_demo=False)
 
 
 def test_settings_from_the_config():
-    settings = robust.settings_from_config(config(prompt_buckets="128, 256", patch_buckets="16", batch_size=3))
+    settings = robust.settings_from_config(config(prompt_buckets=(128, 256), patch_buckets=(16,), batch_size=3))
     assert settings.prompt_buckets == (128, 256) and settings.patch_buckets == (16,)
     assert settings.batch_size == 3 and settings.temperature == 0.0 and settings.max_new_tokens == 1024
 
 
 def test_as_list():
-    assert robust.as_list("") == [] and robust.as_list(" , ") == []
-    assert robust.as_list("a, b,") == ["a", "b", ""]
-    assert robust.as_list(("x", 2)) == ["x", "2"]
+    assert robust.as_list(()) == [] and robust.as_list((" ", "")) == []
+    assert robust.as_list(("a", " b", "")) == ["a", "b", ""]
+    assert robust.as_list(("x", 2)) == ["x", "2"] and robust.as_list("one") == ["one"]

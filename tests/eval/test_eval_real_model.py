@@ -25,7 +25,7 @@ LEVELS = ["clean", "25%", "50%", "100%"]
 MAX_NEW = 3
 LENGTH = 160  # prompt bucket: the longest prompt (chat template, question, options, 4 image tokens) fits
 SETTINGS = robust.Settings(max_new_tokens=MAX_NEW, batch_size=8, prompt_buckets=(LENGTH,), patch_buckets=(16,))
-FLAGS = [f"--config.max_new_tokens={MAX_NEW}", "--config.batch_size=8", f"--config.prompt_buckets={LENGTH}",
+FLAGS = [f"--config.sampling.max_new_tokens={MAX_NEW}", "--config.batch_size=8", f"--config.prompt_buckets={LENGTH}",
          "--config.patch_buckets=16", "--config.no_suffix=all"]
 
 
@@ -150,8 +150,8 @@ def test_main_generate_streams_one_image(setup, tokenizer_dir, independent, tmp_
     Image.fromarray(record.load_image()).save(tmp_path / "one.png")
     out = _main(["--config=configs/generate.py", f"--config.checkpoint={setup['model_dir']}",
                  f"--config.tokenizer={tokenizer_dir}", f"--config.image={tmp_path / 'one.png'}",
-                 f"--config.question={record.question}", f"--config.options={'|'.join(record.options)}",
-                 "--config.suffix=False", f"--config.max_new_tokens={MAX_NEW}"])
+                 f"--config.question={record.question}", f"--config.options={tuple(record.options)!r}",
+                 "--config.suffix=False", f"--config.sampling.max_new_tokens={MAX_NEW}"])
     assert out.returncode == 0, out.stderr[-3000:]
     predicted, text, _ = independent["clean", record.id]
     assert text and out.stdout.splitlines()[0] == text
@@ -171,7 +171,8 @@ def test_generate_folder_with_the_real_sampler(setup, tokenizer_dir, independent
     config = get_config()
     config.update(dict(checkpoint=setup["model_dir"], tokenizer=tokenizer_dir, image_dir=str(tmp_path),
                        questions_file=str(tmp_path / "q.jsonl"), output=str(tmp_path / "out.jsonl"), suffix=False,
-                       max_new_tokens=MAX_NEW, batch_size=8, prompt_buckets=str(LENGTH), patch_buckets="16"))
+                       batch_size=8, prompt_buckets=(LENGTH,), patch_buckets=(16,)))
+    config.sampling.max_new_tokens = MAX_NEW
     generate.run(config, io.StringIO())
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [(row["answer"], row["output"], row["tokens"]) for row in rows] == [

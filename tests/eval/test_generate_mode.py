@@ -87,7 +87,7 @@ def test_run_one_image(tokenizer_dir, tokenizer, image_folder, monkeypatch):
     monkeypatch.setattr(inference, "load_model", lambda path, dtype: stand_in_model(tokenizer))
     out = RecordingOutput()
     completion = generate.run(config(checkpoint=tokenizer_dir, image=str(folder / "img0.png"),
-                                     question="Which colour?", options="red|white|blue"), out)
+                                     question="Which colour?", options=("red", "white", "blue")), out)
     assert completion.text == CHAIN
     assert out.getvalue() == CHAIN + "\nanswer: 2 (blue)\n"
     with pytest.raises(ValueError, match="question=... is required"):
@@ -108,7 +108,7 @@ def test_run_folder_writes_jsonl(tokenizer_dir, tokenizer, processor, image_fold
     questions.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     output = tmp_path / "out" / "gen.jsonl"
     written = generate.run(config(checkpoint=tokenizer_dir, image_dir=str(folder), questions_file=str(questions),
-                                  output=str(output), batch_size=2, prompt_buckets="512", patch_buckets="16"),
+                                  output=str(output), batch_size=2, prompt_buckets=(512,), patch_buckets=(16,)),
                            io.StringIO())
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert rows == json.loads(json.dumps(written))
@@ -124,7 +124,7 @@ def test_run_folder_writes_jsonl(tokenizer_dir, tokenizer, processor, image_fold
 
     # One shared question, every image of the folder, open question (no options -> no answer index).
     shared = generate.run(config(checkpoint=tokenizer_dir, image_dir=str(folder), question="Describe it.",
-                                 output=str(output), batch_size=3, prompt_buckets="512", patch_buckets="16"),
+                                 output=str(output), batch_size=3, prompt_buckets=(512,), patch_buckets=(16,)),
                           io.StringIO())
     assert [r["image"] for r in shared] == ["broken.png", "img0.png", "img1.png", "img2.png"]
     assert all(r["answer"] is None for r in shared if "output" in r)

@@ -367,3 +367,34 @@ def test_shellcheck_clean():
     done = subprocess.run([shellcheck, "--shell=bash", "--severity=style", *map(str, scripts)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("spec, fsdp, workdir, max_new_tokens", [
+    ("sft_qwen2_5_vl_3b.py", -1, "runs/sft_qwen2_5_vl_3b", None),
+    ("sft_qwen2_5_vl_3b.py:v5p8", 4, "runs/sft_qwen2_5_vl_3b_v5p8", None),
+    ("sft_qwen2_5_vl_3b.py:v6e8", 8, "runs/sft_qwen2_5_vl_3b_v6e8", None),
+    ("sft_qwen2_5_vl_3b.py:8xh100", 8, "runs/sft_qwen2_5_vl_3b_8xh100", None),
+    ("grpo_qwen2_5_vl_3b.py:v5p8", 4, "runs/grpo_qwen2_5_vl_3b_v5p8", 2048),
+    ("grpo_qwen2_5_vl_3b.py:v6e8", 8, "runs/grpo_qwen2_5_vl_3b_v6e8", 1024),
+])
+def test_scale_variants_are_picked_after_a_colon(spec, fsdp, workdir, max_new_tokens):
+    """``--config=configs/FILE.py:VARIANT`` as the launchers pass it on: config_flags hands VARIANT to get_config."""
+    from absl import flags
+    from ml_collections import config_flags
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+    values(["main", f"--config={REPO / 'configs' / spec}"])
+    config = values.config
+    assert (config.mesh.data, config.mesh.fsdp, config.mesh.tensor) == (1, fsdp, 1)
+    assert config.workdir == workdir
+    if max_new_tokens is not None:
+        assert config.sampling.max_new_tokens == max_new_tokens and config.model.remat == "full"
+
+
+def test_an_unknown_scale_variant_is_named():
+    from absl import flags
+    from ml_collections import config_flags
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values)
+    with pytest.raises(Exception, match="unknown variant 'v4-8'; this config knows v5p8, v6e8, 8xh100"):
+        values(["main", f"--config={REPO / 'configs' / 'sft_qwen2_5_vl_3b.py'}:v4-8"])

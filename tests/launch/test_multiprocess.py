@@ -8,7 +8,7 @@ half of every global batch, both must have written checkpoint shards, and the pa
 (weights) and resume (weights, optimizer, step and data position) in one process.
 
 Every run is a real ``sft.run`` / ``grpo.run`` in a subprocess with a bounded time-out. The rows each process
-consumed are replayed with the runs' own loader function (``sft.make_loader``) and the same process index/count.
+consumed are replayed with the runs' own loader function (``train.run.make_loader``) and the same process index/count.
 """
 import inspect
 import json
@@ -72,14 +72,14 @@ WORKER = textwrap.dedent("""
     import numpy as np
     from robust_r1_jax import distributed
     from robust_r1_jax.rl import grpo
-    from robust_r1_jax.train import sft
+    from robust_r1_jax.train import run as train_run, sft
 """) + CONFIGURE + textwrap.dedent("""
     def consumed(module, config):
         # The rows the run read: its own loader function, replayed from the start with this process's layout.
-        info = sft.init_distributed(config)  # already joined: only reports index and count
+        info = train_run.init_distributed(config)  # already joined: only reports index and count
         per_host = distributed.check_divisible(config.data.global_batch_size, info.process_count)
         kind = "sft" if module is sft else "rl"
-        with sft.make_loader(config, sft.load_processor(config), per_host, info, kind=kind) as loader:
+        with train_run.make_loader(config, train_run.load_processor(config), per_host, info, kind=kind) as loader:
             return [np.asarray(next(loader)["example_index"]).tolist() for _ in range(config.train.steps)]
 
     times = {}
@@ -247,13 +247,13 @@ def test_both_processes_write_checkpoint_shards_and_only_process_0_writes_logs(r
 @pytest.mark.slow
 def test_the_pairs_checkpoints_restore_in_one_process(runs):
     from robust_r1_jax.model import orbax_io
-    from robust_r1_jax.train import checkpoint as ckpt
+    from robust_r1_jax.model import loading
     root = runs["root"]
     ids = np.arange(1, 41)[None]
     logits = {}
     for who in ("pair", "single"):
         for stage in ("sft", "rl"):
-            model = ckpt.restore_model(str(root / who / stage / "checkpoints"), step=STEPS)
+            model = loading.load_model(str(root / who / stage / "checkpoints"), step=STEPS)
             logits[who, stage] = np.asarray(model(ids))
     for stage in ("sft", "rl"):
         np.testing.assert_allclose(logits["pair", stage], logits["single", stage], rtol=1e-4, atol=1e-4)

@@ -151,12 +151,13 @@ def test_get_project_from_this_checkout_a_folder_and_an_archive(tmp_path, monkey
 TEST_PARAMETERS = """\
 OUTPUT_DIR = {output!r}
 MOUNT_DRIVE = False
-DEMO_FLAGS = ["--config.data.num_train=16", "--config.data.num_validation=8", "--config.data.vocab_size=512",
-              "--config.sft.steps=2", "--config.sft.batch_size=4", "--config.rl.steps=1",
-              "--config.rl.batch_size=2", "--config.rl.num_samples=2", "--config.eval.num_examples=4",
+DEMO_FLAGS = ["--config.synth.synth.num_train=16", "--config.synth.synth.num_validation=8",
+              "--config.tokenizer.vocab_size=512", "--config.sft.train.steps=2",
+              "--config.sft.data.global_batch_size=4", "--config.rl.train.steps=1",
+              "--config.rl.data.global_batch_size=2", "--config.rl.grpo.num_samples=2", "--config.eval.num_examples=4",
               "--config.eval.batch_size=4", "--config.eval.tsv_rows=4"]
-EVAL_OVERRIDES = {{"levels": "clean,100%", "limit": 4, "max_new_tokens": 16, "batch_size": 4,
-                  "prompt_buckets": "512,1024", "patch_buckets": "16,64"}}
+EVAL_OVERRIDES = {{"levels": ("clean", "100%"), "limit": 4, "sampling.max_new_tokens": 16, "batch_size": 4,
+                  "prompt_buckets": (512, 1024), "patch_buckets": (16, 64)}}
 """
 
 

@@ -6,12 +6,7 @@ from robust_r1_jax.data.tokenizer import train_demo_tokenizer
 
 
 def build(root: str, num_train: int = 24, image_size: int = 56, vocab_size: int = 512) -> dict:
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("synth_cfg", os.path.join(os.path.dirname(__file__), "..", "..",
-                                                                             "configs", "synth.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config()
+    cfg = synth.default_config()
     cfg.workdir = os.path.join(root, "synth")
     cfg.synth.num_train = num_train
     cfg.synth.num_validation = 8

@@ -10,7 +10,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import sft_data  # noqa: E402
 
-from robust_r1_jax.train import checkpoint as ckpt, sft  # noqa: E402
+from robust_r1_jax.model import loading  # noqa: E402
+from robust_r1_jax.train import sft  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +46,10 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(data, tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     assert all(r["tokens_per_s"] > 0 and "learning_rate" in r and "grad_norm" in r for r in rows)
     # the exported model and the training checkpoint hold the same weights
-    assert ckpt.is_checkpoint_dir(str(tmp_path / "full" / "checkpoints"))
+    assert loading.is_training_checkpoint(str(tmp_path / "full" / "checkpoints"))
     from robust_r1_jax.model import orbax_io
     exported = orbax_io.restore(full["model_dir"])
-    from_ckpt = ckpt.restore_model(str(tmp_path / "full" / "checkpoints"))
+    from_ckpt = loading.load_model(str(tmp_path / "full" / "checkpoints"))
     ids = np.arange(20)[None]
     np.testing.assert_array_equal(np.asarray(exported(ids)), np.asarray(from_ckpt(ids)))
 

@@ -1,0 +1,167 @@
+"""The one way every mode (sft, rl, eval, generate, convert, inspect, demo) loads a model, a tokenizer with its
+image settings, and checks that the two belong together.
+
+A model directory is one of three layouts, told apart by its files:
+
+* a Hugging Face directory: ``config.json`` + safetensors (``model.hf``);
+* an orbax model checkpoint: ``model_config.json`` + ``params/`` (``model.orbax_io``);
+* a training checkpoint folder: numbered step directories holding the orbax items ``state`` and ``meta``
+  (written by ``train.checkpoint.Checkpointer``). Its layout is data here (the item names below, which the
+  trainer imports), so this module needs nothing from ``train``.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from robust_r1_jax import parallel
+from robust_r1_jax.model import hf, orbax_io
+from robust_r1_jax.model.config import ModelConfig
+from robust_r1_jax.model.processor import ImageProcessor, Processor, load_tokenizer
+from robust_r1_jax.model.vlm import Qwen25VL
+
+# The items of one training checkpoint step, and the two parameter halves inside its train state.
+STATE, DATA, META = "state", "data", "meta"
+PARAMETER_HALVES = ("trainable", "frozen")
+
+# Special token -> the model config field that must hold its id (small presets take them from the tokenizer).
+TOKEN_FIELDS = {"<|image_pad|>": "image_token_id", "<|vision_start|>": "vision_start_token_id",
+                "<|vision_end|>": "vision_end_token_id", "<|im_end|>": "eos_token_id",
+                "<|endoftext|>": "bos_token_id", "<|video_pad|>": "video_token_id"}
+
+
+# ---- what a directory holds ---------------------------------------------------------------------------------------
+def is_hf_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json"))
+
+
+def is_orbax_model(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, orbax_io.CONFIG_FILE))
+
+
+def is_training_checkpoint(path: str) -> bool:
+    """True for a training workdir's checkpoint folder (numbered step directories written by orbax)."""
+    if not os.path.isdir(path):
+        return False
+    return any(name.isdigit() and os.path.isdir(os.path.join(path, name, META)) for name in os.listdir(path))
+
+
+def read_config(path: str) -> ModelConfig:
+    """The model config of any of the three layouts, without reading weights."""
+    if is_hf_dir(path):
+        return ModelConfig.from_hf(hf.read_config(path))
+    if is_training_checkpoint(path):
+        manager = ocp.CheckpointManager(os.path.abspath(path), item_names=(STATE, DATA, META))
+        try:
+            return _saved_config(manager, manager.latest_step(), path)
+        finally:
+            manager.close()
+    return orbax_io.read_config(path)
+
+
+# ---- models -------------------------------------------------------------------------------------------------------
+def load_model(path: str, dtype: str | None = "float32", *, mesh: jax.sharding.Mesh | None = None,
+               step: int | None = None) -> Qwen25VL:
+    """The model in ``path`` (any of the three layouts), parameters and compute in ``dtype`` (None: as saved),
+    placed on ``mesh`` by the logical-axis rules (None: this process's first device). ``step`` picks a training
+    checkpoint's step (default: the newest). FileNotFoundError when ``path`` holds none of the layouts."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model directory not found: {path}")
+    overrides = {} if dtype is None else dict(param_dtype=jnp.dtype(dtype).name, dtype=jnp.dtype(dtype).name)
+    if is_hf_dir(path):
+        return hf.load(path, dtype=dtype or "float32", mesh=mesh)
+    if is_orbax_model(path):
+        return orbax_io.restore(path, mesh=mesh, **overrides)
+    if is_training_checkpoint(path):
+        return _restore_training_model(path, step, mesh, overrides)
+    raise FileNotFoundError(f"{path} holds neither a Hugging Face checkpoint (config.json), an orbax model "
+                            f"checkpoint ({orbax_io.CONFIG_FILE}) nor a training checkpoint folder")
+
+
+def _saved_config(manager: ocp.CheckpointManager, step: int | None, path: str) -> ModelConfig:
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {path}")
+    meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+    return ModelConfig.from_dict(meta["model_config"])
+
+
+def _restore_training_model(path: str, step: int | None, mesh, overrides: dict) -> Qwen25VL:
+    """The trained + frozen parameters of a training checkpoint, without the optimizer state."""
+    manager = ocp.CheckpointManager(os.path.abspath(path), item_names=(STATE, DATA, META))
+    try:
+        step = manager.latest_step() if step is None else step
+        config = _saved_config(manager, step, path).replace(**overrides)
+        # Written on other devices (a pod slice, several processes): read onto this process's first device.
+        fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        saved = manager.restore(step, args=ocp.args.Composite(
+            **{STATE: ocp.args.StandardRestore(fallback_sharding=fallback)}))[STATE]
+    finally:
+        manager.close()
+    graphdef, params, rest = nnx.split(nnx.eval_shape(lambda: Qwen25VL(config, rngs=nnx.Rngs(0))), nnx.Param, ...)
+    values = {}
+    for half in PARAMETER_HALVES:
+        values.update(nnx.traversals.flatten_mapping(_unwrap_values(saved[half])))
+    wanted = {tuple(map(str, p)): var for p, var in nnx.to_flat_state(params)}
+    missing = sorted(".".join(k) for k in wanted if k not in values)
+    if missing:
+        raise ValueError(f"checkpoint {path} step {step} lacks parameters: {', '.join(missing[:10])}")
+    nnx.replace_by_pure_dict(params, nnx.traversals.unflatten_mapping(
+        {k: jnp.asarray(values[k], var.value.dtype) for k, var in wanted.items()}))
+    model = nnx.merge(graphdef, params, rest)
+    return parallel.shard_module(model, mesh) if mesh is not None else model
+
+
+def _unwrap_values(tree):
+    """Saved nnx states may keep each array under a ``value`` key: the plain nested dict of arrays."""
+    if isinstance(tree, dict):
+        if set(tree) == {"value"} and not isinstance(tree["value"], dict):
+            return tree["value"]
+        return {str(k): _unwrap_values(v) for k, v in tree.items()}
+    return tree
+
+
+def with_runtime_settings(model: Qwen25VL, **settings) -> Qwen25VL:
+    """The same weights with other compute settings (``dtype``, ``remat``, ``attention_impl``); the stored
+    parameter dtype is kept."""
+    new_cfg = model.config.replace(**settings, param_dtype=model.config.param_dtype)
+    if new_cfg == model.config:
+        return model
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen25VL(new_cfg, rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(state, nnx.to_pure_dict(nnx.state(model)))
+    return nnx.merge(graphdef, state)
+
+
+# ---- tokenizer and image settings ---------------------------------------------------------------------------------
+def load_processor(directory: str, *, min_pixels: int = 0, max_pixels: int = 0, name: str = "") -> Processor:
+    """The tokenizer of ``directory`` with its image settings (``preprocessor_config.json``, else Qwen2-VL's);
+    a nonzero ``min_pixels`` / ``max_pixels`` overrides the directory's. ``name`` labels the error."""
+    if not any(os.path.isfile(os.path.join(directory, f)) for f in ("tokenizer_config.json", "tokenizer.json")):
+        owner = f" (model {name!r})" if name else ""
+        raise FileNotFoundError(f"no tokenizer (tokenizer.json or tokenizer_config.json) in {directory}{owner}")
+    overrides = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
+    return Processor(load_tokenizer(directory), ImageProcessor.from_pretrained(directory, **overrides))
+
+
+def token_fields(processor: Processor) -> dict[str, int]:
+    """Model config fields (``image_token_id``, ...) set to the tokenizer's special token ids."""
+    return {field: processor.token_ids[token] for token, field in TOKEN_FIELDS.items()
+            if token in processor.token_ids}
+
+
+def check_pairing(model, processor: Processor, name: str = "") -> None:
+    """The tokenizer must use the model's image token id and fit its vocabulary; ValueError naming both."""
+    config = model.config
+    problems = []
+    if processor.image_token_id != config.image_token_id:
+        problems.append(f"<|image_pad|> is {processor.image_token_id} in the tokenizer but "
+                        f"{config.image_token_id} in the model")
+    if len(processor.tokenizer) > config.text.vocab_size:
+        problems.append(f"the tokenizer has {len(processor.tokenizer)} tokens, the model's vocabulary only "
+                        f"{config.text.vocab_size}")
+    if problems:
+        owner = f"model {name!r}: " if name else ""
+        raise ValueError(f"{owner}the tokenizer does not belong to this model: {'; '.join(problems)}")

@@ -1,0 +1,197 @@
+"""The scaffold both training loops share (``sft.run`` and ``rl.grpo.run``): everything but the loop itself.
+
+``Run(config, name, loader_kind)`` joins the distributed job, checks the workdir, builds the mesh, tokenizer,
+model, optimizer and train state: ``run.state`` is then the starting point (before any resume). Entering it as a
+context manager opens the grain loader, the checkpointer (resuming the newest checkpoint in the workdir: model,
+optimizer, step and data order), the metric writer and the progress bar, and closes them all on the way out,
+whatever happens inside. A loop then reads ``run.steps()``, calls ``run.step_done`` after each step (metrics,
+progress, console line, checkpoint when due) and ``run.finish`` at the end (waits for saves, exports the model).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from typing import Callable
+
+import jax
+import ml_collections
+from flax import nnx
+
+from robust_r1_jax import distributed, parallel
+from robust_r1_jax.model import config as model_config, loading, orbax_io
+from robust_r1_jax.model.vlm import Qwen25VL
+from robust_r1_jax.train import checkpoint as ckpt
+from robust_r1_jax.train import metrics as mx
+from robust_r1_jax.train import optim, state as train_state
+
+log = logging.getLogger(__name__)
+
+
+# ---- set-up pieces ------------------------------------------------------------------------------------------------
+def init_distributed(config) -> distributed.DistributedInfo:
+    d = config.distributed
+    return distributed.initialize(coordinator_address=d.coordinator_address or None,
+                                  num_processes=d.num_processes or None,
+                                  process_id=None if d.process_id < 0 else d.process_id, timeout_s=d.timeout_s)
+
+
+def check_workdir(workdir: str) -> str:
+    """Fails before any compute when the workdir cannot be written (gs:// paths are left to orbax)."""
+    if workdir.startswith("gs://"):
+        return workdir
+    path = os.path.abspath(workdir)
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise PermissionError(f"workdir {path} is not writable: {e}") from e
+    return path
+
+
+def load_processor(config):
+    """The run's tokenizer (``data.tokenizer``, else the ``model.init_from`` directory) at the data's pixel bounds."""
+    path = config.data.tokenizer or config.model.init_from
+    if not path:
+        raise ValueError("config.data.tokenizer (a tokenizer directory) is required when model.init_from is empty")
+    return loading.load_processor(path, min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels)
+
+
+def build_model(config, processor, mesh) -> Qwen25VL:
+    """From a checkpoint (``model.init_from``, any layout ``model.loading`` reads) or freshly initialised from a
+    preset; the small presets take their vocabulary and special token ids from the tokenizer."""
+    m = config.model
+    runtime = dict(dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl)
+    if m.init_from:
+        model = loading.with_runtime_settings(loading.load_model(m.init_from, m.param_dtype, mesh=mesh), **runtime)
+    elif m.preset in ("tiny", "demo"):
+        vocab = m.vocab_size or len(processor.tokenizer)
+        cfg = model_config.preset(m.preset, vocab_size=vocab, param_dtype=m.param_dtype, **runtime,
+                                  **loading.token_fields(processor))
+        model = Qwen25VL(cfg, rngs=nnx.Rngs(config.seed))
+    else:
+        model = Qwen25VL(model_config.preset(m.preset, param_dtype=m.param_dtype, **runtime),
+                         rngs=nnx.Rngs(config.seed))
+    loading.check_pairing(model, processor)
+    return model
+
+
+def optim_config(config, steps: int) -> optim.OptimConfig:
+    o = config.optim
+    return optim.OptimConfig(learning_rate=o.learning_rate, warmup_steps=o.warmup_steps,
+                             total_steps=o.total_steps or steps, min_lr_ratio=o.min_lr_ratio,
+                             weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, clip_norm=o.clip_norm)
+
+
+def make_loader(config, processor, per_host: int, info, kind: str = "sft"):
+    """This process's shard of the ``robust_r1`` dataset as fixed-shape SFT or RL batches (grain)."""
+    from robust_r1_jax.data import pipeline, tfds_builder
+    d = config.data
+    if not d.dataset_dir:
+        raise ValueError("config.data.dataset_dir is required (a robust_r1 dataset; build one with configs/synth.py)")
+    source = tfds_builder.data_source(d.dataset_dir, d.split)
+    extra = {"reference_bytes": d.reference_bytes} if "reference_bytes" in d else {}
+    pcfg = pipeline.PipelineConfig(batch_size=per_host, seq_len=d.seq_len, patch_bucket=d.patch_bucket,
+                                   image_slots=d.image_slots, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
+                                   seed=config.seed, shuffle=d.shuffle, num_epochs=None,
+                                   worker_count=d.worker_count, **extra)
+    make = pipeline.make_sft_loader if kind == "sft" else pipeline.make_rl_loader
+    return make(source, processor, pcfg, process_index=info.process_index, process_count=info.process_count)
+
+
+def run_meta(config, model) -> dict:
+    return dict(model_config=model.config.to_dict(), config=config.to_json_best_effort())
+
+
+def progress_bar(start: int, total: int, desc: str):
+    if not distributed.is_primary():
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
+
+
+# ---- the scaffold -------------------------------------------------------------------------------------------------
+class Run:
+    """One training run's set-up and close-out; see the module docstring for the order of things."""
+
+    def __init__(self, config: ml_collections.ConfigDict, name: str, loader_kind: str = "sft"):
+        self.config, self.name, self.loader_kind = config, name, loader_kind
+        self.info = init_distributed(config)
+        self.workdir = check_workdir(config.workdir)
+        self.per_host = distributed.check_divisible(config.data.global_batch_size, self.info.process_count)
+        self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+        self.processor = load_processor(config)
+        model = build_model(config, self.processor, self.mesh)
+        self.model_config = model.config
+        self.optim_config = optim_config(config, config.train.steps)
+        self.tx = optim.optimizer(self.optim_config)
+        self.schedule = optim.schedule(self.optim_config)
+        self.parts, self.state = train_state.init_state(model, self.tx, tuple(config.train.freeze), self.mesh)
+        self.start = 0
+        self.model_dir = None
+        self._closing = contextlib.ExitStack()
+
+    def __enter__(self) -> "Run":
+        with contextlib.ExitStack() as opening:  # a failure while opening closes what was already open
+            self.loader = opening.enter_context(contextlib.closing(
+                make_loader(self.config, self.processor, self.per_host, self.info, self.loader_kind)))
+            self.checkpointer = opening.enter_context(contextlib.closing(ckpt.Checkpointer(
+                os.path.join(self.workdir, "checkpoints"), keep=self.config.train.keep,
+                async_save=self.config.train.async_checkpoint)))
+            self._resume()
+            self.writer = opening.enter_context(contextlib.closing(mx.Writer(os.path.join(self.workdir, "logs"))))
+            self.progress = progress_bar(self.start, self.config.train.steps, self.name)
+            if self.progress is not None:
+                opening.enter_context(contextlib.closing(self.progress))
+            self._closing = opening.pop_all()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._closing.close()
+
+    def _resume(self) -> None:
+        if self.checkpointer.latest_step() is None:
+            return
+        ckpt.check_compatible(self.checkpointer.read_meta(), self.model_config, self.checkpointer.directory)
+        self.state, data_state, _, self.start = self.checkpointer.restore(self.state)
+        self.loader.set_state(data_state)
+        log.info("%s: resumed from step %d in %s", self.name, self.start, self.checkpointer.directory)
+
+    def steps(self) -> range:
+        return range(self.start, self.config.train.steps)
+
+    def model(self, state) -> Qwen25VL:
+        """The whole model of a train state (trained and frozen parameters)."""
+        return self.parts.merge(state.trainable, state.frozen)
+
+    def parameter_counts(self) -> dict:
+        """Trained parameters, vision parameters, and whether any vision parameter is trained."""
+        flat = lambda tree: [(p, x) for p, x in nnx.to_flat_state(tree)]
+        trained, frozen = flat(self.state.trainable), flat(self.state.frozen)
+        return dict(trained=train_state.count(self.state.trainable),
+                    vision=sum(int(x.size) for p, x in trained + frozen if p[0] == "visual"),
+                    vision_trained=any(p[0] == "visual" for p, _ in trained))
+
+    def step_done(self, step: int, state, scalars: dict, postfix: dict, console_line: Callable[[], str]) -> None:
+        """After 0-based ``step``: its scalars to the writer, the progress bar, ``console_line()`` to the log every
+        ``train.log_every`` steps, and a checkpoint every ``train.checkpoint_every`` steps and at the last."""
+        done, train = step + 1, self.config.train
+        self.writer.write(done, scalars)
+        if self.progress is not None:
+            self.progress.update(1)
+            self.progress.set_postfix(**postfix)
+        if done % train.log_every == 0 and distributed.is_primary():
+            log.info(console_line())
+        if done % train.checkpoint_every == 0 or done == train.steps:
+            self.checkpointer.save(done, state, self.loader.get_state(), run_meta(self.config, self.model(state)))
+
+    def finish(self, state) -> dict:
+        """Waits for the last save, exports the model (``train.export_model``) and returns the run's summary."""
+        self.checkpointer.wait()
+        if self.config.train.export_model:
+            self.model_dir = os.path.join(self.workdir, "model")
+            orbax_io.save(self.model(state), self.model_dir)
+        return dict(start_step=self.start, final_step=self.config.train.steps, workdir=self.workdir,
+                    model_dir=self.model_dir)

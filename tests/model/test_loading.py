@@ -1,0 +1,68 @@
+"""model/loading.py: one loader for the three checkpoint layouts, the tokenizer + image settings, their pairing."""
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+sys.path.insert(0, os.path.dirname(__file__))
+from hf_reference import hf_model, tiny_config  # noqa: E402
+
+from robust_r1_jax.model import loading, orbax_io  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("hf") / "tiny")
+    hf_model(tiny_config(), seed=3).save_pretrained(path)
+    return path
+
+
+def test_hf_and_orbax_layouts_load_to_the_same_model(hf_dir, tmp_path):
+    from_hf = loading.load_model(hf_dir)
+    orbax_io.save(from_hf, str(tmp_path / "orbax"))
+    assert loading.is_hf_dir(hf_dir) and loading.is_orbax_model(str(tmp_path / "orbax"))
+    assert not loading.is_training_checkpoint(str(tmp_path / "orbax"))
+    from_orbax = loading.load_model(str(tmp_path / "orbax"))
+    ids = np.arange(10)[None]
+    np.testing.assert_array_equal(np.asarray(from_hf(ids)), np.asarray(from_orbax(ids)))
+    assert loading.read_config(hf_dir).text == loading.read_config(str(tmp_path / "orbax")).text
+    # dtype None keeps what was saved; a dtype sets parameters and compute alike
+    assert loading.load_model(str(tmp_path / "orbax"), None).config.param_dtype == "float32"
+    half = loading.load_model(str(tmp_path / "orbax"), "bfloat16")
+    assert (half.config.param_dtype, half.config.dtype) == ("bfloat16", "bfloat16")
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(half, nnx.Param))} == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_what_is_not_a_model_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model directory not found"):
+        loading.load_model(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="holds neither a Hugging Face checkpoint"):
+        loading.load_model(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no tokenizer .* in .*'demo SFT'"):
+        loading.load_processor(str(tmp_path), name="demo SFT")
+
+
+def test_runtime_settings_keep_the_weights(hf_dir):
+    model = loading.load_model(hf_dir)
+    other = loading.with_runtime_settings(model, remat="full", attention_impl="xla")
+    assert other.config.remat == "full" and other.config.param_dtype == model.config.param_dtype
+    ids = np.arange(6)[None]
+    np.testing.assert_array_equal(np.asarray(model(ids)), np.asarray(other(ids)))
+    assert loading.with_runtime_settings(model, remat=model.config.remat) is model
+
+
+class _Processor:
+    def __init__(self, image_token_id, size):
+        self.image_token_id, self.tokenizer = image_token_id, [0] * size
+
+
+def test_a_tokenizer_of_another_model_is_refused(hf_dir):
+    model = loading.load_model(hf_dir)
+    config = model.config
+    loading.check_pairing(model, _Processor(config.image_token_id, config.text.vocab_size))
+    with pytest.raises(ValueError, match=r"model 'x': .*<\|image_pad\|> is 1 in the tokenizer.*vocabulary only"):
+        loading.check_pairing(model, _Processor(1, config.text.vocab_size + 1), "x")
