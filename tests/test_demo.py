@@ -52,7 +52,7 @@ def test_the_stages_are_the_modes_configs_sharing_seed_and_image_size():
 def test_grpo_stage_draws_from_the_prompt_pool_with_the_demo_sampler():
     config = demo_config("runs/demo")
     rl = demo.stage_config(config, "rl", "w", "d", "t", 80, init_from="m", max_new_tokens=80)
-    pool = demo.prompt_pool(config.rl.data.split, config.synth.synth.num_train)
+    pool = demo_report.prompt_pool(config.rl.data.split, config.synth.synth.num_train)
     assert rl.data.split == f"train[:{pool}]" and rl.sampling.top_p == 0.95
     assert (rl.sampling.temperature, rl.grpo.num_samples, tuple(rl.train.freeze)) == (1.0, 8, ("^visual\\.",))
     # one epoch of the pool fills exactly the first 10% of the steps, so first and last windows see the same prompts

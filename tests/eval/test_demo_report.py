@@ -119,11 +119,14 @@ def test_report_text_is_unchanged_without_rl():
 def test_rl_summary_windows_rise_and_fifths():
     history = [dict({key: 0.5 for key in KEYS}, **{"reward/total": float(step), "step_time": 2.0 + step})
                for step in range(20)]
-    config = ConfigDict(dict(rl=dict(batch_size=4, num_samples=8, prompt_pool=32, temperature=1.0, top_p=0.95,
-                                     reward_variant="paper", reward_weights={"accuracy": 1.0}),
-                             data=dict(num_train=16)))
+    rewards = dict(variant="paper", accuracy=1.0, format=1.0, degradation=1.0, length=1.0)
+    config = ConfigDict(dict(rl=dict(data=dict(global_batch_size=4, split="train[:32]"), grpo=dict(num_samples=8),
+                                     sampling=dict(temperature=1.0, top_p=0.95), rewards=rewards),
+                             synth=dict(synth=dict(num_train=16))))
     got = demo_report.rl_summary({"history": history, "model_dir": "m"}, config)
     assert got["window"] == 2 and got["steps"] == 20 and got["prompt_pool"] == 16
+    assert got["prompts_per_step"] == 4 and got["samples_per_prompt"] == 8 and got["top_p"] == 0.95
+    assert got["weights"] == {"accuracy": 1.0, "format": 1.0, "degradation": 1.0, "length": 1.0}
     assert got["first"]["reward/total"] == 0.5 and got["last"]["reward/total"] == 18.5 and got["rise"] == 18.0
     # each window's per-step variance (0.5) over its 2 steps, both windows: sqrt(0.25 + 0.25)
     assert got["rise_standard_error"] == pytest.approx(math.sqrt(0.5))
