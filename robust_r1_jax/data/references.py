@@ -2,8 +2,9 @@
 
 Built on the host from reference chains, with the chain format of ``data/chains.py``: the stripped ANSWER block, the
 ``name(number)`` pairs of the first TYPE block (a dict: a repeated name keeps its last value) and the chain's
-length in tokens. The arrays are NumPy, built without jax (which only registers the dataclass as a pytree), so the
-input pipeline can build them too.
+length in tokens. The arrays are NumPy, built without jax (which only registers the dataclass as a pytree and
+stacks per-chain arrays), so the RL input pipeline builds them once per example (``chain_references``) and the
+GRPO loop only repeats them on the device.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from robust_r1_jax.data import chains
 
 _ANSWER_BLOCK = f"{chains.open_tag('ANSWER')}...{chains.close_tag('ANSWER')}"  # as error messages name it
 _TYPE_OPEN = chains.open_tag("TYPE")
+_ROW_PREFIX = "reference_"  # pipeline rows carry each field as reference_<field>
 
 
 @jax.tree_util.register_dataclass
@@ -49,46 +51,89 @@ def reference_pairs(chain: str) -> dict[str, float]:
     return {name.strip(): float(value) for name, value in chains.TYPE_PAIR_PATTERN.findall(block)}
 
 
+def chain_references(chain: str, tokenizer, *, answer_bytes: int, max_names: int, name_bytes: int,
+                     where: str = "the reference chain") -> RewardReferences:
+    """One chain's reference arrays, without the batch axis: answer uint8 [A], answer_len int32 [], names uint8
+    [R, L], name_len int32 [R], values float32 [R], token_len int32 []. What the input pipeline builds per example.
+
+    Raises ValueError naming ``where`` for a chain without an answer, a non-numeric intensity, no tokens, or an
+    answer / pairs that do not fit ``answer_bytes`` (A), ``max_names`` (R) or ``name_bytes`` (L).
+    """
+    parsed = _parse(chain, tokenizer, where)
+    for what, requested, needed in (("answer_bytes", answer_bytes, len(parsed.answer)),
+                                    ("max_names", max_names, len(parsed.pairs)),
+                                    ("name_bytes", name_bytes, max((len(k) for k, _ in parsed.pairs), default=0))):
+        if requested < needed:
+            raise ValueError(f"{where}: {what}={requested} is too small: its chain needs {needed}")
+    return _arrays(parsed, answer_bytes, max_names, name_bytes)
+
+
 def prepare_references(reference_chains: Sequence[str], tokenizer, *, answer_bytes: int | None = None,
                        max_names: int | None = None, name_bytes: int | None = None) -> RewardReferences:
     """Reference arrays for ``rl.rewards.compute``. Sizes default to powers of two covering the inputs; give them to
     fix shapes across batches (a reference that does not fit is an error)."""
-    answers, pair_lists, token_lens = [], [], []
-    for i, chain in enumerate(reference_chains):
-        if not isinstance(chain, str):
-            raise TypeError(f"reference chain {i} is a {type(chain).__name__}, expected str")
-        answer = reference_answer(chain)
-        if answer is None:
-            raise ValueError(f"reference chain {i} has no {_ANSWER_BLOCK} block: {chain[:80]!r}")
-        if "\ufffd" in answer:
-            raise ValueError(f"reference chain {i}: the answer contains U+FFFD, which cannot be told apart from "
-                             f"invalid UTF-8 in a completion")
-        try:
-            pairs = reference_pairs(chain)
-        except ValueError as e:
-            raise ValueError(f"reference chain {i}: a {_TYPE_OPEN} intensity is not a number ({e})") from e
-        n_tokens = len(tokenizer.encode(chain, add_special_tokens=False))
-        if n_tokens == 0:
-            raise ValueError(f"reference chain {i} has no tokens; r_len divides by its length")
-        answers.append(answer.encode("utf-8"))
-        pair_lists.append([(name.encode("utf-8"), value) for name, value in pairs.items()])
-        token_lens.append(n_tokens)
-    a = fixed_size(answer_bytes, max((len(x) for x in answers), default=0), 8, "answer_bytes")
-    r = fixed_size(max_names, max((len(p) for p in pair_lists), default=0), 4, "max_names")
-    n = fixed_size(name_bytes, max((len(k) for p in pair_lists for k, _ in p), default=0), 16, "name_bytes")
-    b = len(answers)
-    answer = np.zeros((b, a), np.uint8)
-    names = np.zeros((b, r, n), np.uint8)
-    name_len = np.full((b, r), -1, np.int32)
-    values = np.zeros((b, r), np.float32)
-    for i, (ans, pairs) in enumerate(zip(answers, pair_lists)):
-        answer[i, :len(ans)] = np.frombuffer(ans, np.uint8)
-        for k, (name, value) in enumerate(pairs):
-            names[i, k, :len(name)] = np.frombuffer(name, np.uint8)
-            name_len[i, k] = len(name)
-            values[i, k] = value
-    return RewardReferences(answer=answer, answer_len=np.array([len(x) for x in answers], np.int32), names=names,
-                            name_len=name_len, values=values, token_len=np.array(token_lens, np.int32))
+    parsed = [_parse(chain, tokenizer, f"reference chain {i}") for i, chain in enumerate(reference_chains)]
+    a = fixed_size(answer_bytes, max((len(p.answer) for p in parsed), default=0), 8, "answer_bytes")
+    r = fixed_size(max_names, max((len(p.pairs) for p in parsed), default=0), 4, "max_names")
+    n = fixed_size(name_bytes, max((len(k) for p in parsed for k, _ in p.pairs), default=0), 16, "name_bytes")
+    if not parsed:
+        return RewardReferences(answer=np.zeros((0, a), np.uint8), answer_len=np.zeros(0, np.int32),
+                                names=np.zeros((0, r, n), np.uint8), name_len=np.zeros((0, r), np.int32),
+                                values=np.zeros((0, r), np.float32), token_len=np.zeros(0, np.int32))
+    return jax.tree.map(lambda *rows: np.stack(rows), *(_arrays(p, a, r, n) for p in parsed))
+
+
+def as_row(references: RewardReferences) -> dict[str, np.ndarray]:
+    """One chain's arrays (``chain_references``) as pipeline row entries ``reference_<field>``."""
+    return {_ROW_PREFIX + f.name: getattr(references, f.name) for f in dataclasses.fields(RewardReferences)}
+
+
+def from_batch(batch) -> RewardReferences:
+    """The ``reference_<field>`` entries of a batch of rows (``as_row``) as one RewardReferences."""
+    return RewardReferences(**{f.name: batch[_ROW_PREFIX + f.name] for f in dataclasses.fields(RewardReferences)})
+
+
+
+@dataclasses.dataclass(frozen=True)
+class _Parsed:
+    answer: bytes                      # UTF-8 of the stripped answer
+    pairs: list[tuple[bytes, float]]   # UTF-8 name, intensity
+    token_len: int
+
+
+def _parse(chain: str, tokenizer, where: str) -> _Parsed:
+    if not isinstance(chain, str):
+        raise TypeError(f"{where} is a {type(chain).__name__}, expected str")
+    answer = reference_answer(chain)
+    if answer is None:
+        raise ValueError(f"{where} has no {_ANSWER_BLOCK} block: {chain[:80]!r}")
+    if "\ufffd" in answer:
+        raise ValueError(f"{where}: the answer contains U+FFFD, which cannot be told apart from "
+                         f"invalid UTF-8 in a completion")
+    try:
+        pairs = reference_pairs(chain)
+    except ValueError as e:
+        raise ValueError(f"{where}: a {_TYPE_OPEN} intensity is not a number ({e})") from e
+    n_tokens = len(tokenizer.encode(chain, add_special_tokens=False))
+    if n_tokens == 0:
+        raise ValueError(f"{where} has no tokens; r_len divides by its length")
+    return _Parsed(answer.encode("utf-8"), [(name.encode("utf-8"), value) for name, value in pairs.items()],
+                   n_tokens)
+
+
+def _arrays(parsed: _Parsed, answer_bytes: int, max_names: int, name_bytes: int) -> RewardReferences:
+    """Zero-padded arrays of one parsed chain (sizes already checked); padding names have ``name_len == -1``."""
+    answer = np.zeros(answer_bytes, np.uint8)
+    answer[:len(parsed.answer)] = np.frombuffer(parsed.answer, np.uint8)
+    names = np.zeros((max_names, name_bytes), np.uint8)
+    name_len = np.full(max_names, -1, np.int32)
+    values = np.zeros(max_names, np.float32)
+    for k, (name, value) in enumerate(parsed.pairs):
+        names[k, :len(name)] = np.frombuffer(name, np.uint8)
+        name_len[k] = len(name)
+        values[k] = value
+    return RewardReferences(answer=answer, answer_len=np.int32(len(parsed.answer)), names=names, name_len=name_len,
+                            values=values, token_len=np.int32(parsed.token_len))
 
 
 def bucket_size(n: int, minimum: int) -> int:

@@ -22,16 +22,21 @@ turn (``processor.chat_completion``); RL stops after ``<|im_start|>assistant\\n`
     example_index   int64   [B]        index into the source; -1 on padding rows
     truncated_tokens int32  [B]        tokens cut off the end of the row to fit S (0 almost always)
 
-**RL batch** (S = ``seq_len`` is the prompt length, C = ``reference_bytes``, K = ``degradation_slots``)::
+**RL batch** (S = ``seq_len`` is the prompt length; A = ``reference_answer_bytes``, R = ``reference_names``,
+L = ``reference_name_bytes``)::
 
     prompt_ids, prompt_mask           int32 [B, S]   LEFT padded: the prompt ends at column S - 1
     pixel_values, image_grid_thw, position_ids, example_index     as for SFT
-    reference_chain         uint8 [B, C]   UTF-8 of the reference chain, zero padded
-    reference_chain_length  int32 [B]      its length in bytes (see ``reference_texts``)
-    answer_index            int32 [B]      the correct option
-    degradation_ids         int32 [B, K]   indices into ``degrade.NAMES``, -1 padding
-    degradation_values      float32 [B, K] their intensities, 0 padding
-    summed_intensity        float32 [B]    sum of the intensities
+    reference_answer        uint8 [B, A]     UTF-8 of the chain's stripped answer, zero padded
+    reference_answer_len    int32 [B]
+    reference_names         uint8 [B, R, L]  UTF-8 of each distinct TYPE name of the chain
+    reference_name_len      int32 [B, R]     -1 on padding names
+    reference_values        float32 [B, R]   their intensities
+    reference_token_len     int32 [B]        the chain's length in tokens
+    summed_intensity        float32 [B]      sum of the example's degradation intensities
+
+The ``reference_*`` entries are ``data.references.RewardReferences`` fields (``references.from_batch``), built
+once per example here so that the GRPO loop only repeats them on the device.
 
 Padding rows (``example_index == -1``) repeat a real example to keep the shapes; SFT gives them a zero loss
 mask, RL loops must give them zero weight.
@@ -39,7 +44,7 @@ mask, RL loops must give them zero weight.
 **Images.** Each image is resized by the processor's smart resize with ``max_pixels`` lowered so that the
 example's images fit the patch bucket (``patch_bucket // images`` patches each). An example that still does
 not fit (``min_pixels`` too large, an extreme aspect ratio, more images than slots, image tokens past S, a
-prompt longer than S for RL, a chain longer than C) is an error naming its id.
+prompt longer than S for RL, a chain whose answer or TYPE names do not fit A, R or L) is an error naming its id.
 """
 from __future__ import annotations
 
@@ -53,15 +58,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from robust_r1_jax import degrade
-from robust_r1_jax.data import chains
+from robust_r1_jax.data import chains, references
 from robust_r1_jax.model.processor import END_OF_TEXT, ImageProcessor, Processor
 from robust_r1_jax.model.rope_index import host_mrope_position_ids
 
 logger = logging.getLogger(__name__)
 
 PADDING_INDEX = -1
-_DEGRADATION_IDS = {name: i for i, name in enumerate(degrade.NAMES)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,13 +87,14 @@ class PipelineConfig:
     drop_remainder: bool = True
     read_threads: int = 2  # threads per process building rows
     prefetch_batches: int = 4  # batches buffered per process
-    reference_bytes: int = 4096  # RL: C
-    degradation_slots: int = 16  # RL: K
+    reference_answer_bytes: int = 16  # RL: A
+    reference_names: int = 16  # RL: R
+    reference_name_bytes: int = 32  # RL: L
     prompt_suffix: str = chains.PROMPT_SUFFIX
 
     def __post_init__(self):
         positive = ("batch_size", "seq_len", "patch_bucket", "image_slots", "min_pixels", "max_pixels",
-                    "reference_bytes", "degradation_slots")
+                    "reference_answer_bytes", "reference_names", "reference_name_bytes")
         for name in positive:
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"PipelineConfig.{name} must be positive, got {getattr(self, name)}")
@@ -290,41 +294,17 @@ class RLRow(_RowBuilder):
             "position_ids": self.positions(prompt_ids, prompt_mask, grid, processor, where),
             "example_index": np.int64(PADDING_INDEX if padding else index),
         }
-        row.update(self.references(example, where))
+        row.update(self.reward_references(example, processor, where))
         return row
 
-    def references(self, example: Mapping, where: str) -> dict:
-        chain = _text(example["chain"]).encode("utf-8")
-        if len(chain) > self.config.reference_bytes:
-            raise ValueError(f"{where}: its chain has {len(chain)} UTF-8 bytes, more than reference_bytes="
-                             f"{self.config.reference_bytes}")
-        reference = np.zeros(self.config.reference_bytes, np.uint8)
-        reference[:len(chain)] = np.frombuffer(chain, np.uint8)
-        names = _texts(example.get("degradation_types"))
+    def reward_references(self, example: Mapping, processor: Processor, where: str) -> dict:
+        """The reward references of the example's chain and its summed degradation intensity."""
+        config = self.config
+        arrays = references.chain_references(
+            _text(example["chain"]), processor.tokenizer, answer_bytes=config.reference_answer_bytes,
+            max_names=config.reference_names, name_bytes=config.reference_name_bytes, where=where)
         values = np.asarray(example.get("degradation_intensities", []), np.float32).reshape(-1)
+        names = _texts(example.get("degradation_types"))
         if len(names) != len(values):
             raise ValueError(f"{where}: {len(names)} degradation types but {len(values)} intensities")
-        if len(names) > self.config.degradation_slots:
-            raise ValueError(f"{where}: {len(names)} degradations, more than degradation_slots="
-                             f"{self.config.degradation_slots}")
-        unknown = [n for n in names if n not in _DEGRADATION_IDS]
-        if unknown:
-            raise ValueError(f"{where}: unknown degradation name(s) {unknown}; expected names of degrade.NAMES")
-        ids = np.full(self.config.degradation_slots, -1, np.int32)
-        ids[:len(names)] = [_DEGRADATION_IDS[n] for n in names]
-        padded_values = np.zeros(self.config.degradation_slots, np.float32)
-        padded_values[:len(values)] = values
-        return {
-            "reference_chain": reference,
-            "reference_chain_length": np.int32(len(chain)),
-            "answer_index": np.int32(int(example["answer"])),
-            "degradation_ids": ids,
-            "degradation_values": padded_values,
-            "summed_intensity": np.float32(values.astype(np.float64).sum()),
-        }
-
-
-def reference_texts(batch: Mapping[str, np.ndarray]) -> list[str]:
-    """The reference chains of an RL batch as ``str``."""
-    data, lengths = np.asarray(batch["reference_chain"]), np.asarray(batch["reference_chain_length"])
-    return [bytes(row[:n]).decode("utf-8") for row, n in zip(data, lengths)]
+        return {**references.as_row(arrays), "summed_intensity": np.float32(values.astype(np.float64).sum())}

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from robust_r1_jax.data.references import RewardReferences, prepare_references
+from robust_r1_jax.data import references
 from robust_r1_jax.model import generate as smp
 from robust_r1_jax.model import sampling
 from robust_r1_jax.rl import rewards as rw
@@ -148,7 +148,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.workdir = "runs/rl"
     c.data.global_batch_size = 16   # prompts per step (x G completions)
     c.data.seq_len = 512            # prompt bucket
-    c.data.reference_bytes = 4096
+    c.data.reference_answer_bytes = 16  # reward reference sizes (data/rows.py: A, R, L)
+    c.data.reference_names = 16
+    c.data.reference_name_bytes = 32
     c.optim.learning_rate = 1e-6
     c.optim.clip_norm = 1.0
     # The sampling temperature is also the learner's: log-probs are taken of the tempered distribution.
@@ -196,7 +198,7 @@ def run(config) -> dict:
             rollout = smp.generate(r.model(state), prompts["prompt_ids"], prompts["prompt_mask"],
                                    prompts.get("pixel_values"), prompts.get("image_grid_thw"), scfg,
                                    jax.random.fold_in(base_rng, step))
-            refs = _references(mesh, local, r.processor.tokenizer, gcfg.num_samples, config.data.reference_bytes)
+            refs = _references(mesh, local, gcfg.num_samples)
             scores = rw.compute(rollout.tokens, rollout.mask, refs, table, config.rewards.variant, weights)
             advantages = advantage_fn(scores["total"])
             batch = dict(prompt_ids=rollout.prompt_ids, prompt_mask=rollout.prompt_mask, tokens=rollout.tokens,
@@ -237,11 +239,15 @@ def _row_weights(mesh, local: dict, group: int):
     return _global(mesh, np.repeat(weight, group))
 
 
-def _references(mesh, local: dict, tokenizer, group: int, reference_bytes: int) -> RewardReferences:
-    from robust_r1_jax.data.rows import reference_texts
-    texts = [t for t in reference_texts(local) for _ in range(group)]
-    refs = prepare_references(texts, tokenizer, answer_bytes=16, max_names=16, name_bytes=32)
-    return jax.tree.map(lambda a: _global(mesh, a), refs)
+def _references(mesh, local: dict, group: int) -> references.RewardReferences:
+    """The batch's reward references (built by the pipeline) as global arrays, each row repeated for its G
+    completions on the device."""
+    return _repeat_rows(jax.tree.map(lambda a: _global(mesh, a), references.from_batch(local)), group)
+
+
+@jax.jit(static_argnums=1)
+def _repeat_rows(tree, group: int):
+    return jax.tree.map(lambda a: jnp.repeat(a, group, axis=0), tree)
 
 
 def _step_metrics(metrics: dict, scores: dict, lengths: np.ndarray, summed_intensity: np.ndarray, group: int,

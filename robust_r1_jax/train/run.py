@@ -92,7 +92,7 @@ def make_loader(config, processor, per_host: int, info, kind: str = "sft"):
     if not d.dataset_dir:
         raise ValueError("config.data.dataset_dir is required (a robust_r1 dataset; build one with configs/synth.py)")
     source = tfds_builder.data_source(d.dataset_dir, d.split)
-    extra = {"reference_bytes": d.reference_bytes} if "reference_bytes" in d else {}
+    extra = {k: d[k] for k in ("reference_answer_bytes", "reference_names", "reference_name_bytes") if k in d}
     pcfg = pipeline.PipelineConfig(batch_size=per_host, seq_len=d.seq_len, patch_bucket=d.patch_bucket,
                                    image_slots=d.image_slots, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
                                    seed=config.seed, shuffle=d.shuffle, num_epochs=None,

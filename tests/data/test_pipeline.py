@@ -1,12 +1,13 @@
 """grain pipelines: fixed shapes, exact masks and positions, determinism, resumption, host sharding."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from robust_r1_jax import degrade
-from robust_r1_jax.data import annotators, chains, pipeline, rows, shapes, tfds_builder
+from robust_r1_jax.data import annotators, chains, pipeline, references, rows, shapes, tfds_builder
 from robust_r1_jax.data.pipeline import PipelineConfig
 from robust_r1_jax.data.records import encode_image
 from robust_r1_jax.data.tokenizer import train_demo_tokenizer
@@ -69,7 +70,7 @@ def processor(examples, tmp_path_factory):
 
 def _config(**overrides):
     settings = dict(batch_size=4, seq_len=SEQ_LEN, patch_bucket=BUCKET, image_slots=2, seed=5, num_epochs=1,
-                    drop_remainder=False, read_threads=0, prefetch_batches=2, reference_bytes=2048)
+                    drop_remainder=False, read_threads=0, prefetch_batches=2)
     settings.update(overrides)
     return PipelineConfig(**settings)
 
@@ -191,10 +192,11 @@ def test_rl_batch_is_the_left_padded_prompt_with_references(rl_batches, sft_batc
     assert len(rl_batches) == 4
     for rl, sft in zip(rl_batches, sft_batches):
         assert rl["prompt_ids"].shape == (4, SEQ_LEN) and rl["prompt_ids"].dtype == np.int32
-        assert rl["reference_chain"].shape == (4, 2048) and rl["reference_chain"].dtype == np.uint8
-        assert rl["degradation_ids"].shape == (4, 16) and rl["degradation_values"].dtype == np.float32
+        assert rl["reference_answer"].shape == (4, 16) and rl["reference_answer"].dtype == np.uint8
+        assert rl["reference_names"].shape == (4, 16, 32) and rl["reference_values"].dtype == np.float32
+        assert rl["reference_token_len"].dtype == np.int32 and rl["summed_intensity"].dtype == np.float32
         np.testing.assert_array_equal(rl["example_index"], sft["example_index"])  # same order as SFT
-        texts = rows.reference_texts(rl)
+        refs = references.from_batch(rl)
         for row, index in enumerate(rl["example_index"]):
             mask = rl["prompt_mask"][row]
             length = mask.sum()
@@ -205,14 +207,19 @@ def test_rl_batch_is_the_left_padded_prompt_with_references(rl_batches, sft_batc
             if index < 0:
                 continue
             example = examples[index]
-            assert texts[row] == example["chain"]
-            assert rl["reference_chain_length"][row] == len(example["chain"].encode("utf-8"))
-            assert rl["answer_index"][row] == example["answer"]
+            # The references are those the GRPO loop built on the host from the chain before.
+            expected = references.prepare_references([example["chain"]], processor.tokenizer, answer_bytes=16,
+                                                     max_names=16, name_bytes=32)
+            for field in dataclasses.fields(expected):
+                got, want = getattr(refs, field.name)[row], getattr(expected, field.name)
+                assert got.dtype == want.dtype, field.name
+                np.testing.assert_array_equal(got, want[0], err_msg=field.name)
+            answer = bytes(refs.answer[row, :refs.answer_len[row]]).decode("utf-8")
+            assert answer == references.reference_answer(example["chain"]) == str(example["answer"])
             count = len(example["degradation_types"])
-            names = [degrade.NAMES[i] for i in rl["degradation_ids"][row, :count]]
-            assert names == example["degradation_types"]
-            assert (rl["degradation_ids"][row, count:] == -1).all()
-            np.testing.assert_array_equal(rl["degradation_values"][row, :count], example["degradation_intensities"])
+            names = [bytes(n[:k]).decode("utf-8") for n, k in zip(refs.names[row], refs.name_len[row]) if k >= 0]
+            assert names == example["degradation_types"] and (refs.name_len[row, count:] == -1).all()
+            np.testing.assert_array_equal(refs.values[row, :count], example["degradation_intensities"])
             assert rl["summed_intensity"][row] == pytest.approx(float(example["degradation_intensities"].sum()),
                                                                 abs=1e-6)
 
@@ -335,8 +342,8 @@ def test_examples_that_do_not_fit_are_errors_naming_them(examples, processor):
         _first(_sft(examples, processor, shuffle=False, seq_len=20), 1)
     with pytest.raises(ValueError, match=f"{name}.*prompt has .* tokens, more than seq_len=60"):
         _first(_rl(examples, processor, shuffle=False, seq_len=60), 1)
-    with pytest.raises(ValueError, match=f"{name}.*UTF-8 bytes, more than reference_bytes=64"):
-        _first(_rl(examples, processor, shuffle=False, reference_bytes=64), 1)
+    with pytest.raises(ValueError, match=f"{name}.*name_bytes=4 is too small"):
+        _first(_rl(examples, processor, shuffle=False, reference_name_bytes=4), 1)
     two_images = [{**examples[0], "images": [examples[0]["image"]] * 3}]
     with pytest.raises(ValueError, match=f"{name}.*3 images but image_slots=2"):
         _first(_sft(two_images, processor, batch_size=1), 1)

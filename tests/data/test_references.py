@@ -45,3 +45,30 @@ def test_arrays_are_bucketed_and_padded():
 def test_bucket_sizes():
     assert [references.bucket_size(n, 8) for n in (0, 1, 8, 9, 100)] == [8, 8, 8, 16, 128]
     assert references.fixed_size(None, 5, 4, "x") == 8 and references.fixed_size(5, 5, 4, "x") == 5
+
+
+def test_one_chain_gives_one_row_of_the_batch_arrays():
+    chains = [CHAIN, CHAIN.replace("lens blur(0.47), ", "").replace(" 2\n", "10")]
+    sizes = dict(answer_bytes=16, max_names=16, name_bytes=32)
+    batch = references.prepare_references(chains, ByteTokenizer(), **sizes)
+    for i, chain in enumerate(chains):
+        row = references.chain_references(chain, ByteTokenizer(), **sizes)
+        for name, value in references.as_row(row).items():
+            expected = getattr(batch, name.removeprefix("reference_"))[i]
+            assert value.dtype == expected.dtype and value.shape == expected.shape, name
+            np.testing.assert_array_equal(value, expected, err_msg=name)
+    rows = [references.as_row(references.chain_references(c, ByteTokenizer(), **sizes)) for c in chains]
+    stacked = references.from_batch({k: np.stack([r[k] for r in rows]) for k in rows[0]})
+    jax.tree.map(np.testing.assert_array_equal, stacked, batch)
+
+
+def test_a_chain_that_does_not_fit_names_where_it_came_from():
+    sizes = dict(answer_bytes=16, max_names=16, name_bytes=32)
+    with pytest.raises(ValueError, match="record 7: max_names=1 is too small: its chain needs 2"):
+        references.chain_references(CHAIN, ByteTokenizer(), **{**sizes, "max_names": 1}, where="record 7")
+    with pytest.raises(ValueError, match="record 7: name_bytes=8 is too small: its chain needs 9"):
+        references.chain_references(CHAIN, ByteTokenizer(), **{**sizes, "name_bytes": 8}, where="record 7")
+    with pytest.raises(ValueError, match="record 7: answer_bytes=0 is too small"):
+        references.chain_references(CHAIN, ByteTokenizer(), **{**sizes, "answer_bytes": 0}, where="record 7")
+    with pytest.raises(ValueError, match="record 7 has no <ANSWER>"):
+        references.chain_references("<TYPE>noise(0.1)<TYPE_END>", ByteTokenizer(), **sizes, where="record 7")

@@ -8,6 +8,8 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "train"))
 import sft_data  # noqa: E402
 
+from robust_r1_jax import parallel  # noqa: E402
+from robust_r1_jax.data import references  # noqa: E402
 from robust_r1_jax.model import generate as gen  # noqa: E402
 from robust_r1_jax.rl import grpo  # noqa: E402
 
@@ -47,3 +49,25 @@ def test_grpo_steps_report_every_reward_and_resume(data, tmp_path):
     from robust_r1_jax.model import orbax_io
     model = orbax_io.restore(resumed["model_dir"])
     assert np.isfinite(np.asarray(model(np.arange(8)[None]))).all()
+
+
+class ByteTokenizer:
+    def encode(self, text, add_special_tokens=False):
+        return list(text.encode("utf-8"))
+
+
+def test_references_repeat_the_pipeline_rows_for_each_completion():
+    """The device repeat of the pipeline's per-example rows equals building the G-fold repeated chains at once."""
+    chain = ("<TYPE>lens blur(0.47), noise(0.2)<TYPE_END>\n<INFLUENCE>i<INFLUENCE_END>\n<REASONING>r<REASONING_END>\n"
+             "<CONCLUSION>c<CONCLUSION_END>\n<ANSWER> {}\n<ANSWER_END>")
+    chains = [chain.format(i) for i in range(7)] + [chain.format(10).replace("lens blur(0.47), ", "")]
+    sizes = dict(answer_bytes=16, max_names=16, name_bytes=32)
+    rows = [references.as_row(references.chain_references(c, ByteTokenizer(), **sizes)) for c in chains]
+    local = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    refs = grpo._references(parallel.make_mesh(), local, 3)
+    expected = references.prepare_references([c for c in chains for _ in range(3)], ByteTokenizer(), **sizes)
+    assert refs.batch_size == 24
+    for name in expected.__dataclass_fields__:
+        got, want = np.asarray(getattr(refs, name)), getattr(expected, name)
+        assert got.dtype == want.dtype, name
+        np.testing.assert_array_equal(got, want, err_msg=name)
