@@ -7,7 +7,9 @@ beta = 0.04; loss = mean over sequences of the token mean; lr 1e-6; one epoch ov
 weights default to the released code's (all four, weight 1); the paper's R = r_deg + r_len is
 ``--config.rewards.accuracy=0 --config.rewards.format=0``.
 
-    python -m robust_r1_jax.main --config=configs/grpo_qwen2_5_vl_3b.py         --config.model.init_from=runs/sft_qwen2_5_vl_3b/model         --config.data.tokenizer=/models/Qwen2.5-VL-3B-Instruct --config.data.dataset_dir=/data/robust_r1_tfds
+    python -m robust_r1_jax.main --config=configs/grpo_qwen2_5_vl_3b.py \\
+        --config.model.init_from=runs/sft_qwen2_5_vl_3b/model \\
+        --config.data.tokenizer=/models/Qwen2.5-VL-3B-Instruct --config.data.dataset_dir=/data/robust_r1_tfds
 
 Scale variants (big_vision style, ``--config=configs/grpo_qwen2_5_vl_3b.py:VARIANT``; the text after the colon is
 ``get_config``'s argument): the recipe unchanged except for the mesh, the workdir and what the memory of the target
@@ -22,7 +24,7 @@ Slices assumed (each is ONE host, so one process and no coordinator; a JAX devic
 
     launch/tpu_pod.sh --name r1 --zone us-east5-a --accelerator-type v5p-8 --version v2-alpha-tpuv5 \
         --config configs/grpo_qwen2_5_vl_3b.py:v5p8 --workdir runs/grpo_3b \
-        --config-args "--config.model.init_from=runs/sft_3b/model \
+        --config-args "--config.model.init_from=runs/sft_3b/model \\
                        --config.data.tokenizer=/data/Qwen2.5-VL-3B-Instruct --config.data.dataset_dir=/data/tfds"
 
 (paths relative to the project folder on the host; the SFT run of configs/sft_qwen2_5_vl_3b.py:v5p8 on the same

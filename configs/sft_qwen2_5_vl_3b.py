@@ -3,7 +3,9 @@
 Vision tower and merger frozen, the language model fully trained (SPEC §1); bf16 compute with fp32 master
 weights and AdamW moments; 2.5K chains (25% of the 10K A-OKVQA train split, SPEC §2) for two epochs.
 
-    python -m robust_r1_jax.main --config=configs/sft_qwen2_5_vl_3b.py         --config.model.init_from=/models/Qwen2.5-VL-3B-Instruct         --config.data.dataset_dir=/data/robust_r1_tfds --config.workdir=/runs/sft_3b
+    python -m robust_r1_jax.main --config=configs/sft_qwen2_5_vl_3b.py \\
+        --config.model.init_from=/models/Qwen2.5-VL-3B-Instruct \\
+        --config.data.dataset_dir=/data/robust_r1_tfds --config.workdir=/runs/sft_3b
 
 Memory on one 80 GB GPU: 3.09B trained parameters x 16 bytes (fp32 weights, grads, two Adam moments) is
 49 GB, so a single H100 fits with remat "dots"; on 8 chips use fsdp=8 (see WORKSPACE.md for mesh choices).

@@ -36,6 +36,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core.utils import tqdm_utils
 
+from robust_r1_jax import atomic
+
 DATASET_NAME = "robust_r1"
 DATASET_VERSION = "1.0.0"
 SPLITS = ("train", "validation")
@@ -183,30 +185,28 @@ def write_dataset(
     parent = os.path.dirname(target)
     created = _missing_directories(parent)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{DATASET_NAME}-build-", dir=parent)
-    succeeded = False
+
+    def fill(staging: str) -> None:
+        # tfds writes <data_dir>/<name>/<version>/: build in a scratch dir, then move the version dir's files
+        scratch = tempfile.mkdtemp(prefix=f".{DATASET_NAME}-build-", dir=parent)
+        try:
+            builder = RobustR1(split_examples=split_examples, image_format=image_format, data_dir=scratch,
+                               file_format="array_record")
+            with _quiet_tfds():
+                builder.download_and_prepare()
+            built = dataset_dir(scratch)
+            for entry in os.listdir(built):
+                os.replace(os.path.join(built, entry), os.path.join(staging, entry))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
     try:
-        builder = RobustR1(
-            split_examples=split_examples,
-            image_format=image_format,
-            data_dir=os.path.join(staging, "tfds"),
-            file_format="array_record",
-        )
-        with _quiet_tfds():
-            builder.download_and_prepare()
-        built = dataset_dir(os.path.join(staging, "tfds"))
-        if os.path.exists(target):
-            # Move the old dataset aside first so the target is never half old, half new.
-            retired = os.path.join(staging, "retired")
-            os.rename(target, retired)
-        os.rename(built, target)
-        succeeded = True
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not succeeded:
-            for directory in created:  # deepest first; rmdir only removes empty ones
-                with contextlib.suppress(OSError):
-                    os.rmdir(directory)
+        atomic.replace_dir(target, fill)
+    except BaseException:
+        for directory in created:  # deepest first; rmdir only removes empty ones
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        raise
     return target
 
 

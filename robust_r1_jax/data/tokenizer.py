@@ -11,7 +11,8 @@ local_files_only=True)`` loads:
   ``Qwen2Tokenizer`` (NFC normaliser, Qwen2's split regex, byte-level mapping) over merges trained here, so tags,
   names and numbers split and merge with their neighbours the way they do in the real vocabulary.
 
-The chain tags (``<TYPE>``, ``<TYPE_END>`` ...) stay plain text in both, as in the real Qwen vocabulary.
+The chain tags (``data.chains.TAGS`` with their openings and closings) stay plain text in both, as in the real
+Qwen vocabulary.
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ import os
 import jax
 
 from robust_r1_jax import atomic
+from robust_r1_jax.data import chains
 
 PLOT_NAME = "accuracy.png"
 JSON_NAME = "results.json"
@@ -107,7 +108,7 @@ def markdown(results: dict) -> str:
                                    _number(level.get("intensity_mae")), _number(level["mean_chain_tokens"], 1),
                                    _percent(level["format_rate"]), _percent(level["unanswered_rate"])])
         lines += ["", "### Chain metrics", "",
-                  "Degradation names in `<TYPE>` against the applied type (precision, recall), mean absolute "
+                  f"Degradation names in `{chains.open_tag('TYPE')}` against the applied type (precision, recall), mean absolute "
                   "error of the matched intensities, mean generated tokens, share of outputs in the full chain "
                   "format, share of outputs with no readable answer.", ""]
         lines += _table(["model", "level", "type precision", "type recall", "intensity MAE", "chain tokens",

@@ -11,8 +11,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
-import tempfile
 from typing import Callable
 
 import jax
@@ -22,7 +20,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from robust_r1_jax import parallel
+from robust_r1_jax import atomic, parallel
 from robust_r1_jax.model.config import ModelConfig, resolve_dtype
 from robust_r1_jax.model.vlm import Qwen25VL
 
@@ -274,11 +272,9 @@ def hf_name_for(ours: str) -> str:
 
 def save(model: Qwen25VL, path: str, *, max_shard_bytes: int = 4 << 30, dtype=None) -> None:
     """Writes config.json and safetensors (sharded with an index above ``max_shard_bytes``) atomically."""
-    parent = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
-    try:
-        out_dtype = None if dtype is None else jnp.dtype(resolve_dtype(dtype))
+    out_dtype = None if dtype is None else jnp.dtype(resolve_dtype(dtype))
+
+    def fill(tmp: str) -> None:
         shards, current, size = [], {}, 0
         for name, value in hf_tensors(model):
             if out_dtype is not None:
@@ -305,13 +301,6 @@ def save(model: Qwen25VL, path: str, *, max_shard_bytes: int = 4 << 30, dtype=No
         hf_config["torch_dtype"] = (out_dtype or jnp.dtype(resolve_dtype(model.config.param_dtype))).name
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(hf_config, f, indent=2)
-        if os.path.exists(path):
-            backup = path.rstrip("/") + ".old-" + os.path.basename(tmp)
-            os.replace(path, backup)
-            os.replace(tmp, path)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic.replace_dir(path, fill)
