@@ -1,6 +1,6 @@
 """Ahead-of-time proof for a TPU slice, without a TPU: ``mode = "aot"``.
 
-    python -m robust_r1_jax.main --config=configs/aot.py --config.recipe=configs/sft_qwen2_5_vl_3b.py:v5p-8 \
+    python -m robust_r1_jax.main --config=configs/aot.py --config.recipe=configs/sft_qwen2_5_vl_3b.py:v5p8 \
         --config.topology=v5p-8 --config.output=aot_sft.json
 
 compiles every program a recipe runs (SFT: the train step; GRPO: the rollout, the old-policy/reference scoring
@@ -21,6 +21,7 @@ generated token), N the trained parameters (PaLM, Chowdhery et al. 2022, appendi
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import sys
@@ -37,7 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from robust_r1_jax import parallel, tpu_topology
 from robust_r1_jax.model import config as model_config
 from robust_r1_jax.model.vlm import Qwen25VL
-from robust_r1_jax.train import optim, state as train_state
+from robust_r1_jax.train import state as train_state
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.topology = "v5p-8"     # tpu_topology.parse_slice names
     c.output = ""            # JSON report path ("" = print only)
     c.cost_estimate = True   # the loop-corrected cost model (three small extra compiles per program)
+    c.hbm_limit_fraction = 1.0   # "fits" means peak <= this share of the chip's HBM (e.g. 0.85 for headroom)
     return c
 
 
@@ -137,10 +139,11 @@ def extrapolated_cost(cost_parts, cfg: model_config.ModelConfig) -> dict:
     """cost(L, V) = c0 + a L + b V fitted on three small depths, evaluated at the config's depths."""
     samples = []
     for variant in depth_variants(cfg):
-        parts = cost_parts(variant)
         total = {"flops": 0.0, "seconds": 0.0}
-        for part in parts:
+        for part in cost_parts(variant):
             cost = _cost(_compile(part))
+            if cost["seconds"] <= 0:   # the cost model's "no estimate"
+                return {"flops": float("nan"), "seconds": cost["seconds"]}
             total = {k: total[k] + part.weight * cost[k] for k in total}
         samples.append(total)
     base, deeper_text, deeper_vision = samples
@@ -149,7 +152,8 @@ def extrapolated_cost(cost_parts, cfg: model_config.ModelConfig) -> dict:
             for k in base}
 
 
-def measure(program: Program, slice_: tpu_topology.Slice, mesh, cfg, cost_estimate: bool) -> dict:
+def measure(program: Program, slice_: tpu_topology.Slice, mesh, cfg, cost_estimate: bool,
+            hbm_limit_fraction: float = 1.0) -> dict:
     start = time.perf_counter()
     compiled = _compile(program.compiled)
     compile_s = time.perf_counter() - start
@@ -162,12 +166,12 @@ def measure(program: Program, slice_: tpu_topology.Slice, mesh, cfg, cost_estima
                argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
                alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
                other_resident_bytes=int(program.other_resident_bytes), peak_bytes=int(peak),
-               hbm_bytes_per_chip=int(hbm), fits=bool(peak <= hbm), flops_per_chip=None, cost_model_s=None,
+               hbm_bytes_per_chip=int(hbm), fits=bool(peak <= hbm_limit_fraction * hbm), flops_per_chip=None, cost_model_s=None,
                tokens_per_s_per_chip=None, mfu=None, note=NOTE)
     if cost_estimate and program.cost_parts is not None:
         cost = extrapolated_cost(program.cost_parts, cfg)
-        row["flops_per_chip"] = cost["flops"]
         if cost["seconds"] > 0 and cost["flops"] > 0:
+            row["flops_per_chip"] = cost["flops"]
             seconds = cost["seconds"]
             row["cost_model_s"] = seconds
             row["tokens_per_s_per_chip"] = program.tokens / seconds / slice_.chips
@@ -212,14 +216,29 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines + [NOTE])
 
 
+def load_recipe(spec: str) -> ml_collections.ConfigDict:
+    """``path.py`` or ``path.py:variant`` -> that file's ``get_config()`` / ``get_config(variant)``, the way
+    ``--config=`` reads it."""
+    path, _, variant = spec.partition(":")
+    if not path:
+        raise ValueError("config.recipe is required: a recipe file such as configs/sft_qwen2_5_vl_3b.py:v5p8")
+    try:
+        module = importlib.util.spec_from_file_location("aot_recipe", path)
+        loaded = importlib.util.module_from_spec(module)
+        module.loader.exec_module(loaded)
+    except FileNotFoundError as e:
+        raise ValueError(f"config.recipe: no recipe file {path}") from e
+    return loaded.get_config(variant) if variant else loaded.get_config()
+
+
 def run(config) -> dict:
-    from robust_r1_jax import aot_programs, atomic, main
-    recipe = main.load_config_file(config.recipe)
+    from robust_r1_jax import aot_programs, atomic
+    recipe = load_recipe(config.recipe)
     slice_ = tpu_topology.parse_slice(config.topology)
     mesh = mesh_for(recipe, tpu_topology.devices(slice_))
     cfg = recipe_model_config(recipe)
     programs = aot_programs.for_recipe(recipe, cfg, mesh)
-    rows = [measure(p, slice_, mesh, cfg, config.cost_estimate) for p in programs]
+    rows = [measure(p, slice_, mesh, cfg, config.cost_estimate, config.hbm_limit_fraction) for p in programs]
     report = table(rows)
     print(report)
     if config.output:
@@ -227,7 +246,7 @@ def run(config) -> dict:
     if not all(r["fits"] for r in rows):
         too_big = ", ".join(f"{r['program']} ({r['peak_bytes'] / tpu_topology.GIB:.1f} GiB)" for r in rows
                             if not r["fits"])
-        print(f"does not fit {slice_.name} ({slice_.generation.hbm_bytes / tpu_topology.GIB:.0f} GiB per chip): "
-              f"{too_big}", file=sys.stderr)
+        limit = config.hbm_limit_fraction * slice_.generation.hbm_bytes / tpu_topology.GIB
+        print(f"does not fit {slice_.name} (limit {limit:.1f} GiB per chip): {too_big}", file=sys.stderr)
         raise SystemExit(1)
     return {"programs": rows}

@@ -14,7 +14,7 @@ from flax import nnx
 
 from robust_r1_jax import parallel
 from robust_r1_jax.aot import Compiled, Program, abstract_state, batch_spec, per_chip_bytes, replicated
-from robust_r1_jax.train import optim, state as train_state, step as sft_step
+from robust_r1_jax.train import optim, run as train_run, step as sft_step
 
 
 def for_recipe(recipe, cfg, mesh) -> list[Program]:
@@ -68,10 +68,10 @@ def sft_programs(recipe, cfg, mesh) -> list[Program]:
 
 # ---- GRPO -----------------------------------------------------------------------------------------------------
 def grpo_programs(recipe, cfg, mesh) -> list[Program]:
+    from robust_r1_jax.model import generate as smp
     from robust_r1_jax.rl import grpo
-    from robust_r1_jax.rl import sampler as smp
 
-    gcfg = grpo.GRPOConfig(**dict(recipe.grpo))
+    gcfg = grpo.grpo_config(recipe)
     group, horizon = gcfg.num_samples, recipe.sampling.max_new_tokens
     prompts, prompt_len = recipe.data.global_batch_size, recipe.data.seq_len
     rows = prompts * group
@@ -87,10 +87,7 @@ def grpo_programs(recipe, cfg, mesh) -> list[Program]:
                                  **_image_shapes(recipe, model_cfg, prompts)})
 
     def sampler_config(model_cfg):
-        return smp.SamplerConfig(max_new_tokens=horizon, temperature=gcfg.temperature,
-                                 top_p=recipe.sampling.top_p, top_k=recipe.sampling.top_k, num_samples=group,
-                                 stop_token_ids=smp.default_stop_token_ids(model_cfg),
-                                 pad_token_id=model_cfg.bos_token_id)
+        return grpo.sampler_config(recipe, gcfg, model_cfg)
 
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated(mesh))
 
@@ -99,12 +96,12 @@ def grpo_programs(recipe, cfg, mesh) -> list[Program]:
         graphdef, weights = nnx.split(parts.merge(state.trainable, state.frozen))
         p = prompt_batch(model_cfg)
         scfg = sampler_config(model_cfg)
-        fn = jax.jit(lambda w, ids, mask, pix, grid, key: smp._rollout(
+        fn = jax.jit(lambda w, ids, mask, pix, grid, key: smp.rollout(
             graphdef, w, ids, mask, pix, grid, key, config=scfg, cache_len=prompt_len + horizon))
         return Compiled(fn, (weights, p["prompt_ids"], p["prompt_mask"], p["pixel_values"], p["image_grid_thw"], rng))
 
     def rollout_parts(model_cfg) -> list[Compiled]:
-        """One prefill (with the G-fold cache repeat) and one decode step, run T-1 times."""
+        """One prefill (with the G-fold cache repeat) and one decode step's forward, run T-1 times."""
         _, parts, state = setup(model_cfg)
         graphdef, weights = nnx.split(parts.merge(state.trainable, state.frozen))
         p = prompt_batch(model_cfg)
@@ -114,9 +111,9 @@ def grpo_programs(recipe, cfg, mesh) -> list[Program]:
             logits, cache = nnx.merge(graphdef, w).prefill_traced(ids, pix, grid, mask, prompt_len + horizon)
             return jnp.repeat(logits, group, axis=0), cache.repeat(group)
 
-        def decode(w, last, cache, key):
-            logits, cache = nnx.merge(graphdef, w).decode_traced(last, cache)
-            return smp.sample_tokens(logits, key, scfg), cache
+        def decode(w, last, cache):
+            # the forward alone: XLA's TPU cost model has no estimate (-1) for the sampler's random draw
+            return nnx.merge(graphdef, w).decode_traced(last, cache)
 
         prefill_args = (weights, p["prompt_ids"], p["prompt_mask"], p["pixel_values"], p["image_grid_thw"])
         compiled_prefill = jax.jit(prefill).lower(*prefill_args).compile()
@@ -126,7 +123,7 @@ def grpo_programs(recipe, cfg, mesh) -> list[Program]:
                              compiled_prefill.output_shardings[1])
         last = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=parallel.batch_sharding(mesh, 1))
         return [Compiled(None, prefill_args, executable=compiled_prefill),
-                Compiled(jax.jit(decode), (weights, last, cache, rng), weight=horizon - 1)]
+                Compiled(jax.jit(decode), (weights, last, cache), weight=horizon - 1)]
 
     def learner_batch(model_cfg):
         shapes = {"prompt_ids": ((rows, prompt_len), jnp.int32), "prompt_mask": ((rows, prompt_len), jnp.int32),
