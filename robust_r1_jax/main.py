@@ -24,6 +24,7 @@ MODES = {
     "generate": "robust_r1_jax.eval.generate:run",
     "convert": "robust_r1_jax.model.convert:run_convert",
     "inspect": "robust_r1_jax.model.convert:run_inspect",
+    "aot": "robust_r1_jax.aot:run",
 }
 
 

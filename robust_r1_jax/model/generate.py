@@ -220,8 +220,9 @@ def _write(progress: _Progress, sampled: jax.Array, logprobs: jax.Array, config:
     )
 
 
-def _rollout(graphdef, state, prompt_ids, prompt_mask, pixel_values, image_grid_thw, rng,
+def rollout(graphdef, state, prompt_ids, prompt_mask, pixel_values, image_grid_thw, rng,
              config: SamplerConfig, cache_len: int) -> Rollout:
+    """The traceable body of :func:`generate` (the AOT report lowers it with abstract arguments)."""
     model = nnx.merge(graphdef, state)
     batch, prompt_len = prompt_ids.shape
     group, horizon = config.num_samples, config.max_new_tokens
@@ -258,7 +259,7 @@ def _rollout(graphdef, state, prompt_ids, prompt_mask, pixel_values, image_grid_
                    prompt_mask=jnp.repeat(prompt_mask, group, axis=0), steps=progress.step)
 
 
-_compiled_rollout = jax.jit(_rollout, static_argnums=(0,), static_argnames=("config", "cache_len"))
+_compiled_rollout = jax.jit(rollout, static_argnums=(0,), static_argnames=("config", "cache_len"))
 
 
 def compiled_cache_size() -> int:

@@ -162,11 +162,11 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _grpo_config(config) -> GRPOConfig:
+def grpo_config(config) -> GRPOConfig:
     return GRPOConfig(**dict(config.grpo), temperature=float(config.sampling.temperature))
 
 
-def _sampler_config(config, gcfg: GRPOConfig, model_cfg) -> smp.SamplerConfig:
+def sampler_config(config, gcfg: GRPOConfig, model_cfg) -> smp.SamplerConfig:
     return smp.SamplerConfig(**sampling.sampler_settings(config.sampling), num_samples=gcfg.num_samples,
                              stop_token_ids=smp.default_stop_token_ids(model_cfg), pad_token_id=model_cfg.bos_token_id)
 
@@ -183,13 +183,13 @@ def _compiled_steps(r: Run, gcfg: GRPOConfig):
 def run(config) -> dict:
     """``train.steps`` GRPO steps (resuming the workdir's newest checkpoint); returns one metrics row per step
     and the run summary of ``Run.finish``."""
-    gcfg = _grpo_config(config)
+    gcfg = grpo_config(config)
     r = Run(config, "grpo", loader_kind="rl")
     ref_trainable = jax.tree.map(jnp.copy, r.state.trainable)   # the frozen reference: the starting policy
     with r:
         weights = rw.RewardWeights(**{k: config.rewards[k] for k in ("accuracy", "format", "degradation", "length")})
         table = token_bytes_table(r.processor.tokenizer, vocab_size=r.model_config.text.vocab_size)
-        scfg = _sampler_config(config, gcfg, r.model_config)
+        scfg = sampler_config(config, gcfg, r.model_config)
         score_fn, update_fn, advantage_fn = _compiled_steps(r, gcfg)
         state, history, base_rng, meter, mesh = r.state, [], jax.random.key(config.seed), mx.Meter(), r.mesh
         for step in r.steps():

@@ -53,9 +53,31 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation, freeze: Sequ
     parts, trainable, frozen = split_model(model, freeze)
     if not jax.tree.leaves(trainable):
         raise ValueError(f"every parameter is frozen by {list(freeze)}: nothing to train")
-    opt_state = jax.jit(tx.init)(trainable)
-    state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, frozen=frozen, opt_state=opt_state)
-    return parts, on_mesh(state, mesh) if mesh is not None else state
+    if mesh is None:
+        return parts, TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, frozen=frozen,
+                                 opt_state=jax.jit(tx.init)(trainable))
+    state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, frozen=frozen, opt_state=None)
+    shardings = state_shardings(tx, state, mesh)
+    # tx.init reads only the parameters' shapes, so without out_shardings its zeros land on one device.
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(trainable)
+    step = jax.device_put(state.step, shardings.step)
+    return parts, on_mesh(TrainState(step=step, trainable=trainable, frozen=frozen, opt_state=opt_state), mesh)
+
+
+def state_shardings(tx: optax.GradientTransformation, state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
+    """Where each leaf of the train state lives: every optimizer leaf that mirrors a parameter (Adam's moments)
+    is sharded like that parameter, the rest (step, Adam's counts) is replicated.
+
+    ``state.trainable`` / ``state.frozen`` may hold arrays or ``jax.ShapeDtypeStruct``s with a sharding (the
+    AOT compile never allocates them); ``state.opt_state`` is ignored and derived with ``jax.eval_shape``.
+    """
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    param_sh = jax.tree.map(lambda x: x.sharding, state.trainable)
+    abstract_opt = jax.eval_shape(tx.init, state.trainable)
+    opt_sh = optax.tree_map_params(tx, lambda _, sharding: sharding, abstract_opt, param_sh,
+                                   transform_non_params=lambda _: replicated)
+    return TrainState(step=replicated, trainable=param_sh, frozen=jax.tree.map(lambda x: x.sharding, state.frozen),
+                      opt_state=opt_sh)
 
 
 def on_mesh(tree, mesh: jax.sharding.Mesh):

@@ -1,0 +1,252 @@
+"""Ahead-of-time proof for a TPU slice, without a TPU: ``mode = "aot"``.
+
+    python -m robust_r1_jax.main --config=configs/aot.py --config.recipe=configs/sft_qwen2_5_vl_3b.py:v5p8 \
+        --config.topology=v5p-8 --config.output=aot_sft.json
+
+compiles every program a recipe runs (SFT: the train step; GRPO: the rollout, the old-policy/reference scoring
+and the learner update) for the named slice from abstract parameters (nothing is allocated), and reports per
+chip what the compiler says the program needs (``memory_analysis``), whether that fits the chip's HBM, and
+XLA's cost-model time (``cost_analysis()["optimal_seconds"]``) with the MFU it implies.
+
+Memory is exact for the compiled program. Time is XLA's cost model, not a measurement, and custom kernels
+(Pallas) are outside it. XLA counts a loop body once, so the cost is taken from loop-free variants of each
+program (no chunked cross-entropy, no gradient accumulation; the rollout as one prefill plus T-1 single-token
+decode steps) compiled at two small depths of the language model and of the vision tower and extrapolated
+linearly to the real depths. Where that estimate is not positive, no time or MFU is printed.
+
+MFU = model FLOPs / (chips x peak bf16 FLOP/s x cost-model seconds), model FLOPs = 6 N tokens for a training
+update and 2 N tokens per forward (scoring runs two: policy and reference; the rollout one per prompt and
+generated token), N the trained parameters (PaLM, Chowdhery et al. 2022, appendix B, without attention FLOPs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import sys
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from robust_r1_jax import parallel, tpu_topology
+from robust_r1_jax.model import config as model_config
+from robust_r1_jax.model.vlm import Qwen25VL
+from robust_r1_jax.train import state as train_state
+
+log = logging.getLogger(__name__)
+
+NOTE = ("memory: the compiler's per-chip figures; time and MFU: XLA's TPU cost model (not a measurement; "
+        "custom kernels are outside it), loop-corrected by depth extrapolation")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.mode = "aot"
+    c.recipe = ""            # a recipe config file, optionally with its variant: configs/x.py:v5p-8
+    c.topology = "v5p-8"     # tpu_topology.parse_slice names
+    c.output = ""            # JSON report path ("" = print only)
+    c.cost_estimate = True   # the loop-corrected cost model (three small extra compiles per program)
+    c.hbm_limit_fraction = 1.0   # "fits" means peak <= this share of the chip's HBM (e.g. 0.85 for headroom)
+    return c
+
+
+@dataclasses.dataclass
+class Compiled:
+    """One program to compile: a jitted function and the abstract arguments it is lowered with."""
+    fn: Callable | None
+    args: tuple
+    weight: float = 1.0      # times the program runs per reported unit (the rollout's decode steps)
+    executable: object = None  # already compiled (the rollout's prefill, compiled to place the decode's cache)
+
+
+@dataclasses.dataclass
+class Program:
+    name: str
+    compiled: Compiled
+    model_flops: float                 # per run, over the whole slice
+    tokens: int                        # tokens processed (or generated) per run, over the whole slice
+    other_resident_bytes: int          # per chip: state alive during the program but not among its arguments
+    cost_parts: Callable[[model_config.ModelConfig], list[Compiled]] | None = None
+
+
+# ---- abstract state -------------------------------------------------------------------------------------------
+def abstract(x, sharding) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+
+def per_chip_bytes(tree) -> int:
+    """Bytes one chip holds of abstract (or real) arrays with shardings."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shard = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+        total += int(np.prod(shard, dtype=np.int64)) * jnp.dtype(x.dtype).itemsize
+    return total
+
+
+def abstract_state(cfg: model_config.ModelConfig, tx, freeze, mesh):
+    """ModelParts and a TrainState of ShapeDtypeStructs laid out as ``train_state.init_state`` lays them."""
+    model = nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0)))
+    shardings = parallel.param_shardings(model, mesh)
+    params = nnx.state(model, nnx.Param)
+    placed = jax.tree.map(lambda v, sharding: abstract(v.value, sharding), params, shardings,
+                          is_leaf=lambda x: isinstance(x, nnx.Variable))
+    nnx.update(model, placed)
+    parts, trainable, frozen = train_state.split_model(model, freeze)
+    skeleton = train_state.TrainState(step=None, trainable=trainable, frozen=frozen, opt_state=None)
+    sh = train_state.state_shardings(tx, skeleton, mesh)
+    opt = jax.tree.map(abstract, jax.eval_shape(tx.init, trainable), sh.opt_state)
+    step = jax.ShapeDtypeStruct((), jnp.int32, sharding=sh.step)
+    return parts, train_state.TrainState(step=step, trainable=trainable, frozen=frozen, opt_state=opt)
+
+
+def batch_spec(mesh, shapes: dict) -> dict:
+    """{name: (shape, dtype)} -> ShapeDtypeStructs laid out like ``step.global_batch``."""
+    return {k: jax.ShapeDtypeStruct(s, d, sharding=parallel.batch_sharding(mesh, len(s)))
+            for k, (s, d) in shapes.items()}
+
+
+def replicated(mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+# ---- measuring ------------------------------------------------------------------------------------------------
+def _cost(compiled) -> dict:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return {"flops": float(cost.get("flops", 0.0)), "seconds": float(cost.get("optimal_seconds", 0.0))}
+
+
+def _compile(c: Compiled):
+    return c.executable if c.executable is not None else c.fn.lower(*c.args).compile()
+
+
+def depth_variants(cfg: model_config.ModelConfig) -> list[model_config.ModelConfig]:
+    """(language layers, vision blocks) = (1, 1), (2, 1), (1, 2); the last vision block keeps full attention."""
+    def at(layers: int, blocks: int):
+        return cfg.replace(text=dataclasses.replace(cfg.text, num_hidden_layers=layers),
+                           vision=dataclasses.replace(cfg.vision, depth=blocks, fullatt_block_indexes=(blocks - 1,)))
+    return [at(1, 1), at(2, 1), at(1, 2)]
+
+
+def extrapolated_cost(cost_parts, cfg: model_config.ModelConfig) -> dict:
+    """cost(L, V) = c0 + a L + b V fitted on three small depths, evaluated at the config's depths."""
+    samples = []
+    for variant in depth_variants(cfg):
+        total = {"flops": 0.0, "seconds": 0.0}
+        for part in cost_parts(variant):
+            cost = _cost(_compile(part))
+            if cost["seconds"] <= 0:   # the cost model's "no estimate"
+                return {"flops": float("nan"), "seconds": cost["seconds"]}
+            total = {k: total[k] + part.weight * cost[k] for k in total}
+        samples.append(total)
+    base, deeper_text, deeper_vision = samples
+    layers, blocks = cfg.text.num_hidden_layers, cfg.vision.depth
+    return {k: base[k] + (layers - 1) * (deeper_text[k] - base[k]) + (blocks - 1) * (deeper_vision[k] - base[k])
+            for k in base}
+
+
+def measure(program: Program, slice_: tpu_topology.Slice, mesh, cfg, cost_estimate: bool,
+            hbm_limit_fraction: float = 1.0) -> dict:
+    start = time.perf_counter()
+    compiled = _compile(program.compiled)
+    compile_s = time.perf_counter() - start
+    mem = compiled.memory_analysis()
+    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+            + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes + program.other_resident_bytes)
+    hbm = slice_.generation.hbm_bytes
+    row = dict(program=program.name, topology=slice_.name, chips=slice_.chips, hosts=slice_.hosts,
+               mesh={k: int(v) for k, v in mesh.shape.items()}, compile_s=round(compile_s, 1),
+               argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
+               alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
+               other_resident_bytes=int(program.other_resident_bytes), peak_bytes=int(peak),
+               hbm_bytes_per_chip=int(hbm), fits=bool(peak <= hbm_limit_fraction * hbm), flops_per_chip=None, cost_model_s=None,
+               tokens_per_s_per_chip=None, mfu=None, note=NOTE)
+    if cost_estimate and program.cost_parts is not None:
+        cost = extrapolated_cost(program.cost_parts, cfg)
+        if cost["seconds"] > 0 and cost["flops"] > 0:
+            row["flops_per_chip"] = cost["flops"]
+            seconds = cost["seconds"]
+            row["cost_model_s"] = seconds
+            row["tokens_per_s_per_chip"] = program.tokens / seconds / slice_.chips
+            row["mfu"] = program.model_flops / (slice_.chips * slice_.generation.peak_bf16_flops * seconds)
+        else:
+            row["note"] = NOTE + f"; cost model gave {cost['seconds']:.3g} s: no time or MFU reported"
+    return row
+
+
+# ---- the run --------------------------------------------------------------------------------------------------
+def mesh_for(recipe, devices) -> jax.sharding.Mesh:
+    """The recipe's mesh on the slice; a data axis absorbs chips the recipe's fsdp x tensor leaves over."""
+    m = recipe.mesh
+    data = m.data if m.data > 0 and m.data * max(m.fsdp, 1) * m.tensor == len(devices) else -1
+    fsdp = m.fsdp if m.fsdp > 0 else -1
+    if data == -1 and fsdp == -1:
+        data = 1
+    return parallel.make_mesh(data, fsdp, m.tensor, devices=devices)
+
+
+def recipe_model_config(recipe) -> model_config.ModelConfig:
+    m = recipe.model
+    kw = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention_impl=m.attention_impl)
+    if m.preset in ("tiny", "demo"):
+        kw["vocab_size"] = m.vocab_size or 512
+    return model_config.preset(m.preset, **kw)
+
+
+def table(rows: list[dict]) -> str:
+    gib = lambda b: f"{b / tpu_topology.GIB:.1f}"
+    lines = [f"{'program':<14}{'slice':<8}{'mesh':<18}{'compile s':>10}{'args':>8}{'temp':>8}{'peak GiB':>10}"
+             f"{'of HBM':>8}{'fits':>6}{'cost s':>10}{'tok/s/chip':>12}{'MFU':>7}"]
+    for r in rows:
+        mesh = "x".join(str(v) for v in r["mesh"].values())
+        cost = "-" if r["cost_model_s"] is None else f"{r['cost_model_s']:.4g}"
+        rate = "-" if r["tokens_per_s_per_chip"] is None else f"{r['tokens_per_s_per_chip']:,.0f}"
+        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        lines.append(f"{r['program']:<14}{r['topology']:<8}{mesh:<18}{r['compile_s']:>10.1f}"
+                     f"{gib(r['argument_bytes']):>8}{gib(r['temp_bytes']):>8}{gib(r['peak_bytes']):>10}"
+                     f"{gib(r['hbm_bytes_per_chip']):>8}{'yes' if r['fits'] else 'NO':>6}{cost:>10}{rate:>12}"
+                     f"{mfu:>7}")
+    return "\n".join(lines + [NOTE])
+
+
+def load_recipe(spec: str) -> ml_collections.ConfigDict:
+    """``path.py`` or ``path.py:variant`` -> that file's ``get_config()`` / ``get_config(variant)``, the way
+    ``--config=`` reads it."""
+    path, _, variant = spec.partition(":")
+    if not path:
+        raise ValueError("config.recipe is required: a recipe file such as configs/sft_qwen2_5_vl_3b.py:v5p8")
+    try:
+        module = importlib.util.spec_from_file_location("aot_recipe", path)
+        loaded = importlib.util.module_from_spec(module)
+        module.loader.exec_module(loaded)
+    except FileNotFoundError as e:
+        raise ValueError(f"config.recipe: no recipe file {path}") from e
+    return loaded.get_config(variant) if variant else loaded.get_config()
+
+
+def run(config) -> dict:
+    from robust_r1_jax import aot_programs, atomic
+    recipe = load_recipe(config.recipe)
+    slice_ = tpu_topology.parse_slice(config.topology)
+    mesh = mesh_for(recipe, tpu_topology.devices(slice_))
+    cfg = recipe_model_config(recipe)
+    programs = aot_programs.for_recipe(recipe, cfg, mesh)
+    rows = [measure(p, slice_, mesh, cfg, config.cost_estimate, config.hbm_limit_fraction) for p in programs]
+    report = table(rows)
+    print(report)
+    if config.output:
+        atomic.write_text(config.output, json.dumps({"programs": rows}, indent=1) + "\n")
+    if not all(r["fits"] for r in rows):
+        too_big = ", ".join(f"{r['program']} ({r['peak_bytes'] / tpu_topology.GIB:.1f} GiB)" for r in rows
+                            if not r["fits"])
+        limit = config.hbm_limit_fraction * slice_.generation.hbm_bytes / tpu_topology.GIB
+        print(f"does not fit {slice_.name} (limit {limit:.1f} GiB per chip): {too_big}", file=sys.stderr)
+        raise SystemExit(1)
+    return {"programs": rows}

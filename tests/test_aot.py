@@ -1,0 +1,101 @@
+"""The aot mode: TPU slices by name, and a tiny preset's SFT and GRPO programs compiled for v5p on this CPU host
+(libtpu, no TPU), with their memory, fit and loop-corrected cost-model figures."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from robust_r1_jax import tpu_topology
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("name,chips,shape,hosts,hbm_gib", [
+    ("v5p-8", 4, (2, 2, 1), 1, 95), ("v5p-16", 8, (2, 2, 2), 2, 95), ("v5p-32", 16, (2, 2, 4), 4, 95),
+    ("v6e-8", 8, (2, 4), 1, 32), ("v6e-16", 16, (4, 4), 4, 32), ("v5e-4", 4, (2, 2), 1, 16),
+    ("v5litepod-16", 16, (4, 4), 4, 16)])
+def test_slices_by_name(name, chips, shape, hosts, hbm_gib):
+    s = tpu_topology.parse_slice(name)
+    assert (s.chips, s.shape, s.hosts, s.generation.hbm_bytes) == (chips, shape, hosts, hbm_gib * tpu_topology.GIB)
+
+
+@pytest.mark.parametrize("name", ["v4-8", "v5p", "v5p-3", "tpu-8"])
+def test_bad_slice_names_are_refused(name):
+    with pytest.raises(ValueError):
+        tpu_topology.parse_slice(name)
+
+
+RECIPES = {
+    "sft": """
+        from robust_r1_jax.train.sft import default_config
+        def get_config():
+            c = default_config()
+            c.model.vocab_size = 512
+            c.data.global_batch_size, c.data.seq_len, c.data.patch_bucket = 8, 64, 64
+            c.mesh.data, c.mesh.fsdp = 1, -1
+            c.train.ce_chunk, c.train.freeze = 32, ("^visual\\\\.",)
+            return c
+    """,
+    "grpo": """
+        from robust_r1_jax.rl.grpo import default_config
+        def get_config():
+            c = default_config()
+            c.model.vocab_size = 512
+            c.data.global_batch_size, c.data.seq_len, c.data.patch_bucket = 4, 48, 64
+            c.mesh.data, c.mesh.fsdp = 1, -1
+            c.grpo.num_samples, c.grpo.logprob_chunk = 2, 8
+            c.sampling.max_new_tokens = 16
+            return c
+    """,
+}
+
+
+def _aot(tmp_path, kind: str, *extra: str):
+    recipe = tmp_path / f"{kind}_recipe.py"
+    recipe.write_text(textwrap.dedent(RECIPES[kind]))
+    out = tmp_path / f"{kind}.json"
+    cmd = [sys.executable, "-m", "robust_r1_jax.main", "--config=configs/aot.py", f"--config.recipe={recipe}",
+           "--config.topology=v5p-8", f"--config.output={out}", *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    return proc, out
+
+
+def _check_common(row):
+    assert row["topology"] == "v5p-8" and row["chips"] == 4 and row["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert row["argument_bytes"] > 0 and row["temp_bytes"] > 0
+    assert row["peak_bytes"] >= row["argument_bytes"] + row["temp_bytes"] - row["alias_bytes"]
+    assert row["hbm_bytes_per_chip"] == 95 * tpu_topology.GIB and row["fits"] is True
+    assert "cost model" in row["note"]
+
+
+def test_sft_step_compiles_for_v5p_with_memory_and_cost(tmp_path):
+    proc, out = _aot(tmp_path, "sft")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["programs"]
+    assert row["program"] == "sft_step"
+    _check_common(row)
+    # donated state: the AdamW moments and parameters come back in place
+    assert row["alias_bytes"] > 0.5 * row["argument_bytes"]
+    assert row["cost_model_s"] > 0 and row["flops_per_chip"] > 0 and 0 < row["mfu"] < 1
+    assert row["tokens_per_s_per_chip"] == pytest.approx(8 * 64 / row["cost_model_s"] / 4)
+    assert "sft_step" in proc.stdout and "MFU" in proc.stdout
+
+
+def test_grpo_programs_compile_for_v5p_and_a_program_that_does_not_fit_fails(tmp_path):
+    proc, out = _aot(tmp_path, "grpo", "--config.hbm_limit_fraction=1e-9")
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "does not fit v5p-8" in proc.stderr
+    rows = {r["program"]: r for r in json.loads(out.read_text())["programs"]}
+    assert set(rows) == {"rollout", "score", "update"}
+    for row in rows.values():
+        row["fits"] = True   # every one is over a 1e-9 limit; the rest of the row is what a real limit gives
+        _check_common(row)
+    # the optimizer state and the reference copy stay resident beside the rollout's arguments
+    assert rows["rollout"]["other_resident_bytes"] > rows["update"]["other_resident_bytes"] > 0
+    # XLA's cost model gives no estimate (-1) for the decode step: no time or MFU is claimed for the rollout
+    assert rows["rollout"]["mfu"] is None and rows["rollout"]["cost_model_s"] is None
+    assert rows["update"]["mfu"] > 0 and rows["score"]["cost_model_s"] > 0
