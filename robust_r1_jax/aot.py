@@ -103,7 +103,8 @@ def abstract_state(cfg: model_config.ModelConfig, tx, freeze, mesh):
     sh = train_state.state_shardings(tx, skeleton, mesh)
     opt = jax.tree.map(abstract, jax.eval_shape(tx.init, trainable), sh.opt_state)
     step = jax.ShapeDtypeStruct((), jnp.int32, sharding=sh.step)
-    return parts, train_state.TrainState(step=step, trainable=trainable, frozen=frozen, opt_state=opt)
+    return (train_state.placed(parts, trainable, frozen),
+            train_state.TrainState(step=step, trainable=trainable, frozen=frozen, opt_state=opt))
 
 
 def batch_spec(mesh, shapes: dict) -> dict:

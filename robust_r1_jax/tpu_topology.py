@@ -90,6 +90,8 @@ def devices(slice_: Slice, num_slices: int = 1):
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", slice_.name)
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    # no chip is opened, so several compiling processes may share libtpu (it otherwise takes a lockfile)
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         import libtpu  # noqa: F401
     except ImportError as e:

@@ -119,17 +119,18 @@ def completion_logprobs(model, batch: dict, group: int, cfg: GRPOConfig) -> jax.
 
 def score_step(parts: ModelParts, cfg: GRPOConfig, trainable, frozen, ref_trainable, batch):
     """Old-policy and reference log-probs, both without gradient."""
-    old = completion_logprobs(parts.merge(trainable, frozen), batch, cfg.num_samples, cfg)
-    ref = completion_logprobs(parts.merge(ref_trainable, frozen), batch, cfg.num_samples, cfg)
+    old = completion_logprobs(parts.merge_for_compute(trainable, frozen), batch, cfg.num_samples, cfg)
+    ref = completion_logprobs(parts.merge_for_compute(ref_trainable, frozen), batch, cfg.num_samples, cfg)
     return jax.lax.stop_gradient(old), jax.lax.stop_gradient(ref)
 
 
 def update_step(parts: ModelParts, tx, lr_schedule, cfg: GRPOConfig, state: TrainState, batch, old_logp,
                 ref_logp, advantages):
     def loss_fn(trainable):
-        logp = completion_logprobs(parts.merge(trainable, state.frozen), batch, cfg.num_samples, cfg)
+        logp = completion_logprobs(parts.merge_for_compute(trainable, state.frozen), batch, cfg.num_samples, cfg)
         return grpo_objective(logp, old_logp, ref_logp, advantages, batch["mask"], batch["row_weight"], cfg)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
+    grads = parts.sharded_like_trainable(grads)
     new_state, metrics = guarded_update(tx, state, grads, loss)
     return new_state, dict(metrics, loss=loss, learning_rate=lr_schedule(state.step), **aux)
 

@@ -14,6 +14,7 @@ import optax
 from flax import nnx
 
 from robust_r1_jax import parallel
+from robust_r1_jax.model.config import resolve_dtype
 from robust_r1_jax.train.optim import frozen_filter
 
 
@@ -28,17 +29,54 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class ModelParts:
-    """What stays static across steps: the module graph and the non-parameter state."""
+    """What stays static across steps: the module graph and the non-parameter state, the layers' compute dtype
+    and (on a mesh) where the trained and frozen parameters live."""
     graphdef: Any
     rest: nnx.State
+    compute_dtype: Any = None
+    shardings: tuple[Any, Any] | None = None   # (trainable, frozen) trees of NamedShardings
 
     def merge(self, trainable: nnx.State, frozen: nnx.State) -> nnx.Module:
         return nnx.merge(self.graphdef, frozen, trainable, self.rest)
 
+    def merge_for_compute(self, trainable: nnx.State, frozen: nnx.State) -> nnx.Module:
+        """The model with every parameter cast to the compute dtype where it is stored (still sharded).
+
+        Every layer casts its parameters to the compute dtype on use, so no number changes; what changes is the
+        traffic: FSDP all-gathers move bf16 instead of fp32 bytes, and the gradient returns through the sharded
+        cast as a reduce-scatter rather than a full-size all-reduce (issue 13; checked in tests/test_aot.py).
+        """
+        if self.compute_dtype is None or jnp.dtype(self.compute_dtype) == jnp.float32:
+            return self.merge(trainable, frozen)
+        shardings = self.shardings or (None, None)
+        return self.merge(_cast(trainable, self.compute_dtype, shardings[0]),
+                          _cast(frozen, self.compute_dtype, shardings[1]))
+
+
+    def sharded_like_trainable(self, grads):
+        """Gradients laid out as the trained parameters (and so the optimizer state) are: the partitioner then
+        reduces them with a reduce-scatter onto each chip's shard instead of an all-reduce of the full tensor."""
+        if self.shardings is None:
+            return grads
+        return jax.tree.map(jax.lax.with_sharding_constraint, grads, self.shardings[0])
+
+
+def _cast(params, dtype, shardings):
+    if shardings is None:
+        return jax.tree.map(lambda p: p.astype(dtype), params)
+    return jax.tree.map(lambda p, s: jax.lax.with_sharding_constraint(p.astype(dtype), s), params, shardings)
+
 
 def split_model(model: nnx.Module, freeze: Sequence[str]) -> tuple[ModelParts, nnx.State, nnx.State]:
     graphdef, frozen, trainable, rest = nnx.split(model, frozen_filter(freeze), nnx.Param, ...)
-    return ModelParts(graphdef, rest), trainable, frozen
+    compute_dtype = resolve_dtype(model.config.dtype) if hasattr(model, "config") else None
+    return ModelParts(graphdef, rest, compute_dtype), trainable, frozen
+
+
+def placed(parts: ModelParts, trainable, frozen) -> ModelParts:
+    """``parts`` that know where the parameters live (their ``.sharding``: arrays or ShapeDtypeStructs)."""
+    sharding = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
+    return dataclasses.replace(parts, shardings=(sharding(trainable), sharding(frozen)))
 
 
 def count(state: nnx.State) -> int:
@@ -61,7 +99,8 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation, freeze: Sequ
     # tx.init reads only the parameters' shapes, so without out_shardings its zeros land on one device.
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(trainable)
     step = jax.device_put(state.step, shardings.step)
-    return parts, on_mesh(TrainState(step=step, trainable=trainable, frozen=frozen, opt_state=opt_state), mesh)
+    return placed(parts, trainable, frozen), on_mesh(TrainState(step=step, trainable=trainable, frozen=frozen,
+                                                                opt_state=opt_state), mesh)
 
 
 def state_shardings(tx: optax.GradientTransformation, state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:

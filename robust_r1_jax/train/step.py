@@ -25,7 +25,7 @@ class StepConfig:
 
 
 def loss_sum(parts: ModelParts, trainable, frozen, batch: dict, ce_chunk: int) -> jax.Array:
-    model = parts.merge(trainable, frozen)
+    model = parts.merge_for_compute(trainable, frozen)
     positions = batch.get("position_ids")
     hidden = model.hidden_states(batch["input_ids"], batch.get("pixel_values"), batch.get("image_grid_thw"),
                                  batch["attention_mask"],
@@ -60,7 +60,7 @@ def sft_step(parts: ModelParts, tx: optax.GradientTransformation, lr_schedule, c
         grads, sums = jax.lax.scan(accumulate, zeros, _micro_batches(batch, cfg.grad_accum))
         total = jnp.sum(sums)
     denom = jnp.maximum(tokens, 1.0)
-    grads = jax.tree.map(lambda g: g / denom, grads)
+    grads = parts.sharded_like_trainable(jax.tree.map(lambda g: g / denom, grads))
     loss = total / denom
     new_state, metrics = guarded_update(tx, state, grads, loss)
     return new_state, dict(metrics, loss=loss, tokens=tokens, learning_rate=lr_schedule(state.step))
