@@ -1,10 +1,16 @@
 """SFT step throughput of robust_r1_jax on the devices at hand.
 
 Mirrors ../shared/bench/hf_baseline.py's SFT measurement: batch x seqlen tokens with one side x side image
-per row, vision tower frozen, AdamW, random init, bf16 compute with fp32 master weights. Prints one JSON line.
+per row, vision tower frozen, AdamW, random init, bf16 compute with fp32 master weights. Prints one JSON line
+and writes it atomically to ``--out`` (``auto``: benchmarks/results/<date>-<device>-sft.json).
 
-    python benchmarks/sft_step.py --preset tiny                      # CPU smoke run
-    python benchmarks/sft_step.py --preset 3b --remat dots --attention auto   # the H100 comparison
+    python benchmarks/sft_step.py --preset tiny --peer               # CPU: ours and PyTorch, same weights
+    python benchmarks/sft_step.py --preset 3b --ceilings --peer-json peer.jsonl --out auto   # the GPU comparison
+
+``--peer`` times a PyTorch step (benchmarks/peer.py: transformers, gradient checkpointing, AdamW) on the same
+weights and batch in this process; ``--peer-json`` reads hf_baseline.py's ``hf_sft_step`` line instead.
+``--ceilings`` measures the bf16 matmul ceiling through JAX; ``mfu`` is then 6·N·tokens / step time over it
+(``mfu_datasheet`` uses the datasheet peak). ``ratio`` = ours / peer tokens/s.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+import common  # noqa: E402
 from robust_r1_jax import parallel  # noqa: E402
 from robust_r1_jax.model import config as model_config  # noqa: E402
 from robust_r1_jax.model.rope_index import mrope_position_ids  # noqa: E402
@@ -54,7 +61,7 @@ def peak_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # host RSS (KiB -> GiB) on CPU
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="tiny", choices=sorted(model_config.PRESETS))
     p.add_argument("--bsz", type=int, default=4)
@@ -67,7 +74,12 @@ def main() -> None:
     p.add_argument("--attention", default="auto", choices=["xla", "cudnn", "auto"])
     p.add_argument("--ce-chunk", type=int, default=512)
     p.add_argument("--fsdp", type=int, default=-1)
-    args = p.parse_args()
+    p.add_argument("--peer", action="store_true", help="also time a PyTorch step on the same model, in-process")
+    p.add_argument("--peer-threads", type=int, default=0, help="torch threads for --peer (0: torch's)")
+    p.add_argument("--peer-json", default=None, help="hf_baseline.py's output: read the peer's figure")
+    p.add_argument("--ceilings", action="store_true", help="measure the matmul and copy ceilings via JAX")
+    p.add_argument("--out", default=None, help="write the JSON here ('auto': benchmarks/results/)")
+    args = p.parse_args(argv)
 
     on_cpu = jax.default_backend() == "cpu"
     dtype = args.dtype or ("float32" if on_cpu else "bfloat16")
@@ -75,6 +87,11 @@ def main() -> None:
                               attention_impl=args.attention)
     mesh = parallel.make_mesh(data=1, fsdp=args.fsdp, tensor=1)
     model = _materialise(cfg, mesh)
+    torch_model = None
+    if args.peer:  # converted now: init_state below takes the model's arrays over
+        import peer
+        peer.set_threads(args.peer_threads)
+        torch_model = peer.from_ours(model, dtype)
     n_vision = train_state.count(nnx.state(model.visual, nnx.Param))
     tx = optim.optimizer(optim.OptimConfig(learning_rate=1e-5, total_steps=1000))
     parts, state = train_state.init_state(model, tx, ("^visual\\.",), mesh)
@@ -95,12 +112,28 @@ def main() -> None:
     tokens = args.bsz * args.seqlen
     flops = mx.step_flops(batch, n_trained, n_vision, vision_trained=False)
     r = mx.rates(med, tokens, flops, jax.device_count())
-    print(json.dumps(dict(
+    result = dict(
         what="jax_sft_step", preset=args.preset, device=jax.devices()[0].device_kind, devices=jax.device_count(),
         dtype=dtype, remat=args.remat, attention=args.attention, bsz=args.bsz, seqlen=args.seqlen,
-        image_tokens=n_img, step_s=med, tokens_per_s=r["tokens_per_s"], model_tflops=r["tflops"],
-        lm_tflops=6 * n_trained * tokens / med / 1e12, mfu=r.get("mfu"), trained_params=n_trained,
-        vision_params=n_vision, peak_mem_gib=peak_memory_gib(), loss=float(metrics["loss"]))), flush=True)
+        image_tokens=n_img, step_s=med, step_s_all=times, tokens_per_s=r["tokens_per_s"],
+        ours_tokens_per_s=r["tokens_per_s"], model_tflops=r["tflops"],
+        lm_tflops=6 * n_trained * tokens / med / 1e12, mfu=None, mfu_datasheet=r.get("mfu"),
+        trained_params=n_trained, vision_params=n_vision, peak_gib=peak_memory_gib(), loss=float(metrics["loss"]))
+    del state, step, device_batch
+    if args.ceilings:
+        result.update(common.ceilings(small=on_cpu))
+        result["mfu"] = result["lm_tflops"] / result["matmul_tflops"]
+    if torch_model is not None:
+        result["peer"] = dict(source="in-process PyTorch step (transformers, gradient checkpointing, AdamW), "
+                              "same weights and batch", device=peer.device(), dtype=dtype,
+                              **peer.sft_rate(torch_model, batch["input_ids"], batch["pixel_values"],
+                                              batch["image_grid_thw"], args.warmup, args.steps))
+    else:
+        result["peer"] = common.read_peer(args.peer_json, "hf_sft_step") if args.peer_json else None
+    result["peer_tokens_per_s"] = result["peer"]["tokens_per_s"] if result["peer"] else None
+    result["peer_peak_gib"] = result["peer"].get("peak_mem_gib") if result["peer"] else None
+    result["settings"] = {k: v for k, v in vars(args).items() if k != "out"}
+    common.finish(result, common.results_path("sft") if args.out == "auto" else args.out)
 
 
 def _materialise(cfg, mesh) -> Qwen25VL:
