@@ -193,9 +193,12 @@ def mesh_for(recipe, devices) -> jax.sharding.Mesh:
     return parallel.make_mesh(data, fsdp, m.tensor, devices=devices)
 
 
-def recipe_model_config(recipe) -> model_config.ModelConfig:
+def recipe_model_config(recipe, platform: str = "tpu") -> model_config.ModelConfig:
+    """The recipe's model for the target ``platform`` (its mesh's devices): "auto" attention is resolved here,
+    to splash on TPU, because tracing on this host sees a CPU backend (``jax.default_backend()``)."""
     m = recipe.model
-    kw = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention_impl=m.attention_impl)
+    impl = "splash" if m.attention_impl == "auto" and platform == "tpu" else m.attention_impl
+    kw = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention_impl=impl)
     if m.preset in ("tiny", "demo"):
         kw["vocab_size"] = m.vocab_size or 512
     return model_config.preset(m.preset, **kw)
@@ -237,9 +240,12 @@ def run(config) -> dict:
     recipe = load_recipe(config.recipe)
     slice_ = tpu_topology.parse_slice(config.topology)
     mesh = mesh_for(recipe, tpu_topology.devices(slice_))
-    cfg = recipe_model_config(recipe)
-    programs = aot_programs.for_recipe(recipe, cfg, mesh)
-    rows = [measure(p, slice_, mesh, cfg, config.cost_estimate, config.hbm_limit_fraction) for p in programs]
+    cfg = recipe_model_config(recipe, mesh.devices.flat[0].platform)
+    # kernels that need shard_map (splash attention) find the mesh when traced; only the abstract mesh, so
+    # eager work stays on this host
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        programs = aot_programs.for_recipe(recipe, cfg, mesh)
+        rows = [measure(p, slice_, mesh, cfg, config.cost_estimate, config.hbm_limit_fraction) for p in programs]
     report = table(rows)
     print(report)
     if config.output:

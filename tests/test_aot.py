@@ -99,3 +99,42 @@ def test_grpo_programs_compile_for_v5p_and_a_program_that_does_not_fit_fails(tmp
     # XLA's cost model gives no estimate (-1) for the decode step: no time or MFU is claimed for the rollout
     assert rows["rollout"]["mfu"] is None and rows["rollout"]["cost_model_s"] is None
     assert rows["update"]["mfu"] > 0 and rows["score"]["cost_model_s"] > 0
+
+
+SPLASH_CHECK = """
+import sys
+import jax
+from robust_r1_jax import aot, aot_programs, tpu_topology
+recipe = aot.load_recipe(sys.argv[1])
+slice_ = tpu_topology.parse_slice("v5p-8")
+mesh = aot.mesh_for(recipe, tpu_topology.devices(slice_))
+cfg = aot.recipe_model_config(recipe, mesh.devices.flat[0].platform)
+with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+    (program,) = aot_programs.for_recipe(recipe, cfg, mesh)
+    compiled = program.compiled.fn.lower(*program.compiled.args).compile()
+print("attention", cfg.attention_impl, "kernels", compiled.as_text().count("tpu_custom_call"),
+      "temp", compiled.memory_analysis().temp_size_in_bytes)
+"""
+
+
+def test_sft_step_with_splash_attention_compiles_for_v5p(tmp_path):
+    """attention "auto" resolves to splash for a TPU slice; the step compiles with the Pallas kernels in it
+    (the decoder's forward, dq and dk/dv; the frozen vision tower's forward), and through the aot mode."""
+    recipe = tmp_path / "sft_splash_recipe.py"
+    auto = 'c.model.attention_impl = "auto"\n    return c'
+    recipe.write_text(textwrap.dedent(RECIPES["sft"]).replace("return c", auto))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", SPLASH_CHECK, str(recipe)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    words = proc.stdout.split()
+    assert words[words.index("attention") + 1] == "splash"
+    assert int(words[words.index("kernels") + 1]) >= 3
+    out = tmp_path / "splash.json"
+    proc = subprocess.run([sys.executable, "-m", "robust_r1_jax.main", "--config=configs/aot.py",
+                           f"--config.recipe={recipe}", "--config.topology=v5p-8", f"--config.output={out}",
+                           "--config.cost_estimate=False"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["programs"]
+    _check_common(row)

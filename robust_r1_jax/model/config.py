@@ -92,7 +92,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     # "none" | "full" | "dots": what a decoder layer keeps for the backward pass.
     remat: str = "none"
-    # "xla" | "cudnn" | "auto": the kernel behind layers.attention.
+    # "xla" | "cudnn" | "splash" | "auto": the kernel behind layers.attention (resolve_implementation).
     attention_impl: str = "xla"
 
     def replace(self, **kw) -> "ModelConfig":

@@ -5,12 +5,15 @@ names onto the mesh. Parameters live in ``param_dtype``; each layer casts them t
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from robust_r1_jax.model import splash
 
 
 def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None], *, std: float = 0.02,
@@ -93,18 +96,59 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return out.astype(x.dtype)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *,
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class AttentionMask:
+    """Who may attend to whom, in the two forms the kernels take.
+
+    ``dense`` bool [B, 1, Q, K] (True where a query may attend) drives the xla and cudnn paths.
+    ``segment_ids`` int [B, S] (self-attention: Q = K = S) with ``causal`` says the same to splash: a query
+    attends to keys of its own segment (not after it when causal). Padding is a segment of its own, so real
+    tokens never see it; where a padding query's dense row allows other keys the two forms may give that row
+    different (finite) outputs, never used.
+    """
+    dense: jax.Array
+    segment_ids: jax.Array | None = None
+    causal: bool = dataclasses.field(default=False, metadata=dict(static=True))
+
+
+IMPLEMENTATIONS = ("xla", "cudnn", "splash", "auto")
+
+
+def resolve_implementation(implementation: str, dtype, mask) -> str:
+    """"auto" -> cudnn on GPU for 16-bit inputs; splash on TPU when the mask has segment ids and the kernel can
+    be placed (one device, or a mesh in context when traced: ``jax.set_mesh`` or
+    ``jax.sharding.use_abstract_mesh``); else xla. "splash" without segment ids (a plain mask, e.g. decode over
+    a KV cache) runs xla. Raises ValueError for an unknown name."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
+    has_segments = isinstance(mask, AttentionMask) and mask.segment_ids is not None
+    if implementation == "auto":
+        backend = jax.default_backend()
+        if backend == "gpu" and dtype in (jnp.bfloat16, jnp.float16):
+            return "cudnn"
+        placeable = jax.device_count() == 1 or not jax.sharding.get_abstract_mesh().empty
+        return "splash" if backend == "tpu" and has_segments and placeable else "xla"
+    if implementation == "splash" and not has_segments:
+        return "xla"
+    return implementation
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask | jax.Array | None, *,
               implementation: str = "xla") -> jax.Array:
     """Scaled dot-product attention, the one place a fused kernel plugs in.
 
-    q [B, Q, H, D]; k, v [B, K, KV, D] with H a multiple of KV (grouped-query attention);
-    mask bool broadcastable to [B, H, Q, K], True where a query may attend. Softmax runs in float32.
-    ``implementation``: "xla" (portable, exact reference), "cudnn" (fused flash kernel on NVIDIA GPUs) or
-    "auto" (cudnn on GPU when the dtype allows it, else xla).
+    q [B, Q, H, D]; k, v [B, K, KV, D] with H a multiple of KV (grouped-query attention); ``mask`` an
+    ``AttentionMask``, or a bool array broadcastable to [B, H, Q, K] (True where a query may attend), or None.
+    Softmax runs in float32. ``implementation``: "xla" (portable, exact reference), "cudnn" (fused flash
+    kernel on NVIDIA GPUs), "splash" (the Pallas flash kernel on TPU, ``model/splash.py``; needs segment ids)
+    or "auto" (see ``resolve_implementation``).
     """
-    if implementation == "auto":
-        implementation = "cudnn" if (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)) \
-            else "xla"
+    implementation = resolve_implementation(implementation, q.dtype, mask)
+    if implementation == "splash":
+        return splash.splash_attention(q, k, v, mask.segment_ids, causal=mask.causal)
+    if isinstance(mask, AttentionMask):
+        mask = mask.dense
     if implementation == "xla":
         b, nq, h, d = q.shape
         kv = k.shape[2]

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from robust_r1_jax.model.config import VisionConfig, resolve_dtype
-from robust_r1_jax.model.layers import Dense, GatedMLP, RMSNorm, apply_rotary, attention
+from robust_r1_jax.model.layers import AttentionMask, Dense, GatedMLP, RMSNorm, apply_rotary, attention
 
 _WINDOW_STRIDE = 1 << 20  # window ids of different images never collide
 
@@ -145,6 +145,8 @@ class VisionTower(nnx.Module):
         return self.merger(x), layout["valid"][:, :: cfg.merge_unit]
 
 
-def _segment_mask(segment: jax.Array) -> jax.Array:
-    """[B, N] segment ids -> [B, 1, N, N], True within a segment."""
-    return (segment[:, :, None] == segment[:, None, :])[:, None]
+def _segment_mask(segment: jax.Array) -> AttentionMask:
+    """[B, N] segment ids -> attention within a segment: dense [B, 1, N, N] and the ids themselves (splash).
+
+    Padding patches share the id -1 and attend among themselves, in both forms alike."""
+    return AttentionMask(dense=(segment[:, :, None] == segment[:, None, :])[:, None], segment_ids=segment)

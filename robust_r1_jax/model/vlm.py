@@ -19,6 +19,7 @@ from flax import nnx
 
 from robust_r1_jax.model.config import ModelConfig, resolve_dtype
 from robust_r1_jax.model.language import KVCache, LanguageModel
+from robust_r1_jax.model.layers import AttentionMask
 from robust_r1_jax.model.rope_index import mrope_position_ids, text_position_ids
 from robust_r1_jax.model.vision import VisionTower
 
@@ -121,11 +122,15 @@ def _with_self(mask: jax.Array, q_len: int, k_len: int) -> jax.Array:
     return mask | (jnp.arange(k_len)[None, :] == jnp.arange(q_len)[:, None])[None, None]
 
 
-def causal_mask(attention_mask: jax.Array) -> jax.Array:
-    """[B, 1, S, S]: causal, padding keys hidden."""
+def causal_mask(attention_mask: jax.Array) -> AttentionMask:
+    """Causal, padding keys hidden: dense [B, 1, S, S] and, for splash, segment ids [B, S] (1 real, 0 padding).
+
+    Real tokens see the same keys in both forms. A padding query sees itself (and, in the dense form, the real
+    keys before it; in the segment form, the padding before it): finite, and never used."""
     s = attention_mask.shape[1]
     key_ok = attention_mask.astype(bool)[:, None, None, :]
-    return _with_self(key_ok & _causal(s, s)[None, None], s, s)
+    dense = _with_self(key_ok & _causal(s, s)[None, None], s, s)
+    return AttentionMask(dense=dense, segment_ids=attention_mask.astype(jnp.int32), causal=True)
 
 
 def scatter_image_features(x: jax.Array, input_ids: jax.Array, features: jax.Array, image_token_id: int):
