@@ -138,3 +138,35 @@ def test_sft_step_with_splash_attention_compiles_for_v5p(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     (row,) = json.loads(out.read_text())["programs"]
     _check_common(row)
+
+
+COLLECTIVES_CHECK = """
+import re, sys, jax
+from robust_r1_jax import aot, aot_programs, tpu_topology
+recipe = aot.load_recipe(sys.argv[1])
+recipe.model.dtype = "bfloat16"
+slice_ = tpu_topology.parse_slice("v5p-8")
+mesh = aot.mesh_for(recipe, tpu_topology.devices(slice_))
+cfg = aot.recipe_model_config(recipe, "tpu")
+with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+    (program,) = aot_programs.for_recipe(recipe, cfg, mesh)
+    text = program.compiled.fn.lower(*program.compiled.args).compile().as_text()
+for line in text.splitlines():
+    match = re.search(r"= (.*?) all-gather(-start)?\\(", line)
+    if match:
+        for dtype, dims in re.findall(r"(bf16|f32|s32|pred)\\[([\\d,]*)\\]", match.group(1)):
+            print("GATHER", dtype, dims.count(",") + 1 if dims else 0)
+"""
+
+
+def test_fsdp_weights_are_gathered_in_the_compute_dtype(tmp_path):
+    """fp32 master weights, bf16 compute: every all-gather of a matrix moves bf16 bytes (the cast happens on the
+    shard, before the gather), so FSDP traffic is half of gathering the fp32 master copy."""
+    recipe = tmp_path / "sft_recipe.py"
+    recipe.write_text(textwrap.dedent(RECIPES["sft"]))
+    proc = subprocess.run([sys.executable, "-c", COLLECTIVES_CHECK, str(recipe)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    gathers = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("GATHER")]
+    matrices = [dtype for dtype, rank in gathers if int(rank) >= 2 and dtype in ("bf16", "f32")]
+    assert len(matrices) >= 8 and set(matrices) == {"bf16"}, gathers
