@@ -1,8 +1,8 @@
-"""SFT of the tiny preset on a dataset built with configs/synth.py (CPU-sized; used by tests and the demo).
+"""SFT of the tiny preset on a dataset built with configs/synth.py (CPU-sized; the aot mode's default recipe).
 
 python -m robust_r1_jax.main --config=configs/synth.py --config.workdir=runs/synth
 python -m robust_r1_jax.main --config=configs/sft_tiny.py \
-    --config.data.dataset_dir=runs/synth/tfds --config.data.tokenizer=runs/demo/tokenizer
+    --config.data.dataset_dir=runs/synth/tfds/robust_r1/1.0.0 --config.data.tokenizer=runs/demo/tokenizer
 """
 from robust_r1_jax.train.sft import default_config
 

@@ -38,6 +38,18 @@ def test_convert_both_ways_and_inspect(hf_dir, tmp_path):
     out = _main("--config=configs/inspect.py", f"--config.inspect.path={orbax_dir}")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "language: 107,072" in out.stdout and "visual: 94,208" in out.stdout and "total: 201,280" in out.stdout
+    # the exported HF directory is readable by everyone (safetensors alone writes 0600)
+    assert {oct(os.stat(os.path.join(back, f)).st_mode & 0o777) for f in os.listdir(back)} == {"0o644"}
+
+
+def test_inspect_without_a_path_says_which_flag_to_set():
+    out = _main("--config=configs/inspect.py")
+    assert out.returncode != 0 and "--config.inspect.path=DIR" in out.stderr
+
+
+def test_a_3b_recipe_without_init_from_names_the_missing_field(tmp_path):
+    out = _main("--config=configs/sft_qwen2_5_vl_3b.py", f"--config.workdir={tmp_path / 'w'}", "--config.mesh.fsdp=1")
+    assert out.returncode != 0 and "config.model.init_from is required for the '3b' preset" in out.stderr
 
 
 def test_misspelt_config_key_is_a_clear_error():

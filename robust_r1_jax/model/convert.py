@@ -70,4 +70,7 @@ def run_convert(config) -> None:
 
 
 def run_inspect(config) -> None:
+    if not config.inspect.path:
+        raise ValueError("set --config.inspect.path=DIR: a Hugging Face directory, an exported model or a training "
+                         "checkpoint")
     print(describe(config.inspect.path))

@@ -301,6 +301,8 @@ def save(model: Qwen25VL, path: str, *, max_shard_bytes: int = 4 << 30, dtype=No
         hf_config["torch_dtype"] = (out_dtype or jnp.dtype(resolve_dtype(model.config.param_dtype))).name
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(hf_config, f, indent=2)
+        for name in os.listdir(tmp):   # safetensors writes 0600; an exported model is for every reader
+            os.chmod(os.path.join(tmp, name), atomic.FILE_MODE)
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic.replace_dir(path, fill)

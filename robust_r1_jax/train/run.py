@@ -54,6 +54,9 @@ def check_workdir(workdir: str) -> str:
 def load_processor(config):
     """The run's tokenizer (``data.tokenizer``, else the ``model.init_from`` directory) at the data's pixel bounds."""
     path = config.data.tokenizer or config.model.init_from
+    if not path and config.model.preset not in ("tiny", "demo"):
+        raise ValueError(f"config.model.init_from is required for the {config.model.preset!r} preset: a Hugging Face "
+                         f"directory, an exported model or a training checkpoint to start from")
     if not path:
         raise ValueError("config.data.tokenizer (a tokenizer directory) is required when model.init_from is empty")
     return loading.load_processor(path, min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels)
