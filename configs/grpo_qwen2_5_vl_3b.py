@@ -88,6 +88,7 @@ def get_config(variant: str = ""):
     c.model.dtype, c.model.param_dtype = "bfloat16", "float32"
     # The scale targets recompute every layer: "dots" would keep 2.2 MB per token of the 82K-token update.
     c.model.remat, c.model.attention_impl = ("full" if variant else "dots"), "auto"
+    c.model.scan_layers = True      # one scanned layer body: the compile does not grow with depth
     c.data.tokenizer = ""   # required: the Qwen2.5-VL tokenizer directory
     c.data.global_batch_size = 16
     c.data.seq_len = 512            # prompt bucket: 256 image tokens + question + instruction

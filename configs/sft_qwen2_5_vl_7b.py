@@ -13,6 +13,7 @@ def get_config():
     c.model.init_from = ""  # required: a local Qwen2.5-VL-7B-Instruct directory
     c.model.dtype, c.model.param_dtype = "bfloat16", "float32"
     c.model.remat, c.model.attention_impl = "full", "auto"
+    c.model.scan_layers = True      # one scanned layer body: the compile does not grow with depth
     c.data.global_batch_size = 16
     c.data.seq_len = 2048
     c.data.patch_bucket = 1024

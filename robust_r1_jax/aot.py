@@ -129,9 +129,10 @@ def _compile(c: Compiled):
 
 
 def depth_variants(cfg: model_config.ModelConfig) -> list[model_config.ModelConfig]:
-    """(language layers, vision blocks) = (1, 1), (2, 1), (1, 2); the last vision block keeps full attention."""
+    """(language layers, vision blocks) = (1, 1), (2, 1), (1, 2); the last vision block keeps full attention.
+    Unrolled even when the recipe scans its layers: the cost model counts a loop body once."""
     def at(layers: int, blocks: int):
-        return cfg.replace(text=dataclasses.replace(cfg.text, num_hidden_layers=layers),
+        return cfg.replace(scan_layers=False, text=dataclasses.replace(cfg.text, num_hidden_layers=layers),
                            vision=dataclasses.replace(cfg.vision, depth=blocks, fullatt_block_indexes=(blocks - 1,)))
     return [at(1, 1), at(2, 1), at(1, 2)]
 
@@ -198,7 +199,8 @@ def recipe_model_config(recipe, platform: str = "tpu") -> model_config.ModelConf
     to splash on TPU, because tracing on this host sees a CPU backend (``jax.default_backend()``)."""
     m = recipe.model
     impl = "splash" if m.attention_impl == "auto" and platform == "tpu" else m.attention_impl
-    kw = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention_impl=impl)
+    kw = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention_impl=impl,
+              scan_layers=m.get("scan_layers", False))
     if m.preset in ("tiny", "demo"):
         kw["vocab_size"] = m.vocab_size or 512
     return model_config.preset(m.preset, **kw)

@@ -94,6 +94,9 @@ class ModelConfig:
     remat: str = "none"
     # "xla" | "cudnn" | "splash" | "auto": the kernel behind layers.attention (resolve_implementation).
     attention_impl: str = "xla"
+    # Decoder layers and vision blocks stacked ([layers, ...] parameters) and run under lax.scan, so a compile
+    # does not grow with depth; False keeps one module per layer. Not part of the HF config.json.
+    scan_layers: bool = False
 
     def replace(self, **kw) -> "ModelConfig":
         return dataclasses.replace(self, **kw)

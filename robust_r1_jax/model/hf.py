@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from robust_r1_jax import atomic, parallel
+from robust_r1_jax.model import stacking
 from robust_r1_jax.model.config import ModelConfig, resolve_dtype
 from robust_r1_jax.model.vlm import Qwen25VL
 
@@ -185,10 +186,11 @@ def load(path: str, dtype=jnp.float32, *, mesh: jax.sharding.Mesh | None = None,
     config = ModelConfig.from_hf(read_config(path), **overrides)
     model = abstract_model(config)
     graphdef, state = nnx.split(model)
-    targets = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(state)}
+    targets = _per_layer_targets(state)
     files = weight_files(path)
 
     problems, unexpected, seen = [], [], set()
+    pending: dict[int, dict[int, np.ndarray]] = {}   # id(stacked parameter) -> its layers read so far
     by_file: dict[str, list[str]] = {}
     for name, file in files.items():
         by_file.setdefault(file, []).append(name)
@@ -205,24 +207,26 @@ def load(path: str, dtype=jnp.float32, *, mesh: jax.sharding.Mesh | None = None,
                 if ours not in targets:
                     unexpected.append(name)
                     continue
-                var = targets[ours]
+                var, layer = targets[ours]
+                want_shape = tuple(var.value.shape)[0 if layer is None else 1:]
                 raw = f.get_tensor(name)
                 try:
                     value = rule.to_ours(raw, config)
                 except ValueError:
                     value = None
-                if value is None or tuple(value.shape) != tuple(var.value.shape):
-                    problems.append(f"{name}: shape {tuple(raw.shape)} does not fit {ours} "
-                                    f"{tuple(var.value.shape)}")
-                    seen.add(ours)
+                seen.add(ours)
+                if value is None or tuple(value.shape) != want_shape:
+                    problems.append(f"{name}: shape {tuple(raw.shape)} does not fit {ours} {want_shape}")
                     continue
                 value = value.astype(jnp.dtype(var.value.dtype))
-                if mesh is not None:
-                    axes = var.get_metadata().get("logical_axes")
-                    var.value = jax.device_put(value, parallel.named_sharding(mesh, axes, value.shape))
-                else:
-                    var.value = jnp.asarray(value)
-                seen.add(ours)
+                if layer is None:
+                    _place(var, value, mesh)
+                    continue
+                # Stacked layout: each layer's tensor waits until all of its parameter's layers are read.
+                layers = pending.setdefault(id(var), {})
+                layers[layer] = value
+                if len(layers) == var.value.shape[0]:
+                    _place(var, np.stack([layers.pop(i) for i in range(len(layers))]), mesh)
     missing = sorted(set(targets) - seen)
     if missing or unexpected or problems:
         lines = [f"checkpoint {path} does not match the Qwen2.5-VL model built from its config.json:"]
@@ -236,16 +240,44 @@ def load(path: str, dtype=jnp.float32, *, mesh: jax.sharding.Mesh | None = None,
     return nnx.merge(graphdef, state)
 
 
+def _per_layer_targets(state) -> dict[str, tuple[nnx.Variable, int | None]]:
+    """Per-layer parameter path (the rules' names) -> (variable, layer index in it, None when not stacked)."""
+    targets = {}
+    for p, var in nnx.to_flat_state(state):
+        path = ".".join(map(str, p))
+        if stacking.is_stacked(path):
+            targets.update({stacking.unrolled_name(path, i): (var, i) for i in range(var.value.shape[0])})
+        else:
+            targets[path] = (var, None)
+    return targets
+
+
+def _place(var: nnx.Variable, value: np.ndarray, mesh) -> None:
+    if mesh is None:
+        var.value = jnp.asarray(value)
+        return
+    axes = var.get_metadata().get("logical_axes")
+    var.value = jax.device_put(value, parallel.named_sharding(mesh, axes, value.shape))
+
+
 # ---- writing ---------------------------------------------------------------------------------------------------
 def hf_tensors(model: Qwen25VL):
-    """Yields (hf_name, numpy array) for every parameter, in the checkpoint layout."""
+    """Yields (hf_name, numpy array) for every parameter, in the checkpoint layout (stacked layers one by one)."""
     config = model.config
     _, state = nnx.split(model, nnx.Param)
     for path, var in nnx.to_flat_state(state):
         ours = ".".join(map(str, path))
-        name = hf_name_for(ours)
-        rule, _ = match_rule(name)
-        yield name, rule.to_hf(np.asarray(jax.device_get(var.value)), config)
+        if not stacking.is_stacked(ours):
+            yield _hf_tensor(ours, var.value, config)
+            continue
+        for i in range(var.value.shape[0]):
+            yield _hf_tensor(stacking.unrolled_name(ours, i), var.value[i], config)
+
+
+def _hf_tensor(ours: str, value: jax.Array, config: ModelConfig) -> tuple[str, np.ndarray]:
+    name = hf_name_for(ours)
+    rule, _ = match_rule(name)
+    return name, rule.to_hf(np.asarray(jax.device_get(value)), config)
 
 
 def hf_name_for(ours: str) -> str:

@@ -9,8 +9,10 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from robust_r1_jax.model import stacking
 from robust_r1_jax.model.config import TextConfig
 from robust_r1_jax.model.layers import Dense, GatedMLP, RMSNorm, apply_rotary, attention, param
 
@@ -113,13 +115,17 @@ _REMAT_POLICIES = {
 
 class LanguageModel(nnx.Module):
     def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, dtype, param_dtype, attention_impl="xla",
-                 remat="none"):
+                 remat="none", scan_layers: bool = False):
+        """``scan_layers``: the decoder layers as one stacked module run under ``lax.scan`` (parameters
+        [layers, ...]) instead of a list of modules unrolled into the program; the same numbers either way."""
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         if remat not in ("none", *_REMAT_POLICIES):
             raise ValueError(f"unknown remat policy {remat!r}; expected 'none', 'full' or 'dots'")
         self.cfg, self.dtype, self.attention_impl, self.remat = cfg, dtype, attention_impl, remat
+        self.scan_layers = scan_layers
         self.embed = param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), dtype=param_dtype)
-        self.layers = nnx.List([DecoderLayer(cfg, **kw) for _ in range(cfg.num_hidden_layers)])
+        layers = [DecoderLayer(cfg, **kw) for _ in range(cfg.num_hidden_layers)]
+        self.layers = stacking.stack_modules(layers) if scan_layers else nnx.List(layers)
         self.norm = RMSNorm(cfg.hidden_size, "embed", eps=cfg.rms_norm_eps, **kw)
         self.lm_head = None if cfg.tie_word_embeddings else Dense(
             (cfg.hidden_size,), (cfg.vocab_size,), ("embed",), ("vocab",), use_bias=False, **kw)
@@ -140,15 +146,19 @@ class LanguageModel(nnx.Module):
         """
         cos, sin = mrope_cos_sin(positions, self.cfg)
         keys, values = (None, None) if cache is None else (cache.keys, cache.values)
-        for i, layer in enumerate(self.layers):
-            if self.remat != "none" and cache is None:
-                x, _ = nnx.remat(lambda lyr, *a: lyr(*a), policy=_REMAT_POLICIES[self.remat],
-                                 static_argnums=(5,))(layer, x, cos, sin, mask, self.attention_impl)
-            else:
-                kv_state = None if cache is None else (keys, values, i, cache.index)
-                x, kv_state = layer(x, cos, sin, mask, self.attention_impl, kv_state)
-                if kv_state is not None:
-                    keys, values = kv_state
+
+        def step(layer, carry, index):
+            x, keys, values = carry
+            # The whole cache travels as the carry and each layer writes its slot in place: scanned, ``index``
+            # is the loop counter; unrolled, a Python int.
+            kv_state = None if keys is None else (keys, values, index, cache.index)
+            x, kv_state = layer(x, cos, sin, mask, self.attention_impl, kv_state)
+            return (x, None, None) if kv_state is None else (x, *kv_state)
+
+        policy = _REMAT_POLICIES[self.remat] if self.remat != "none" and cache is None else None
+        x, keys, values = stacking.run_layers(self.layers, step, (x, keys, values),
+                                              np.arange(self.cfg.num_hidden_layers), stacked=self.scan_layers,
+                                              policy=policy)
         x = self.norm(x)
         if cache is not None:
             cache = dataclasses.replace(cache, keys=keys, values=values)

@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from robust_r1_jax import parallel
-from robust_r1_jax.model import hf, orbax_io
+from robust_r1_jax.model import hf, orbax_io, stacking
 from robust_r1_jax.model.config import ModelConfig
 from robust_r1_jax.model.processor import ImageProcessor, Processor, load_tokenizer
 from robust_r1_jax.model.vlm import Qwen25VL
@@ -101,17 +101,13 @@ def _restore_training_model(path: str, step: int | None, mesh, overrides: dict) 
             **{STATE: ocp.args.StandardRestore(fallback_sharding=fallback)}))[STATE]
     finally:
         manager.close()
-    graphdef, params, rest = nnx.split(nnx.eval_shape(lambda: Qwen25VL(config, rngs=nnx.Rngs(0))), nnx.Param, ...)
     values = {}
     for half in PARAMETER_HALVES:
-        values.update(nnx.traversals.flatten_mapping(_unwrap_values(saved[half])))
-    wanted = {tuple(map(str, p)): var for p, var in nnx.to_flat_state(params)}
-    missing = sorted(".".join(k) for k in wanted if k not in values)
-    if missing:
-        raise ValueError(f"checkpoint {path} step {step} lacks parameters: {', '.join(missing[:10])}")
-    nnx.replace_by_pure_dict(params, nnx.traversals.unflatten_mapping(
-        {k: jnp.asarray(values[k], var.value.dtype) for k, var in wanted.items()}))
-    model = nnx.merge(graphdef, params, rest)
+        values.update(nnx.traversals.flatten_mapping(_unwrap_values(saved[half]), sep="."))
+    try:  # either layer layout: stacked and unrolled parameters are converted to the config's
+        model = stacking.load_flat(nnx.eval_shape(lambda: Qwen25VL(config, rngs=nnx.Rngs(0))), values)
+    except KeyError as e:
+        raise ValueError(f"checkpoint {path} step {step} lacks parameters: {e.args[0]}") from e
     return parallel.shard_module(model, mesh) if mesh is not None else model
 
 
@@ -125,14 +121,25 @@ def _unwrap_values(tree):
 
 
 def with_runtime_settings(model: Qwen25VL, **settings) -> Qwen25VL:
-    """The same weights with other compute settings (``dtype``, ``remat``, ``attention_impl``); the stored
-    parameter dtype is kept."""
+    """The same weights with other compute settings (``dtype``, ``remat``, ``attention_impl``, ``scan_layers``);
+    the stored parameter dtype is kept. A change of ``scan_layers`` restacks the parameters (a transient copy),
+    keeping them on the mesh they were on."""
     new_cfg = model.config.replace(**settings, param_dtype=model.config.param_dtype)
     if new_cfg == model.config:
         return model
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen25VL(new_cfg, rngs=nnx.Rngs(0))))
+    abstract = nnx.eval_shape(lambda: Qwen25VL(new_cfg, rngs=nnx.Rngs(0)))
+    if new_cfg.scan_layers != model.config.scan_layers:
+        return stacking.load_flat(abstract, stacking.flat_params(model), _mesh_of(model))
+    graphdef, state = nnx.split(abstract)
     nnx.replace_by_pure_dict(state, nnx.to_pure_dict(nnx.state(model)))
     return nnx.merge(graphdef, state)
+
+
+def _mesh_of(model: Qwen25VL) -> jax.sharding.Mesh | None:
+    """The mesh the model's parameters are laid out on; None when they are not on a named sharding."""
+    first = jax.tree.leaves(nnx.state(model, nnx.Param))[0]
+    sharding = getattr(first, "sharding", None)
+    return sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
 
 
 # ---- tokenizer and image settings ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from etils import epath
 from flax import nnx
 
 from robust_r1_jax import atomic, parallel
+from robust_r1_jax.model import stacking
 from robust_r1_jax.model.config import ModelConfig
 from robust_r1_jax.model.vlm import Qwen25VL
 
@@ -55,11 +56,12 @@ def read_config(path: str) -> ModelConfig:
 
 def restore(path: str, *, mesh: jax.sharding.Mesh | None = None, **config_overrides) -> Qwen25VL:
     """The model saved at ``path``; with a mesh, every parameter is restored straight into its sharding
-    (``parallel.param_shardings``), without one onto this process's first device."""
-    config = read_config(path)
-    if config_overrides:
-        config = config.replace(**config_overrides)
-    abstract = nnx.eval_shape(lambda: Qwen25VL(config, rngs=nnx.Rngs(0)))
+    (``parallel.param_shardings``), without one onto this process's first device. An override of
+    ``scan_layers`` reads the parameters in the saved layout and restacks them (one transient extra copy)."""
+    saved = read_config(path)
+    config = saved.replace(**config_overrides) if config_overrides else saved
+    as_saved = config.replace(scan_layers=saved.scan_layers)
+    abstract = nnx.eval_shape(lambda: Qwen25VL(as_saved, rngs=nnx.Rngs(0)))
     graphdef, state, rest = nnx.split(abstract, nnx.Param, ...)
     if mesh is None:
         first = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -71,4 +73,8 @@ def restore(path: str, *, mesh: jax.sharding.Mesh | None = None, **config_overri
     with ocp.StandardCheckpointer() as ckpt:
         restored = ckpt.restore(_path(path) / "params", target)
     nnx.replace_by_pure_dict(state, restored)
-    return nnx.merge(graphdef, state, rest)
+    model = nnx.merge(graphdef, state, rest)
+    if config.scan_layers == saved.scan_layers:
+        return model
+    other = nnx.eval_shape(lambda: Qwen25VL(config, rngs=nnx.Rngs(0)))
+    return stacking.load_flat(other, stacking.flat_params(model), mesh)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from robust_r1_jax.model import stacking
 from robust_r1_jax.model.config import VisionConfig, resolve_dtype
 from robust_r1_jax.model.layers import AttentionMask, Dense, GatedMLP, RMSNorm, apply_rotary, attention
 
@@ -111,13 +113,16 @@ class PatchMerger(nnx.Module):
 
 class VisionTower(nnx.Module):
     def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype="float32", param_dtype="float32",
-                 attention_impl: str = "xla"):
+                 attention_impl: str = "xla", scan_layers: bool = False):
+        """``scan_layers``: the blocks as one stacked module under ``lax.scan``, each block picking the window or
+        the full-attention mask by its index (see ``stacking``)."""
         dtype, param_dtype = resolve_dtype(dtype), resolve_dtype(param_dtype)
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-        self.cfg, self.attention_impl = cfg, attention_impl
+        self.cfg, self.attention_impl, self.scan_layers = cfg, attention_impl, scan_layers
         self.patch_embed = Dense((cfg.patch_dim,), (cfg.hidden_size,), ("vision_patch",), ("vision_embed",),
                                  use_bias=False, std=cfg.initializer_range, **kw)
-        self.blocks = nnx.List([VisionBlock(cfg, **kw) for _ in range(cfg.depth)])
+        blocks = [VisionBlock(cfg, **kw) for _ in range(cfg.depth)]
+        self.blocks = stacking.stack_modules(blocks) if scan_layers else nnx.List(blocks)
         self.merger = PatchMerger(cfg, **kw)
 
     def __call__(self, pixel_values: jax.Array, grid_thw: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -139,10 +144,22 @@ class VisionTower(nnx.Module):
         window_mask = _segment_mask(layout["window_segment"])
         full_mask = _segment_mask(layout["frame_segment"])
         x = self.patch_embed(pixel_values)
-        for i, block in enumerate(self.blocks):
-            mask = full_mask if i in cfg.fullatt_block_indexes else window_mask
-            x = block(x, cos, sin, mask, self.attention_impl)
+
+        def step(block, x, full_attention):
+            mask = _choose(full_attention, full_mask, window_mask)
+            return block(x, cos, sin, mask, self.attention_impl)
+
+        full_attention = np.isin(np.arange(cfg.depth), cfg.fullatt_block_indexes)
+        x = stacking.run_layers(self.blocks, step, x, full_attention, stacked=self.scan_layers)
         return self.merger(x), layout["valid"][:, :: cfg.merge_unit]
+
+
+def _choose(full_attention, full, window):
+    """The full-attention or the window mask (any pytree of arrays): by a Python bool when the blocks are
+    unrolled, by a traced one, selected elementwise, when they are scanned."""
+    if isinstance(full_attention, (bool, np.bool_)):
+        return full if full_attention else window
+    return jax.tree.map(lambda f, w: jnp.where(full_attention, f, w), full, window)
 
 
 def _segment_mask(segment: jax.Array) -> AttentionMask:

@@ -29,9 +29,10 @@ class Qwen25VL(nnx.Module):
         self.config = config
         dtype, param_dtype = resolve_dtype(config.dtype), resolve_dtype(config.param_dtype)
         self.visual = VisionTower(config.vision, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
-                                  attention_impl=config.attention_impl)
+                                  attention_impl=config.attention_impl, scan_layers=config.scan_layers)
         self.language = LanguageModel(config.text, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
-                                      attention_impl=config.attention_impl, remat=config.remat)
+                                      attention_impl=config.attention_impl, remat=config.remat,
+                                      scan_layers=config.scan_layers)
 
     # ---- public entry points ------------------------------------------------------------------------------
     def __call__(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None,

@@ -64,6 +64,10 @@ class Checkpointer:
 def check_compatible(saved_meta: dict, model_config: ModelConfig, where: str) -> None:
     """A checkpoint must come from the same model architecture (dtypes and kernels may differ)."""
     saved = ModelConfig.from_dict(saved_meta["model_config"])
+    if saved.scan_layers != model_config.scan_layers:  # parameters and optimizer moments are laid out by it
+        raise ValueError(f"checkpoint {where} holds {'stacked' if saved.scan_layers else 'per-layer'} parameters "
+                         f"(scan_layers={saved.scan_layers}): resume it with "
+                         f"--config.model.scan_layers={saved.scan_layers}")
     if saved.text != model_config.text or saved.vision != model_config.vision:
         diffs = [f"{part}.{k}: checkpoint {a!r} != config {b!r}"
                  for part in ("text", "vision")

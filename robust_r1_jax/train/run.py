@@ -66,7 +66,8 @@ def build_model(config, processor, mesh) -> Qwen25VL:
     """From a checkpoint (``model.init_from``, any layout ``model.loading`` reads) or freshly initialised from a
     preset; the small presets take their vocabulary and special token ids from the tokenizer."""
     m = config.model
-    runtime = dict(dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl)
+    runtime = dict(dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl,
+                   scan_layers=m.get("scan_layers", False))
     if m.init_from:
         model = loading.with_runtime_settings(loading.load_model(m.init_from, m.param_dtype, mesh=mesh), **runtime)
     elif m.preset in ("tiny", "demo"):

@@ -28,7 +28,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         preset="tiny", vocab_size=0,           # vocab_size 0: the tokenizer's size (tiny / demo presets)
         init_from="",                           # Hugging Face directory or orbax model checkpoint
-        dtype="float32", param_dtype="float32", remat="none", attention_impl="xla"))
+        dtype="float32", param_dtype="float32", remat="none", attention_impl="xla",
+        scan_layers=False))
     c.data = ml_collections.ConfigDict(dict(
         dataset_dir="", split="train", tokenizer="",   # tokenizer dir ("" -> init_from)
         global_batch_size=8, seq_len=1024, patch_bucket=256, image_slots=1,

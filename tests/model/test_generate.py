@@ -45,9 +45,10 @@ def _random_model(cfg, seed=0):
     return model
 
 
-@pytest.fixture(scope="module")
-def cfg():
-    tiny = model_config.tiny()
+@pytest.fixture(scope="module", params=[False, True], ids=["unrolled", "scanned"])
+def cfg(request):
+    """Both layer layouts: unrolled, and stacked under lax.scan (the KV cache as the scan's carry)."""
+    tiny = model_config.tiny(scan_layers=request.param)
     # one vision block keeps the compile times short; the decoder keeps its two layers
     return tiny.replace(text=dataclasses.replace(tiny.text, tie_word_embeddings=False),
                         vision=dataclasses.replace(tiny.vision, depth=1, fullatt_block_indexes=(0,)))

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from hf_reference import hf_logits, hf_model, image_tokens_prompt, tiny_config  # noqa: E402
+from hf_reference import hf_logits, hf_model, image_tokens_prompt, rel_err, tiny_config  # noqa: E402
 
-from robust_r1_jax.model import hf, orbax_io  # noqa: E402
+from robust_r1_jax.model import hf, orbax_io, stacking  # noqa: E402
 from robust_r1_jax.model.config import resolve_dtype  # noqa: E402
 
 
@@ -28,10 +28,14 @@ def checkpoint(tmp_path_factory):
     return cfg, ref, path, (ids, pix, np.array(grids))
 
 
-def test_round_trip_gives_identical_logits(checkpoint, tmp_path):
+LAYOUTS = pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
+
+
+@LAYOUTS
+def test_round_trip_gives_identical_logits(checkpoint, tmp_path, scan):
     from transformers import Qwen2_5_VLForConditionalGeneration
     cfg, ref, path, (ids, pix, grid) = checkpoint
-    ours = hf.load(path)
+    ours = hf.load(path, config_overrides={"scan_layers": scan})
     out = str(tmp_path / "ours")
     hf.save(ours, out)
     back = Qwen2_5_VLForConditionalGeneration.from_pretrained(out).eval()
@@ -41,20 +45,22 @@ def test_round_trip_gives_identical_logits(checkpoint, tmp_path):
                                   hf_logits(ref, ids, pixel_values=pix, grid=grid))
 
 
-def test_untied_head_and_sharded_files(tmp_path):
+@LAYOUTS
+def test_untied_head_and_sharded_files(tmp_path, scan):
     from transformers import Qwen2_5_VLForConditionalGeneration
     cfg = tiny_config()
     cfg = cfg.replace(text=cfg.text.__class__(**{**cfg.text.__dict__, "tie_word_embeddings": False}))
     ref = hf_model(cfg, seed=4)
     src = str(tmp_path / "src")
     ref.save_pretrained(src)
-    ours = hf.load(src)
+    ours = hf.load(src, config_overrides={"scan_layers": scan})
     assert ours.language.lm_head is not None
     out = str(tmp_path / "sharded")
-    hf.save(ours, out, max_shard_bytes=64 * 1024)
+    hf.save(ours, out, max_shard_bytes=64 * 1024)  # shards split inside a stacked parameter's layers
     index = json.load(open(os.path.join(out, "model.safetensors.index.json")))
     assert len(set(index["weight_map"].values())) > 1
-    again = hf.load(out)
+    assert "scan_layers" not in json.load(open(os.path.join(out, "config.json")))
+    again = hf.load(out, config_overrides={"scan_layers": scan})
     ids = np.random.default_rng(1).integers(0, cfg.bos_token_id, (1, 9))
     np.testing.assert_array_equal(np.asarray(again(ids)), np.asarray(ours(ids)))
     back = Qwen2_5_VLForConditionalGeneration.from_pretrained(out).eval()
@@ -69,14 +75,31 @@ def test_load_in_bfloat16(checkpoint):
     assert np.isfinite(np.asarray(model(ids, pixel_values=pix, image_grid_thw=grid))).all()
 
 
-def test_orbax_round_trip(checkpoint, tmp_path):
+@LAYOUTS
+def test_orbax_round_trip(checkpoint, tmp_path, scan):
     _, _, path, (ids, pix, grid) = checkpoint
-    model = hf.load(path)
+    model = hf.load(path, config_overrides={"scan_layers": scan})
     orbax_io.save(model, str(tmp_path / "orbax"))
     restored = orbax_io.restore(str(tmp_path / "orbax"))
-    assert restored.config == model.config
+    assert restored.config == model.config and restored.config.scan_layers == scan
     np.testing.assert_array_equal(np.asarray(restored(ids, pixel_values=pix, image_grid_thw=grid)),
                                   np.asarray(model(ids, pixel_values=pix, image_grid_thw=grid)))
+
+
+@LAYOUTS
+def test_orbax_model_saved_in_one_layout_loads_into_the_other(checkpoint, tmp_path, scan):
+    _, _, path, (ids, pix, grid) = checkpoint
+    model = hf.load(path, config_overrides={"scan_layers": scan})
+    orbax_io.save(model, str(tmp_path / "orbax"))
+    other = orbax_io.restore(str(tmp_path / "orbax"), scan_layers=not scan)
+    assert other.config.scan_layers == (not scan)
+    unrolled = lambda m: stacking.to_layout(stacking.flat_params(m), stacked=False)
+    want, got = unrolled(model), unrolled(other)
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]), err_msg=name)
+    assert rel_err(other(ids, pixel_values=pix, image_grid_thw=grid),
+                   model(ids, pixel_values=pix, image_grid_thw=grid)) < 1e-5
 
 
 def test_missing_shard_is_reported(checkpoint, tmp_path):

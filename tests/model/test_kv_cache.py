@@ -4,26 +4,32 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(__file__))
 from hf_reference import image_tokens_prompt, tiny_config  # noqa: E402
 
+from robust_r1_jax.model import loading  # noqa: E402
 from robust_r1_jax.model.vlm import Qwen25VL  # noqa: E402
 
+LAYOUTS = pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
 
-def _model(cfg):
+
+def _model(cfg, scan=False):
     model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
     # unit-scale weights so that a cache or position bug changes the logits visibly
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         if var.value.ndim >= 2:
             var.value = var.value * (1.0 / 0.02) / np.sqrt(np.prod(var.value.shape[:-1]))
-    return model
+    # scanned: the same weights stacked, the cache threaded through the scan as its carry
+    return loading.with_runtime_settings(model, scan_layers=True) if scan else model
 
 
-def test_prefill_then_decode_matches_full_forward():
+@LAYOUTS
+def test_prefill_then_decode_matches_full_forward(scan):
     cfg = tiny_config()
-    model = _model(cfg)
+    model = _model(cfg, scan)
     rng = np.random.default_rng(0)
     grids = [(1, 4, 8), (1, 6, 4)]
     rows = [image_tokens_prompt(rng, cfg, grids[:1], [3, 4]), image_tokens_prompt(rng, cfg, grids[1:], [1, 2])]
@@ -53,9 +59,10 @@ def test_prefill_then_decode_matches_full_forward():
     assert np.asarray(cache.valid).sum() == mask.sum() + 2 * steps
 
 
-def test_cache_repeat_serves_group_samples():
+@LAYOUTS
+def test_cache_repeat_serves_group_samples(scan):
     cfg = tiny_config()
-    model = _model(cfg)
+    model = _model(cfg, scan)
     ids = np.random.default_rng(1).integers(0, cfg.bos_token_id, (2, 6))
     logits, cache = model.prefill(ids, np.ones_like(ids), max_len=10)
     grouped = cache.repeat(3)

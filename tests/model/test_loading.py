@@ -66,3 +66,23 @@ def test_a_tokenizer_of_another_model_is_refused(hf_dir):
     loading.check_pairing(model, _Processor(config.image_token_id, config.text.vocab_size))
     with pytest.raises(ValueError, match=r"model 'x': .*<\|image_pad\|> is 1 in the tokenizer.*vocabulary only"):
         loading.check_pairing(model, _Processor(1, config.text.vocab_size + 1), "x")
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
+def test_a_training_checkpoint_loads_in_its_layer_layout(hf_dir, tmp_path, scan):
+    import orbax.checkpoint as ocp
+    model = loading.with_runtime_settings(loading.load_model(hf_dir), scan_layers=scan)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    halves = {"trainable": {"language": params["language"]}, "frozen": {"visual": params["visual"]}}
+    path = str(tmp_path / "ckpt")
+    manager = ocp.CheckpointManager(path, item_names=(loading.STATE, loading.DATA, loading.META))
+    meta = {"model_config": model.config.to_dict()}
+    manager.save(3, args=ocp.args.Composite(**{loading.STATE: ocp.args.StandardSave(halves),
+                                               loading.DATA: ocp.args.JsonSave({}),
+                                               loading.META: ocp.args.JsonSave(meta)}))
+    manager.wait_until_finished()
+    manager.close()
+    restored = loading.load_model(path)
+    assert restored.config.scan_layers == scan
+    ids = np.arange(6)[None]
+    np.testing.assert_array_equal(np.asarray(restored(ids)), np.asarray(model(ids)))

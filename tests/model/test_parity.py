@@ -15,12 +15,21 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def reference(tmp_path_factory):
     cfg = tiny_config()
     ref = hf_model(cfg, seed=1)
     path = str(tmp_path_factory.mktemp("hf") / "tiny")
     ref.save_pretrained(path)
-    return cfg, ref, hf.load(path)
+    return cfg, ref, path
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["unrolled", "scanned"])
+def models(reference, request):
+    """Every test runs on both layer layouts: one module per layer, and stacked layers under lax.scan."""
+    cfg, ref, path = reference
+    ours = hf.load(path, config_overrides={"scan_layers": request.param})
+    assert ours.config.scan_layers == request.param
+    return cfg, ref, ours
 
 
 def _pixels(rng, cfg, grids):

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent("""
     import os, sys
     import jax, numpy as np
@@ -13,7 +15,8 @@ SCRIPT = textwrap.dedent("""
     from robust_r1_jax import parallel
     from robust_r1_jax.model.vlm import Qwen25VL
     assert jax.device_count() == 8, jax.devices()
-    cfg = tiny_config()
+    scan = sys.argv[1] == "scanned"
+    cfg = tiny_config(scan_layers=scan)
     model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
     grids = [(1, 4, 8), (1, 4, 8)]
@@ -25,9 +28,15 @@ SCRIPT = textwrap.dedent("""
 
     mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
     parallel.shard_module(model, mesh)
-    kernel = model.language.layers[0].mlp.gate.kernel.value
-    assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor"), kernel.sharding
-    assert len(kernel.addressable_shards) == 8 and kernel.addressable_shards[0].data.shape == (32, 64)
+    if scan:  # the stacked kernel [layers, embed, mlp]: the layer axis stays whole on every device
+        kernel = model.language.layers.mlp.gate.kernel.value
+        assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor"), kernel.sharding
+        assert kernel.addressable_shards[0].data.shape == (cfg.text.num_hidden_layers, 32, 64)
+    else:
+        kernel = model.language.layers[0].mlp.gate.kernel.value
+        assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor"), kernel.sharding
+        assert kernel.addressable_shards[0].data.shape == (32, 64)
+    assert len(kernel.addressable_shards) == 8
     ids_s = jax.device_put(ids, parallel.batch_sharding(mesh, 2))
     got = np.asarray(model(ids_s, pixel_values=pix, image_grid_thw=grid))
     err = np.abs(got - want).max() / max(1.0, np.abs(want).max())
@@ -36,10 +45,11 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_sharded_forward_equals_single_device():
+@pytest.mark.parametrize("layout", ["unrolled", "scanned"])
+def test_sharded_forward_equals_single_device(layout):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=root, env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", SCRIPT, layout], cwd=root, env=env, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "ERR" in out.stdout
