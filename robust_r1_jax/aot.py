@@ -239,8 +239,9 @@ def run(config) -> dict:
     slice_ = tpu_topology.parse_slice(config.topology)
     mesh = mesh_for(recipe, tpu_topology.devices(slice_))
     cfg = recipe_model_config(recipe)
-    programs = aot_programs.for_recipe(recipe, cfg, mesh)
-    rows = [measure(p, slice_, mesh, cfg, config.cost_estimate, config.hbm_limit_fraction) for p in programs]
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # scanned activations pinned to its batch layout
+        programs = aot_programs.for_recipe(recipe, cfg, mesh)
+        rows = [measure(p, slice_, mesh, cfg, config.cost_estimate, config.hbm_limit_fraction) for p in programs]
     report = table(rows)
     print(report)
     if config.output:
