@@ -243,8 +243,8 @@ def run(config) -> dict:
     slice_ = tpu_topology.parse_slice(config.topology)
     mesh = mesh_for(recipe, tpu_topology.devices(slice_))
     cfg = recipe_model_config(recipe, mesh.devices.flat[0].platform)
-    # kernels that need shard_map (splash attention) find the mesh when traced; only the abstract mesh, so
-    # eager work stays on this host
+    # traced with the mesh in context: splash attention's shard_map and the scanned layers' batch-sharded
+    # activations find it; only the abstract mesh, so eager work stays on this host
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         programs = aot_programs.for_recipe(recipe, cfg, mesh)
         rows = [measure(p, slice_, mesh, cfg, config.cost_estimate, config.hbm_limit_fraction) for p in programs]

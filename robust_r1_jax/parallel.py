@@ -96,3 +96,12 @@ def shard_module(module: nnx.Module, mesh: Mesh) -> nnx.Module:
         axes = var.get_metadata().get("logical_axes") or (None,) * var.value.ndim
         var.value = jax.device_put(var.value, named_sharding(mesh, axes, var.value.shape))
     return module
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """``x`` pinned to the sharding of its logical ``axes`` on the mesh in context (``jax.set_mesh``); unchanged
+    when no mesh is set. Needed where propagation cannot see the batch layout, e.g. a ``lax.scan`` carry."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, mesh))

@@ -51,7 +51,10 @@ def run_layers(layers, step: Callable[[nnx.Module, Any, Any], Any], carry, xs, *
     """
     def body_for(graphdef):
         def body(layer_state, carry, x):
-            return step(nnx.merge(graphdef, layer_state), carry, x)
+            if not stacked:  # unrolled, propagation sees the batch layout from the inputs
+                return step(nnx.merge(graphdef, layer_state), carry, x)
+            carry = _batch_major(carry)
+            return _batch_major(step(nnx.merge(graphdef, layer_state), carry, x))
         if policy is None:
             return body
         # Inside a scan the loop boundary already keeps XLA from merging the recomputation with the forward pass.
@@ -66,6 +69,14 @@ def run_layers(layers, step: Callable[[nnx.Module, Any, Any], Any], carry, xs, *
         graphdef, state = nnx.split(layer)
         carry = body_for(graphdef)(state, carry, jax.tree.map(lambda a: a[i], xs))
     return carry
+
+
+def _batch_major(carry):
+    """The carry's activations [batch, length, ...] kept split over the batch: inside a while loop the
+    partitioner cannot see the batch layout and would split the hidden dimension like the weights instead."""
+    x = carry[0] if isinstance(carry, tuple) else carry
+    x = parallel.constrain(x, ("batch", "length") + (None,) * (x.ndim - 2))
+    return (x, *carry[1:]) if isinstance(carry, tuple) else x
 
 
 # ---- layout conversion of flat parameter dicts ("a.b.c" -> array) ---------------------------------------------

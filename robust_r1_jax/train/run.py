@@ -139,6 +139,8 @@ class Run:
 
     def __enter__(self) -> "Run":
         with contextlib.ExitStack() as opening:  # a failure while opening closes what was already open
+            # Steps trace inside the run: scanned layers pin their activations to the batch layout of this mesh.
+            opening.enter_context(jax.set_mesh(self.mesh))
             self.loader = opening.enter_context(contextlib.closing(
                 make_loader(self.config, self.processor, self.per_host, self.info, self.loader_kind)))
             self.checkpointer = opening.enter_context(contextlib.closing(ckpt.Checkpointer(
