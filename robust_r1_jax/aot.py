@@ -9,7 +9,8 @@ chip what the compiler says the program needs (``memory_analysis``), whether tha
 XLA's cost-model time (``cost_analysis()["optimal_seconds"]``) with the MFU it implies.
 
 Memory is exact for the compiled program. Time is XLA's cost model, not a measurement, and custom kernels
-(Pallas) are outside it. XLA counts a loop body once, so the cost is taken from loop-free variants of each
+(Pallas) are outside it: the cost variants run attention on the XLA path, a conservative stand-in for splash
+(the compiled splash step's FLOPs leave attention out entirely). XLA counts a loop body once, so the cost is taken from loop-free variants of each
 program (no chunked cross-entropy, no gradient accumulation; the rollout as one prefill plus T-1 single-token
 decode steps) compiled at two small depths of the language model and of the vision tower and extrapolated
 linearly to the real depths. Where that estimate is not positive, no time or MFU is printed.
@@ -43,7 +44,8 @@ from robust_r1_jax.train import state as train_state
 log = logging.getLogger(__name__)
 
 NOTE = ("memory: the compiler's per-chip figures; time and MFU: XLA's TPU cost model (not a measurement; "
-        "custom kernels are outside it), loop-corrected by depth extrapolation")
+        "custom kernels are outside it, so the time is estimated with XLA attention in place of splash), "
+        "loop-corrected by depth extrapolation")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -130,9 +132,12 @@ def _compile(c: Compiled):
 
 def depth_variants(cfg: model_config.ModelConfig) -> list[model_config.ModelConfig]:
     """(language layers, vision blocks) = (1, 1), (2, 1), (1, 2); the last vision block keeps full attention.
-    Unrolled even when the recipe scans its layers: the cost model counts a loop body once."""
+    Unrolled even when the recipe scans its layers: the cost model counts a loop body once. Attention on the XLA
+    path: the cost model does not see into the splash kernel (its FLOPs and time would count as zero), so the
+    estimate is the XLA attention's, which materialises the scores: a conservative time for a splash program."""
     def at(layers: int, blocks: int):
-        return cfg.replace(scan_layers=False, text=dataclasses.replace(cfg.text, num_hidden_layers=layers),
+        return cfg.replace(scan_layers=False, attention_impl="xla",
+                           text=dataclasses.replace(cfg.text, num_hidden_layers=layers),
                            vision=dataclasses.replace(cfg.vision, depth=blocks, fullatt_block_indexes=(blocks - 1,)))
     return [at(1, 1), at(2, 1), at(1, 2)]
 
