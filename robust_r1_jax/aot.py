@@ -21,6 +21,7 @@ generated token), N the trained parameters (PaLM, Chowdhery et al. 2022, appendi
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
 import json
@@ -56,6 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.output = ""            # JSON report path ("" = print only)
     c.cost_estimate = True   # the loop-corrected cost model (three small extra compiles per program)
     c.hbm_limit_fraction = 1.0   # "fits" means peak <= this share of the chip's HBM (e.g. 0.85 for headroom)
+    c.recipe_overrides = ()      # "dotted.key=value" strings applied to the recipe, e.g. "sampling.max_new_tokens=2048"
     return c
 
 
@@ -242,9 +244,28 @@ def load_recipe(spec: str) -> ml_collections.ConfigDict:
     return loaded.get_config(variant) if variant else loaded.get_config()
 
 
+def apply_overrides(recipe: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
+    """``"a.b=value"`` strings (value a Python literal, else a string) set on the recipe; an unknown key or a value
+    of the wrong type is a ValueError naming the override."""
+    recipe.lock()   # a misspelt key is an error, not a new field
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"recipe override {item!r} is not of the form dotted.key=value")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        try:
+            recipe.update_from_flattened_dict({key: value})
+        except (KeyError, AttributeError, TypeError) as e:
+            raise ValueError(f"recipe override {item!r}: {e}") from e
+    return recipe
+
+
 def run(config) -> dict:
     from robust_r1_jax import aot_programs, atomic
-    recipe = load_recipe(config.recipe)
+    recipe = apply_overrides(load_recipe(config.recipe), config.recipe_overrides)
     slice_ = tpu_topology.parse_slice(config.topology)
     mesh = mesh_for(recipe, tpu_topology.devices(slice_))
     cfg = recipe_model_config(recipe, mesh.devices.flat[0].platform)

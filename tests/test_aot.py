@@ -170,3 +170,13 @@ def test_fsdp_weights_are_gathered_in_the_compute_dtype(tmp_path):
     gathers = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("GATHER")]
     matrices = [dtype for dtype, rank in gathers if int(rank) >= 2 and dtype in ("bf16", "f32")]
     assert len(matrices) >= 8 and set(matrices) == {"bf16"}, gathers
+
+
+def test_recipe_overrides_set_typed_fields_and_refuse_unknown_keys():
+    from robust_r1_jax import aot
+    recipe = aot.load_recipe("configs/grpo_qwen2_5_vl_3b.py:v6e8")
+    aot.apply_overrides(recipe, ("sampling.max_new_tokens=2048", "grpo.logprob_chunk=128"))
+    assert (recipe.sampling.max_new_tokens, recipe.grpo.logprob_chunk) == (2048, 128)
+    for bad in ("sampling.max_new_token=1", "sampling.max_new_tokens=many", "no_equals_sign"):
+        with pytest.raises(ValueError, match="recipe override"):
+            aot.apply_overrides(recipe, (bad,))
