@@ -43,10 +43,11 @@ and trained in one update. Memory per chip, estimated (GB = 1e9 bytes):         
   log-prob chunk of 256 tokens: 3 x rows x 256 x 151,936 x 4 B (not at the same time)          14.9
   total: 16.1 + 12.1 + 40.3                                                                 ~69 of 95
 
-v6e-8 (32 GB): with 2048-token completions 16 rows per chip need 8.1 + 6.0 + 20.1 = ~34 GB, more than the chip
-has, because the XLA attention on TPU materialises every score matrix. So this slice caps completions at 1024
-tokens, the one departure from SPEC §4 (a completion cut there earns no format or answer reward): 8.1 states
-+ 3.6 kept inputs + max(7.3 attention, 7.5 log-prob chunk) = ~19 of 32 GB. Prompts per step stay at 16 x 8.
+v6e-8 (32 GB): these shape estimates (XLA attention materialising every score matrix) put 16 rows per chip with
+2048-token completions at ~34 GB, and the slice used to cap completions at 1024. With splash attention, scanned
+layers and sharded moments the TPU compiler's own figures (configs/aot.py, WORKSPACE.md "Scale configs") are, per
+chip: rollout 9.4, scoring 12.3, update 23.9 of 32 GiB with SPEC §4's 2048 tokens, so every slice now samples 2048.
+On v5p-8: rollout 17.9, scoring 23.1, update 48.7 of 95 GiB (the ~69 GB total above was the XLA-attention estimate).
 
 --------------------------------------------------------------------------------------------------------------------
 The paper's 3B GRPO stage on one node of 8 x H100 80 GB: the variant `8xh100`.
@@ -74,8 +75,6 @@ from robust_r1_jax.rl.grpo import default_config
 
 # variant -> devices on the fsdp axis (one host each, so one process); "" is the recipe on whatever is there.
 FSDP = {"": -1, "v5p8": 4, "v6e8": 8, "8xh100": 8}
-# v6e-8's 32 GB chips cap completions at 1024 tokens (see above); everywhere else SPEC §4's 2048.
-MAX_COMPLETION = {"v6e8": 1024}
 
 
 def get_config(variant: str = ""):
@@ -104,7 +103,7 @@ def get_config(variant: str = ""):
     c.grpo.inner_iterations = 1
     c.grpo.logprob_chunk = 256
     c.sampling.temperature = 1.0
-    c.sampling.max_new_tokens = MAX_COMPLETION.get(variant, 2048)
+    c.sampling.max_new_tokens = 2048   # SPEC §4, on every slice (v6e-8 fits it: see above)
     c.optim.learning_rate = 1e-6
     c.optim.warmup_steps = 0
     c.optim.min_lr_ratio = 1.0   # constant rate
