@@ -14,7 +14,7 @@ from flax import nnx
 
 from robust_r1_jax import parallel
 from robust_r1_jax.aot import Compiled, Program, abstract_state, batch_spec, per_chip_bytes, replicated
-from robust_r1_jax.train import optim, run as train_run, step as sft_step
+from robust_r1_jax.train import optim, run as train_run, state as train_state, step as sft_step
 
 
 def for_recipe(recipe, cfg, mesh) -> list[Program]:
@@ -40,10 +40,6 @@ def _image_shapes(recipe, cfg, rows: int) -> dict:
             "image_grid_thw": ((rows, d.image_slots, 3), jnp.int32)}
 
 
-def _trained_parameters(state) -> int:
-    return sum(int(x.size) for x in jax.tree.leaves(state.trainable))
-
-
 # ---- SFT ------------------------------------------------------------------------------------------------------
 def sft_programs(recipe, cfg, mesh) -> list[Program]:
     def build(model_cfg, loop_free: bool) -> tuple[Compiled, int, int]:
@@ -59,7 +55,7 @@ def sft_programs(recipe, cfg, mesh) -> list[Program]:
         fn = jax.jit(lambda st, bt: sft_step.sft_step(parts, tx, schedule, step_cfg, st, bt),
                      in_shardings=(state_sh, {k: v.sharding for k, v in batch.items()}),
                      out_shardings=(state_sh, None), donate_argnums=(0,))
-        return Compiled(fn, (state, batch)), _trained_parameters(state), b * s
+        return Compiled(fn, (state, batch)), train_state.count(state.trainable), b * s
 
     compiled, n, tokens = build(cfg, loop_free=False)
     return [Program("sft_step", compiled, 6.0 * n * tokens, tokens, 0,
@@ -91,21 +87,21 @@ def grpo_programs(recipe, cfg, mesh) -> list[Program]:
 
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated(mesh))
 
-    def rollout(model_cfg) -> Compiled:
+    def policy(model_cfg):
+        """The sampler's view: the whole model split into its graph and abstract weights, and the prompts."""
         _, parts, state = setup(model_cfg)
         graphdef, weights = nnx.split(parts.merge(state.trainable, state.frozen))
-        p = prompt_batch(model_cfg)
-        scfg = sampler_config(model_cfg)
+        return graphdef, weights, prompt_batch(model_cfg), sampler_config(model_cfg)
+
+    def rollout(model_cfg) -> Compiled:
+        graphdef, weights, p, scfg = policy(model_cfg)
         fn = jax.jit(lambda w, ids, mask, pix, grid, key: smp.rollout(
             graphdef, w, ids, mask, pix, grid, key, config=scfg, cache_len=prompt_len + horizon))
         return Compiled(fn, (weights, p["prompt_ids"], p["prompt_mask"], p["pixel_values"], p["image_grid_thw"], rng))
 
     def rollout_parts(model_cfg) -> list[Compiled]:
         """One prefill (with the G-fold cache repeat) and one decode step's forward, run T-1 times."""
-        _, parts, state = setup(model_cfg)
-        graphdef, weights = nnx.split(parts.merge(state.trainable, state.frozen))
-        p = prompt_batch(model_cfg)
-        scfg = sampler_config(model_cfg)
+        graphdef, weights, p, _ = policy(model_cfg)
 
         def prefill(w, ids, mask, pix, grid):
             logits, cache = nnx.merge(graphdef, w).prefill_traced(ids, pix, grid, mask, prompt_len + horizon)
@@ -153,7 +149,7 @@ def grpo_programs(recipe, cfg, mesh) -> list[Program]:
         return Compiled(fn, (state, batch, logp["old"], logp["ref"], logp["advantages"]))
 
     _, _, state = setup(cfg)
-    n = _trained_parameters(state)
+    n = train_state.count(state.trainable)
     policy_only = per_chip_bytes(state.opt_state) + per_chip_bytes(state.trainable)   # optimizer + reference copy
     learner_tokens = rows * (prompt_len + horizon)
     return [

@@ -25,7 +25,7 @@ from robust_r1_jax.train import metrics as mx
 from robust_r1_jax.train import sft
 from robust_r1_jax.train.run import Run
 from robust_r1_jax.train.state import ModelParts, TrainState, shardings_of
-from robust_r1_jax.train.step import guarded_update, traced_on
+from robust_r1_jax.train.step import guarded_update
 
 AGGREGATIONS = ("sequence_mean", "token_mean")
 STD_ESTIMATORS = ("unbiased", "biased")
@@ -174,10 +174,9 @@ def sampler_config(config, gcfg: GRPOConfig, model_cfg) -> smp.SamplerConfig:
 
 def _compiled_steps(r: Run, gcfg: GRPOConfig):
     """The jitted scoring (old policy and reference log-probs), update and advantage functions of a run."""
-    score_fn = traced_on(r.mesh, jax.jit(lambda tr, fr, ref, b: score_step(r.parts, gcfg, tr, fr, ref, b)))
-    update_fn = traced_on(r.mesh, jax.jit(
-        lambda s, b, o, ref, a: update_step(r.parts, r.tx, r.schedule, gcfg, s, b, o, ref, a),
-        out_shardings=(shardings_of(r.state), None), donate_argnums=(0,)))
+    score_fn = jax.jit(lambda tr, fr, ref, b: score_step(r.parts, gcfg, tr, fr, ref, b))
+    update_fn = jax.jit(lambda s, b, o, ref, a: update_step(r.parts, r.tx, r.schedule, gcfg, s, b, o, ref, a),
+                        out_shardings=(shardings_of(r.state), None), donate_argnums=(0,))
     advantage_fn = jax.jit(lambda rewards: group_advantages(rewards, gcfg.num_samples, gcfg.std_estimator))
     return score_fn, update_fn, advantage_fn
 

@@ -89,18 +89,9 @@ def compile_step(parts: ModelParts, tx, lr_schedule, cfg: StepConfig, state: Tra
     state_sh = shardings_of(state)
     batch_sh = batch_shardings(mesh, {k: v for k, v in example_batch.items() if k in BATCH_KEYS})
     fn = lambda s, b: sft_step(parts, tx, lr_schedule, cfg, s, b)
-    return traced_on(mesh, jax.jit(fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
-                                   donate_argnums=(0,)))
-
-
-def traced_on(mesh, jitted):
-    """``jitted`` traced with ``mesh`` in context, so kernels that must be placed by hand (the TPU splash
-    attention runs under ``shard_map``) see the mesh; calling it is otherwise unchanged (``_cache_size`` too)."""
-    def call(*args):
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            return jitted(*args)
-    call._cache_size = jitted._cache_size
-    return call
+    # traced inside train.run.Run, which holds jax.set_mesh(mesh): splash attention's shard_map and the scanned
+    # layers' batch-sharded activations find the mesh there
+    return jax.jit(fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=(0,))
 
 
 def global_batch(mesh, local_batch: dict) -> dict:

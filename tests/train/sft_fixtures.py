@@ -1,4 +1,8 @@
-"""A tiny model and a synthetic SFT batch in the pipeline's batched layout."""
+"""A tiny model and a synthetic SFT batch in the pipeline's batched layout; scripts on 8 simulated devices."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 from flax import nnx
 
@@ -32,3 +36,14 @@ def synthetic_batch(cfg, batch=8, seq=48, grid=(1, 4, 8), slots=2, patch_bucket=
                                 spatial_merge_size=cfg.vision.spatial_merge_size)
     return dict(input_ids=ids, attention_mask=mask, loss_mask=loss, pixel_values=pix, image_grid_thw=grids,
                 position_ids=np.moveaxis(np.asarray(pos), 0, 1).astype(np.int32))
+
+
+def run_on_eight_devices(script: str) -> str:
+    """Runs ``script`` in a fresh process with 8 simulated CPU devices (from the repository root); its stdout, or
+    an AssertionError carrying the tail of its output."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout

@@ -1,6 +1,5 @@
 """The SFT step: loss definition, freezing, accumulation, the non-finite guard, and 8-device equality."""
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -10,7 +9,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(__file__))
-from sft_fixtures import synthetic_batch, tiny_model  # noqa: E402
+from sft_fixtures import run_on_eight_devices, synthetic_batch, tiny_model  # noqa: E402
 
 from robust_r1_jax import parallel  # noqa: E402
 from robust_r1_jax.train import optim, state as train_state, step as sft  # noqa: E402
@@ -119,9 +118,4 @@ EIGHT_DEVICES = textwrap.dedent("""
 
 
 def test_step_on_eight_devices_equals_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], cwd=root, env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "GRADS" in out.stdout
+    assert "GRADS" in run_on_eight_devices(EIGHT_DEVICES)

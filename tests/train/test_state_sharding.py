@@ -1,8 +1,10 @@
 """The train state on a mesh: optimizer moments are sharded like their parameters, and the step compiles once."""
 import os
-import subprocess
 import sys
 import textwrap
+
+sys.path.insert(0, os.path.dirname(__file__))
+from sft_fixtures import run_on_eight_devices  # noqa: E402
 
 EIGHT_DEVICES = textwrap.dedent("""
     import os, sys, jax, numpy as np
@@ -48,9 +50,4 @@ EIGHT_DEVICES = textwrap.dedent("""
 
 
 def test_optimizer_state_is_sharded_like_parameters_and_the_step_compiles_once():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], cwd=root, env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "COMPILES 1" in out.stdout
+    assert "COMPILES 1" in run_on_eight_devices(EIGHT_DEVICES)
