@@ -63,9 +63,62 @@ def test_grpo_stage_draws_from_the_prompt_pool_with_the_demo_sampler():
     assert demo.stage_config(small, "rl", "w", "d", "t", 80).data.split == "train"
 
 
-def test_tiny_demo_writes_every_artefact(tmp_path):
-    summary = demo.run(demo_config(tmp_path / "demo", **TINY))
-    root = tmp_path / "demo"
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """One tiny run of the whole demo (synth, tokenizer, SFT, evaluation, GRPO, evaluation), shared by the tests
+    that read it: (summary, workdir)."""
+    root = tmp_path_factory.mktemp("tiny") / "demo"
+    return demo.run(demo_config(root, **TINY)), root
+
+
+# The tiny run's outcome, recorded 2026-11-30 on this project's 2-core x86-64 CPU machine (AMD EPYC, AVX-512) with
+# requirements.txt's pins. Every stage leaves a number here: synthesis (numpy, Pillow), the trained tokenizer
+# (tokenizers), SFT losses, the GRPO rewards of sampled completions, greedy evaluation. A change that moves any of
+# them moves the documented demo; such a change must say so and refresh WORKSPACE.md. Continuous values allow
+# float rounding of another CPU (XLA:CPU picks kernels by the host's instruction set); counts must match exactly.
+PINNED = {
+    "dataset.mean_sum_intensity": 0.5465, "dataset.mean_reasoning_words": 52.1,
+    "dataset.spearman_sum_intensity_vs_reasoning_words": 0.7728818493294366,
+    "lengths.prompt": 223, "lengths.chain": 334, "lengths.row": 552, "seq_len": 576, "max_new_tokens": 432,
+    "sft.first_loss": 6.29239559173584, "sft.last_loss": 6.281741619110107,
+    "sft_eval.valid_chains": 0.0, "sft_eval.accuracy": 0.0, "sft_eval.mean_tokens": 432.0,
+    "rl.first.reward/total": -0.34562253952026367, "rl.first.reward/length": 0.6543774604797363,
+    "rl.first.completion_length": 272.5,
+    "rl.last.reward/total": -0.5446690320968628, "rl.last.reward/length": 0.4553309977054596,
+    "rl.last.completion_length": 305.75, "rl.last.kl": 0.011330250650644302,
+    "rl_eval.valid_chains": 0.0, "rl_eval.mean_tokens": 432.0,
+}
+
+
+def outcome(summary: dict) -> dict:
+    """The pinned numbers of a demo summary, by dotted key."""
+    def get(dotted):
+        node = summary
+        for part in dotted.split(".", 2 if dotted.startswith("rl.") else 1):
+            node = node[part]
+        return node
+    return {key: get(key) for key in PINNED}
+
+
+def test_tiny_demo_outcome_is_pinned(tiny_demo):
+    summary, root = tiny_demo
+    got = outcome(summary)
+    moved = {k: (PINNED[k], v) for k, v in got.items() if v != pytest.approx(PINNED[k], rel=1e-4, abs=1e-6)}
+    assert not moved, f"the demo's outcome moved (recorded, now): {moved}"
+    assert summary["sft_eval"]["sample"].split()[:3] == ["object"] * 3
+
+
+@pytest.mark.slow
+def test_a_second_tiny_demo_run_repeats_the_first_exactly(tiny_demo, tmp_path):
+    first, _ = tiny_demo
+    second = demo.run(demo_config(tmp_path / "demo", **TINY))
+    assert outcome(second) == outcome(first)
+    assert second["sft_eval"]["sample"] == first["sft_eval"]["sample"]
+    assert second["rl_eval"]["sample"] == first["rl_eval"]["sample"]
+
+
+def test_tiny_demo_writes_every_artefact(tiny_demo):
+    summary, root = tiny_demo
     for path in ("report.md", "summary.json", "sft/model", "rl/model", "tokenizer/tokenizer.json",
                  "tokenizer/preprocessor_config.json", "data/demo_eval.tsv", "data/contact_sheet.png"):
         assert (root / path).exists(), path
