@@ -315,8 +315,8 @@ def _split_examples(cfg, split, records, annotator, pool, stats, progress) -> It
         stats.add(split, item)
         yield item.example
     if stats.counts[split] == 0:
-        raise SourceError(f"{describe_source(cfg)}: no usable {split} example: all {len(records)} of its records "
-                          f"failed, {stats.skipped.describe()}")
+        raise SourceError(f"{describe_source(cfg)}: none of the {len(records)} {split} records is usable "
+                          f"({stats.skipped.describe()})")
 
 
 def default_config() -> ml_collections.ConfigDict:
