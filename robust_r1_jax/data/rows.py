@@ -57,16 +57,15 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import io
 import logging
 import pickle
 import threading
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from PIL import Image
 
 from robust_r1_jax.data import chains, references
+from robust_r1_jax.data.records import decode_image_bytes
 from robust_r1_jax.model.processor import END_OF_TEXT, ImageProcessor, Processor
 from robust_r1_jax.model.rope_index import host_mrope_position_ids
 
@@ -132,11 +131,7 @@ def _texts(values) -> list[str]:
 
 def _image_array(value, where: str) -> np.ndarray:
     if isinstance(value, (bytes, np.bytes_)):
-        try:
-            with Image.open(io.BytesIO(bytes(value))) as image:
-                return np.asarray(image.convert("RGB"))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{where}: the image bytes do not decode ({e})") from e
+        return decode_image_bytes(bytes(value), where)
     return np.asarray(value)
 
 
@@ -213,12 +208,18 @@ class _RowBuilder(abc.ABC):
         tried = min(len(self.source) - 1, MAX_STAND_IN_TRIES)
         raise ValueError(f"{problem} (and none of the {tried} examples after it gives a usable row either)")
 
-    @staticmethod
-    def _problem(index: int, error: Exception) -> str:
-        message = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+    def _problem(self, index: int, error: Exception) -> str:
+        if isinstance(error, KeyError):
+            message = f"the example has no {error} field"
+        else:
+            message = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
         if f"(source index {index})" in message:  # row building's own errors name the example
             return message
-        return f"source index {index}: {message}"
+        try:
+            where = example_name(self.source[index], index)
+        except ROW_PROBLEMS:
+            where = f"source index {index}"
+        return f"{where}: {message}"
 
     @abc.abstractmethod
     def build(self, index: int, padding: bool) -> dict:
