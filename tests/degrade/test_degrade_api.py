@@ -87,6 +87,7 @@ def test_every_degradation_takes_the_smallest_and_most_elongated_images_synth_le
     for name in degrade.NAMES:
         for intensity in (0.0, 0.5, 1.0):
             assert degrade.apply(image, name, intensity, seed=3).shape == image.shape
-    thinner = np.zeros((shape[0] - 1, shape[1], 3), np.uint8)
-    with pytest.raises(ValueError, match=f"at least {degrade.MIN_SIDE}x{degrade.MIN_SIDE}, got {shape[0] - 1}x{shape[1]}"):
+    height, width = (side - 1 if side == degrade.MIN_SIDE else side for side in shape)
+    thinner = np.zeros((height, width, 3), np.uint8)
+    with pytest.raises(ValueError, match=f"at least {degrade.MIN_SIDE}x{degrade.MIN_SIDE}, got {height}x{width}"):
         degrade.apply(thinner, "noise", 0.5, seed=0)
