@@ -138,7 +138,7 @@ class RobustR1(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split):
         for index, example in enumerate(self._split_examples[split]):
-            yield index, validate_example(example, f"{split} example {index}")
+            yield index, validate_example(example, f"{split} example {index} (id {example.get('id', '?')!r})")
 
 
 def dataset_dir(data_dir: str) -> str:
