@@ -7,6 +7,13 @@ array_record shards and writes a contact sheet (clean beside degraded, labelled)
 
 Every example is a pure function of ``(config seed, split, index)``, so a rerun gives the same
 bytes and ``num_workers > 0`` gives the same dataset as a single process.
+
+A record that cannot become an example -- its row unreadable, its image missing or undecodable, refused
+by the processor's aspect-ratio limit (checked here so SFT never meets it) or, when it is to be degraded,
+below the degradation engine's minimum side after ``max_image_side`` -- is named (file:line, id) and
+skipped or raised by ``on_error``; the summary counts the skipped ones and lists the first 100.
+``num_validation=0`` builds a train-only dataset; a requested split left without examples is a
+``SourceError`` naming the source, how many rows were skipped and why.
 """
 
 from __future__ import annotations
