@@ -37,12 +37,50 @@ def check_on_error(on_error: str) -> str:
     return on_error
 
 
-def report_bad_input(problem: str | SourceError, on_error: str) -> None:
-    """Raise the problem (a ``SourceError``) or log it as a warning and return, by ``on_error``."""
+class SkipLog:
+    """The items ``on_error="skip"`` dropped: how many, and the first messages (each names file:line)."""
+
+    def __init__(self, keep: int = 100):
+        self.count = 0
+        self.keep = keep
+        self.messages: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if len(self.messages) < self.keep:
+            self.messages.append(message)
+
+    def describe(self, first: int = 3) -> str:
+        """``"N skipped: msg; msg; msg; and K more"`` -- the count and why, for one-line errors."""
+        shown = "; ".join(self.messages[:first])
+        more = f"; and {self.count - first} more" if self.count > first else ""
+        return f"{self.count} skipped" + (f": {shown}{more}" if shown else "")
+
+
+def report_bad_input(problem: str | SourceError, on_error: str, skipped: SkipLog | None = None) -> None:
+    """Raise the problem (a ``SourceError``) or log it as a warning and return, by ``on_error``.
+
+    A skipped problem is also counted in ``skipped`` when one is given.
+    """
     check_on_error(on_error)
     if on_error == "raise":
         raise problem if isinstance(problem, SourceError) else SourceError(problem)
     logger.warning("skipping bad input: %s", problem)
+    if skipped is not None:
+        skipped.add(str(problem))
+
+
+# A byte that is not UTF-8, decoded with errors="surrogateescape", becomes U+DC80..U+DCFF.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def non_utf8_problem(text: str) -> str | None:
+    """Where ``text`` (decoded with ``errors="surrogateescape"``) held a byte that is not UTF-8, or None."""
+    match = _ESCAPED_BYTE.search(text)
+    if match is None:
+        return None
+    return (f"text is not valid UTF-8: byte 0x{ord(match.group()) - 0xDC00:02x} at character {match.start() + 1} "
+            f"(a Latin-1 or Windows-1252 file? re-save it as UTF-8)")
 
 
 def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
@@ -136,13 +174,13 @@ def encode_image(image: np.ndarray, image_format: str, jpeg_quality: int = 95) -
     return buffer.getvalue()
 
 
-def load_images(records, on_error: str = "skip"):
+def load_images(records, on_error: str = "skip", skipped: SkipLog | None = None):
     """Yield ``(record, image)`` for every record whose image loads; bad ones by ``on_error``."""
     check_on_error(on_error)
     for record in records:
         try:
             image = record.load_image()
         except ImageError as error:
-            report_bad_input(error, on_error)
+            report_bad_input(error, on_error, skipped)
             continue
         yield record, image

@@ -44,27 +44,37 @@ mask, RL loops must give them zero weight.
 **Images.** Each image is resized by the processor's smart resize with ``max_pixels`` lowered so that the
 example's images fit the patch bucket (``patch_bucket // images`` patches each). An example that still does
 not fit (``min_pixels`` too large, an extreme aspect ratio, more images than slots, image tokens past S, a
-prompt longer than S for RL, a chain whose answer or TYPE names do not fit A, R or L) is an error naming its id.
+prompt longer than S for RL, a chain whose answer or TYPE names do not fit A, R or L) is a problem naming its id.
+
+**Bad examples.** One example that cannot become a row (the above, an image that does not decode or that the
+processor refuses, a missing field) does not end the run: it is logged once per process as
+``skipping a bad example: {problem}; its row is padding built from source index {j}`` and its row is a padding
+row (``example_index == -1``) built from the next usable example, so the batch keeps its shape and the order
+stays a pure function of the row's position. When none of the ``MAX_STAND_IN_TRIES`` examples after it is
+usable either (a setting that no example fits), the problem is raised.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
-import io
 import logging
 import pickle
 import threading
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from PIL import Image
 
 from robust_r1_jax.data import chains, references
+from robust_r1_jax.data.records import decode_image_bytes
 from robust_r1_jax.model.processor import END_OF_TEXT, ImageProcessor, Processor
 from robust_r1_jax.model.rope_index import host_mrope_position_ids
 
 logger = logging.getLogger(__name__)
 
 PADDING_INDEX = -1
+MAX_STAND_IN_TRIES = 64  # examples tried after a bad one before the problem is taken to be the settings'
+# What one example's content can raise while it becomes a row (decode, resize, tokenise, missing fields).
+ROW_PROBLEMS = (ValueError, KeyError, TypeError, OSError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,11 +131,7 @@ def _texts(values) -> list[str]:
 
 def _image_array(value, where: str) -> np.ndarray:
     if isinstance(value, (bytes, np.bytes_)):
-        try:
-            with Image.open(io.BytesIO(bytes(value))) as image:
-                return np.asarray(image.convert("RGB"))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{where}: the image bytes do not decode ({e})") from e
+        return decode_image_bytes(bytes(value), where)
     return np.asarray(value)
 
 
@@ -149,7 +155,7 @@ def user_text(example: Mapping, suffix: str) -> str:
 
 # ---- one example to one row ----------------------------------------------------------------------------------
 
-class _RowBuilder:
+class _RowBuilder(abc.ABC):
     """Shared by the SFT and RL rows: images to the bucket, tokenisation, positions.
 
     Called with ``(source index, is padding)``, the pair the loader's order gives for each row.
@@ -164,6 +170,7 @@ class _RowBuilder:
         self.processor = processor
         self.pad_id = self._pad_id(processor)
         self._local = threading.local()
+        self._warned: set[int] = set()
 
     @staticmethod
     def _pad_id(processor: Processor) -> int:
@@ -178,6 +185,45 @@ class _RowBuilder:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._local = threading.local()
+
+    def __call__(self, located: tuple[int, bool]) -> dict:
+        """The row at this position; a bad example becomes a padding row of the next usable one."""
+        index, padding = located
+        try:
+            return self.build(index, padding)
+        except ROW_PROBLEMS as error:
+            problem = self._problem(index, error)
+        for offset in range(1, min(len(self.source), MAX_STAND_IN_TRIES + 1)):
+            stand_in = (index + offset) % len(self.source)
+            try:
+                row = self.build(stand_in, padding=True)
+            except ROW_PROBLEMS as error:
+                self._problem(stand_in, error)
+                continue
+            if index not in self._warned:
+                self._warned.add(index)
+                logger.warning("skipping a bad example: %s; its row is padding built from source index %d",
+                               problem, stand_in)
+            return row
+        tried = min(len(self.source) - 1, MAX_STAND_IN_TRIES)
+        raise ValueError(f"{problem} (and none of the {tried} examples after it gives a usable row either)")
+
+    def _problem(self, index: int, error: Exception) -> str:
+        if isinstance(error, KeyError):
+            message = f"the example has no {error} field"
+        else:
+            message = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+        if f"(source index {index})" in message:  # row building's own errors name the example
+            return message
+        try:
+            where = example_name(self.source[index], index)
+        except ROW_PROBLEMS:
+            where = f"source index {index}"
+        return f"{where}: {message}"
+
+    @abc.abstractmethod
+    def build(self, index: int, padding: bool) -> dict:
+        """The row of source example ``index``; ``ROW_PROBLEMS`` when the example cannot become one."""
 
     def _processor_for(self, num_images: int) -> Processor:
         """A per-thread processor (tokenizers are not safe to share) whose max_pixels fits the bucket."""
@@ -239,8 +285,7 @@ class _RowBuilder:
 class SFTRow(_RowBuilder):
     """(source index, is padding) -> one SFT row (prompt + chain, right padded)."""
 
-    def __call__(self, located: tuple[int, bool]) -> dict:
-        index, padding = located
+    def build(self, index: int, padding: bool) -> dict:
         example = self.source[index]
         encoded, processor, where = self.encode(example, index, _text(example["chain"]))
         seq_len = self.config.seq_len
@@ -275,8 +320,7 @@ class SFTRow(_RowBuilder):
 class RLRow(_RowBuilder):
     """(source index, is padding) -> one RL row (prompt left padded, plus the reward references)."""
 
-    def __call__(self, located: tuple[int, bool]) -> dict:
-        index, padding = located
+    def build(self, index: int, padding: bool) -> dict:
         example = self.source[index]
         encoded, processor, where = self.encode(example, index, None)
         seq_len, ids = self.config.seq_len, encoded["input_ids"]

@@ -7,8 +7,10 @@ Sources:
   * ``shapes``, the built-in procedural generator (``shapes.py``).
 
 Every bad record is reported as ``file:line: what is wrong`` and then skipped or raised by
-``on_error="skip"|"raise"``. Problems that make a whole file unusable (unreadable JSON array,
-missing TSV columns) always raise.
+``on_error="skip"|"raise"``; a ``SkipLog`` passed as ``skipped`` counts the skipped ones. Text that
+is not UTF-8 (a Latin-1 byte, say) is such a per-record problem: files are decoded with
+``errors="surrogateescape"`` and each record is checked for escaped bytes. Problems that make a whole
+file unusable (unreadable JSON array, missing TSV columns) always raise.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from typing import Iterable, Iterator, Sequence
 
 from robust_r1_jax import atomic
 from robust_r1_jax.data import chains, shapes
-from robust_r1_jax.data.records import Record, SourceError, check_on_error, report_bad_input
+from robust_r1_jax.data.records import (
+    Record,
+    SkipLog,
+    SourceError,
+    check_on_error,
+    non_utf8_problem,
+    report_bad_input,
+)
 
 SOURCE_NAMES = ("shapes", "aokvqa", "robust_r1_jsonl", "vlmeval_tsv")
 TSV_REQUIRED_COLUMNS = ("index", "image", "question", "A", "B", "answer")
@@ -77,10 +86,29 @@ def aokvqa_image_path(coco_root: str, split: str, image_id: int) -> str:
     return os.path.join(coco_root, f"{split}2017", f"{int(image_id):012d}.jpg")
 
 
+def _json_text_problem(value, field: str = "") -> str | None:
+    """The first string inside a decoded JSON value (field names included) that held a non-UTF-8 byte."""
+    if isinstance(value, str):
+        problem = non_utf8_problem(value)
+        return problem and (f"field {field!r}: {problem}" if field else problem)
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        if isinstance(key, str) and (problem := non_utf8_problem(key)):
+            return f"a field name: {problem}"
+        name = f"{field}[{key}]" if isinstance(key, int) else (f"{field}.{key}" if field else key)
+        problem = _json_text_problem(child, name)
+        if problem:
+            return problem
+    return None
+
+
 def _aokvqa_problem(item) -> str | None:
     """What makes an A-OKVQA record unusable, or None."""
     if not isinstance(item, dict):
         return f"record is a {type(item).__name__}, not an object"
+    text_problem = _json_text_problem(item)
+    if text_problem is not None:
+        return f"record {item.get('question_id', '?')!r}: {text_problem}"
     missing = [k for k in ("question_id", "image_id", "question", "choices", "correct_choice_idx") if k not in item]
     if missing:
         return f"record {item.get('question_id', '?')} is missing {missing}"
@@ -101,6 +129,7 @@ def read_aokvqa(
     split: str | None = None,
     on_error: str = "skip",
     check_images: bool = True,
+    skipped: SkipLog | None = None,
 ) -> list[Record]:
     """A-OKVQA multiple-choice records; images at ``{coco_root}/{split}2017/{image_id:012d}.jpg``.
 
@@ -109,17 +138,18 @@ def read_aokvqa(
     """
     check_on_error(on_error)
     split = split or infer_aokvqa_split(json_path)
-    with open(json_path, encoding="utf-8") as handle:
+    with open(json_path, encoding="utf-8", errors="surrogateescape") as handle:
         text = handle.read()
     records = []
     for line, item in _iter_json_array(text, json_path):
         problem = _aokvqa_problem(item)
         if problem is not None:
-            report_bad_input(f"{json_path}:{line}: {problem}", on_error)
+            report_bad_input(f"{json_path}:{line}: {problem}", on_error, skipped)
             continue
         image_path = aokvqa_image_path(coco_root, split, item["image_id"])
         if check_images and not os.path.isfile(image_path):
-            report_bad_input(f"{json_path}:{line}: record {item['question_id']}: image file not found: {image_path}", on_error)
+            report_bad_input(f"{json_path}:{line}: record {item['question_id']}: image file not found: {image_path}",
+                             on_error, skipped)
             continue
         rationales = item.get("rationales") or []
         records.append(
@@ -198,7 +228,7 @@ def _jsonl_problem(item) -> str | None:
 
 
 def read_robust_r1_jsonl(
-    path: str, image_root: str, on_error: str = "skip", check_images: bool = True
+    path: str, image_root: str, on_error: str = "skip", check_images: bool = True, skipped: SkipLog | None = None
 ) -> list[Record]:
     """Records from the released Robust-R1 JSONL; their images are already degraded.
 
@@ -208,14 +238,19 @@ def read_robust_r1_jsonl(
     """
     check_on_error(on_error)
     records = []
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
+                continue
+            text_problem = non_utf8_problem(line)
+            if text_problem is not None:
+                report_bad_input(f"{path}:{line_number}: {text_problem}", on_error, skipped)
                 continue
             try:
                 item = json.loads(line)
             except json.JSONDecodeError as error:
-                report_bad_input(f"{path}:{line_number}: not valid JSON ({error.msg}, column {error.colno})", on_error)
+                report_bad_input(f"{path}:{line_number}: not valid JSON ({error.msg}, column {error.colno})", on_error,
+                                 skipped)
                 continue
             problem = _jsonl_problem(item)
             if problem is None:
@@ -235,7 +270,7 @@ def read_robust_r1_jsonl(
                     problem = f"image file not found: {image_path}"
             if problem is not None:
                 record_id = item.get("id", "?") if isinstance(item, dict) else "?"
-                report_bad_input(f"{path}:{line_number}: record {record_id}: {problem}", on_error)
+                report_bad_input(f"{path}:{line_number}: record {record_id}: {problem}", on_error, skipped)
                 continue
             records.append(
                 Record(
@@ -264,7 +299,7 @@ def _present(value: str | None) -> bool:
 def _tsv_rows(path: str) -> Iterator[tuple[int, list[str], list[str]]]:
     """(start line, header, row) for each data row; base64 fields need a large field limit."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with open(path, encoding="utf-8", newline="") as handle:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
         reader = csv.reader(handle, delimiter="\t")
         try:
             header = next(reader)
@@ -299,7 +334,7 @@ def _tsv_options(fields: dict[str, str]) -> tuple[tuple[str, ...], str | None]:
     return tuple(options), None
 
 
-def read_vlmeval_tsv(path: str, on_error: str = "skip") -> list[Record]:
+def read_vlmeval_tsv(path: str, on_error: str = "skip", skipped: SkipLog | None = None) -> list[Record]:
     """VLMEvalKit multiple-choice TSV: index, image (base64), question, A, B, ..., answer.
 
     ``category`` and ``hint`` are optional. An image field of at most 64 characters that equals
@@ -315,9 +350,14 @@ def read_vlmeval_tsv(path: str, on_error: str = "skip") -> list[Record]:
     records = []
     for line, header, row in rows:
         if len(row) != len(header):
-            report_bad_input(f"{path}:{line}: row has {len(row)} fields, header has {len(header)}", on_error)
+            report_bad_input(f"{path}:{line}: row has {len(row)} fields, header has {len(header)}", on_error, skipped)
             continue
         fields = dict(zip(header, row))
+        # before the row's text goes into any message: a lone escaped byte would break strict log handlers
+        text_problem = next(((name, p) for name, value in fields.items() if (p := non_utf8_problem(value))), None)
+        if text_problem is not None:
+            report_bad_input(f"{path}:{line}: column {text_problem[0]!r}: {text_problem[1]}", on_error, skipped)
+            continue
         index = fields["index"].strip()
         where = f"{path}:{line}: row index {index}"
         image_text = fields["image"].strip()
@@ -326,17 +366,17 @@ def read_vlmeval_tsv(path: str, on_error: str = "skip") -> list[Record]:
         try:
             image_bytes = base64.b64decode("".join(image_text.split()), validate=True)
         except (binascii.Error, ValueError) as error:
-            report_bad_input(f"{where}: image column is not valid base64 ({error})", on_error)
+            report_bad_input(f"{where}: image column is not valid base64 ({error})", on_error, skipped)
             continue
         if not image_bytes:
-            report_bad_input(f"{where}: image column is empty", on_error)
+            report_bad_input(f"{where}: image column is empty", on_error, skipped)
             continue
         options, problem = _tsv_options(fields)
         answer_letter = fields["answer"].strip()
         if problem is None and (len(answer_letter) != 1 or answer_letter not in _LETTERS[: len(options)]):
             problem = f"answer {answer_letter!r} is not one of the option letters {_LETTERS[: len(options)]}"
         if problem is not None:
-            report_bad_input(f"{where}: {problem}", on_error)
+            report_bad_input(f"{where}: {problem}", on_error, skipped)
             continue
         records.append(
             Record(

@@ -7,6 +7,13 @@ array_record shards and writes a contact sheet (clean beside degraded, labelled)
 
 Every example is a pure function of ``(config seed, split, index)``, so a rerun gives the same
 bytes and ``num_workers > 0`` gives the same dataset as a single process.
+
+A record that cannot become an example -- its row unreadable, its image missing or undecodable, refused
+by the processor's aspect-ratio limit (checked here so SFT never meets it) or, when it is to be degraded,
+below the degradation engine's minimum side after ``max_image_side`` -- is named (file:line, id) and
+skipped or raised by ``on_error``; the summary counts the skipped ones and lists the first 100.
+``num_validation=0`` builds a train-only dataset; a requested split left without examples is a
+``SourceError`` naming the source, how many rows were skipped and why.
 """
 
 from __future__ import annotations
@@ -18,18 +25,27 @@ import json
 import logging
 import multiprocessing
 import os
-import textwrap
 import time
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import ml_collections
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from tqdm import tqdm
 
 from robust_r1_jax import atomic, degrade
 from robust_r1_jax.data import annotators, chain_text, chains, shapes, sources, tfds_builder
-from robust_r1_jax.data.records import ImageError, Record, check_on_error, encode_image, report_bad_input
+from robust_r1_jax.data.contact_sheet import contact_label, contact_sheet
+from robust_r1_jax.data.records import (
+    ImageError,
+    Record,
+    SkipLog,
+    SourceError,
+    check_on_error,
+    encode_image,
+    report_bad_input,
+)
+from robust_r1_jax.model.processor import check_image_size
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +92,25 @@ def fit_image(image: np.ndarray, max_side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
+def image_size_problem(image: np.ndarray, original: tuple[int, int], max_side: int, degrades: bool) -> str | None:
+    """Why an example with this (already fitted) image would fail later, or None.
+
+    Checked at build time so that the dataset holds nothing the processor rejects in SFT (its aspect-ratio
+    limit) and nothing reaches the degradation engine below its minimum side (``degrade.MIN_SIDE`` px).
+    ``original`` is the (height, width) before ``fit_image``, named when the shrinking caused the problem.
+    """
+    height, width = image.shape[:2]
+    problem = check_image_size(height, width)
+    if problem is not None:
+        problem = f"the Qwen2.5-VL processor cannot take it: {problem}"
+    elif degrades and min(height, width) < degrade.MIN_SIDE:
+        problem = f"smaller than the {degrade.MIN_SIDE}-px minimum side of the degradation engine"
+    if problem is None:
+        return None
+    before = f", {original[0]}x{original[1]} before max_image_side={max_side}" if original != (height, width) else ""
+    return f"image of {height}x{width} px{before}: {problem}"
+
+
 def degradation_plan(seed: int, min_count: int, max_count: int) -> list[tuple[str, float]]:
     """Sampled (name, s) pairs with s rounded to two decimals: the chain shows what was applied."""
     plan = degrade.sample_training(seed, min_count, max_count)
@@ -90,12 +125,23 @@ def synthesize(
     annotator: annotators.Annotator,
     keep_images: bool = False,
 ) -> Synthesized:
-    """Load, degrade and annotate one record; an unreadable image becomes ``error``."""
+    """Load, degrade and annotate one record; any problem of this one item becomes ``error`` (file:line, id)."""
     try:
-        clean = fit_image(record.load_image(), settings.max_image_side)
-    except ImageError as error:
+        return _synthesize(record, split, index, settings, annotator, keep_images)
+    except ImageError as error:  # already names the record
         return Synthesized(None, error=str(error))
-    if record.chain is not None and settings.keep_prebuilt_chains:
+    except (ValueError, OSError) as error:  # resize, degrade or encode of this item's pixels
+        return Synthesized(None, error=f"{record.location} (id {record.id}): {error}")
+
+
+def _synthesize(record, split, index, settings, annotator, keep_images) -> Synthesized:
+    loaded = record.load_image()
+    clean = fit_image(loaded, settings.max_image_side)
+    prebuilt = record.chain is not None and settings.keep_prebuilt_chains
+    problem = image_size_problem(clean, loaded.shape[:2], settings.max_image_side, degrades=not prebuilt)
+    if problem is not None:
+        return Synthesized(None, error=f"{record.location} (id {record.id}): {problem}")
+    if prebuilt:
         # The released Robust-R1 images are already degraded; keep them and their chain as is.
         seed, degraded, applied, chain = -1, clean, list(record.applied), record.chain
     else:
@@ -149,8 +195,16 @@ def shapes_style(cfg) -> shapes.Style:
                         object_scale=float(section.get("object_scale", 1.0)))
 
 
-def split_records(cfg) -> dict[str, list[Record]]:
-    """Train and validation records of the configured source (disjoint, deterministic)."""
+def describe_source(cfg) -> str:
+    return f"synth.source={cfg.source!r}" + (f" ({cfg.source_path})" if cfg.source != "shapes" else "")
+
+
+def split_records(cfg, skipped: SkipLog | None = None) -> dict[str, list[Record]]:
+    """Train and validation records of the configured source (disjoint, deterministic).
+
+    Rows the reader skips are counted in ``skipped``; ``SourceError`` when no row is usable.
+    """
+    skipped = SkipLog() if skipped is None else skipped
     if cfg.source == "shapes":
         style = shapes_style(cfg)
         return {
@@ -166,63 +220,28 @@ def split_records(cfg) -> dict[str, list[Record]]:
         raise ValueError(f"synth.source={cfg.source!r} needs synth.source_path")
     if cfg.source == "aokvqa":
         records = sources.read_aokvqa(
-            cfg.source_path, cfg.image_root, split=cfg.aokvqa_split or None, on_error=cfg.on_error
+            cfg.source_path, cfg.image_root, split=cfg.aokvqa_split or None, on_error=cfg.on_error, skipped=skipped
         )
     elif cfg.source == "robust_r1_jsonl":
-        records = sources.read_robust_r1_jsonl(cfg.source_path, cfg.image_root, on_error=cfg.on_error)
+        records = sources.read_robust_r1_jsonl(cfg.source_path, cfg.image_root, on_error=cfg.on_error,
+                                               skipped=skipped)
     elif cfg.source == "vlmeval_tsv":
-        records = sources.read_vlmeval_tsv(cfg.source_path, on_error=cfg.on_error)
+        records = sources.read_vlmeval_tsv(cfg.source_path, on_error=cfg.on_error, skipped=skipped)
     else:
         raise ValueError(f"unknown synth.source {cfg.source!r}; expected one of {sources.SOURCE_NAMES}")
+    if not records:
+        raise SourceError(f"{describe_source(cfg)} has no usable row: {skipped.describe()}")
     wanted = cfg.num_train + cfg.num_validation
     if len(records) < wanted:
         logger.warning("%s holds %d usable records, fewer than the %d requested", cfg.source_path, len(records), wanted)
     order = np.random.default_rng(cfg.seed).permutation(len(records))
     shuffled = [records[i] for i in order]
-    return {"train": shuffled[: cfg.num_train], "validation": shuffled[cfg.num_train: wanted]}
-
-
-# --------------------------------------------------------------------------- contact sheet
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow built without FreeType
-        return ImageFont.load_default()
-
-
-def contact_sheet(rows: Sequence[tuple[np.ndarray, np.ndarray, str]], thumb: int = 192) -> np.ndarray:
-    """One row per example: clean | degraded | wrapped label text."""
-    if not rows:
-        raise ValueError("a contact sheet needs at least one example")
-    label_width, pad = 420, 6
-    font = _font(13)
-    sheet = Image.new("RGB", (2 * thumb + label_width + 4 * pad, len(rows) * (thumb + pad) + pad), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    for row, (clean, degraded, label) in enumerate(rows):
-        top = pad + row * (thumb + pad)
-        for column, image in enumerate((clean, degraded)):
-            tile = Image.fromarray(np.asarray(image, np.uint8))
-            tile.thumbnail((thumb, thumb), Image.Resampling.BILINEAR)
-            sheet.paste(tile, (pad + column * (thumb + pad), top))
-        lines = []
-        for paragraph in label.split("\n"):
-            lines += textwrap.wrap(paragraph, width=58) or [""]
-        draw.multiline_text((3 * pad + 2 * thumb, top), "\n".join(lines[:12]), fill=(0, 0, 0), font=font, spacing=2)
-    return np.asarray(sheet, dtype=np.uint8)
-
-
-def contact_label(example: dict) -> str:
-    applied = list(zip(example["degradation_types"], example["degradation_intensities"].tolist()))
-    types = chains.format_type([(n, round(s, 2)) for n, s in applied])
-    total = sum(s for _, s in applied)
-    answer = example["options"][example["answer"]] if example["options"] else example["answer"]
-    seed = "pre-degraded source" if example["degradation_seed"] < 0 else f"seed {example['degradation_seed']}"
-    return (
-        f"{example['id']}  ({seed})\nclean | degraded: {types}  (sum s = {total:.2f})\n"
-        f"Q: {example['question']}\nA: {answer}"
-    )
+    split = {"train": shuffled[: cfg.num_train], "validation": shuffled[cfg.num_train: wanted]}
+    if cfg.num_validation > 0 and not split["validation"]:
+        raise SourceError(f"{describe_source(cfg)} has {len(records)} usable rows ({skipped.describe()}), none left "
+                          f"for the validation split after num_train={cfg.num_train}; lower synth.num_train or set "
+                          f"synth.num_validation=0 for a train-only dataset")
+    return split
 
 
 # --------------------------------------------------------------------------- the run
@@ -243,7 +262,7 @@ class _Stats:
 
     def __init__(self):
         self.counts = {split: 0 for split in SPLIT_CODES}
-        self.skipped = 0
+        self.skipped = SkipLog()
         self.totals: list[float] = []
         self.reasoning_words: list[int] = []
         self.sheet_rows: list[tuple[np.ndarray, np.ndarray, str]] = []
@@ -285,7 +304,10 @@ def _ordered_map(pool, fn, items, window: int) -> Iterator:
 
 
 def _split_examples(cfg, split, records, annotator, pool, stats, progress) -> Iterator[dict]:
-    """The examples of one split, in record order; bad records reported by ``cfg.on_error``."""
+    """The examples of one split, in record order; bad records reported by ``cfg.on_error``.
+
+    ``SourceError`` naming the source, the skipped count and the reasons when none of them is usable.
+    """
     settings = _settings(cfg)
     jobs = (
         (record, split, index, settings, annotator, split == "train" and index < cfg.contact_sheet_size)
@@ -295,11 +317,13 @@ def _split_examples(cfg, split, records, annotator, pool, stats, progress) -> It
     for item in results:
         progress.update(1)
         if item.error is not None:
-            stats.skipped += 1
-            report_bad_input(ImageError(item.error), cfg.on_error)
+            report_bad_input(ImageError(item.error), cfg.on_error, stats.skipped)
             continue
         stats.add(split, item)
         yield item.example
+    if stats.counts[split] == 0:
+        raise SourceError(f"{describe_source(cfg)}: none of the {len(records)} {split} records is usable "
+                          f"({stats.skipped.describe()})")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -355,9 +379,9 @@ def run(config) -> dict:
     workdir = os.path.abspath(config.workdir)
     data_dir = cfg.data_dir or os.path.join(workdir, "tfds")
     started = time.perf_counter()
-    records = split_records(cfg)
-    annotator = make_annotator(cfg)
     stats = _Stats()
+    records = split_records(cfg, stats.skipped)
+    annotator = make_annotator(cfg)
     total = sum(len(r) for r in records.values())
     pool = None
     if cfg.num_workers > 0:
@@ -370,6 +394,7 @@ def run(config) -> dict:
             split_examples = {
                 split: _split_examples(cfg, split, records[split], annotator, pool, stats, progress)
                 for split in ("train", "validation")
+                if records[split]  # num_validation=0 asks for a train-only dataset
             }
             path = tfds_builder.write_dataset(
                 split_examples, data_dir, image_format=cfg.image_format, overwrite=cfg.overwrite
@@ -385,7 +410,8 @@ def run(config) -> dict:
         "dataset_dir": path,
         "source": cfg.source,
         "counts": stats.counts,
-        "skipped": stats.skipped,
+        "skipped": stats.skipped.count,
+        "skipped_items": stats.skipped.messages,  # the first ones, each naming file:line and why
         "mean_sum_intensity": round(float(np.mean(stats.totals)), 4) if stats.totals else 0.0,
         "mean_reasoning_words": round(float(np.mean(stats.reasoning_words)), 2) if stats.reasoning_words else 0.0,
         "spearman_sum_intensity_vs_reasoning_words": (
@@ -396,4 +422,6 @@ def run(config) -> dict:
     }
     atomic.write_text(os.path.join(workdir, SUMMARY_NAME), json.dumps(summary, indent=2, sort_keys=True))
     logger.info("synth: wrote %s (%s), contact sheet %s", path, stats.counts, summary["contact_sheet"])
+    if stats.skipped.count:
+        logger.warning("synth: %s", stats.skipped.describe())
     return summary

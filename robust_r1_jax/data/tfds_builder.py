@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
+import logging
 import os
 import shutil
 import tempfile
@@ -38,6 +40,7 @@ from tensorflow_datasets.core.utils import tqdm_utils
 
 from robust_r1_jax import atomic
 
+logger = logging.getLogger(__name__)
 DATASET_NAME = "robust_r1"
 DATASET_VERSION = "1.0.0"
 SPLITS = ("train", "validation")
@@ -135,7 +138,7 @@ class RobustR1(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split):
         for index, example in enumerate(self._split_examples[split]):
-            yield index, validate_example(example, f"{split} example {index}")
+            yield index, validate_example(example, f"{split} example {index} (id {example.get('id', '?')!r})")
 
 
 def dataset_dir(data_dir: str) -> str:
@@ -165,6 +168,29 @@ def _missing_directories(path: str) -> list[str]:
     return missing
 
 
+def non_empty_splits(split_examples: Mapping[str, Iterable[Mapping]]) -> dict[str, Iterable[Mapping]]:
+    """The splits that hold at least one example (each still lazy after its first one).
+
+    tfds cannot write a split without examples ("No examples were yielded"), so an empty one is left out
+    with a warning: a train-only dataset is ``{"train": examples}`` or a ``"validation"`` split that is empty.
+    """
+    kept = {}
+    for split, examples in split_examples.items():
+        iterator = iter(examples)
+        first = next(iterator, _NO_EXAMPLE)
+        if first is _NO_EXAMPLE:
+            logger.warning("split %r has no examples; the dataset is written without it", split)
+            continue
+        kept[split] = itertools.chain([first], iterator)
+    if not kept:
+        raise ValueError(f"no split has any example ({', '.join(split_examples) or 'no splits given'}): "
+                         f"nothing to write")
+    return kept
+
+
+_NO_EXAMPLE = object()
+
+
 def write_dataset(
     split_examples: Mapping[str, Iterable[Mapping]],
     data_dir: str,
@@ -173,8 +199,9 @@ def write_dataset(
 ) -> str:
     """Write the splits as array_record shards under ``dataset_dir(data_dir)``; returns that path.
 
-    Examples are consumed lazily (pass generators to stream). Nothing is visible at the target
-    until the build has succeeded; an existing dataset is replaced only with ``overwrite``.
+    Examples are consumed lazily (pass generators to stream); a split without examples is left out
+    (``non_empty_splits``). Nothing is visible at the target until the build has succeeded; an existing
+    dataset is replaced only with ``overwrite``.
     """
     unknown = set(split_examples) - set(SPLITS)
     if unknown:
@@ -182,6 +209,7 @@ def write_dataset(
     target = dataset_dir(data_dir)
     if os.path.exists(target) and not overwrite:
         raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    split_examples = non_empty_splits(split_examples)
     parent = os.path.dirname(target)
     created = _missing_directories(parent)
     os.makedirs(parent, exist_ok=True)
@@ -211,8 +239,16 @@ def write_dataset(
 
 
 def data_source(path: str, split: str, decode_images: bool = True):
-    """A random-access tfds data source (what grain reads) for a dataset directory."""
+    """A random-access tfds data source (what grain reads) for a dataset directory.
+
+    ``ValueError`` naming the splits the dataset has when ``split`` is not one of them (a train-only
+    dataset has no ``validation``).
+    """
     builder = tfds.builder_from_directory(path)
+    missing = [name for name in (part.split("[")[0].strip() for part in split.split("+"))
+               if name not in builder.info.splits]  # tfds split syntax: "train+validation[:10]"
+    if missing:
+        raise ValueError(f"{path} has no {missing[0]!r} split; it holds {sorted(builder.info.splits)}")
     decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
     return builder.as_data_source(split=split, decoders=decoders)
 

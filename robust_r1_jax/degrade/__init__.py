@@ -7,6 +7,7 @@
 from robust_r1_jax.degrade.composition import compose, physical_key, step_seed
 from robust_r1_jax.degrade.registry import (
     BY_NAME,
+    MIN_SIDE,
     NAMES,
     PHYSICAL_ORDER,
     REGISTRY,
@@ -26,6 +27,7 @@ __all__ = [
     "BENCHMARK_LEVELS",
     "BY_NAME",
     "Degradation",
+    "MIN_SIDE",
     "NAMES",
     "PHYSICAL_ORDER",
     "REGISTRY",

@@ -33,6 +33,23 @@ RESCALE_FACTOR = 1 / 255
 
 # ---- images -----------------------------------------------------------------------------------------------
 
+MAX_ASPECT_RATIO = 200  # transformers' Qwen2-VL smart_resize refuses anything more elongated
+
+
+def check_image_size(height: int, width: int) -> str | None:
+    """Why the processor cannot take an image of ``height`` x ``width`` pixels, or None when it can.
+
+    The text is the ``ValueError`` message ``smart_resize`` raises (transformers' own wording), so a caller
+    can test an item up front and report the same reason the processor would give later.
+    """
+    if height <= 0 or width <= 0:
+        return f"image size must be positive, got height={height}, width={width}"
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        return (f"absolute aspect ratio must be smaller than {MAX_ASPECT_RATIO}, "
+                f"got {max(height, width) / min(height, width)}")
+    return None
+
+
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
                  max_pixels: int = 28 * 28 * 1280) -> tuple[int, int]:
     """(height, width) rounded to multiples of ``factor`` with the pixel count inside [min_pixels, max_pixels].
@@ -40,11 +57,9 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56
     The aspect ratio is kept as closely as the rounding allows; the arithmetic follows transformers exactly
     (Python's round-half-to-even, then floor/ceil after rescaling).
     """
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image size must be positive, got height={height}, width={width}")
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(
-            f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}")
+    problem = check_image_size(height, width)
+    if problem is not None:
+        raise ValueError(problem)
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:

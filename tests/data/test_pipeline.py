@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from robust_r1_jax import degrade
-from robust_r1_jax.data import annotators, chains, pipeline, references, rows, shapes, tfds_builder
+from robust_r1_jax.data import annotators, chains, pipeline, references, rows, shapes, synth, tfds_builder
 from robust_r1_jax.data.pipeline import PipelineConfig
 from robust_r1_jax.data.records import encode_image
 from robust_r1_jax.data.tokenizer import train_demo_tokenizer
@@ -351,3 +351,49 @@ def test_examples_that_do_not_fit_are_errors_naming_them(examples, processor):
         _sft(examples, processor, patch_bucket=30)
     with pytest.raises(ValueError, match="do not fill one global batch"):
         _sft(examples, processor, batch_size=8, drop_remainder=True, process_count=2)
+
+
+# ---- a bad example never ends the run (issue 16, kind 1) ---------------------------------------------------------
+
+def test_a_bad_example_becomes_a_named_padding_row(examples, processor, caplog):
+    bad = list(examples)
+    bad[2] = {**examples[2], "image": encode_image(np.zeros((10, 2100, 3), np.uint8), "png")}
+    bad[5] = {**examples[5], "image": b"not an image"}
+    bad[9] = {k: v for k, v in examples[9].items() if k != "chain"}
+    bad = [bad[i] for i in range(12)]  # three full batches of four
+    expected_warnings = [
+        f"skipping a bad example: example {examples[2]['id']!r} (source index 2): absolute aspect ratio must be "
+        f"smaller than 200, got 210.0; its row is padding built from source index 3",
+        f"skipping a bad example: example {examples[5]['id']!r} (source index 5): cannot decode image (cannot "
+        f"identify image file); its row is padding built from source index 6",
+        f"skipping a bad example: example {examples[9]['id']!r} (source index 9): the example has no 'chain' field; "
+        f"its row is padding built from source index 10",
+    ]
+    for make, ids_key in ((_sft, "input_ids"), (_rl, "prompt_ids")):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="robust_r1_jax.data.rows"):
+            batches = list(make(bad, processor, shuffle=False))
+        reference = list(make(examples[:12], processor, shuffle=False))
+        assert [m for m in caplog.messages if m.startswith("skipping a bad example")] == expected_warnings
+        assert len(batches) == len(reference) == 3
+        indices = np.concatenate([b["example_index"] for b in batches])
+        np.testing.assert_array_equal(indices, [i if i not in (2, 5, 9) else -1 for i in range(12)])
+        for batch, good in zip(batches, reference):
+            assert {k: v.shape for k, v in batch.items()} == {k: v.shape for k, v in good.items()}
+        rows_of = lambda bs: np.concatenate([b[ids_key] for b in bs])  # noqa: E731
+        np.testing.assert_array_equal(rows_of(batches)[[2, 5, 9]], rows_of(reference)[[3, 6, 10]])
+        if make is _sft:
+            assert not np.concatenate([b["loss_mask"] for b in batches])[[2, 5, 9]].any()
+
+
+def test_a_train_only_dataset_goes_through_synth_and_the_loaders(processor, tmp_path):
+    """num_validation=0 (issue 16, kind 3): the dataset has one split and the loaders batch it."""
+    config = synth.default_config()
+    config.workdir = str(tmp_path)
+    config.synth.update({"num_train": 4, "num_validation": 0, "image_size": 56, "contact_sheet_size": 0})
+    path = synth.run(config)["dataset_dir"]
+    assert tfds_builder.split_sizes(path) == {"train": 4}
+    source = tfds_builder.data_source(path, "train")
+    for make in (_sft, _rl):
+        (batch,) = list(make(source, processor))
+        assert sorted(batch["example_index"].tolist()) == [0, 1, 2, 3]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from robust_r1_jax.data import annotators, chains, shapes, sources
-from robust_r1_jax.data.records import ImageError, Record, SourceError, encode_image, load_images
+from robust_r1_jax.data.records import ImageError, Record, SkipLog, SourceError, encode_image, load_images
 
 
 def _png(seed, shape=(20, 24, 3)):
@@ -261,3 +261,57 @@ def test_record_requires_one_image_source_and_valid_answer():
         Record(id="a", question="q", options=("x", "y"), answer=0)
     with pytest.raises(ValueError, match="answer index 2"):
         Record(id="a", question="q", options=("x", "y"), answer=2, image_bytes=b"x", source_file="f", line=3)
+
+
+# --------------------------------------------------------------------------- text that is not UTF-8 (issue 16, kind 2)
+
+_NOT_UTF8 = "text is not valid UTF-8: byte 0xe9 at character {} (a Latin-1 or Windows-1252 file? re-save it as UTF-8)"
+
+
+def test_tsv_row_with_a_latin1_byte_is_skipped_by_line(tmp_path, caplog):
+    records = shapes.make_records(3, seed=0, image_size=16)
+    path = tmp_path / "latin1.tsv"
+    sources.write_vlmeval_tsv(records, str(path))
+    lines = path.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b"\t" + records[1].question.encode(), b"\tcaf\xe9 " + records[1].question.encode())
+    path.write_bytes(b"\n".join(lines))
+    skipped = SkipLog()
+    with caplog.at_level(logging.WARNING):
+        kept = sources.read_vlmeval_tsv(str(path), skipped=skipped)
+    assert [r.id for r in kept] == [records[0].id, records[2].id]
+    expected = f"{path}:3: column 'question': {_NOT_UTF8.format(4)}"
+    assert skipped.count == 1 and skipped.messages == [expected]
+    assert expected in caplog.text
+    with pytest.raises(SourceError) as raised:
+        sources.read_vlmeval_tsv(str(path), on_error="raise")
+    assert str(raised.value) == expected
+
+
+def test_jsonl_line_with_a_latin1_byte_is_skipped_by_line(jsonl):
+    path, images = jsonl
+    with open(path, "rb") as handle:
+        lines = handle.read().split(b"\n")
+    latin1 = b'{"id": "latin", "image": "sub/1.jpg", "note": "caf\xe9"}'
+    lines.insert(1, latin1)
+    with open(path, "wb") as handle:
+        handle.write(b"\n".join(lines))
+    skipped = SkipLog()
+    records = sources.read_robust_r1_jsonl(path, images, skipped=skipped)
+    assert [r.id for r in records] == ["r1", "r7"]
+    column = latin1.index(b"\xe9") + 1  # the bytes before it are ASCII: one character each
+    assert skipped.messages[0] == f"{path}:2: {_NOT_UTF8.format(column)}"
+    assert skipped.count == 5  # the fixture's four bad lines as well
+
+
+def test_aokvqa_record_with_a_latin1_byte_is_skipped_by_line(aokvqa):
+    path, coco, _ = aokvqa
+    items = json.loads(open(path).read())
+    items[4]["rationales"][1] = "caf\u00e9"
+    with open(path, "wb") as handle:
+        handle.write(json.dumps(items, indent=2, ensure_ascii=False).encode("latin-1"))
+    text = json.dumps(items, indent=2, ensure_ascii=False)
+    skipped = SkipLog()
+    records = sources.read_aokvqa(path, coco, skipped=skipped)
+    assert [r.id for r in records] == ["q1", "q4"]
+    line = _line_of(text, '"question_id": "q5"') - 1
+    assert f"{path}:{line}: record 'q5': field 'rationales[1]': {_NOT_UTF8.format(4)}" in skipped.messages

@@ -124,7 +124,8 @@ def test_failure_keeps_previous_dataset_intact(tmp_path):
 def test_malformed_example_is_named(tmp_path):
     _, example = _example(3)
     example["degradation_intensities"] = np.zeros(1, np.float32)
-    with pytest.raises(ValueError, match=r"train example 0: 3 degradation types but 1 intensities"):
+    with pytest.raises(ValueError, match=rf"train example 0 \(id {example['id']!r}\): 3 degradation types but 1 "
+                                         rf"intensities"):
         tfds_builder.write_dataset({"train": [example]}, str(tmp_path))
     _, example = _example(1)
     del example["chain"]

@@ -77,3 +77,17 @@ def test_intensity_bounds_are_accepted(scene):
     for name in degrade.NAMES:
         assert degrade.apply(scene, name, 0, 0).shape == scene.shape
         assert degrade.apply(scene, name, 1, 0).shape == scene.shape
+
+
+@pytest.mark.parametrize("shape", [(degrade.MIN_SIDE, degrade.MIN_SIDE), (degrade.MIN_SIDE, 1600), (1600, degrade.MIN_SIDE)])
+def test_every_degradation_takes_the_smallest_and_most_elongated_images_synth_lets_through(shape):
+    """data/synth.py lets an image reach the engine when its short side is >= MIN_SIDE and the processor's
+    aspect ratio (<= 200) holds: each degradation must then work at every intensity."""
+    image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    for name in degrade.NAMES:
+        for intensity in (0.0, 0.5, 1.0):
+            assert degrade.apply(image, name, intensity, seed=3).shape == image.shape
+    height, width = (side - 1 if side == degrade.MIN_SIDE else side for side in shape)
+    thinner = np.zeros((height, width, 3), np.uint8)
+    with pytest.raises(ValueError, match=f"at least {degrade.MIN_SIDE}x{degrade.MIN_SIDE}, got {height}x{width}"):
+        degrade.apply(thinner, "noise", 0.5, seed=0)
