@@ -72,7 +72,7 @@ class Settings:
     dtype: str = "float32"
     min_pixels: int = 0  # 0: the protocol's bounds (protocols.pixel_bounds)
     max_pixels: int = 0
-    protocol: str = protocols.VLMEVALKIT  # prompt and answer reading (protocols.py)
+    eval_protocol: str = protocols.VLMEVALKIT  # prompt, image bounds and answer reading (protocols.py)
 
     def protocol(self) -> dict:
         return {**dataclasses.asdict(self), "levels": dict(degrade.BENCHMARK_LEVELS)}
@@ -258,7 +258,7 @@ def evaluate_model(name: str, model, processor, bench_list: Sequence[Benchmark],
         for level_number, condition in enumerate(bench.conditions):
             logging.info("%s: %s at %s (%d rows)", name, bench.name, condition.level, len(condition.rows))
             outcomes = evaluate_condition(generator, condition, bench.kind, use_suffix,
-                                          stream=(bench_number, level_number), protocol=settings.protocol)
+                                          stream=(bench_number, level_number), protocol=settings.eval_protocol)
             outcomes_by_level[condition.level] = outcomes
             predictions += [{"model": name, "benchmark": bench.name, **o} for o in outcomes]
         summaries[bench.name] = summarize(bench, outcomes_by_level)
@@ -272,7 +272,7 @@ def evaluate(specs: Sequence[ModelSpec], bench_list: Sequence[Benchmark], settin
     predictions: list[dict] = []
     for spec in specs:
         processor = inference.load_processor(
-            spec, *protocols.pixel_bounds(settings.protocol, settings.min_pixels, settings.max_pixels))
+            spec, *protocols.pixel_bounds(settings.eval_protocol, settings.min_pixels, settings.max_pixels))
         model = inference.load_model(spec.path, settings.dtype)
         summaries, records = evaluate_model(spec.name, model, processor, bench_list, settings, spec.use_suffix,
                                             generate_fn)
@@ -400,7 +400,7 @@ def settings_from_config(config) -> Settings:
                     prompt_buckets=tuple(int(b) for b in config.prompt_buckets),
                     patch_buckets=tuple(int(b) for b in config.patch_buckets), seed=int(config.seed),
                     dtype=str(config.dtype), min_pixels=int(config.min_pixels), max_pixels=int(config.max_pixels),
-                    protocol=protocols.check_protocol(str(config.protocol)))
+                    eval_protocol=protocols.check_protocol(str(config.protocol)))
 
 
 def run(config) -> dict:
@@ -409,9 +409,9 @@ def run(config) -> dict:
     bench_list = load_benchmarks(config, using_demo=not as_list(config.checkpoints))
     workdir = config.workdir or (defaults.DEMO_EVAL_WORKDIR if not as_list(config.checkpoints) else "runs/eval")
     settings = settings_from_config(config)
-    if not as_list(config.checkpoints) and settings.protocol != DEMO_PROTOCOL:
+    if not as_list(config.checkpoints) and settings.eval_protocol != DEMO_PROTOCOL:
         logging.info("evaluating the demo models with the %r protocol they were trained on", DEMO_PROTOCOL)
-        settings = dataclasses.replace(settings, protocol=DEMO_PROTOCOL)
+        settings = dataclasses.replace(settings, eval_protocol=DEMO_PROTOCOL)
     results, predictions = evaluate(specs, bench_list, settings)
     paths = report.write_reports(results, predictions, workdir, bench_list)
     if report.is_writer():

@@ -10,7 +10,8 @@ from robust_r1_jax.data import chains, sources
 from robust_r1_jax.data.records import SourceError
 from robust_r1_jax.eval import benchmarks, report, robust
 
-SETTINGS = robust.Settings(max_new_tokens=256, batch_size=4, prompt_buckets=(256, 512), patch_buckets=(16,))
+SETTINGS = robust.Settings(max_new_tokens=256, batch_size=4, prompt_buckets=(256, 512), patch_buckets=(16,),
+                          eval_protocol="indexed")
 LEVELS = ["clean", "25%", "50%", "100%"]
 
 
