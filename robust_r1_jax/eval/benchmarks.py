@@ -7,9 +7,13 @@ the number of rows in the file.
 **Which image index seeds the degradation.** A TSV's ``index`` column when it is a non-negative integer (as in
 VLMEvalKit's MMMB / MMStar / RealWorldQA files), otherwise the row's 0-based position among the file's data rows.
 
-**R-Bench (multiple choice) local layout.** R-Bench ships reference images and their real-world distorted copies
-at three levels. Point ``rbench_dir`` at a folder holding one file per level, each either a VLMEvalKit MCQ TSV or a
-JSON list::
+**R-Bench (multiple choice).** R-Bench ships reference images and their real-world distorted copies at three
+levels. VLMEvalKit distributes its MCQ part as two TSVs (``vlmeval/dataset/image_mcq.py``): point ``rbench_dir`` at
+a folder holding ``R-Bench-Dis.tsv`` (or ``R-bench-dis.tsv``, as downloaded) and optionally ``R-Bench-Ref.tsv``.
+They are read as they are (``read_rbench_release``): the distorted rows are split into low / mid / high by the first
+level column present (``RBENCH_LEVEL_COLUMNS``; values low/mid/high or 1/2/3), else reported together, and
+``overall`` is all distorted rows. Without those TSVs the folder may hold one file per level, each either a VLMEvalKit
+MCQ TSV or a JSON list::
 
     rbench_dir/
       MCQ_low.tsv   MCQ_mid.tsv   MCQ_high.tsv      (or low.tsv / mid.tsv / high.tsv)

@@ -92,8 +92,9 @@ def markdown(results: dict) -> str:
     decoding = ("greedy decoding" if protocol["temperature"] == 0
                 else f"sampling at temperature {protocol['temperature']}")
     lines = ["# Robustness evaluation", "",
-             f"{decoding.capitalize()}, at most {protocol['max_new_tokens']} new tokens. Accuracy in %; rows that "
-             f"cannot be evaluated (undecodable image, malformed row) count as wrong."]
+             f"{decoding.capitalize()}, at most {protocol['max_new_tokens']} new tokens"
+             + (f", protocol `{protocol['eval_protocol']}`" if protocol.get("eval_protocol") else "")
+             + ". Accuracy in %; rows that cannot be evaluated (undecodable image, malformed row) count as wrong."]
     for bench in _benchmarks(results):
         summaries = {n: m["benchmarks"][bench] for n, m in results["models"].items() if bench in m["benchmarks"]}
         first = next(iter(summaries.values()))

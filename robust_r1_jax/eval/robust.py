@@ -403,16 +403,21 @@ def settings_from_config(config) -> Settings:
                     eval_protocol=protocols.check_protocol(str(config.protocol)))
 
 
+def run_settings(config) -> Settings:
+    """``settings_from_config``, except that the demo models (no checkpoint given) get DEMO_PROTOCOL."""
+    settings = settings_from_config(config)
+    if not as_list(config.checkpoints) and settings.eval_protocol != DEMO_PROTOCOL:
+        logging.info("evaluating the demo models with the %r protocol they were trained on", DEMO_PROTOCOL)
+        settings = dataclasses.replace(settings, eval_protocol=DEMO_PROTOCOL)
+    return settings
+
+
 def run(config) -> dict:
     """The ``eval`` mode: evaluate, write the reports into ``config.workdir`` and print the Markdown."""
     specs = model_specs(config)
     bench_list = load_benchmarks(config, using_demo=not as_list(config.checkpoints))
     workdir = config.workdir or (defaults.DEMO_EVAL_WORKDIR if not as_list(config.checkpoints) else "runs/eval")
-    settings = settings_from_config(config)
-    if not as_list(config.checkpoints) and settings.eval_protocol != DEMO_PROTOCOL:
-        logging.info("evaluating the demo models with the %r protocol they were trained on", DEMO_PROTOCOL)
-        settings = dataclasses.replace(settings, eval_protocol=DEMO_PROTOCOL)
-    results, predictions = evaluate(specs, bench_list, settings)
+    results, predictions = evaluate(specs, bench_list, run_settings(config))
     paths = report.write_reports(results, predictions, workdir, bench_list)
     if report.is_writer():
         print(report.markdown(results))
