@@ -21,10 +21,10 @@ reported per level and overall.
 A checkpoint is a Hugging Face directory, an orbax model checkpoint (``orbax_io.save``) or a training checkpoint
 folder. Lists are tuples: a Python tuple in quotes, or the flag repeated once per entry (ml_collections'
 ``config_flags``). Generation settings are ``--config.sampling.*`` (greedy, 1024 new tokens by default). Reports go to
-``workdir``: results.json, results.md, accuracy.png, predictions.jsonl and ``vlmevalkit/<level>/<model>_<benchmark>.tsv``
-(``vlmevalkit/as_shipped/`` for R-Bench): each TSV row's own columns with VLMEvalKit's ``prediction`` (and
-``thinking``) beside them, the table VLMEvalKit's evaluation re-scores (``PRED_FORMAT=tsv``). Every field and its default:
-``robust_r1_jax.eval.robust.default_config``.
+``workdir``: results.json, results.md, accuracy.png, predictions.jsonl and
+``vlmevalkit/<level>/<model>_<benchmark>.tsv`` (``vlmevalkit/as_shipped/`` for R-Bench): each TSV row's own columns
+with VLMEvalKit's ``prediction`` (and ``thinking``) beside them, the table VLMEvalKit's evaluation re-scores
+(``PRED_FORMAT=tsv``). Every field and its default: ``robust_r1_jax.eval.robust.default_config``.
 """
 from robust_r1_jax.eval.robust import default_config
 

@@ -243,7 +243,8 @@ def read_rbench(rbench_dir: str, limit: int = 0) -> dict[str, list[BenchmarkRow]
 
 # vlmeval/dataset/image_mcq.py: R-Bench-Dis (distorted images) and R-Bench-Ref (their references), one MCQ TSV each;
 # the download is named R-bench-dis.tsv / R-bench-ref.tsv, VLMEvalKit's local copy R-Bench-Dis.tsv / R-Bench-Ref.tsv.
-RBENCH_RELEASE = {"dis": ("R-Bench-Dis.tsv", "R-bench-dis.tsv"), RBENCH_REFERENCE: ("R-Bench-Ref.tsv", "R-bench-ref.tsv")}
+RBENCH_RELEASE = {"dis": ("R-Bench-Dis.tsv", "R-bench-dis.tsv"),
+                  RBENCH_REFERENCE: ("R-Bench-Ref.tsv", "R-bench-ref.tsv")}
 RBENCH_DISTORTED = "dis"  # the level of R-Bench-Dis rows when the TSV has no level column
 # Columns that may carry the distortion level, in the order they are tried; the first whose every value names a
 # level is used (R-Bench's own release calls it "strength", 1 / 2 / 3 = low / mid / high).

