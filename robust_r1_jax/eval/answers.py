@@ -163,3 +163,93 @@ def extract(text: str, options: Sequence[str]) -> Extraction:
 def extract_answer(text: str, options: Sequence[str]) -> int | None:
     """The 0-based option index that ``text`` answers, or None."""
     return extract(text, options).index
+
+
+# --------------------------------------------------------------------------- VLMEvalKit's exact matching
+
+# The refusals VLMEvalKit scores as its "Z" (no answer) before looking for a letter.
+_VLMEVALKIT_REFUSALS = (
+    "Sorry, I can't help with images of people yet.", "I can't process this file.",
+    "I'm sorry, but without the image provided", "Cannot determine the answer")
+_VLMEVALKIT_API_FAILURE = "Failed to obtain answer via API"
+# Punctuation VLMEvalKit turns into spaces before splitting an answer into words.
+_VLMEVALKIT_SEPARATORS = str.maketrans({c: " " for c in ".()[],:;!*#{}"})
+# Its fallback for verbose answers ("The correct answer is **B**."): letters A-D only, as in VLMEvalKit.
+_VLMEVALKIT_VERBOSE = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
+# How near the end a lone letter must stand: its first occurrence among the last 4 words.
+_VLMEVALKIT_TAIL_WORDS = 4
+
+
+def _vlmevalkit_option(text: str, options: dict[str, str]) -> str | None:
+    """VLMEvalKit's ``can_infer_option``: a letter, "Z" (refusal / lone Z), or None (nothing found)."""
+    if _VLMEVALKIT_API_FAILURE in text:
+        return None
+    if any(refusal in text for refusal in _VLMEVALKIT_REFUSALS):
+        return "Z"
+    words = text.translate(_VLMEVALKIT_SEPARATORS).split()
+    present = [letter for letter in options if letter in words]
+    if len(present) == 1:
+        letter = present[0]
+        if words.index(letter) >= len(words) - _VLMEVALKIT_TAIL_WORDS:
+            return letter
+    elif not present and "Z" in words:
+        return "Z"
+    verbose = _VLMEVALKIT_VERBOSE.search(text)
+    if verbose and verbose.group(1).upper() in options:
+        return verbose.group(1).upper()
+    return None
+
+
+def _vlmevalkit_text(text: str, options: dict[str, str]) -> str | None:
+    """VLMEvalKit's ``can_infer_text``: the one option whose text (lower-cased) occurs in a short answer."""
+    folded = text.lower()
+    if len(folded) > 2 * sum(len(str(v)) for v in options.values()):
+        return None
+    found = [letter for letter, value in options.items() if str(value).lower() in folded]
+    return found[0] if len(found) == 1 else None
+
+
+def vlmevalkit_choice(text: str, options: dict[str, str]) -> str | None:
+    """The option letter VLMEvalKit's exact matching (``vlmeval/utils/matching_util.py::can_infer``) reads
+    from ``text``, or None where it finds none or answers its "Z" (a refusal, or a lone ``Z``).
+
+    ``options`` maps letters to option texts in order (``{"A": "red", "B": "blue"}``). The rules, in order:
+
+    1. the text is split into words after ``.()[],:;!*#{}`` become spaces; when exactly one option letter is
+       among the words and its first occurrence is one of the last four words, that letter;
+    2. ``answer is X`` / ``correct answer is **X**`` for X in A-D (case-insensitive);
+    3. for a text at most twice as long as all option texts together: the one option whose text occurs in it
+       (lower-cased substring).
+
+    Raises ValueError when ``options`` is empty or has a key that is not one capital letter.
+    """
+    if not options:
+        raise ValueError("VLMEvalKit matching needs the question's options")
+    bad = [key for key in options if len(key) != 1 or key not in LETTERS]
+    if bad:
+        raise ValueError(f"option keys must be capital letters, got {bad}")
+    text = str(text)
+    letter = _vlmevalkit_option(text, options)
+    if letter is None:
+        letter = _vlmevalkit_text(text, options)
+    return None if letter == "Z" else letter
+
+
+def lettered_options(options: Sequence[str]) -> dict[str, str]:
+    """Option texts keyed by their letters: ``("red", "blue")`` -> ``{"A": "red", "B": "blue"}``."""
+    if len(options) > len(LETTERS):
+        raise ValueError(f"{len(options)} options, but only {len(LETTERS)} letters")
+    return dict(zip(LETTERS, options))
+
+
+def vlmevalkit_extract(text: str, options: Sequence[str]) -> Extraction:
+    """The ``vlmevalkit`` protocol's reading of an output: the first complete ANSWER block (SPEC §1 chains) with
+    ``vlmevalkit_choice``, and where it names no option, the whole output; as a 0-based index."""
+    lettered = lettered_options(options)
+    block = chains.extract_block(text, "ANSWER")
+    if block is not None:
+        letter = vlmevalkit_choice(block, lettered)
+        if letter is not None:
+            return Extraction(LETTERS.index(letter), "answer_tag")
+    letter = vlmevalkit_choice(text, lettered)
+    return Extraction(None if letter is None else LETTERS.index(letter), "free_text")

@@ -7,9 +7,13 @@ the number of rows in the file.
 **Which image index seeds the degradation.** A TSV's ``index`` column when it is a non-negative integer (as in
 VLMEvalKit's MMMB / MMStar / RealWorldQA files), otherwise the row's 0-based position among the file's data rows.
 
-**R-Bench (multiple choice) local layout.** R-Bench ships reference images and their real-world distorted copies
-at three levels. Point ``rbench_dir`` at a folder holding one file per level, each either a VLMEvalKit MCQ TSV or a
-JSON list::
+**R-Bench (multiple choice).** R-Bench ships reference images and their real-world distorted copies at three
+levels. VLMEvalKit distributes its MCQ part as two TSVs (``vlmeval/dataset/image_mcq.py``): point ``rbench_dir`` at
+a folder holding ``R-Bench-Dis.tsv`` (or ``R-bench-dis.tsv``, as downloaded) and optionally ``R-Bench-Ref.tsv``.
+They are read as they are (``read_rbench_release``): the distorted rows are split into low / mid / high by the first
+level column present (``RBENCH_LEVEL_COLUMNS``; values low/mid/high or 1/2/3), else reported together, and
+``overall`` is all distorted rows. Without those TSVs the folder may hold one file per level, each either a VLMEvalKit
+MCQ TSV or a JSON list::
 
     rbench_dir/
       MCQ_low.tsv   MCQ_mid.tsv   MCQ_high.tsv      (or low.tsv / mid.tsv / high.tsv)
@@ -25,11 +29,13 @@ distorted, so R-Bench rows are evaluated as they are, level by level.
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import json
 import logging
 import os
 import re
+import sys
 from typing import Iterator
 
 import numpy as np
@@ -56,6 +62,9 @@ class BenchmarkRow:
     image_index: int  # seeds the benchmark degradation of this row
     record: Record | None
     problem: str | None = None
+    # The row's TSV fields other than the image, in file order (empty for JSON rows): the columns a VLMEvalKit
+    # prediction table repeats beside its ``prediction``.
+    columns: tuple[tuple[str, str], ...] = ()
 
     def load_image(self) -> tuple[np.ndarray | None, str | None]:
         """(uint8 RGB image, None) or (None, why it cannot be used)."""
@@ -117,11 +126,28 @@ def read_tsv_rows(path: str, limit: int = 0) -> list[BenchmarkRow]:
     found.sort(key=lambda item: item[0])
     if limit > 0:
         found = found[:limit]
+    columns = tsv_columns(path)
     return [
         BenchmarkRow(where=f"{path}:{line}", label=label, image_index=_image_index(label, position),
-                     record=record, problem=problem)
+                     record=record, problem=problem, columns=columns.get(line, ()))
         for position, (line, label, record, problem) in enumerate(found)
     ]
+
+
+def tsv_columns(path: str) -> dict[int, tuple[tuple[str, str], ...]]:
+    """Start line -> the row's (column, value) pairs without ``image``, for every data row of a TSV whose fields
+    match the header (the line numbers ``read_tsv_rows`` reports)."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # base64 image fields are long
+    out = {}
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        header = next(reader, None) or []
+        previous_end = reader.line_num
+        for row in reader:
+            start, previous_end = previous_end + 1, reader.line_num
+            if len(row) == len(header) and any(field.strip() for field in row):
+                out[start] = tuple((name, value) for name, value in zip(header, row) if name != "image")
+    return out
 
 
 # --------------------------------------------------------------------------- R-Bench
@@ -194,7 +220,13 @@ def rbench_files(rbench_dir: str) -> dict[str, str]:
 
 
 def read_rbench(rbench_dir: str, limit: int = 0) -> dict[str, list[BenchmarkRow]]:
-    """Level -> rows of a local R-Bench copy, in the order reference (if present), low, mid, high."""
+    """Level -> rows of a local R-Bench copy, in the order reference (if present), low, mid, high.
+
+    VLMEvalKit's two TSVs (``R-Bench-Dis.tsv``, optional ``R-Bench-Ref.tsv``) are read when the folder holds
+    them (``read_rbench_release``); otherwise one file per level (the module docstring's layout).
+    """
+    if rbench_release_files(rbench_dir):
+        return read_rbench_release(rbench_dir, limit)
     files = rbench_files(rbench_dir)
     ordered = [RBENCH_REFERENCE] + list(RBENCH_LEVELS)
     out = {}
@@ -204,4 +236,73 @@ def read_rbench(rbench_dir: str, limit: int = 0) -> dict[str, list[BenchmarkRow]
         path = files[level]
         out[level] = (read_tsv_rows(path, limit) if path.endswith(".tsv")
                       else read_rbench_json(path, rbench_dir, limit))
+    return out
+
+
+# --------------------------------------------------------------------------- R-Bench as VLMEvalKit ships it
+
+# vlmeval/dataset/image_mcq.py: R-Bench-Dis (distorted images) and R-Bench-Ref (their references), one MCQ TSV each;
+# the download is named R-bench-dis.tsv / R-bench-ref.tsv, VLMEvalKit's local copy R-Bench-Dis.tsv / R-Bench-Ref.tsv.
+RBENCH_RELEASE = {"dis": ("R-Bench-Dis.tsv", "R-bench-dis.tsv"),
+                  RBENCH_REFERENCE: ("R-Bench-Ref.tsv", "R-bench-ref.tsv")}
+RBENCH_DISTORTED = "dis"  # the level of R-Bench-Dis rows when the TSV has no level column
+# Columns that may carry the distortion level, in the order they are tried; the first whose every value names a
+# level is used (R-Bench's own release calls it "strength", 1 / 2 / 3 = low / mid / high).
+RBENCH_LEVEL_COLUMNS = ("level", "strength", "distortion_level", "severity", "category", "l2-category")
+_LEVEL_NAMES = {"low": "low", "1": "low", "mid": "mid", "middle": "mid", "medium": "mid", "2": "mid",
+                "high": "high", "3": "high"}
+
+
+def rbench_release_files(rbench_dir: str) -> dict[str, str]:
+    """"dis" / "ref" -> VLMEvalKit's R-Bench TSV in ``rbench_dir`` (empty when the folder has neither)."""
+    files = {}
+    for part, names in RBENCH_RELEASE.items():
+        for name in names:
+            candidate = os.path.join(rbench_dir, name)
+            if os.path.isfile(candidate):
+                files[part] = candidate
+                break
+    return files
+
+
+def level_name(value: str) -> str | None:
+    """low / mid / high for a level value ("low", "Mid", "3", "2.0"), or None."""
+    text = str(value).strip().lower()
+    if text.endswith(".0"):
+        text = text[:-2]
+    return _LEVEL_NAMES.get(text)
+
+
+def level_column(rows: list[BenchmarkRow]) -> str | None:
+    """The first of RBENCH_LEVEL_COLUMNS that every row has, with a value that names a level; else None."""
+    for column in RBENCH_LEVEL_COLUMNS:
+        values = [dict(row.columns).get(column) for row in rows]
+        if values and all(value is not None and level_name(value) for value in values):
+            return column
+    return None
+
+
+def read_rbench_release(rbench_dir: str, limit: int = 0) -> dict[str, list[BenchmarkRow]]:
+    """Level -> rows of VLMEvalKit's R-Bench TSVs: "ref" (R-Bench-Ref, if present), then the R-Bench-Dis rows by
+    the level their level column names (low / mid / high, levels without rows left out), or all of them as
+    "dis" when the TSV has no level column (logged). A SourceError names a missing R-Bench-Dis."""
+    files = rbench_release_files(rbench_dir)
+    if "dis" not in files:
+        raise SourceError(f"{rbench_dir} has {os.path.basename(files[RBENCH_REFERENCE])} but no R-Bench-Dis.tsv "
+                          f"(VLMEvalKit's distorted R-Bench questions)")
+    out = {}
+    if RBENCH_REFERENCE in files:
+        out[RBENCH_REFERENCE] = read_tsv_rows(files[RBENCH_REFERENCE], limit)
+    distorted = read_tsv_rows(files["dis"], limit)
+    column = level_column(distorted)
+    if column is None:
+        logging.getLogger(__name__).warning(
+            "%s: no level column (tried %s); reporting its %d rows together as %r", files["dis"],
+            ", ".join(RBENCH_LEVEL_COLUMNS), len(distorted), RBENCH_DISTORTED)
+        out[RBENCH_DISTORTED] = distorted
+        return out
+    for level in RBENCH_LEVELS:
+        rows = [row for row in distorted if level_name(dict(row.columns)[column]) == level]
+        if rows:
+            out[level] = rows
     return out

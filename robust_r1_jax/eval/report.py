@@ -14,19 +14,25 @@ A synthetic-degradation summary has ``kind == "synthetic"`` and ``levels`` keyed
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
+import re
 
 import jax
 
 from robust_r1_jax import atomic
 from robust_r1_jax.data import chains
+from robust_r1_jax.eval.benchmarks import RBENCH_RELEASE
 
 PLOT_NAME = "accuracy.png"
 JSON_NAME = "results.json"
 MARKDOWN_NAME = "results.md"
 PREDICTIONS_NAME = "predictions.jsonl"
+VLMEVALKIT_DIR = "vlmevalkit"  # the prediction tables VLMEvalKit's evaluation reads
+AS_SHIPPED = "as_shipped"  # their folder for benchmarks evaluated on the images as shipped (R-Bench)
+_UNSAFE_FILE_CHARACTERS = re.compile(r"[^A-Za-z0-9._+-]+")
 # Each benchmark panel is this many inches at PLOT_DPI: the PNG is (500 * panels) x 400 pixels.
 PANEL_INCHES = (5.0, 4.0)
 PLOT_DPI = 100
@@ -86,8 +92,9 @@ def markdown(results: dict) -> str:
     decoding = ("greedy decoding" if protocol["temperature"] == 0
                 else f"sampling at temperature {protocol['temperature']}")
     lines = ["# Robustness evaluation", "",
-             f"{decoding.capitalize()}, at most {protocol['max_new_tokens']} new tokens. Accuracy in %; rows that "
-             f"cannot be evaluated (undecodable image, malformed row) count as wrong."]
+             f"{decoding.capitalize()}, at most {protocol['max_new_tokens']} new tokens"
+             + (f", protocol `{protocol['eval_protocol']}`" if protocol.get("eval_protocol") else "")
+             + ". Accuracy in %; rows that cannot be evaluated (undecodable image, malformed row) count as wrong."]
     for bench in _benchmarks(results):
         summaries = {n: m["benchmarks"][bench] for n, m in results["models"].items() if bench in m["benchmarks"]}
         first = next(iter(summaries.values()))
@@ -158,15 +165,88 @@ def plot_png(results: dict) -> bytes:
     return buffer.getvalue()
 
 
-def write_reports(results: dict, predictions: list[dict], workdir: str) -> dict[str, str]:
-    """results.json, results.md, accuracy.png and predictions.jsonl in ``workdir`` (process 0 only)."""
+def write_reports(results: dict, predictions: list[dict], workdir: str, benchmarks=()) -> dict[str, str]:
+    """results.json, results.md, accuracy.png and predictions.jsonl in ``workdir`` (process 0 only), and with
+    ``benchmarks`` (``robust.Benchmark``) the VLMEvalKit prediction tables under ``vlmevalkit/``."""
     paths = {kind: os.path.join(workdir, name) for kind, name in
              (("json", JSON_NAME), ("markdown", MARKDOWN_NAME), ("plot", PLOT_NAME),
               ("predictions", PREDICTIONS_NAME))}
+    tables = vlmevalkit_tables(predictions, benchmarks)
+    if tables:
+        paths["vlmevalkit"] = os.path.join(workdir, VLMEVALKIT_DIR)
     if not is_writer():
         return paths
     atomic.write_text(paths["json"], json.dumps(results, indent=2) + "\n")
     atomic.write_text(paths["markdown"], markdown(results))
     atomic.write_bytes(paths["plot"], plot_png(results))
     atomic.write_text(paths["predictions"], "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
+    for relative, text in tables.items():
+        atomic.write_text(os.path.join(workdir, VLMEVALKIT_DIR, relative), text)
     return paths
+
+
+# --------------------------------------------------------------------------- VLMEvalKit prediction tables
+
+
+def vlmevalkit_prediction(output: str | None) -> tuple[str, str]:
+    """(prediction, thinking) of one output, split as VLMEvalKit's ``SPLIT_THINK`` splits a reasoning model's:
+    the ANSWER block's text is the prediction and the whole chain the thinking; an output without a complete
+    block is the prediction itself (thinking ""). No output (a row that failed) gives ("", "")."""
+    if output is None:
+        return "", ""
+    block = chains.extract_block(output, "ANSWER")
+    return (output, "") if block is None else (block.strip(), output)
+
+
+def _file_name_part(text: str) -> str:
+    return _UNSAFE_FILE_CHARACTERS.sub("_", text).strip("_") or "model"
+
+
+def _dataset_name(path: str) -> str:
+    """VLMEvalKit's dataset name for a TSV: R-Bench's release files by their registered names, else the stem."""
+    name = os.path.basename(path)
+    for part, names in RBENCH_RELEASE.items():
+        if name in names:
+            return os.path.splitext(names[0])[0]
+    return os.path.splitext(name)[0]
+
+
+def _tsv_text(header: list[str], rows: list[list[str]]) -> str:
+    # VLMEvalKit writes its TSVs with pandas' to_csv(sep="\t", quoting=csv.QUOTE_ALL); this is that layout.
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", quoting=csv.QUOTE_ALL, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def vlmevalkit_tables(predictions: list[dict], benchmarks) -> dict[str, str]:
+    """Relative path -> TSV text of the tables VLMEvalKit's evaluation reads (``{model}_{dataset}.tsv``, set
+    ``PRED_FORMAT=tsv`` there): each TSV row's own columns except ``image``, in file order, then ``prediction``
+    (and ``thinking`` when any output has a chain). Synthetic benchmarks get one table per level
+    (``<level>/``); shipped images (R-Bench) one per source file (``as_shipped/``). JSON rows have no columns
+    and get no table."""
+    columns_of = {row.where: row.columns for bench in benchmarks for c in bench.conditions for row in c.rows}
+    kind_of = {bench.name: bench.kind for bench in benchmarks}
+    groups: dict[str, list[dict]] = {}
+    for record in predictions:
+        columns = columns_of.get(record["where"])
+        if not columns or record["benchmark"] not in kind_of:
+            continue
+        path = record["where"].rsplit(":", 1)[0]
+        if kind_of[record["benchmark"]] == "synthetic":
+            folder, dataset = record["level"], record["benchmark"]
+        else:
+            folder, dataset = AS_SHIPPED, _dataset_name(path)
+        key = os.path.join(folder, f"{_file_name_part(record['model'])}_{dataset}.tsv")
+        groups.setdefault(key, []).append(record)
+    tables = {}
+    for key, records in groups.items():
+        records = sorted(records, key=lambda r: int(r["where"].rsplit(":", 1)[1]))
+        header = [name for name, _ in columns_of[records[0]["where"]]]
+        split = [vlmevalkit_prediction(r["output"]) for r in records]
+        with_thinking = any(thinking for _, thinking in split)
+        rows = [[value for _, value in columns_of[r["where"]]] + [prediction] + ([thinking] if with_thinking else [])
+                for r, (prediction, thinking) in zip(records, split)]
+        tables[key] = _tsv_text(header + ["prediction"] + (["thinking"] if with_thinking else []), rows)
+    return tables

@@ -8,9 +8,11 @@ For every model and every benchmark:
 * **R-Bench** multiple choice from a local copy (``benchmarks.py`` documents the layout): the shipped distorted
   images, level by level (low / mid / high, ``overall`` = all three together).
 
-The prompt is the question and its options (``chains.format_prompt``) followed by the SPEC §1 instruction suffix,
-or without the suffix for base models that were never trained on it. Answers are generated in fixed-shape batches
-by the sampler (greedy by default) and read with ``answers.extract`` (option letter or index). Reported per level:
+The prompt and the reading of answers follow ``config.protocol`` (``protocols.py``): ``vlmevalkit`` (the default,
+VLMEvalKit's Qwen2.5-VL MCQ prompt, pixel bounds and exact matching) or ``indexed`` (this project's ``0. option``
+training prompt); the SPEC §1 instruction suffix is appended except for base models that were never trained on it.
+The demo models (no checkpoint given) are trained on, and so evaluated with, ``indexed``. Answers are generated in
+fixed-shape batches by the sampler (greedy by default). Reported per level:
 accuracy (rows that cannot be evaluated count as wrong), accuracy per stage and per type, the chain metrics of
 ``chain_metrics`` against the applied type, the mean number of generated tokens, the share of outputs in the full
 chain format and the share with no readable answer. ``report.py`` writes JSON, Markdown and a PNG plot.
@@ -28,13 +30,14 @@ from absl import logging
 
 from robust_r1_jax import degrade
 from robust_r1_jax.data import chains
-from robust_r1_jax.eval import answers, benchmarks, chain_metrics, defaults, inference, report
+from robust_r1_jax.eval import benchmarks, chain_metrics, defaults, inference, protocols, report
 from robust_r1_jax.eval.benchmarks import BenchmarkRow
 from robust_r1_jax.eval.inference import ModelSpec
 from robust_r1_jax.model import sampling
 
 STAGE_OF = {name: stage for stage, names in degrade.STAGES.items() for name in names}
 OVERALL = "overall"
+DEMO_PROTOCOL = protocols.INDEXED  # the demo models learn the "0. option" prompt (data/chains.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +70,9 @@ class Settings:
     patch_buckets: tuple[int, ...] = (64, 256, 1024, 4096)
     seed: int = 0
     dtype: str = "float32"
-    min_pixels: int = 0  # 0: the model directory's preprocessor setting
+    min_pixels: int = 0  # 0: the protocol's bounds (protocols.pixel_bounds)
     max_pixels: int = 0
+    eval_protocol: str = protocols.VLMEVALKIT  # prompt, image bounds and answer reading (protocols.py)
 
     def protocol(self) -> dict:
         return {**dataclasses.asdict(self), "levels": dict(degrade.BENCHMARK_LEVELS)}
@@ -125,10 +129,9 @@ def applied_types(row: BenchmarkRow, condition: Condition) -> list[tuple[str, fl
     return [(degrade.sample_benchmark(row.image_index), condition.intensity)]
 
 
-def question_text(row: BenchmarkRow, use_suffix: bool) -> str:
+def question_text(row: BenchmarkRow, use_suffix: bool, protocol: str = protocols.VLMEVALKIT) -> str:
     record = row.record
-    question = f"{record.hint}\n{record.question}" if record.hint else record.question
-    return chains.format_prompt(question, record.options, chains.PROMPT_SUFFIX if use_suffix else "")
+    return protocols.prompt_text(record.question, record.options, record.hint, protocol, use_suffix)
 
 
 def condition_image(row: BenchmarkRow, condition: Condition) -> tuple[np.ndarray | None, str | None]:
@@ -155,7 +158,7 @@ def _outcome(row: BenchmarkRow, condition: Condition, kind: str) -> dict:
 
 
 def evaluate_condition(generator: inference.Generator, condition: Condition, kind: str, use_suffix: bool,
-                       stream: tuple[int, ...] = ()) -> list[dict]:
+                       stream: tuple[int, ...] = (), protocol: str = protocols.VLMEVALKIT) -> list[dict]:
     """One outcome per row: prediction, correctness, tokens and output, or the problem that made it wrong.
 
     ``stream`` names the condition's random stream (sampled decoding only): each chunk of rows draws from
@@ -174,13 +177,13 @@ def evaluate_condition(generator: inference.Generator, condition: Condition, kin
                 outcome["problem"] = problem
                 logging.warning("row counted as wrong: %s", problem)
                 continue
-            prompts.append((question_text(row, use_suffix), image))
+            prompts.append((question_text(row, use_suffix, protocol), image))
             waiting.append((row, outcome))
         if not prompts:
             continue
         completions = generator.complete(prompts, stream=(*stream, chunk_number))
         for (row, outcome), completion in zip(waiting, completions):
-            predicted = answers.extract_answer(completion.text, row.record.options)
+            predicted = protocols.read_answer(completion.text, row.record.options, protocol).index
             outcome.update(predicted=predicted, correct=predicted == row.record.answer,
                            tokens=completion.num_tokens, output=completion.text)
     return outcomes
@@ -232,7 +235,7 @@ def summarize(benchmark: Benchmark, outcomes_by_level: dict[str, list[dict]]) ->
         summary["by_stage"] = _breakdown(outcomes_by_level, "stage")
         summary["by_type"] = _breakdown(outcomes_by_level, "type")
     else:
-        distorted = [c for c in benchmark.conditions if c.level in benchmarks.RBENCH_LEVELS]
+        distorted = [c for c in benchmark.conditions if c.level != benchmarks.RBENCH_REFERENCE]
         together = Condition(OVERALL, None, tuple(row for c in distorted for row in c.rows))
         summary["levels"][OVERALL] = summarize_level(
             [o for c in distorted for o in outcomes_by_level[c.level]], together)
@@ -255,7 +258,7 @@ def evaluate_model(name: str, model, processor, bench_list: Sequence[Benchmark],
         for level_number, condition in enumerate(bench.conditions):
             logging.info("%s: %s at %s (%d rows)", name, bench.name, condition.level, len(condition.rows))
             outcomes = evaluate_condition(generator, condition, bench.kind, use_suffix,
-                                          stream=(bench_number, level_number))
+                                          stream=(bench_number, level_number), protocol=settings.eval_protocol)
             outcomes_by_level[condition.level] = outcomes
             predictions += [{"model": name, "benchmark": bench.name, **o} for o in outcomes]
         summaries[bench.name] = summarize(bench, outcomes_by_level)
@@ -268,7 +271,8 @@ def evaluate(specs: Sequence[ModelSpec], bench_list: Sequence[Benchmark], settin
     results = {"protocol": settings.protocol(), "models": {}}
     predictions: list[dict] = []
     for spec in specs:
-        processor = inference.load_processor(spec, settings.min_pixels, settings.max_pixels)
+        processor = inference.load_processor(
+            spec, *protocols.pixel_bounds(settings.eval_protocol, settings.min_pixels, settings.max_pixels))
         model = inference.load_model(spec.path, settings.dtype)
         summaries, records = evaluate_model(spec.name, model, processor, bench_list, settings, spec.use_suffix,
                                             generate_fn)
@@ -382,7 +386,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.batch_size = 8
     config.prompt_buckets = (256, 512, 1024, 2048)  # prompt lengths in tokens (images included)
     config.patch_buckets = (64, 256, 1024, 4096)  # image patches per prompt
-    config.min_pixels = 0  # 0: the model's preprocessor_config.json (or Qwen2-VL's defaults)
+    # "vlmevalkit": VLMEvalKit's prompt, pixel bounds and answer matching (the paper's numbers); "indexed": the
+    # project's "0. option" prompt and answer reading (what the demo models learn; used when none is given).
+    config.protocol = protocols.VLMEVALKIT
+    config.min_pixels = 0  # 0: the protocol's bounds (vlmevalkit: 1280*28*28; indexed: preprocessor_config.json)
     config.max_pixels = 0
     config.dtype = "float32"  # "bfloat16" on accelerators
     return config
@@ -392,7 +399,17 @@ def settings_from_config(config) -> Settings:
     return Settings(**sampling.sampler_settings(config.sampling), batch_size=int(config.batch_size),
                     prompt_buckets=tuple(int(b) for b in config.prompt_buckets),
                     patch_buckets=tuple(int(b) for b in config.patch_buckets), seed=int(config.seed),
-                    dtype=str(config.dtype), min_pixels=int(config.min_pixels), max_pixels=int(config.max_pixels))
+                    dtype=str(config.dtype), min_pixels=int(config.min_pixels), max_pixels=int(config.max_pixels),
+                    eval_protocol=protocols.check_protocol(str(config.protocol)))
+
+
+def run_settings(config) -> Settings:
+    """``settings_from_config``, except that the demo models (no checkpoint given) get DEMO_PROTOCOL."""
+    settings = settings_from_config(config)
+    if not as_list(config.checkpoints) and settings.eval_protocol != DEMO_PROTOCOL:
+        logging.info("evaluating the demo models with the %r protocol they were trained on", DEMO_PROTOCOL)
+        settings = dataclasses.replace(settings, eval_protocol=DEMO_PROTOCOL)
+    return settings
 
 
 def run(config) -> dict:
@@ -400,8 +417,8 @@ def run(config) -> dict:
     specs = model_specs(config)
     bench_list = load_benchmarks(config, using_demo=not as_list(config.checkpoints))
     workdir = config.workdir or (defaults.DEMO_EVAL_WORKDIR if not as_list(config.checkpoints) else "runs/eval")
-    results, predictions = evaluate(specs, bench_list, settings_from_config(config))
-    paths = report.write_reports(results, predictions, workdir)
+    results, predictions = evaluate(specs, bench_list, run_settings(config))
+    paths = report.write_reports(results, predictions, workdir, bench_list)
     if report.is_writer():
         print(report.markdown(results))
         print("wrote " + ", ".join(paths.values()))

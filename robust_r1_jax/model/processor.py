@@ -249,17 +249,42 @@ def chat_completion(prompt: str, answer: str) -> str:
 
 # ---- tokenizer and processor ------------------------------------------------------------------------------
 
+def folder_chat_template(path) -> str | None:
+    """The chat template a model folder's processor ships (``chat_template.jinja``, else ``chat_template.json``'s
+    ``chat_template``), or None. transformers' processor renders with this one; the tokenizer's own template
+    (``tokenizer_config.json``) is the tokenizer's business and loads with it. ValueError for an unreadable file."""
+    directory = Path(path)
+    jinja = directory / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    file = directory / "chat_template.json"
+    if not file.is_file():
+        return None
+    try:
+        template = json.loads(file.read_text(encoding="utf-8")).get("chat_template")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{file} is not a JSON object with a 'chat_template' string: {e}") from e
+    if not isinstance(template, str) or not template:
+        raise ValueError(f"{file}: 'chat_template' must be a non-empty string")
+    return template
+
+
 def load_tokenizer(path):
-    """A transformers tokenizer from a local directory (never the network)."""
+    """A transformers tokenizer from a local directory (never the network), carrying the folder's chat template
+    (``folder_chat_template``, else the one in ``tokenizer_config.json``) as ``chat_template`` when it has one."""
     from transformers import AutoTokenizer
 
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(f"tokenizer directory {directory} does not exist")
     try:
-        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"could not load a tokenizer from {directory}: {e}") from e
+    template = folder_chat_template(directory)
+    if template is not None:
+        tokenizer.chat_template = template
+    return tokenizer
 
 
 def special_token_ids(tokenizer) -> dict[str, int]:
@@ -277,8 +302,32 @@ def special_token_ids(tokenizer) -> dict[str, int]:
     return ids
 
 
+def render_chat_template(tokenizer, question: str, image_tokens_per_image: Sequence[int],
+                         system: str | None = None) -> str:
+    """The prompt text of one user turn (images first, then the question) and the assistant cue, rendered with
+    ``tokenizer.chat_template`` (``apply_chat_template``), each image's ``<|image_pad|>`` expanded to its token
+    count as transformers' processor does. A system turn is passed only when ``system`` is given (the template
+    supplies its own default otherwise). ValueError when the template does not place one pad per image."""
+    messages = [{"role": "system", "content": system}] if system is not None else []
+    messages.append({"role": "user", "content": [{"type": "image"} for _ in image_tokens_per_image]
+                     + [{"type": "text", "text": question}]})
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    pieces = text.split(IMAGE_PAD)
+    if len(pieces) != len(image_tokens_per_image) + 1:
+        raise ValueError(f"the chat template rendered {len(pieces) - 1} {IMAGE_PAD} for "
+                         f"{len(image_tokens_per_image)} images")
+    out = pieces[0]
+    for count, piece in zip(image_tokens_per_image, pieces[1:]):
+        out += IMAGE_PAD * int(count) + piece
+    return out
+
+
 class Processor:
-    """Image processor + tokenizer: one (question, images, answer) example to model inputs."""
+    """Image processor + tokenizer: one (question, images, answer) example to model inputs.
+
+    Prompts are rendered with the tokenizer's ``chat_template`` when it has one (a model folder's own template,
+    see ``load_tokenizer``), else with Qwen2.5-VL's template written out in ``chat_prompt``.
+    """
 
     def __init__(self, tokenizer, image_processor: ImageProcessor | None = None, system: str = DEFAULT_SYSTEM):
         self.tokenizer = tokenizer
@@ -287,6 +336,15 @@ class Processor:
         self.token_ids = special_token_ids(tokenizer)
         self.image_token_id = self.token_ids[IMAGE_PAD]
         self.im_end_id = self.token_ids[IM_END]
+        self.chat_template = getattr(tokenizer, "chat_template", None) or None
+
+    def prompt(self, question: str, image_tokens_per_image: Sequence[int]) -> str:
+        """The chat text before tokenisation: the folder's template when there is one, else ``chat_prompt``."""
+        if self.chat_template is None:
+            return chat_prompt(question, len(image_tokens_per_image), self.system, image_tokens_per_image)
+        # The default system prompt is left to the template, which may carry its own.
+        return render_chat_template(self.tokenizer, question, image_tokens_per_image,
+                                    None if self.system == DEFAULT_SYSTEM else self.system)
 
     @classmethod
     def from_pretrained(cls, path, system: str = DEFAULT_SYSTEM, **image_overrides) -> "Processor":
@@ -308,7 +366,7 @@ class Processor:
         vision = self.image_processor(list(images))
         merge = self.image_processor.merge_size ** 2
         tokens_per_image = [int(np.prod(g)) // merge for g in vision["image_grid_thw"]]
-        prompt = chat_prompt(question, len(tokens_per_image), self.system, tokens_per_image)
+        prompt = self.prompt(question, tokens_per_image)
         input_ids = self.tokenize(prompt)
         loss_mask = [0] * len(input_ids)
         if answer is not None:

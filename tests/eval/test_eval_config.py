@@ -67,3 +67,13 @@ def test_as_list():
     assert robust.as_list(()) == [] and robust.as_list((" ", "")) == []
     assert robust.as_list(("a", " b", "")) == ["a", "b", ""]
     assert robust.as_list(("x", 2)) == ["x", "2"] and robust.as_list("one") == ["one"]
+
+
+def test_the_demo_models_are_evaluated_with_the_protocol_they_learned():
+    config = robust.default_config()
+    assert config.protocol == "vlmevalkit"
+    assert robust.run_settings(config).eval_protocol == "indexed"  # no checkpoint: the demo models
+    config.checkpoints = ("/ckpt/Qwen2.5-VL-3B-Instruct",)
+    assert robust.run_settings(config).eval_protocol == "vlmevalkit"
+    config.protocol = "indexed"
+    assert robust.run_settings(config).eval_protocol == "indexed"

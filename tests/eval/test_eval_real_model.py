@@ -24,9 +24,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LEVELS = ["clean", "25%", "50%", "100%"]
 MAX_NEW = 3
 LENGTH = 160  # prompt bucket: the longest prompt (chat template, question, options, 4 image tokens) fits
-SETTINGS = robust.Settings(max_new_tokens=MAX_NEW, batch_size=8, prompt_buckets=(LENGTH,), patch_buckets=(16,))
+SETTINGS = robust.Settings(max_new_tokens=MAX_NEW, batch_size=8, prompt_buckets=(LENGTH,), patch_buckets=(16,),
+                          eval_protocol="indexed")
 FLAGS = [f"--config.sampling.max_new_tokens={MAX_NEW}", "--config.batch_size=8", f"--config.prompt_buckets={LENGTH}",
-         "--config.patch_buckets=16", "--config.no_suffix=all"]
+         "--config.patch_buckets=16", "--config.no_suffix=all", "--config.protocol=indexed"]
 
 
 def prompt(record):

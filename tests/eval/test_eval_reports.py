@@ -1,4 +1,6 @@
 """R-Bench from a local copy, and the written reports: JSON, Markdown (one row per model) and the PNG plot."""
+import csv
+import io
 import json
 
 import numpy as np
@@ -10,7 +12,8 @@ from robust_r1_jax.data import chains, sources
 from robust_r1_jax.data.records import SourceError
 from robust_r1_jax.eval import benchmarks, report, robust
 
-SETTINGS = robust.Settings(max_new_tokens=256, batch_size=4, prompt_buckets=(256, 512), patch_buckets=(16,))
+SETTINGS = robust.Settings(max_new_tokens=256, batch_size=4, prompt_buckets=(256, 512), patch_buckets=(16,),
+                          eval_protocol="indexed")
 LEVELS = ["clean", "25%", "50%", "100%"]
 
 
@@ -95,7 +98,7 @@ def two_models(tokenizer, processor, rbench_dir, tmp_path_factory):
                                                    generate_fn=answerer(tokenizer, shift).generate)
         results["models"][name] = {"path": name, "tokenizer": "t", "prompt_suffix": True, "benchmarks": summaries}
         predictions += records
-    return results, predictions
+    return results, predictions, benches
 
 
 def accuracy_table(markdown, bench):
@@ -112,7 +115,7 @@ def accuracy_table(markdown, bench):
 
 
 def test_reports_are_written(two_models, tmp_path):
-    results, predictions = two_models
+    results, predictions, _ = two_models
     paths = report.write_reports(results, predictions, str(tmp_path / "out"))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         ["results.json", "results.md", "accuracy.png", "predictions.jsonl"])  # no temporary files left
@@ -128,6 +131,7 @@ def test_reports_are_written(two_models, tmp_path):
     _, rbench_rows = accuracy_table(markdown, "R-Bench")
     assert [row[0] for row in rbench_rows] == ["model A", "model B"] and len(rbench_rows[0]) == 5
     assert "`" in markdown and "Failed rows (counted as wrong)" in markdown and "index 901" in markdown
+    assert "Greedy decoding, at most 256 new tokens, protocol `indexed`. Accuracy in %" in markdown
 
     with Image.open(paths["plot"]) as plot:
         plot.load()
@@ -142,16 +146,37 @@ def test_reports_are_written(two_models, tmp_path):
 
 
 def test_only_process_zero_writes(two_models, tmp_path, monkeypatch):
-    results, predictions = two_models
+    results, predictions, _ = two_models
     monkeypatch.setattr(report.jax, "process_index", lambda: 1)
     report.write_reports(results, predictions, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
 def test_one_benchmark_plot_size(two_models):
-    results, _ = two_models
+    results, _, _ = two_models
     single = {"protocol": results["protocol"], "models": {
         name: {**m, "benchmarks": {"shapes_eval": m["benchmarks"]["shapes_eval"]}}
         for name, m in results["models"].items()}}
     with Image.open(__import__("io").BytesIO(report.plot_png(single))) as plot:
         assert plot.size == (500, 400)
+
+
+def test_vlmevalkit_tables_are_written_beside_the_reports(two_models, tmp_path):
+    results, predictions, benches = two_models
+    paths = report.write_reports(results, predictions, str(tmp_path / "out"), benches)
+    folder = tmp_path / "out" / "vlmevalkit"
+    assert paths["vlmevalkit"] == str(folder)
+    written = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.tsv"))
+    # Four levels of the synthetic TSV per model, and R-Bench's one TSV file (high); its JSON levels have no columns.
+    assert written == sorted([f"{level}/model_{m}_shapes_eval.tsv" for level in LEVELS for m in "AB"] + [
+        "as_shipped/model_A_MCQ_high.tsv", "as_shipped/model_B_MCQ_high.tsv"])
+    text = (folder / "50%" / "model_B_shapes_eval.tsv").read_text()
+    assert text.startswith('"index"\t"question"\t"A"\t"B"\t"C"\t"D"\t"answer"\t"category"\t"prediction"\t"thinking"\n')
+    rows = list(csv.reader(io.StringIO(text), delimiter="\t"))
+    assert [row[0] for row in rows[1:]] == [str(i) for i in range(100, 112)] + ["900", "901"]  # failed rows too
+    by_index = {p["index"]: p for p in predictions if p["model"] == "model B" and p["level"] == "50%"
+                and p["benchmark"] == "shapes_eval"}
+    for fields in rows[1:]:
+        output = by_index[fields[0]]["output"]
+        assert fields[-2:] == (["", ""] if output is None else [chains.extract_block(output, "ANSWER"), output])
+    assert sum(fields[-1] == "" for fields in rows[1:]) == 2

@@ -11,7 +11,8 @@ from robust_r1_jax.eval import robust
 from robust_r1_jax.model.generate import SamplerConfig
 
 LEVELS = ["clean", "25%", "50%", "100%"]
-SETTINGS = robust.Settings(max_new_tokens=256, batch_size=5, prompt_buckets=(256, 512), patch_buckets=(16,))
+SETTINGS = robust.Settings(max_new_tokens=256, batch_size=5, prompt_buckets=(256, 512), patch_buckets=(16,),
+                          eval_protocol="indexed")  # the scripted answers are option indices
 
 
 def most_common_type(records):
