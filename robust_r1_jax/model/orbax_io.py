@@ -46,7 +46,12 @@ def save(model: Qwen25VL, path: str, *, asset_sources: Sequence[str] = (), image
             staging.rmtree()
         staging.mkdir()
     _sync(f"orbax_io.save staging {path}")
-    _fill(staging, model, asset_sources, image_processor)
+    try:
+        _fill(staging, model, asset_sources, image_processor)
+    except BaseException:
+        if jax.process_count() == 1:  # alone, nobody else is still writing into it
+            staging.rmtree(missing_ok=True)
+        raise
     _sync(f"orbax_io.save filled {path}")
     if jax.process_index() == 0:
         atomic.share_tree(str(staging))
