@@ -94,7 +94,7 @@ def carry_over(dst: str, sources: Sequence[str], config: ModelConfig, image_proc
 def folder_contents(directory: str) -> dict[str, list[str]]:
     """What a model folder holds, by kind: ``weights`` (safetensors files and index, or orbax ``params/``),
     ``tokenizer``, ``processor``, ``generation`` and ``other``; empty kinds are left out."""
-    kinds: dict[str, list[str]] = {}
+    kinds: dict[str, list[str]] = {kind: [] for kind in ("weights", "tokenizer", "processor", "generation", "other")}
     for name in sorted(os.listdir(directory)):
         if name.startswith("."):
             continue
@@ -108,5 +108,5 @@ def folder_contents(directory: str) -> dict[str, list[str]]:
             kind = "generation"
         else:
             kind = "other"
-        kinds.setdefault(kind, []).append(name + ("/" if os.path.isdir(os.path.join(directory, name)) else ""))
-    return kinds
+        kinds[kind].append(name + ("/" if os.path.isdir(os.path.join(directory, name)) else ""))
+    return {kind: names for kind, names in kinds.items() if names}
