@@ -33,6 +33,10 @@ def _first_with(sources: Sequence[str], test) -> str | None:
     return next((s for s in sources if test(s)), None)
 
 
+def _holds(name: str):
+    return lambda directory: os.path.isfile(os.path.join(directory, name))
+
+
 def _copy_group(source: str | None, names: Iterable[str], dst: str) -> list[str]:
     copied = []
     for name in names if source else ():
@@ -76,16 +80,17 @@ def carry_over(dst: str, sources: Sequence[str], config: ModelConfig, image_proc
     """
     sources = [s for s in sources if s and "://" not in s and os.path.isdir(s)]
     written = _copy_group(_first_with(sources, has_tokenizer), TOKENIZER_FILES, dst)
-    is_processor = lambda s: os.path.isfile(os.path.join(s, PREPROCESSOR_FILE))  # noqa: E731
-    written += _copy_group(_first_with(sources, is_processor), PROCESSOR_FILES, dst)
+    written += _copy_group(_first_with(sources, _holds(PREPROCESSOR_FILE)), PROCESSOR_FILES, dst)
     if image_processor is not None:
         path = os.path.join(dst, PREPROCESSOR_FILE)
-        base = json.load(open(path)) if os.path.isfile(path) else None
+        base = None
+        if os.path.isfile(path):
+            with open(path) as f:
+                base = json.load(f)
         with open(path, "w") as f:
             json.dump(preprocessor_config(image_processor, base), f, indent=2)
         written.append(PREPROCESSOR_FILE)
-    is_generation = lambda s: os.path.isfile(os.path.join(s, GENERATION_FILE))  # noqa: E731
-    if not _copy_group(_first_with(sources, is_generation), (GENERATION_FILE,), dst):
+    if not _copy_group(_first_with(sources, _holds(GENERATION_FILE)), (GENERATION_FILE,), dst):
         with open(os.path.join(dst, GENERATION_FILE), "w") as f:
             json.dump(generation_config(config), f, indent=2)
     return sorted(set(written) | {GENERATION_FILE})

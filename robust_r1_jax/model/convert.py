@@ -83,8 +83,9 @@ def default_inspect_config() -> ml_collections.ConfigDict:
 def run_convert(config) -> None:
     c = config.convert
     direction = convert(c.src, c.dst, c.dtype)
-    held = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in assets.folder_contents(c.dst).items())
-    print(f"converted {c.src} -> {c.dst} ({direction}); {c.dst} holds {held}")
+    print(f"converted {c.src} -> {c.dst} ({direction})")
+    if os.path.isdir(c.dst):  # a local folder (an object store is not listed)
+        print("; ".join(f"{kind}: {', '.join(names)}" for kind, names in assets.folder_contents(c.dst).items()))
 
 
 def run_inspect(config) -> None:
