@@ -2,7 +2,9 @@
 
 python -m robust_r1_jax.main --config=configs/synth.py --config.workdir=runs/synth
 python -m robust_r1_jax.main --config=configs/sft_tiny.py \
-    --config.data.dataset_dir=runs/synth/tfds/robust_r1/1.0.0 --config.data.tokenizer=runs/demo/tokenizer
+    --config.data.dataset_dir=runs/synth/tfds --config.data.tokenizer=runs/demo/tokenizer
+
+``dataset_dir`` is synth's data folder or the versioned dataset folder below it (runs/synth/tfds/robust_r1/1.0.0).
 """
 from robust_r1_jax.train.sft import default_config
 

@@ -1,10 +1,10 @@
 """Atomic writes of files and directories: a reader sees the old version or the new one, never half of one.
 
 A file is written under a temporary name in its own directory (so the rename never crosses file systems),
-flushed and fsynced (so a crash after the rename cannot leave a renamed but empty file), given ``FILE_MODE``,
-then renamed over the target. A directory is filled beside its target under a temporary name, then swapped in
-by rename; the old directory is first moved aside (a rename cannot replace a non-empty directory) and deleted
-after. Any failure removes the temporary file or directory and leaves the old target as it was.
+flushed and fsynced (so a crash after the rename cannot leave a renamed but empty file), given the mode
+``open()`` would have given it (``file_mode()``: 0644 under the usual umask 022), then renamed over the target.
+A directory is filled beside its target under a temporary name, then swapped in by rename; the old directory is
+first moved aside (a rename cannot replace a non-empty directory) and deleted after. Any failure removes the temporary file or directory and leaves the old target as it was.
 
 Usage::
 
@@ -23,9 +23,34 @@ import shutil
 import tempfile
 from typing import IO, Callable, Iterator
 
-# mkstemp / mkdtemp create 0600 / 0700 entries; outputs are meant to be shared like ones open() / mkdir() make.
-FILE_MODE = 0o644
-DIR_MODE = 0o755
+# mkstemp / mkdtemp create 0600 / 0700 entries; outputs are meant to be shared like ones open() / mkdir() make,
+# so they get those modes: 0666 / 0777 less the process's umask.
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put the old one straight back
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0666 less the umask (0644 under umask 022)."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """The mode ``os.mkdir()`` gives a new directory: 0777 less the umask (0755 under umask 022)."""
+    return 0o777 & ~_umask()
+
+
+def share_tree(directory: str | os.PathLike) -> None:
+    """Gives ``directory`` and everything under it the modes ``open()`` / ``mkdir()`` would have given them
+    (writers such as safetensors and tempfile create 0600 / 0700 entries)."""
+    files, dirs = file_mode(), dir_mode()
+    os.chmod(directory, dirs)
+    for root, subdirs, names in os.walk(directory):
+        for name in subdirs:
+            os.chmod(os.path.join(root, name), dirs)
+        for name in names:
+            os.chmod(os.path.join(root, name), files)
 
 
 def _parent(path: str | os.PathLike) -> str:
@@ -47,7 +72,7 @@ def open_for_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> I
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(temporary, FILE_MODE)
+        os.chmod(temporary, file_mode())
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -68,20 +93,35 @@ def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> N
 
 def replace_dir(path: str | os.PathLike, fill: Callable[[str], object]) -> None:
     """``fill(staging)`` writes a sibling directory of ``path`` that then replaces ``path`` by rename. If
-    ``fill`` raises, ``path`` is left as it was and the staging directory is removed."""
+    ``fill`` raises, ``path`` is left as it was and the staging directory is removed. The staging directory
+    gets ``dir_mode()``; what ``fill`` writes keeps its own modes."""
     target = os.path.abspath(path)
     parent, name = _parent(target), os.path.basename(target)
     staging = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
     try:
         fill(staging)
-        os.chmod(staging, DIR_MODE)
-        if os.path.exists(target):
-            retired = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
-            os.replace(target, os.path.join(retired, name))
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        os.chmod(staging, dir_mode())
+        swap_dir(staging, target)
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def swap_dir(staging: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Moves the complete directory ``staging`` to ``path`` (a sibling, same file system), replacing what was
+    there. The old directory is moved aside first (a rename cannot replace a non-empty directory), so ``path``
+    is missing only between two renames, never half written; the old one is deleted after."""
+    target = os.path.abspath(path)
+    parent, name = _parent(target), os.path.basename(target)
+    if not os.path.exists(target):
+        os.replace(staging, target)
+        return
+    retired = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+    os.replace(target, os.path.join(retired, name))
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(os.path.join(retired, name), target)  # put the old one back
+        shutil.rmtree(retired, ignore_errors=True)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)

@@ -27,7 +27,7 @@ def test_write_text_and_bytes_create_replace_and_leave_nothing_else(tmp_path):
     atomic.write_bytes(str(target), b"\x00second")
     assert target.read_bytes() == b"\x00second"
     assert entries(target.parent) == ["report.md"]
-    assert mode(target) == atomic.FILE_MODE
+    assert mode(target) == atomic.file_mode()
 
 
 def test_open_for_write_passes_the_open_arguments(tmp_path):
@@ -74,7 +74,7 @@ def test_replace_dir_creates_then_swaps_a_whole_directory(tmp_path):
     target = tmp_path / "tokenizer"
     atomic.replace_dir(target, fill_with({"a.json": "1", "b.json": "2"}))
     assert entries(target) == ["a.json", "b.json"] and (target / "a.json").read_text() == "1"
-    assert mode(target) == atomic.DIR_MODE
+    assert mode(target) == atomic.dir_mode()
     atomic.replace_dir(str(target), fill_with({"c.json": "3"}))
     assert entries(target) == ["c.json"]  # the old directory's files are gone with it, not merged
     assert entries(tmp_path) == ["tokenizer"]
@@ -92,3 +92,30 @@ def test_a_failing_fill_leaves_the_old_directory_intact(tmp_path):
         atomic.replace_dir(target, fail)
     assert entries(target) == ["a.json"] and (target / "a.json").read_text() == "old"
     assert entries(tmp_path) == ["tokenizer"]
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
+
+def test_modes_are_what_open_and_mkdir_give_under_the_umask(tmp_path, umask_027):
+    atomic.write_text(tmp_path / "a.txt", "x")
+    atomic.replace_dir(tmp_path / "d", fill_with({"b.json": "1"}))
+    (tmp_path / "d" / "sub").mkdir()
+    os.chmod(tmp_path / "d" / "b.json", 0o600)   # what safetensors' writer leaves
+    atomic.share_tree(tmp_path / "d")
+    assert (mode(tmp_path / "a.txt"), mode(tmp_path / "d"), mode(tmp_path / "d" / "sub"),
+            mode(tmp_path / "d" / "b.json")) == (0o640, 0o750, 0o750, 0o640)
+    assert os.umask(0o027) == 0o027  # reading the umask left it as it was
+
+
+def test_swap_dir_replaces_a_complete_directory(tmp_path):
+    atomic.replace_dir(tmp_path / "model", fill_with({"old.json": "1"}))
+    staging = tmp_path / ".model.staging"
+    staging.mkdir()
+    fill_with({"new.json": "2"})(staging)
+    atomic.swap_dir(staging, tmp_path / "model")
+    assert entries(tmp_path) == ["model"] and entries(tmp_path / "model") == ["new.json"]

@@ -25,6 +25,7 @@ index), ``chain``, ``rationales``, ``degradation_types``, ``degradation_intensit
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import itertools
 import logging
@@ -238,12 +239,31 @@ def write_dataset(
     return target
 
 
+def find_dataset_dir(path: str) -> str:
+    """The versioned dataset folder (the one holding ``dataset_info.json``) that ``path`` is or lies above: a
+    ``write_dataset`` data_dir (``<data_dir>/robust_r1/1.0.0``) or the dataset's name folder are accepted too.
+    FileNotFoundError naming ``path`` when there is none, ValueError when there are several."""
+    if "://" in path or os.path.isfile(os.path.join(path, "dataset_info.json")):
+        return path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"dataset_dir {path} does not exist")
+    found = sorted(os.path.dirname(f) for pattern in ("*/dataset_info.json", "*/*/dataset_info.json")
+                   for f in glob.glob(os.path.join(glob.escape(path), pattern)))
+    if not found:
+        raise FileNotFoundError(f"dataset_dir {path} holds no TFDS dataset (no dataset_info.json in it or in the "
+                                f"two folder levels below); build one with configs/synth.py")
+    if len(found) > 1:
+        raise ValueError(f"dataset_dir {path} holds {len(found)} datasets, name one: {', '.join(found)}")
+    return found[0]
+
+
 def data_source(path: str, split: str, decode_images: bool = True):
-    """A random-access tfds data source (what grain reads) for a dataset directory.
+    """A random-access tfds data source (what grain reads) for a dataset directory (``find_dataset_dir``).
 
     ``ValueError`` naming the splits the dataset has when ``split`` is not one of them (a train-only
     dataset has no ``validation``).
     """
+    path = find_dataset_dir(path)
     builder = tfds.builder_from_directory(path)
     missing = [name for name in (part.split("[")[0].strip() for part in split.split("+"))
                if name not in builder.info.splits]  # tfds split syntax: "train+validation[:10]"

@@ -34,7 +34,7 @@ from robust_r1_jax.data import chains
 from robust_r1_jax.eval import answers, defaults, inference, report
 from robust_r1_jax.eval.inference import Completion, ModelSpec
 from robust_r1_jax.model import generate as gen
-from robust_r1_jax.model import sampling
+from robust_r1_jax.model import loading, sampling
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -197,7 +197,8 @@ def run(config, out: TextIO = sys.stdout) -> list[dict] | Completion:
     if config.image and not config.question:
         raise ValueError("--config.question=... is required with --config.image")
     spec = model_spec(config)
-    processor = inference.load_processor(spec, int(config.min_pixels), int(config.max_pixels))
+    processor = loading.load_processor(spec.tokenizer_path or spec.path, min_pixels=int(config.min_pixels),
+                                       max_pixels=int(config.max_pixels), name=spec.name, field="--config.tokenizer")
     model = inference.load_model(spec.path, str(config.dtype))
     inference.check_pairing(model, processor, spec.name)
     sampler_config = inference.sampler_config(model, processor, **sampling.sampler_settings(config.sampling))

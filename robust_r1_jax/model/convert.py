@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
 
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from robust_r1_jax.model import hf, loading, orbax_io
+from robust_r1_jax.model import assets, hf, loading, orbax_io
 
 
-def convert(src: str, dst: str, dtype: str = "float32") -> str:
-    """HF -> orbax, or orbax (a model or training checkpoint) -> HF, decided by what ``src`` holds. Returns the
-    direction taken."""
+def convert(src: str, dst: str, dtype: str = "") -> str:
+    """HF -> orbax, or orbax (a model or training checkpoint) -> HF, decided by what ``src`` holds. ``dtype``
+    ("": the dtype ``src`` stores) is the stored dtype of ``dst``. Either way ``dst`` is a complete model folder:
+    the tokenizer, chat template, processor and generation configs are carried over (``loading.asset_sources``),
+    and an existing ``dst`` is replaced only once the new folder is complete. Returns the direction taken."""
     if not src or not dst:
         raise ValueError("convert needs both config.convert.src and config.convert.dst")
-    model = loading.load_model(src, dtype=dtype)
+    model = loading.load_model(src, dtype=dtype or None)
+    sources = loading.asset_sources(src)
     if loading.is_hf_dir(src):
-        orbax_io.save(model, dst)
+        orbax_io.save(model, dst, asset_sources=sources)
         return "hf->orbax"
-    hf.save(model, dst)
+    hf.save(model, dst, asset_sources=sources)
     return "orbax->hf"
 
 
@@ -33,13 +37,25 @@ def parameter_counts(model) -> dict[str, int]:
 
 
 def describe(path: str) -> str:
-    """The checkpoint's model config and parameter counts, without reading its weights."""
+    """The checkpoint's layout, stored dtype, files by kind, model config and parameter counts, without reading
+    its weights."""
     config = loading.read_config(path)
     abstract = nnx.eval_shape(lambda: _build(config))
     counts = parameter_counts(abstract)
-    lines = [f"checkpoint: {path}", "config:", json.dumps(config.to_dict(), indent=2), "parameters:"]
+    lines = [f"checkpoint: {path}", f"layout: {_layout(path)}", f"stored dtype: {config.param_dtype}", "holds:"]
+    lines += [f"  {kind:>10}: {', '.join(names)}" for kind, names in assets.folder_contents(path).items()]
+    lines += ["config:", json.dumps(config.to_dict(), indent=2), "parameters:"]
     lines += [f"  {k:>9}: {v:,} ({v / 1e9:.3f}B)" for k, v in counts.items()]
     return "\n".join(lines)
+
+
+def _layout(path: str) -> str:
+    if loading.is_hf_dir(path):
+        return "Hugging Face (config.json + safetensors)"
+    if loading.is_training_checkpoint(path):
+        steps = sorted(int(n) for n in os.listdir(path) if n.isdigit())
+        return f"training checkpoint folder (steps {', '.join(map(str, steps))}; the newest is read)"
+    return "orbax model (model_config.json + params/)"
 
 
 def _build(config):
@@ -48,10 +64,11 @@ def _build(config):
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The ``convert`` mode: ``src`` (HF directory, orbax model or training checkpoint) -> ``dst``."""
+    """The ``convert`` mode: ``src`` (HF directory, orbax model or training checkpoint) -> ``dst``, stored in
+    ``dtype`` ("" keeps the source's, e.g. bfloat16 for the released Qwen2.5-VL weights)."""
     c = ml_collections.ConfigDict()
     c.mode = "convert"
-    c.convert = ml_collections.ConfigDict(dict(src="", dst="", dtype="float32"))
+    c.convert = ml_collections.ConfigDict(dict(src="", dst="", dtype=""))
     return c
 
 
@@ -67,6 +84,8 @@ def run_convert(config) -> None:
     c = config.convert
     direction = convert(c.src, c.dst, c.dtype)
     print(f"converted {c.src} -> {c.dst} ({direction})")
+    if os.path.isdir(c.dst):  # a local folder (an object store is not listed)
+        print("; ".join(f"{kind}: {', '.join(names)}" for kind, names in assets.folder_contents(c.dst).items()))
 
 
 def run_inspect(config) -> None:

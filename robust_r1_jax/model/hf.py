@@ -2,8 +2,8 @@
 
 ``load`` streams tensor by tensor into an abstract (shape-only) model, each tensor converted to the target
 dtype and, when a mesh is given, placed straight into its sharding; no full fp32 copy of the model is ever
-held on the host. ``save`` writes the layout transformers writes (``visual.*``, ``model.*``, ``lm_head``),
-to a temporary directory renamed into place.
+held on the host. ``save`` writes the layout transformers writes (``visual.*``, ``model.*``, ``lm_head``)
+with the source's tokenizer, processor and generation configs, to a temporary directory renamed into place.
 """
 from __future__ import annotations
 
@@ -11,17 +11,18 @@ import dataclasses
 import json
 import os
 import re
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from huggingface_hub import split_state_dict_into_shards_factory
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from robust_r1_jax import atomic, parallel
-from robust_r1_jax.model import stacking
+from robust_r1_jax.model import assets, stacking
 from robust_r1_jax.model.config import ModelConfig, resolve_dtype
 from robust_r1_jax.model.vlm import Qwen25VL
 
@@ -172,6 +173,25 @@ def weight_files(path: str) -> dict[str, str]:
         return {k: single for k in f.keys()}
 
 
+def stored_dtype(path: str) -> str:
+    """The dtype the folder's floating-point tensors are stored in (read from the safetensors headers, not from
+    ``config.json``, which may say otherwise); the most common one when they differ, by tensor count."""
+    counts: dict[str, int] = {}
+    files = weight_files(path)
+    for file in sorted(set(files.values())):
+        with safe_open(file, framework="numpy") as f:
+            for name in f.keys():
+                kind = f.get_slice(name).get_dtype()
+                counts[kind] = counts.get(kind, 0) + 1
+    floating = {k: n for k, n in counts.items() if k.startswith(("F", "BF"))} or counts
+    return _SAFETENSORS_DTYPES.get(max(floating, key=floating.get), "float32")
+
+
+# safetensors header dtype -> numpy / JAX name
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                       "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
 def abstract_model(config: ModelConfig) -> Qwen25VL:
     return nnx.eval_shape(lambda: Qwen25VL(config, rngs=nnx.Rngs(0)))
 
@@ -302,39 +322,42 @@ def hf_name_for(ours: str) -> str:
     raise KeyError(f"no Hugging Face name for parameter {ours}")
 
 
-def save(model: Qwen25VL, path: str, *, max_shard_bytes: int = 4 << 30, dtype=None) -> None:
-    """Writes config.json and safetensors (sharded with an index above ``max_shard_bytes``) atomically."""
-    out_dtype = None if dtype is None else jnp.dtype(resolve_dtype(dtype))
+# transformers' save_pretrained shards at 50GB since v5; the hub's own default (and most hub checkpoints, the
+# Qwen2.5-VL ones included) at 5GB, which also keeps single files under object stores' upload limits.
+MAX_SHARD_SIZE = "5GB"
+
+
+def save(model: Qwen25VL, path: str, *, max_shard_size: int | str = MAX_SHARD_SIZE, dtype=None,
+         asset_sources: Sequence[str] = (), image_processor=None) -> None:
+    """Writes a complete Hugging Face model folder at ``path``: ``config.json`` (with ``dtype``), the weights as
+    ``model.safetensors`` or, above ``max_shard_size`` (bytes or "5GB"), shards plus
+    ``model.safetensors.index.json`` split as ``save_pretrained`` splits them (huggingface_hub's splitter), and the
+    tokenizer, chat template, processor and generation configs carried over from ``asset_sources``
+    (``model.assets.carry_over``). ``dtype`` (None: the model's parameter dtype) is the stored dtype.
+
+    The folder is filled beside ``path`` and renamed into place (``atomic.replace_dir``): an existing folder stays
+    whole and loadable until the new one is complete. Files get the modes ``open()`` gives (0644 under umask 022).
+    """
+    out_dtype = jnp.dtype(resolve_dtype(model.config.param_dtype if dtype is None else dtype))
 
     def fill(tmp: str) -> None:
-        shards, current, size = [], {}, 0
-        for name, value in hf_tensors(model):
-            if out_dtype is not None:
-                value = value.astype(out_dtype)
-            if current and size + value.nbytes > max_shard_bytes:
-                shards.append(current)
-                current, size = {}, 0
-            current[name] = np.ascontiguousarray(value)
-            size += value.nbytes
-        shards.append(current)
-        meta = {"format": "pt"}
-        if len(shards) == 1:
-            save_file(shards[0], os.path.join(tmp, "model.safetensors"), metadata=meta)
-        else:
-            weight_map, total = {}, 0
-            for i, shard in enumerate(shards):
-                fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                save_file(shard, os.path.join(tmp, fname), metadata=meta)
-                weight_map.update({k: fname for k in shard})
-                total += sum(v.nbytes for v in shard.values())
-            with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
-                json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-        hf_config = model.config.to_hf()
-        hf_config["torch_dtype"] = (out_dtype or jnp.dtype(resolve_dtype(model.config.param_dtype))).name
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(hf_config, f, indent=2)
-        for name in os.listdir(tmp):   # safetensors writes 0600; an exported model is for every reader
-            os.chmod(os.path.join(tmp, name), atomic.FILE_MODE)
+        tensors = {name: np.ascontiguousarray(value.astype(out_dtype)) for name, value in hf_tensors(model)}
+        split = split_state_dict_into_shards_factory(tensors, get_storage_size=lambda a: a.nbytes,
+                                                     filename_pattern="model{suffix}.safetensors",
+                                                     max_shard_size=max_shard_size)
+        for filename, names in split.filename_to_tensors.items():
+            save_file({n: tensors[n] for n in names}, os.path.join(tmp, filename), metadata={"format": "pt"})
+        if split.is_sharded:
+            index = {"metadata": {**split.metadata, "total_size": sum(a.nbytes for a in tensors.values())},
+                     "weight_map": dict(sorted(split.tensor_to_filename.items()))}
+            _write_json(os.path.join(tmp, "model.safetensors.index.json"), index)
+        _write_json(os.path.join(tmp, "config.json"), {**model.config.to_hf(), "dtype": out_dtype.name})
+        assets.carry_over(tmp, asset_sources, model.config, image_processor)
+        atomic.share_tree(tmp)  # safetensors writes 0600: an exported model is for every reader
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic.replace_dir(path, fill)
+
+
+def _write_json(path: str, value: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2)

@@ -11,6 +11,7 @@ A model directory is one of three layouts, told apart by its files:
 """
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -19,7 +20,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from robust_r1_jax import parallel
-from robust_r1_jax.model import hf, orbax_io, stacking
+from robust_r1_jax.model import assets, hf, orbax_io, stacking
 from robust_r1_jax.model.config import ModelConfig
 from robust_r1_jax.model.processor import ImageProcessor, Processor, load_tokenizer
 from robust_r1_jax.model.vlm import Qwen25VL
@@ -27,6 +28,10 @@ from robust_r1_jax.model.vlm import Qwen25VL
 # The items of one training checkpoint step, and the two parameter halves inside its train state.
 STATE, DATA, META = "state", "data", "meta"
 PARAMETER_HALVES = ("trainable", "frozen")
+
+# A tokenizer folder needs one of these besides tokenizer_config.json: a fast tokenizer, a byte-level BPE's
+# vocabulary (merges.txt beside it) or a sentencepiece model.
+TOKENIZER_VOCABULARIES = ("tokenizer.json", "vocab.json", "tokenizer.model")
 
 # Special token -> the model config field that must hold its id (small presets take them from the tokenizer).
 TOKEN_FIELDS = {"<|image_pad|>": "image_token_id", "<|vision_start|>": "vision_start_token_id",
@@ -51,29 +56,54 @@ def is_training_checkpoint(path: str) -> bool:
 
 
 def read_config(path: str) -> ModelConfig:
-    """The model config of any of the three layouts, without reading weights."""
+    """The model config of any of the three layouts, without reading weights; ``param_dtype`` is the dtype the
+    weights are stored in (for a Hugging Face folder: its safetensors headers)."""
     if is_hf_dir(path):
-        return ModelConfig.from_hf(hf.read_config(path))
+        stored = hf.stored_dtype(path)
+        return ModelConfig.from_hf(hf.read_config(path), param_dtype=stored, dtype=stored)
     if is_training_checkpoint(path):
-        manager = ocp.CheckpointManager(os.path.abspath(path), item_names=(STATE, DATA, META))
-        try:
-            return _saved_config(manager, manager.latest_step(), path)
-        finally:
-            manager.close()
+        return _training_meta(path)[0]
     return orbax_io.read_config(path)
+
+
+def asset_sources(path: str) -> tuple[str, ...]:
+    """The folders to take a model's tokenizer, processor and generation configs from, in order of preference
+    (``model.assets.carry_over``): the folder itself, or for a training checkpoint folder the run's exported
+    ``model/`` beside it, then the run's ``data.tokenizer`` and ``model.init_from`` as its saved config names them."""
+    if not is_training_checkpoint(path):
+        return (path,)
+    run_config = _training_meta(path)[1]
+    named = [run_config.get("data", {}).get("tokenizer", ""), run_config.get("model", {}).get("init_from", "")]
+    exported = os.path.join(os.path.dirname(os.path.abspath(path)), "model")
+    return tuple(p for p in (exported, *named) if p)
+
+
+def _training_meta(path: str) -> tuple[ModelConfig, dict]:
+    """The newest step's model config and run config (a dict; empty when it was not saved as JSON)."""
+    manager = ocp.CheckpointManager(os.path.abspath(path), item_names=(STATE, DATA, META))
+    try:
+        step = manager.latest_step()
+        meta = _saved_meta(manager, step, path)
+    finally:
+        manager.close()
+    try:
+        run_config = json.loads(meta.get("config") or "{}")
+    except (TypeError, json.JSONDecodeError):
+        run_config = {}
+    return ModelConfig.from_dict(meta["model_config"]), run_config if isinstance(run_config, dict) else {}
 
 
 # ---- models -------------------------------------------------------------------------------------------------------
 def load_model(path: str, dtype: str | None = "float32", *, mesh: jax.sharding.Mesh | None = None,
                step: int | None = None) -> Qwen25VL:
-    """The model in ``path`` (any of the three layouts), parameters and compute in ``dtype`` (None: as saved),
+    """The model in ``path`` (any of the three layouts), parameters and compute in ``dtype`` (None: as stored),
     placed on ``mesh`` by the logical-axis rules (None: this process's first device). ``step`` picks a training
     checkpoint's step (default: the newest). FileNotFoundError when ``path`` holds none of the layouts."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model directory not found: {path}")
     overrides = {} if dtype is None else dict(param_dtype=jnp.dtype(dtype).name, dtype=jnp.dtype(dtype).name)
     if is_hf_dir(path):
-        return hf.load(path, dtype=dtype or "float32", mesh=mesh)
+        return hf.load(path, dtype=dtype or hf.stored_dtype(path), mesh=mesh)
     if is_orbax_model(path):
         return orbax_io.restore(path, mesh=mesh, **overrides)
     if is_training_checkpoint(path):
@@ -82,11 +112,14 @@ def load_model(path: str, dtype: str | None = "float32", *, mesh: jax.sharding.M
                             f"checkpoint ({orbax_io.CONFIG_FILE}) nor a training checkpoint folder")
 
 
-def _saved_config(manager: ocp.CheckpointManager, step: int | None, path: str) -> ModelConfig:
+def _saved_meta(manager: ocp.CheckpointManager, step: int | None, path: str) -> dict:
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {path}")
-    meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
-    return ModelConfig.from_dict(meta["model_config"])
+    return manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+
+
+def _saved_config(manager: ocp.CheckpointManager, step: int | None, path: str) -> ModelConfig:
+    return ModelConfig.from_dict(_saved_meta(manager, step, path)["model_config"])
 
 
 def _restore_training_model(path: str, step: int | None, mesh, overrides: dict) -> Qwen25VL:
@@ -143,12 +176,20 @@ def _mesh_of(model: Qwen25VL) -> jax.sharding.Mesh | None:
 
 
 # ---- tokenizer and image settings ---------------------------------------------------------------------------------
-def load_processor(directory: str, *, min_pixels: int = 0, max_pixels: int = 0, name: str = "") -> Processor:
+def load_processor(directory: str, *, min_pixels: int = 0, max_pixels: int = 0, name: str = "",
+                   field: str = "") -> Processor:
     """The tokenizer of ``directory`` with its image settings (``preprocessor_config.json``, else Qwen2-VL's);
-    a nonzero ``min_pixels`` / ``max_pixels`` overrides the directory's. ``name`` labels the error."""
-    if not any(os.path.isfile(os.path.join(directory, f)) for f in ("tokenizer_config.json", "tokenizer.json")):
-        owner = f" (model {name!r})" if name else ""
-        raise FileNotFoundError(f"no tokenizer (tokenizer.json or tokenizer_config.json) in {directory}{owner}")
+    a nonzero ``min_pixels`` / ``max_pixels`` overrides the directory's. ``name`` labels the error and ``field``
+    (e.g. ``--config.data.tokenizer``) is the setting it tells the user to set. FileNotFoundError when the folder
+    holds no tokenizer or only a ``tokenizer_config.json`` without the vocabulary files it needs."""
+    owner = f" (model {name!r})" if name else ""
+    hint = f"; set {field} to a folder that holds the model's tokenizer" if field else ""
+    if not assets.has_tokenizer(directory):
+        raise FileNotFoundError(f"no tokenizer (tokenizer.json or tokenizer_config.json) in {directory}{owner}{hint}")
+    if not any(os.path.isfile(os.path.join(directory, f)) for f in TOKENIZER_VOCABULARIES):
+        # transformers would try to convert a slow tokenizer and blame missing sentencepiece / tiktoken.
+        raise FileNotFoundError(f"{directory}{owner} has tokenizer_config.json but none of the vocabulary files "
+                                f"it needs ({', '.join(TOKENIZER_VOCABULARIES)}){hint}")
     overrides = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
     return Processor(load_tokenizer(directory), ImageProcessor.from_pretrained(directory, **overrides))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Sequence
 
 import jax
 import orbax.checkpoint as ocp
@@ -13,7 +14,7 @@ from etils import epath
 from flax import nnx
 
 from robust_r1_jax import atomic, parallel
-from robust_r1_jax.model import stacking
+from robust_r1_jax.model import assets, stacking
 from robust_r1_jax.model.config import ModelConfig
 from robust_r1_jax.model.vlm import Qwen25VL
 
@@ -25,19 +26,54 @@ def _path(path: str) -> epath.Path:
     return epath.Path(path if "://" in str(path) else os.path.abspath(path))
 
 
-def save(model: Qwen25VL, path: str) -> None:
-    """Writes ``path/params`` (orbax, every process takes part) and ``path/model_config.json`` (process 0);
-    orbax commits atomically."""
+def save(model: Qwen25VL, path: str, *, asset_sources: Sequence[str] = (), image_processor=None) -> None:
+    """Writes the model folder ``path``: ``params/`` (orbax, every process takes part), ``model_config.json`` and
+    the tokenizer, processor and generation configs carried over from ``asset_sources``
+    (``model.assets.carry_over``; process 0 writes the small files).
+
+    A local folder is filled under a staging name beside ``path`` and renamed into place when complete, so an
+    existing model there stays whole and loadable until then (a kill mid-export leaves the old one). An object
+    store (gs://...) has no rename: there orbax replaces ``params/`` and the small files follow.
+    """
     root = _path(path)
+    if "://" in str(root):
+        _fill(root, model, asset_sources, image_processor)
+        return
+    staging = root.parent / f".{root.name}.staging"  # one name every process agrees on
+    if jax.process_index() == 0:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        if staging.exists():  # left by an export that was killed
+            staging.rmtree()
+        staging.mkdir()
+    _sync(f"orbax_io.save staging {path}")
+    try:
+        _fill(staging, model, asset_sources, image_processor)
+    except BaseException:
+        if jax.process_count() == 1:  # alone, nobody else is still writing into it
+            staging.rmtree(missing_ok=True)
+        raise
+    _sync(f"orbax_io.save filled {path}")
+    if jax.process_index() == 0:
+        atomic.share_tree(str(staging))
+        atomic.swap_dir(str(staging), str(root))
+    _sync(f"orbax_io.save {path}")  # no process reads the model before it is in place
+
+
+def _fill(root: epath.Path, model: Qwen25VL, asset_sources: Sequence[str], image_processor) -> None:
     root.mkdir(parents=True, exist_ok=True)
     _, state = nnx.split(model, nnx.Param)
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(root / "params", nnx.to_pure_dict(state), force=True)
     if jax.process_index() == 0:  # one writer: the others would only write the same bytes again
         _write_config(root, json.dumps(model.config.to_dict(), indent=2))
-    if jax.process_count() > 1:  # no process reads the model before its config is written
+        if "://" not in str(root):
+            assets.carry_over(str(root), asset_sources, model.config, image_processor)
+
+
+def _sync(tag: str) -> None:
+    if jax.process_count() > 1:
         from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(f"orbax_io.save {path}")
+        multihost_utils.sync_global_devices(tag)
 
 
 def _write_config(root: epath.Path, text: str) -> None:

@@ -59,7 +59,8 @@ def load_processor(config):
                          f"directory, an exported model or a training checkpoint to start from")
     if not path:
         raise ValueError("config.data.tokenizer (a tokenizer directory) is required when model.init_from is empty")
-    return loading.load_processor(path, min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels)
+    return loading.load_processor(path, min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels,
+                                  field="--config.data.tokenizer")
 
 
 def build_model(config, processor, mesh) -> Qwen25VL:
@@ -198,6 +199,7 @@ class Run:
         self.checkpointer.wait()
         if self.config.train.export_model:
             self.model_dir = os.path.join(self.workdir, "model")
-            orbax_io.save(self.model(state), self.model_dir)
+            orbax_io.save(self.model(state), self.model_dir, image_processor=self.processor.image_processor,
+                          asset_sources=(self.config.data.tokenizer, self.config.model.init_from))
         return dict(start_step=self.start, final_step=self.config.train.steps, workdir=self.workdir,
                     model_dir=self.model_dir)

@@ -56,7 +56,7 @@ def test_untied_head_and_sharded_files(tmp_path, scan):
     ours = hf.load(src, config_overrides={"scan_layers": scan})
     assert ours.language.lm_head is not None
     out = str(tmp_path / "sharded")
-    hf.save(ours, out, max_shard_bytes=64 * 1024)  # shards split inside a stacked parameter's layers
+    hf.save(ours, out, max_shard_size=64 * 1024)  # shards split inside a stacked parameter's layers
     index = json.load(open(os.path.join(out, "model.safetensors.index.json")))
     assert len(set(index["weight_map"].values())) > 1
     assert "scan_layers" not in json.load(open(os.path.join(out, "config.json")))
@@ -106,7 +106,7 @@ def test_missing_shard_is_reported(checkpoint, tmp_path):
     _, _, path, _ = checkpoint
     model = hf.load(path)
     out = str(tmp_path / "sharded")
-    hf.save(model, out, max_shard_bytes=32 * 1024)
+    hf.save(model, out, max_shard_size=32 * 1024)
     shard = sorted(f for f in os.listdir(out) if f.endswith(".safetensors"))[1]
     os.remove(os.path.join(out, shard))
     with pytest.raises(FileNotFoundError, match=shard):

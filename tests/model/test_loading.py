@@ -86,3 +86,28 @@ def test_a_training_checkpoint_loads_in_its_layer_layout(hf_dir, tmp_path, scan)
     assert restored.config.scan_layers == scan
     ids = np.arange(6)[None]
     np.testing.assert_array_equal(np.asarray(restored(ids)), np.asarray(model(ids)))
+
+
+def test_a_missing_tokenizer_names_the_field_to_set(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer .* in .*; set --config.tokenizer to a folder that "
+                                                r"holds the model's tokenizer"):
+        loading.load_processor(str(tmp_path), field="--config.tokenizer")
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"has tokenizer_config.json but none of the vocabulary files it "
+                                                r"needs \(tokenizer.json, vocab.json, tokenizer.model\); set "
+                                                r"--config.data.tokenizer"):
+        loading.load_processor(str(tmp_path), field="--config.data.tokenizer")
+
+
+def test_generate_and_grpo_name_their_tokenizer_field(hf_dir):
+    from robust_r1_jax.eval import generate
+    from robust_r1_jax.rl import grpo
+    from robust_r1_jax.train import run
+    config = generate.default_config()
+    config.checkpoint, config.image, config.question = hf_dir, "photo.png", "what is it?"
+    with pytest.raises(FileNotFoundError, match=r"\(model 'tiny'\); set --config.tokenizer to"):
+        generate.run(config)
+    config = grpo.default_config()
+    config.model.init_from, config.data.tokenizer = hf_dir, ""
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer .*; set --config.data.tokenizer to"):
+        run.load_processor(config)
