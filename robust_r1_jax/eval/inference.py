@@ -39,6 +39,8 @@ class ModelSpec:
 class Completion:
     text: str
     num_tokens: int  # generated tokens, the stop token included
+    seconds: float | None = None  # wall time of a streamed completion, prefill included
+    first_token_seconds: float | None = None  # from the call to the first token (prefill + first sample)
 
 
 def load_processor(spec: ModelSpec, min_pixels: int = 0, max_pixels: int = 0) -> Processor:
