@@ -143,9 +143,10 @@ def encode_prompt(processor: Processor, question: str, image: np.ndarray, where:
 
 
 def sampler_config(model, processor: Processor, *, max_new_tokens: int, temperature: float = 0.0,
-                   top_p: float = 1.0, top_k: int = 0) -> gen.SamplerConfig:
+                   top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0) -> gen.SamplerConfig:
     """One completion per prompt, stopping at ``<|im_end|>`` / ``<|endoftext|>``; greedy when temperature is 0."""
     return gen.SamplerConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                             top_p=float(top_p), top_k=int(top_k), num_samples=1,
+                             top_p=float(top_p), top_k=int(top_k), repetition_penalty=float(repetition_penalty),
+                             num_samples=1,
                              stop_token_ids=gen.default_stop_token_ids(model.config),
                              pad_token_id=processor.token_ids[END_OF_TEXT])

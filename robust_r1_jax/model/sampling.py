@@ -12,6 +12,9 @@ import ml_collections
 from ml_collections import config_dict
 
 FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k")
+# generate's extra field: not in the shared shape, because GRPO's learner does not apply the penalty to its own
+# log-probabilities (its rollouts must not sample from a distribution the learner never computes).
+REPETITION_PENALTY = "repetition_penalty"
 GENERATION_CONFIG = "generation_config.json"
 # What transformers uses for a GenerationConfig field the file leaves unset
 # (transformers 5: GenerationConfig._get_default_generation_params).
@@ -29,8 +32,8 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
 def unset_config() -> ml_collections.ConfigDict:
     """The ``config.sampling`` shape with every field unset (None), so :func:`resolve` can tell what the user set
     on the command line from what the model folder or :func:`default_config` should fill in."""
-    types = dict(max_new_tokens=int, temperature=float, top_p=float, top_k=int)
-    return ml_collections.ConfigDict({name: config_dict.placeholder(types[name]) for name in FIELDS})
+    types = dict(max_new_tokens=int, temperature=float, top_p=float, top_k=int, repetition_penalty=float)
+    return ml_collections.ConfigDict({name: config_dict.placeholder(kind) for name, kind in types.items()})
 
 
 def sampler_settings(sampling) -> dict:
@@ -42,7 +45,7 @@ def sampler_settings(sampling) -> dict:
 @dataclasses.dataclass(frozen=True)
 class Shipped:
     """A model folder's generation settings: ``settings`` holds the :data:`FIELDS` it determines (greedy is
-    temperature 0), ``ignored`` the ones this sampler does not implement ("repetition_penalty=1.05")."""
+    temperature 0) and its repetition penalty, ``ignored`` what this sampler does not implement ("num_beams=3")."""
 
     path: str
     settings: dict
@@ -54,8 +57,8 @@ def shipped_settings(model_dir: str) -> Shipped | None:
     (None when the folder has none); a ``ValueError`` naming the file when it cannot be read.
 
     ``do_sample`` false (transformers' default) means greedy; otherwise temperature, top_p and top_k apply,
-    with transformers' defaults (1.0, 1.0, 50) for the ones the file leaves out. ``max_new_tokens`` is taken only
-    when the file sets it.
+    with transformers' defaults (1.0, 1.0, 50) for the ones the file leaves out. ``repetition_penalty`` applies
+    either way, as in transformers. ``max_new_tokens`` is taken only when the file sets it.
     """
     path = os.path.join(model_dir, GENERATION_CONFIG)
     if not os.path.isfile(path):
@@ -75,32 +78,37 @@ def shipped_settings(model_dir: str) -> Shipped | None:
                         top_k=int(field("top_k")))
     else:
         settings = dict(temperature=0.0)
+    settings[REPETITION_PENALTY] = float(field(REPETITION_PENALTY))
     if shipped.max_new_tokens is not None:
         settings["max_new_tokens"] = int(shipped.max_new_tokens)
-    ignored = tuple(f"{name}={field(name)}" for name in ("repetition_penalty", "num_beams")
-                    if field(name) != TRANSFORMERS_DEFAULTS[name])
+    ignored = tuple(f"{name}={field(name)}" for name in ("num_beams",) if field(name) != TRANSFORMERS_DEFAULTS[name])
     return Shipped(path, settings, ignored)
 
 
 def resolve(sampling, shipped: Shipped | None) -> tuple[dict, str]:
     """(sampler keyword arguments, one line saying which settings are used and where each came from).
 
-    Each field: the user's value when set (not None), else the model folder's, else :func:`default_config`'s.
-    A user's temperature 0 asks for greedy decoding, whatever the folder says.
+    Each field (:data:`FIELDS` and the repetition penalty): the user's value when set (not None), else the model
+    folder's, else :func:`default_config`'s (penalty 1: off). A user's temperature 0 asks for plain greedy
+    decoding: nothing comes from the folder then.
     """
-    defaults = default_config()
-    user = {name: sampling[name] for name in FIELDS if sampling.get(name) is not None}
+    defaults = {**default_config().to_dict(), REPETITION_PENALTY: 1.0}
+    names = FIELDS + (REPETITION_PENALTY,)
+    user = {name: sampling[name] for name in names if sampling.get(name) is not None}
     from_file = {} if shipped is None or user.get("temperature") == 0 else shipped.settings
     values, origin = {}, {}
-    for name in FIELDS:
+    for name in names:
         for source, table in (("set", user), ("generation_config.json", from_file), ("default", defaults)):
             if name in table:
                 values[name], origin[name] = table[name], source
                 break
-    settings = sampler_settings(ml_collections.ConfigDict(values))
+    settings = {**sampler_settings(ml_collections.ConfigDict(values)),
+                REPETITION_PENALTY: float(values[REPETITION_PENALTY])}
     shown = ([f"greedy ({origin['temperature']})"] if settings["temperature"] == 0 else
              [f"temperature={settings['temperature']:g} ({origin['temperature']})",
               f"top_p={settings['top_p']:g} ({origin['top_p']})", f"top_k={settings['top_k']} ({origin['top_k']})"])
+    if settings[REPETITION_PENALTY] != 1.0:
+        shown.append(f"repetition_penalty={settings[REPETITION_PENALTY]:g} ({origin[REPETITION_PENALTY]})")
     shown.append(f"max_new_tokens={settings['max_new_tokens']} ({origin['max_new_tokens']})")
     line = "sampling: " + ", ".join(shown)
     if shipped is not None and from_file:

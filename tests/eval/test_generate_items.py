@@ -132,13 +132,15 @@ def test_the_model_folders_generation_config_is_used(model_folder, tokenizer, tm
     calls = streamed(tokenizer, monkeypatch)
     shipped = model_folder / "generation_config.json"
     shipped.write_text(json.dumps({"do_sample": True, "temperature": 0.7, "top_p": 0.8, "repetition_penalty": 1.05,
-                                   "max_new_tokens": 64}))
+                                   "max_new_tokens": 64, "num_beams": 3}))
     lines = run_one(model_folder, tmp_path)
     used = calls[-1][0]
-    assert (used.temperature, used.top_p, used.top_k, used.max_new_tokens) == (0.7, 0.8, 50, 64)
+    assert (used.temperature, used.top_p, used.top_k, used.repetition_penalty, used.max_new_tokens) == (
+        0.7, 0.8, 50, 1.05, 64)
     assert lines[0] == (f"sampling: temperature=0.7 (generation_config.json), top_p=0.8 (generation_config.json), "
-                        f"top_k=50 (generation_config.json), max_new_tokens=64 (generation_config.json); "
-                        f"from {shipped} (not supported by this sampler, ignored: repetition_penalty=1.05)")
+                        f"top_k=50 (generation_config.json), repetition_penalty=1.05 (generation_config.json), "
+                        f"max_new_tokens=64 (generation_config.json); "
+                        f"from {shipped} (not supported by this sampler, ignored: num_beams=3)")
     count = len(tokenizer.encode("<ANSWER>1<ANSWER_END>", add_special_tokens=False)) + 1
     assert re.fullmatch(rf"speed: first token after \d+\.\d\d s, then \d+\.\d tokens/s \({count} tokens in "
                         rf"\d+\.\d\d s; the first run of a shape includes compilation\)", lines[1])
@@ -148,14 +150,16 @@ def test_the_model_folders_generation_config_is_used(model_folder, tokenizer, tm
     assert (calls[-1][0].top_k, calls[-1][0].temperature) == (5, 0.7)
     assert "top_k=5 (set)" in lines[0]
     lines = run_one(model_folder, tmp_path, temperature=0.0)
-    assert calls[-1][0].greedy and calls[-1][0].max_new_tokens == 1024
+    assert calls[-1][0].greedy and (calls[-1][0].max_new_tokens, calls[-1][0].repetition_penalty) == (1024, 1.0)
     assert lines[0] == (f"sampling: greedy (set), max_new_tokens=1024 (default); greedy was asked for, so "
                         f"{shipped} is not used")
 
-    # do_sample false (transformers' default) is greedy; no file: greedy by default.
-    shipped.write_text(json.dumps({"temperature": 0.7}))
-    assert run_one(model_folder, tmp_path)[0].startswith("sampling: greedy (generation_config.json)")
-    assert calls[-1][0].greedy
+    # do_sample false (transformers' default) is greedy, with the file's penalty; no file: greedy by default.
+    shipped.write_text(json.dumps({"temperature": 0.7, "repetition_penalty": 1.2}))
+    assert run_one(model_folder, tmp_path)[0] == (
+        f"sampling: greedy (generation_config.json), repetition_penalty=1.2 (generation_config.json), "
+        f"max_new_tokens=1024 (default); from {shipped}")
+    assert calls[-1][0].greedy and calls[-1][0].repetition_penalty == 1.2
     shipped.unlink()
     assert run_one(model_folder, tmp_path)[0] == "sampling: greedy (default), max_new_tokens=1024 (default)"
 
