@@ -4,13 +4,19 @@ evaluated. The TSV rows rely on the data readers' per-line check (``data/sources
 read here."""
 import json
 
+import pytest
 from eval_helpers import NUM_GOOD_ROWS, good_records
 from PIL import Image
 
+from robust_r1_jax.data import records as data_records
 from robust_r1_jax.data import sources
 from robust_r1_jax.eval import benchmarks, robust
 
 
+# The reader's fix lives in data/sources.py (the data branch, records.non_utf8_problem); this guard goes once
+# both branches are merged.
+@pytest.mark.skipif(not hasattr(data_records, "non_utf8_problem"),
+                    reason="needs the data readers' per-line UTF-8 check (data/sources.py)")
 def test_a_latin1_byte_in_a_tsv_row_makes_that_row_a_problem(tmp_path):
     path = tmp_path / "latin1.tsv"
     sources.write_vlmeval_tsv(good_records(), str(path))
