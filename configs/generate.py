@@ -6,8 +6,9 @@ A folder, written as JSONL (one shared question, or --config.questions_file with
     --config.image_dir=photos --config.question="What is shown?" --config.output=runs/generate/photos.jsonl
 
 With no checkpoint the demo model is used (runs/demo/rl/model, else runs/demo/sft/model; run the demo first).
-Lists are tuples (a Python tuple in quotes, or the flag repeated); sampling is ``--config.sampling.*`` (greedy by
-default). Every field and its default: ``robust_r1_jax.eval.generate.default_config``.
+Lists are tuples (a Python tuple in quotes, or the flag repeated); sampling is ``--config.sampling.*`` (unset
+fields come from the model folder's generation_config.json, else greedy; --config.sampling.temperature=0 for greedy).
+Every field and its default: ``robust_r1_jax.eval.generate.default_config``.
 """
 from robust_r1_jax.eval.generate import default_config
 

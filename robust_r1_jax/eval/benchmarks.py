@@ -165,9 +165,24 @@ def _json_answer(value, options: tuple[str, ...]) -> int | None:
     return None
 
 
+# A byte that is not UTF-8, read with errors="surrogateescape", becomes U+DC80..U+DCFF.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def _non_utf8_byte(value) -> int | None:
+    """The first byte that was not UTF-8 in any string of a decoded JSON value (keys included), or None."""
+    if isinstance(value, str):
+        match = _ESCAPED_BYTE.search(value)
+        return None if match is None else ord(match.group()) - 0xDC00
+    children = (list(value) + list(value.values()) if isinstance(value, dict)
+                else value if isinstance(value, list) else ())
+    return next((byte for byte in map(_non_utf8_byte, children) if byte is not None), None)
+
+
 def read_rbench_json(path: str, image_root: str, limit: int = 0) -> list[BenchmarkRow]:
-    """R-Bench MCQ rows from a JSON list (layout in the module docstring); bad entries become problem rows."""
-    with open(path, encoding="utf-8") as handle:
+    """R-Bench MCQ rows from a JSON list (layout in the module docstring); bad entries (text that is not UTF-8
+    included) become problem rows."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
         try:
             items = json.load(handle)
         except json.JSONDecodeError as error:
@@ -179,7 +194,11 @@ def read_rbench_json(path: str, image_root: str, limit: int = 0) -> list[Benchma
         where = f"{path}[{position}]"
         label = str(item.get("id", position)) if isinstance(item, dict) else str(position)
         problem, record = None, None
-        if not isinstance(item, dict):
+        bad_byte = _non_utf8_byte(item)
+        if bad_byte is not None:
+            label = label if _non_utf8_byte(label) is None else str(position)
+            problem = f"{where}: entry {label}: text is not valid UTF-8 (byte 0x{bad_byte:02x})"
+        elif not isinstance(item, dict):
             problem = f"{where}: entry is a {type(item).__name__}, not an object"
         else:
             missing = [k for k in ("image", "question", "options", "answer") if k not in item]

@@ -16,7 +16,6 @@ from typing import Callable, Sequence
 
 import jax
 import numpy as np
-from absl import logging
 
 from robust_r1_jax.model import generate as gen
 from robust_r1_jax.model import loading
@@ -40,6 +39,8 @@ class ModelSpec:
 class Completion:
     text: str
     num_tokens: int  # generated tokens, the stop token included
+    seconds: float | None = None  # wall time of a streamed completion, prefill included
+    first_token_seconds: float | None = None  # from the call to the first token (prefill + first sample)
 
 
 def load_processor(spec: ModelSpec, min_pixels: int = 0, max_pixels: int = 0) -> Processor:
@@ -94,8 +95,9 @@ class Generator:
         self.pad_id = processor.token_ids[END_OF_TEXT]
         self.stop_ids = set(sampler_config.stop_token_ids)
 
-    def encode(self, question: str, image: np.ndarray) -> dict:
-        return self.processor.encode(question, [image])
+    def encode(self, question: str, image: np.ndarray, where: str = "prompt") -> dict:
+        """The processor's encoding of one prompt; a ``ValueError`` naming ``where`` when it rejects the image."""
+        return encode_prompt(self.processor, question, image, where)
 
     def decode(self, tokens: np.ndarray, length: int) -> Completion:
         ids = [int(t) for t in tokens[:length]]
@@ -104,7 +106,11 @@ class Generator:
         return Completion(self.processor.tokenizer.decode(ids, skip_special_tokens=True), int(length))
 
     def complete(self, prompts: Sequence[tuple[str, np.ndarray]], stream: Sequence[int] = ()) -> list[Completion]:
-        """One completion per (question text, uint8 RGB image), in order.
+        """One completion per (question text, uint8 RGB image), in order (see :meth:`complete_encoded`)."""
+        return self.complete_encoded([self.encode(q, image) for q, image in prompts], stream)
+
+    def complete_encoded(self, encoded: Sequence[dict], stream: Sequence[int] = ()) -> list[Completion]:
+        """One completion per prompt encoded by :meth:`encode`, in order.
 
         ``stream`` names the call's random stream: batch k samples with the key (seed, *stream, k), so a sampled
         (non-greedy) run gives the same completions whatever was generated before it.
@@ -113,8 +119,8 @@ class Generator:
         stream_key = self.rng
         for part in stream:
             stream_key = jax.random.fold_in(stream_key, part)
-        for number, start in enumerate(range(0, len(prompts), self.batch_size)):
-            chunk = [self.encode(q, image) for q, image in prompts[start:start + self.batch_size]]
+        for number, start in enumerate(range(0, len(encoded), self.batch_size)):
+            chunk = list(encoded[start:start + self.batch_size])
             batch = pack_batch(chunk, self.batch_size, self.prompt_buckets, self.patch_buckets, self.pad_id)
             rollout = self.generate_fn(self.model, batch["prompt_ids"], batch["prompt_mask"],
                                        batch["pixel_values"], batch["image_grid_thw"], self.sampler_config,
@@ -122,14 +128,25 @@ class Generator:
             tokens, lengths = np.asarray(rollout.tokens), np.asarray(rollout.lengths)
             group = self.sampler_config.num_samples
             out.extend(self.decode(tokens[i * group], int(lengths[i * group])) for i in range(len(chunk)))
-            logging.log_every_n_seconds(logging.INFO, "generated %d / %d", 30, len(out), len(prompts))
         return out
 
 
+def encode_prompt(processor: Processor, question: str, image: np.ndarray, where: str) -> dict:
+    """``processor.encode(question, [image])``; the processor's own ``ValueError`` (e.g. "absolute aspect ratio
+    must be smaller than 200" for a 10x2100 px image) becomes one that names ``where`` and the image size, so
+    the caller can count the item as a problem and go on."""
+    try:
+        return processor.encode(question, [image])
+    except ValueError as error:
+        height, width = np.shape(image)[:2]
+        raise ValueError(f"{where}: the processor rejects the {width}x{height} px image ({error})") from error
+
+
 def sampler_config(model, processor: Processor, *, max_new_tokens: int, temperature: float = 0.0,
-                   top_p: float = 1.0, top_k: int = 0) -> gen.SamplerConfig:
+                   top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0) -> gen.SamplerConfig:
     """One completion per prompt, stopping at ``<|im_end|>`` / ``<|endoftext|>``; greedy when temperature is 0."""
     return gen.SamplerConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                             top_p=float(top_p), top_k=int(top_k), num_samples=1,
+                             top_p=float(top_p), top_k=int(top_k), repetition_penalty=float(repetition_penalty),
+                             num_samples=1,
                              stop_token_ids=gen.default_stop_token_ids(model.config),
                              pad_token_id=processor.token_ids[END_OF_TEXT])

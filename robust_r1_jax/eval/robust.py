@@ -135,16 +135,31 @@ def question_text(row: BenchmarkRow, use_suffix: bool, protocol: str = protocols
 
 
 def condition_image(row: BenchmarkRow, condition: Condition) -> tuple[np.ndarray | None, str | None]:
-    """The row's image at the condition's level, or why there is none."""
+    """The row's image at the condition's level, or why there is none.
+
+    The clean level and shipped images never go through the degradation engine, so an image smaller than its
+    8-px minimum (a 4x4 icon) is still evaluated clean when the processor accepts it.
+    """
     image, problem = row.load_image()
-    if image is None:
-        return None, problem
-    if condition.intensity is None:
-        return image, None
+    if image is None or not condition.intensity:
+        return image, problem
     try:
         return degrade.benchmark_image(image, row.image_index, condition.level), None
     except ValueError as error:  # e.g. an image smaller than the degradations accept
-        return None, f"{row.where} (index {row.label}): cannot degrade the image: {error}"
+        return None, f"{row.where} (index {row.label}): cannot degrade the image at {condition.level}: {error}"
+
+
+def encoded_prompt(generator: inference.Generator, row: BenchmarkRow, condition: Condition,
+                   use_suffix: bool, protocol: str = protocols.VLMEVALKIT) -> tuple[dict | None, str | None]:
+    """The row's prompt encoded at the condition's level, or why it cannot be (decode, degrade or processor)."""
+    image, problem = condition_image(row, condition)
+    if image is None:
+        return None, problem
+    try:
+        where = f"{row.where} (index {row.label})"
+        return generator.encode(question_text(row, use_suffix, protocol), image, where), None
+    except ValueError as error:
+        return None, str(error)
 
 
 def _outcome(row: BenchmarkRow, condition: Condition, kind: str) -> dict:
@@ -168,24 +183,29 @@ def evaluate_condition(generator: inference.Generator, condition: Condition, kin
     size = generator.batch_size
     for chunk_number, start in enumerate(range(0, len(condition.rows), size)):
         rows = condition.rows[start:start + size]
-        prompts, waiting = [], []
+        encoded, waiting = [], []
         for row in rows:
             outcome = _outcome(row, condition, kind)
             outcomes.append(outcome)
-            image, problem = condition_image(row, condition)
-            if image is None:
+            prompt, problem = encoded_prompt(generator, row, condition, use_suffix, protocol)
+            if prompt is None:
                 outcome["problem"] = problem
                 logging.warning("row counted as wrong: %s", problem)
                 continue
-            prompts.append((question_text(row, use_suffix, protocol), image))
+            encoded.append(prompt)
             waiting.append((row, outcome))
-        if not prompts:
-            continue
-        completions = generator.complete(prompts, stream=(*stream, chunk_number))
-        for (row, outcome), completion in zip(waiting, completions):
-            predicted = protocols.read_answer(completion.text, row.record.options, protocol).index
-            outcome.update(predicted=predicted, correct=predicted == row.record.answer,
-                           tokens=completion.num_tokens, output=completion.text)
+        if encoded:
+            completions = generator.complete_encoded(encoded, stream=(*stream, chunk_number))
+            for (row, outcome), completion in zip(waiting, completions):
+                predicted = protocols.read_answer(completion.text, row.record.options, protocol).index
+                outcome.update(predicted=predicted, correct=predicted == row.record.answer,
+                               tokens=completion.num_tokens, output=completion.text)
+        logging.log_every_n_seconds(logging.INFO, "%s: %d / %d rows", 30, condition.level, len(outcomes),
+                                    len(condition.rows))
+    failed = sum(o["problem"] is not None for o in outcomes)
+    if failed:
+        logging.warning("%s: %d of %d rows could not be evaluated; they count as wrong and stay in the denominator",
+                        condition.level, failed, len(outcomes))
     return outcomes
 
 

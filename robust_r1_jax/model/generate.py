@@ -13,7 +13,8 @@ image slots) and the same ``SamplerConfig``. :func:`trace_count` counts every tr
 keeps the most recent ones, so callers and tests can assert that RL steps do not recompile.
 
 Log-probabilities. ``Rollout.logprobs`` holds, for each generated token, ``log_softmax(logits / temperature)``
-at that token: the temperature-scaled distribution *before* top-k / top-p filtering (the GRPO learner
+at that token: the temperature-scaled distribution *before* top-k / top-p filtering (and after the repetition
+penalty, when one is set) (the GRPO learner
 recomputes log-probs with its own forward; these are for monitoring and for the first inner iteration's
 "old" log-probs when no filtering is used). With ``temperature == 0`` (greedy) it is ``log_softmax(logits)``,
 the model's own distribution.
@@ -49,6 +50,7 @@ class SamplerConfig:
     stop_token_ids: tuple[int, ...] = ()
     pad_token_id: int = 0
     cache_len: int | None = None  # None: prompt length + max_new_tokens
+    repetition_penalty: float = 1.0  # 1 = off; transformers' RepetitionPenaltyLogitsProcessor, see below
 
     def __post_init__(self):
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
@@ -63,6 +65,8 @@ class SamplerConfig:
             problems.append(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if self.num_samples < 1:
             problems.append(f"num_samples must be >= 1, got {self.num_samples}")
+        if not self.repetition_penalty > 0:
+            problems.append(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
         if self.cache_len is not None and self.cache_len < 1:
             problems.append(f"cache_len must be positive or None, got {self.cache_len}")
         if problems:
@@ -166,9 +170,34 @@ def filter_top_p(logits: jax.Array, p: float) -> jax.Array:
     return jnp.where(keys < cutoff[..., None], -jnp.inf, logits)
 
 
-def sample_tokens(logits: jax.Array, key: jax.Array, config: SamplerConfig) -> tuple[jax.Array, jax.Array]:
-    """logits [N, V] float32 -> (token ids int32 [N], their log-probs [N]; see the module docstring)."""
+def apply_repetition_penalty(logits: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
+    """transformers' ``RepetitionPenaltyLogitsProcessor`` (CTRL, Keskar et al. 2019, arXiv:1909.05858): the
+    logit of every token already in the sequence (``seen`` bool [N, V]) is divided by ``penalty`` when positive
+    and multiplied by it when negative. logits [N, V] float32."""
+    return jnp.where(seen, jnp.where(logits < 0, logits * penalty, logits / penalty), logits)
+
+
+def seen_tokens(prompt_ids: jax.Array, prompt_mask: jax.Array, vocab_size: int) -> jax.Array:
+    """bool [B, V]: the tokens of each prompt's real (mask 1) positions; padding does not count."""
+    rows = jnp.arange(prompt_ids.shape[0])[:, None]
+    return jnp.zeros((prompt_ids.shape[0], vocab_size), jnp.int32).at[rows, prompt_ids].max(
+        prompt_mask.astype(jnp.int32)) > 0
+
+
+def _uses_penalty(config: SamplerConfig) -> bool:
+    return config.repetition_penalty != 1.0
+
+
+def sample_tokens(logits: jax.Array, key: jax.Array, config: SamplerConfig,
+                  seen: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """logits [N, V] float32 -> (token ids int32 [N], their log-probs [N]; see the module docstring).
+
+    ``seen`` bool [N, V] (the prompt's and the generated tokens) is needed when ``config.repetition_penalty``
+    is not 1; as in transformers, the penalty applies before temperature, top-k and top-p, greedy included.
+    """
     logits = logits.astype(jnp.float32)
+    if _uses_penalty(config):
+        logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
     if config.greedy:
         tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         scaled = logits
@@ -198,6 +227,7 @@ class _Progress:
     tokens: jax.Array
     logprobs: jax.Array
     cache: KVCache
+    seen: jax.Array | None = None  # bool [rows, V], only with a repetition penalty
 
 
 jax.tree_util.register_dataclass(_Progress)
@@ -208,8 +238,12 @@ def _write(progress: _Progress, sampled: jax.Array, logprobs: jax.Array, config:
     live = ~progress.done
     token = jnp.where(live, sampled, config.pad_token_id)
     column = progress.step
+    seen = progress.seen
+    if seen is not None:
+        seen = seen.at[jnp.arange(seen.shape[0]), token].set(True)  # a stopped row's padding never matters
     return dataclasses.replace(
         progress,
+        seen=seen,
         step=column + 1,
         last=token,
         done=progress.done | (live & _is_stop(sampled, config.stop_token_ids)),
@@ -238,8 +272,10 @@ def rollout(graphdef, state, prompt_ids, prompt_mask, pixel_values, image_grid_t
         step=jnp.zeros((), jnp.int32), last=jnp.zeros((rows,), jnp.int32), done=jnp.zeros((rows,), bool),
         lengths=jnp.zeros((rows,), jnp.int32),
         tokens=jnp.full((rows, horizon), config.pad_token_id, jnp.int32),
-        logprobs=jnp.zeros((rows, horizon), jnp.float32), cache=cache)
-    first, first_logprobs = sample_tokens(logits, jax.random.fold_in(rng, 0), config)
+        logprobs=jnp.zeros((rows, horizon), jnp.float32), cache=cache,
+        seen=jnp.repeat(seen_tokens(prompt_ids, prompt_mask, logits.shape[-1]), group, axis=0)
+        if _uses_penalty(config) else None)
+    first, first_logprobs = sample_tokens(logits, jax.random.fold_in(rng, 0), config, progress.seen)
     progress = _write(progress, first, first_logprobs, config)
 
     def unfinished(p: _Progress):
@@ -248,7 +284,7 @@ def rollout(graphdef, state, prompt_ids, prompt_mask, pixel_values, image_grid_t
     def decode_one(p: _Progress) -> _Progress:
         _record_trace("decode", p.last.shape)
         step_logits, next_cache = model.decode_traced(p.last, p.cache)
-        sampled, logprobs = sample_tokens(step_logits, jax.random.fold_in(rng, p.step), config)
+        sampled, logprobs = sample_tokens(step_logits, jax.random.fold_in(rng, p.step), config, p.seen)
         return _write(dataclasses.replace(p, cache=next_cache), sampled, logprobs, config)
 
     # The cache is loop state: XLA updates it in place, one buffer for the whole rollout.
@@ -302,9 +338,12 @@ def stream(model, prompt_ids, prompt_mask, pixel_values, image_grid_thw, config:
     _check_prompt(model, ids, mask, pixel_values, image_grid_thw)
     logits, cache = model.prefill(ids, mask, pixel_values, image_grid_thw,
                                   max_len=_cache_len(config, ids.shape[1]))
+    seen = seen_tokens(ids, mask, logits.shape[-1]) if _uses_penalty(config) else None
     for step in range(config.max_new_tokens):
-        token, _ = _compiled_sample(logits, jax.random.fold_in(rng, step), config=config)
+        token, _ = _compiled_sample(logits, jax.random.fold_in(rng, step), config=config, seen=seen)
         token_id = int(token[0])
+        if seen is not None:
+            seen = seen.at[0, token_id].set(True)
         yield token_id
         if token_id in config.stop_token_ids or step + 1 == config.max_new_tokens:
             return
