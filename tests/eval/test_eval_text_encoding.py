@@ -4,11 +4,9 @@ evaluated. The TSV rows rely on the data readers' per-line check (``data/sources
 read here."""
 import json
 
-import pytest
 from eval_helpers import NUM_GOOD_ROWS, good_records
 from PIL import Image
 
-from robust_r1_jax.data import records as data_records
 from robust_r1_jax.data import sources
 from robust_r1_jax.eval import benchmarks, robust
 
