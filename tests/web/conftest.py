@@ -1,0 +1,46 @@
+"""A tiny random model folder (Hugging Face layout, demo tokenizer, 56x56 image setting) and the web mode's config
+pointing at it: what the web tests serve."""
+import json
+
+import pytest
+from flax import nnx
+
+from robust_r1_jax.data import chains, shapes
+from robust_r1_jax.data import tokenizer as demo_tokenizer
+from robust_r1_jax.web import samples
+
+CHAIN = ("<TYPE>lens blur(0.42), noise(0.10)<TYPE_END>\n<INFLUENCE>edges are soft<INFLUENCE_END>\n"
+         "<REASONING>the object has three corners<REASONING_END>\n<CONCLUSION>it is a triangle<CONCLUSION_END>\n"
+         "<ANSWER>2<ANSWER_END>")
+
+
+def tokenizer_texts():
+    records = shapes.make_records(40, seed=0, image_size=56, style=samples.DEMO_STYLE)
+    return [chains.format_prompt(r.question, r.options) for r in records] + [chains.PROMPT_SUFFIX, CHAIN]
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    from robust_r1_jax.model import config as model_config
+    from robust_r1_jax.model import hf
+    from robust_r1_jax.model.vlm import Qwen25VL
+    directory = tmp_path_factory.mktemp("tiny_model")
+    tokenizer = demo_tokenizer.train_demo_tokenizer(tokenizer_texts(), directory / "tokenizer", vocab_size=320)
+    hf.save(Qwen25VL(model_config.tiny(vocab_size=len(tokenizer)), rngs=nnx.Rngs(0)), str(directory))  # replaces
+    tokenizer.save_pretrained(str(directory))
+    # 56x56 = 4x4 patches of 14 px: every image is one small patch bucket
+    (directory / "preprocessor_config.json").write_text(json.dumps({"min_pixels": 56 * 56, "max_pixels": 56 * 56}))
+    return str(directory)
+
+
+@pytest.fixture
+def web_config(model_dir):
+    from configs.web import get_config
+    config = get_config()
+    config.checkpoint = model_dir
+    config.sampling.max_new_tokens = 12
+    config.prompt_buckets = (512,)
+    config.patch_buckets = (16,)
+    config.num_samples = 2
+    config.sample_size = 84
+    return config
