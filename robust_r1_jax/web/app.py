@@ -72,14 +72,16 @@ def build(service: ModelService, config) -> gr.Blocks:
         except Exception as error:  # noqa: BLE001  (the page shows it; the server keeps serving)
             return None, "", _problem(error)
 
+    # The upload box is emptied after each file (None first): the original panel shows what was read, and the box
+    # is ready for the next file, after a bad one too.
     def on_upload(path, choice, intensity, seed):
         if not path:
-            return None, None, None, "", ""
+            return None, None, None, None, "", ""
         try:
             image = inputs.read_upload(path, limits)
         except Exception as error:  # noqa: BLE001
-            return None, None, None, "", _problem(error)
-        return (image, image, *degraded_view(image, choice, intensity, seed))
+            return None, None, None, None, "", _problem(error)
+        return (None, image, image, *degraded_view(image, choice, intensity, seed))
 
     def on_sample(name, choice, intensity, seed):
         if name not in bundled:
@@ -165,7 +167,7 @@ def build(service: ModelService, config) -> gr.Blocks:
             plot = gr.Plot(label="Sweep plot", elem_id="sweep-plot")
 
         controls = [choice, intensity, seed]
-        upload.upload(on_upload, [upload, *controls], [image_state, original, degraded, applied, status])
+        upload.upload(on_upload, [upload, *controls], [upload, image_state, original, degraded, applied, status])
         sample.input(on_sample, [sample, *controls], [question, options, image_state, original, degraded, applied,
                                                       status])
         for control in controls:
