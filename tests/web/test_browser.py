@@ -166,6 +166,13 @@ def test_chain_renders_as_chips_panels_and_answer(server, browser_page, tmp_path
         assert page.locator("#chips .rr-hit").count() == 1 and page.locator("#chips .rr-extra").count() == 1
         assert "answer: 2 (triangle)" in page.inner_text("#panels")
         assert page.locator("#panels .rr-panel").count() == 3
+        page.click("#sweep")
+        page.wait_for_function("document.querySelector('#status').innerText.startsWith('sweep done')")
+        page.wait_for_selector("#sweep-plot img, #sweep-plot svg, #sweep-plot canvas")
+        table = page.inner_text("#sweep-table")
+        for level in ("clean", "25%", "50%", "100%"):
+            assert level in table
+        assert table.count("2 (triangle)") == 4
         keep_screenshot(page, tmp_path / "web_chain.png")
     finally:
         service.streamer = random_model
