@@ -167,9 +167,10 @@ def build(service: ModelService, config) -> gr.Blocks:
             plot = gr.Plot(label="Sweep plot", elem_id="sweep-plot")
 
         controls = [choice, intensity, seed]
-        upload.upload(on_upload, [upload, *controls], [upload, image_state, original, degraded, applied, status])
+        upload.upload(on_upload, [upload, *controls], [upload, image_state, original, degraded, applied, status],
+                      show_progress="minimal")
         sample.input(on_sample, [sample, *controls], [question, options, image_state, original, degraded, applied,
-                                                      status])
+                                                      status], show_progress="minimal")
         for control in controls:
             control.change(degraded_view, [image_state, *controls], [degraded, applied, status],
                            trigger_mode="always_last", show_progress="hidden")

@@ -49,14 +49,25 @@ def model_dir(tmp_path_factory):
     return str(directory)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def web_config(model_dir):
+    """The web mode's config on the tiny model: one prompt and one patch bucket, 24 sampled tokens (greedy, the
+    random model repeats one newline)."""
     from configs.web import get_config
     config = get_config()
     config.checkpoint = model_dir
-    config.sampling.max_new_tokens = 12
-    config.prompt_buckets = (512,)
-    config.patch_buckets = (16,)
-    config.num_samples = 2
-    config.sample_size = 84
+    config.sampling.max_new_tokens = 24
+    config.sampling.temperature = 1.0
+    config.prompt_buckets, config.patch_buckets = (512,), (16,)
+    config.num_samples, config.sample_size = 2, 84
     return config
+
+
+@pytest.fixture(scope="session")
+def service(web_config):
+    """One model service for every web test (loaded through the config, as the mode does), warmed up."""
+    from robust_r1_jax.web.service import ModelService
+    loaded = ModelService.from_config(web_config)
+    first = samples.bundled_samples(1, web_config.sample_size)[0]
+    loaded.warm_up(first.question, first.options, first.image)
+    return loaded

@@ -23,21 +23,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(model_dir):
-    from configs.web import get_config
-
-    from robust_r1_jax.web import app, samples
-    from robust_r1_jax.web.service import ModelService
-    config = get_config()
-    config.checkpoint = model_dir
-    config.sampling.max_new_tokens = 24
-    config.sampling.temperature = 1.0  # greedy, the random model repeats one newline
-    config.prompt_buckets, config.patch_buckets = (512,), (16,)
-    config.num_samples, config.sample_size = 2, 84
-    service = ModelService.from_config(config)
-    first = samples.bundled_samples(1, 84)[0]
-    service.warm_up(first.question, first.options, first.image)
-    page = app.build(service, config)
+def server(service, web_config):
+    from robust_r1_jax.web import app
+    page = app.build(service, web_config)
     port = free_port()
     app.launch(page, "127.0.0.1", port, block=False)
     yield f"http://127.0.0.1:{port}/", service
