@@ -167,25 +167,28 @@ def build(service: ModelService, config) -> gr.Blocks:
             plot = gr.Plot(label="Sweep plot", elem_id="sweep-plot")
 
         controls = [choice, intensity, seed]
+        # Previews never wait for a generation (no concurrency limit); Run and Sweep share the one model.
         upload.upload(on_upload, [upload, *controls], [upload, image_state, original, degraded, applied, status],
-                      show_progress="minimal")
+                      show_progress="minimal", concurrency_limit=None)
         sample.input(on_sample, [sample, *controls], [question, options, image_state, original, degraded, applied,
-                                                      status], show_progress="minimal")
+                                                      status], show_progress="minimal", concurrency_limit=None)
         for control in controls:
             control.change(degraded_view, [image_state, *controls], [degraded, applied, status],
-                           trigger_mode="always_last", show_progress="hidden")
+                           trigger_mode="always_last", show_progress="hidden", concurrency_limit=None)
         run_button.click(on_run, [image_state, question, options, *controls], [raw, chips, panels, stats, status],
-                         concurrency_limit=1)
+                         concurrency_limit=1, concurrency_id="model")
         sweep_button.click(on_sweep, [image_state, question, options, choice, seed], [table, plot, status],
-                           concurrency_limit=1)
+                           concurrency_limit=1, concurrency_id="model")
     return page
 
 
-def launch(page: gr.Blocks, host: str, port: int, *, block: bool = True):
-    """Serves ``page`` on host:port (no share link, no server-side rendering); ``block`` False returns at once."""
+def launch(page: gr.Blocks, host: str, port: int, *, max_upload_mb: float = 20.0, block: bool = True):
+    """Serves ``page`` on host:port (no share link, no server-side rendering); ``block`` False returns at once.
+    Gradio itself refuses uploads over twice the app's limit, so a huge file never reaches the disk whole."""
     page.queue(default_concurrency_limit=1)
     return page.launch(server_name=host, server_port=int(port), share=False, ssr_mode=False, css=CSS,
-                       prevent_thread_lock=not block, quiet=not block, show_error=True)
+                       prevent_thread_lock=not block, quiet=not block, show_error=True,
+                       max_file_size=int(2 * max_upload_mb * 2**20))
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -221,4 +224,4 @@ def run(config) -> None:
         seconds = service.warm_up(first.question, first.options, first.image)
         logging.info("web: compiled prefill and decode in %.1f s", seconds)
     print(f"Robust-R1 playground: model {service.name}, http://{config.host}:{int(config.port)}", flush=True)
-    launch(build(service, config), config.host, int(config.port))
+    launch(build(service, config), config.host, int(config.port), max_upload_mb=float(config.max_upload_mb))
