@@ -28,7 +28,8 @@ CSS = """
 .rr-extra {background: #fde2c8; border-color: #d9822b;}
 .rr-missed {background: #eee; border-color: #999; border-style: dashed;}
 .rr-clean {background: #eef3fb;}
-.rr-panel {border: 1px solid #ddd; border-radius: 6px; padding: 6px 10px; margin: 6px 0; white-space: pre-wrap;}
+.rr-panel {border: 1px solid #ddd; border-radius: 6px; padding: 6px 10px; margin: 6px 0; white-space: pre-wrap;
+           overflow-wrap: anywhere;}
 .rr-writing {border-style: dashed;}
 .rr-tag {font-size: 0.75em; text-transform: uppercase; color: #777; letter-spacing: 0.05em;}
 .rr-answer {background: #fff3a8; border: 2px solid #e0b800; border-radius: 6px; padding: 6px 10px; margin: 6px 0;}
@@ -162,9 +163,10 @@ def build(service: ModelService, config) -> gr.Blocks:
                 stats = gr.Markdown(elem_id="stats")
                 raw = gr.Textbox(label="Streamed chain", lines=6, interactive=False, elem_id="stream")
         with gr.Row():
-            table = gr.Dataframe(headers=list(sweep.TABLE_HEADERS), label="Sweep", interactive=False,
-                                 elem_id="sweep-table")
-            plot = gr.Plot(label="Sweep plot", elem_id="sweep-plot")
+            table = gr.Dataframe(headers=list(sweep.TABLE_HEADERS), label="Sweep", interactive=False, wrap=True,
+                                 column_widths=["10%", "18%", "30%", "13%", "18%", "11%"], elem_id="sweep-table",
+                                 scale=3)
+            plot = gr.Plot(label="Sweep plot", elem_id="sweep-plot", scale=2)
 
         controls = [choice, intensity, seed]
         # Previews never wait for a generation (no concurrency limit); Run and Sweep share the one model.

@@ -15,7 +15,7 @@ from robust_r1_jax import degrade  # noqa: E402
 from robust_r1_jax.web import chain_view  # noqa: E402
 
 LEVELS: tuple[tuple[str, float], ...] = tuple(degrade.BENCHMARK_LEVELS.items())
-TABLE_HEADERS = ("level", "applied", "model's TYPE", "predicted intensity", "answer", "tokens")
+TABLE_HEADERS = ("level", "applied", "model's TYPE", "predicted", "answer", "tokens")
 
 
 @dataclasses.dataclass(frozen=True)
