@@ -3,6 +3,7 @@ serving a tiny random model. Screenshots go to the test's tmp folder (``WEB_SCRE
 import os
 import shutil
 import socket
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
@@ -41,6 +42,8 @@ def browser_page(tmp_path_factory):
             args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1300})
         page = context.pages[0] if context.pages else context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
+        page.requested = []  # every URL the page asks for: the app must work offline
+        context.on("request", lambda request: page.requested.append(request.url))
         yield page
         context.close()
 
@@ -93,6 +96,10 @@ def test_upload_degrade_run_streams_the_chain(server, browser_page, image_file, 
     assert "lens blur" in page.inner_text("#chips")  # the applied type's chip
     keep_screenshot(page, tmp_path / "web_run.png")
     assert Image.open(tmp_path / "web_run.png").size[0] == 1400
+    assert any(urlparse(u).hostname == "127.0.0.1" for u in page.requested)
+    outside = [u for u in page.requested if urlparse(u).scheme in ("http", "https", "ws", "wss")
+               and urlparse(u).hostname != "127.0.0.1"]
+    assert not outside, f"the page fetched from outside: {outside[:5]}"
 
 
 def test_non_image_gets_a_message_and_the_server_keeps_serving(server, browser_page, image_file, tmp_path):
