@@ -25,6 +25,7 @@ MODES = {
     "convert": "robust_r1_jax.model.convert:run_convert",
     "inspect": "robust_r1_jax.model.convert:run_inspect",
     "aot": "robust_r1_jax.aot:run",
+    "web": "robust_r1_jax.web.app:run",
 }
 
 

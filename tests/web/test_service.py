@@ -1,0 +1,47 @@
+"""The model service on a tiny random model: loading through the config, streaming, and one compilation per
+bucket shared by every request."""
+import jax
+import numpy as np
+import pytest
+
+from robust_r1_jax.model import generate as gen
+from robust_r1_jax.web import inputs, samples, streaming
+from robust_r1_jax.web.service import check_question, parse_options
+
+
+def test_stream_grows_text_and_reports_rates(service):
+    sample = samples.bundled_samples(1, 84)[0]
+    events = list(service.stream(sample.question, sample.options, sample.image))
+    assert events[-1].done and not any(e.done for e in events[:-1])
+    assert 1 <= events[-1].num_tokens <= 24
+    texts = [e.text for e in events[:-1]]
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))  # each event extends the last
+    assert events[-1].first_token_s is not None and events[-1].first_token_s <= events[-1].elapsed_s
+
+
+def test_stream_matches_the_batched_sampler(service):
+    sample = samples.bundled_samples(1, 84)[0]
+    batch = service.pack(sample.question, sample.options, sample.image)
+    rng = jax.random.key(3)
+    streamed = list(service.streamer.stream(batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"],
+                                            batch["image_grid_thw"], rng))
+    rollout = gen.generate(service.model, batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"],
+                           batch["image_grid_thw"], service.streamer.config, rng)
+    assert streamed == np.asarray(rollout.tokens)[0, : int(rollout.lengths[0])].tolist()
+
+
+def test_requests_after_warm_up_do_not_recompile(service):
+    first = samples.bundled_samples(1, 84)[0]
+    compiled = streaming.trace_counts()
+    other = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)  # another size and question
+    degraded = inputs.apply(other, inputs.plan("noise", 0.9, 1))
+    service.complete("How many objects are there, counting the small ones?", ("one", "two"), degraded, seed=5)
+    service.complete(first.question, (), first.image)
+    assert streaming.trace_counts() == compiled
+
+
+def test_questions_are_checked():
+    with pytest.raises(inputs.InputProblem, match="Type a question"):
+        check_question("   ", ())
+    assert check_question(" Which? ", (" a ", "", "b")) == ("Which?", ("a", "b"))
+    assert parse_options("red\n\n blue \n") == ("red", "blue")
