@@ -136,10 +136,11 @@ def read_tsv_rows(path: str, limit: int = 0) -> list[BenchmarkRow]:
 
 def tsv_columns(path: str) -> dict[int, tuple[tuple[str, str], ...]]:
     """Start line -> the row's (column, value) pairs without ``image``, for every data row of a TSV whose fields
-    match the header (the line numbers ``read_tsv_rows`` reports)."""
+    match the header (the line numbers ``read_tsv_rows`` reports). Bytes that are not UTF-8 read as U+FFFD: the
+    reader has already made such a row a problem, and the predictions table only echoes its columns."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # base64 image fields are long
     out = {}
-    with open(path, encoding="utf-8", newline="") as handle:
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
         reader = csv.reader(handle, delimiter="\t")
         header = next(reader, None) or []
         previous_end = reader.line_num
