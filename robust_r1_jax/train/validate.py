@@ -46,6 +46,11 @@ def path_problems(config) -> list[str]:
         problems.append("config.data.dataset_dir is required (a robust_r1 dataset; build one with configs/synth.py)")
     elif _is_local(dataset_dir) and not os.path.isdir(dataset_dir):
         problems.append(f"config.data.dataset_dir={dataset_dir!r} does not exist (build one with configs/synth.py)")
+    if not config.model.init_from and config.model.preset not in ("tiny", "demo"):
+        problems.append(f"config.model.init_from is required for the {config.model.preset!r} preset: a Hugging "
+                        f"Face directory, an exported model or a training checkpoint to start from")
+    elif not config.model.init_from and not config.data.tokenizer:
+        problems.append("config.data.tokenizer (a tokenizer directory) is required when model.init_from is empty")
     for field, value in (("model.init_from", config.model.init_from), ("data.tokenizer", config.data.tokenizer)):
         if value and _is_local(value) and not os.path.exists(value):
             problems.append(f"config.{field}={value!r} does not exist")
