@@ -1,7 +1,7 @@
 """Evaluation results as files: JSON, a Markdown report and a PNG plot of accuracy against intensity.
 
-Every file is written atomically (``robust_r1_jax.atomic``), so a reader never sees half a report; only process 0
-of a multi-process run writes.
+The files are written as one set (``write_report_set``): a kill at any moment leaves the previous report or the new
+one, never files of two runs side by side; only process 0 of a multi-process run writes.
 
 ``results`` (what ``robust.evaluate`` returns and ``results.json`` holds)::
 
@@ -17,6 +17,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import uuid
 
 import jax
 
@@ -29,6 +31,8 @@ MARKDOWN_NAME = "results.md"
 PREDICTIONS_NAME = "predictions.jsonl"
 # Each benchmark panel is this many inches at PLOT_DPI: the PNG is (500 * panels) x 400 pixels.
 PANEL_INCHES = (5.0, 4.0)
+# A report set lives in a folder of its own; REPORT_SET_LINK points at the current one, the usual names at it.
+REPORT_SET_LINK = ".report"
 PLOT_DPI = 100
 
 
@@ -158,6 +162,46 @@ def plot_png(results: dict) -> bytes:
     return buffer.getvalue()
 
 
+def write_report_set(workdir: str, files: dict[str, bytes]) -> dict[str, str]:
+    """Writes ``files`` (name -> content) into ``workdir`` as one unit; returns name -> path.
+
+    The set is written and fsynced in a fresh folder ``.report-<id>``; one rename then points the symlink
+    ``.report`` at it (a symlink replaced by rename switches atomically, a directory cannot), and each name in
+    ``workdir`` is a relative symlink ``.report/<name>``. Readers open the usual names and see the whole previous
+    set or the whole new one; the previous folder is removed after the switch. Local file systems only."""
+    os.makedirs(workdir, exist_ok=True)
+    folder = f"{REPORT_SET_LINK}-{uuid.uuid4().hex[:12]}"
+    staging = os.path.join(workdir, folder)
+    os.makedirs(staging)
+    try:
+        for name, data in files.items():
+            with open(os.path.join(staging, name), "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(os.path.join(staging, name), atomic.FILE_MODE)
+        os.chmod(staging, atomic.DIR_MODE)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    link = os.path.join(workdir, REPORT_SET_LINK)
+    previous = os.readlink(link) if os.path.islink(link) else None
+    _replace_symlink(link, folder)
+    for name in files:
+        _replace_symlink(os.path.join(workdir, name), os.path.join(REPORT_SET_LINK, name))
+    if previous and previous != folder:
+        shutil.rmtree(os.path.join(workdir, previous), ignore_errors=True)
+    return {name: os.path.join(workdir, name) for name in files}
+
+
+def _replace_symlink(path: str, target: str) -> None:
+    if os.path.islink(path) and os.readlink(path) == target:
+        return
+    temporary = f"{path}.link-{uuid.uuid4().hex[:8]}"
+    os.symlink(target, temporary)
+    os.replace(temporary, path)
+
+
 def write_reports(results: dict, predictions: list[dict], workdir: str) -> dict[str, str]:
     """results.json, results.md, accuracy.png and predictions.jsonl in ``workdir`` (process 0 only)."""
     paths = {kind: os.path.join(workdir, name) for kind, name in
@@ -165,8 +209,9 @@ def write_reports(results: dict, predictions: list[dict], workdir: str) -> dict[
               ("predictions", PREDICTIONS_NAME))}
     if not is_writer():
         return paths
-    atomic.write_text(paths["json"], json.dumps(results, indent=2) + "\n")
-    atomic.write_text(paths["markdown"], markdown(results))
-    atomic.write_bytes(paths["plot"], plot_png(results))
-    atomic.write_text(paths["predictions"], "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
+    write_report_set(workdir, {
+        JSON_NAME: (json.dumps(results, indent=2) + "\n").encode("utf-8"),
+        MARKDOWN_NAME: markdown(results).encode("utf-8"),
+        PLOT_NAME: plot_png(results),
+        PREDICTIONS_NAME: "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions).encode("utf-8")})
     return paths
