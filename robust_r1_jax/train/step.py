@@ -68,9 +68,9 @@ def sft_step(parts: ModelParts, tx: optax.GradientTransformation, lr_schedule, c
 
 def guarded_update(tx: optax.GradientTransformation, state: TrainState, grads, loss) -> tuple[TrainState, dict]:
     """The optimizer update, skipped (state and optimizer moments kept as they were) when the loss, the gradient
-    norm or the update norm is not finite, so one bad batch or a destructive update (a
-    learning rate of 1e38 gives finite parameters of 1e38 whose next loss is not) never reaches the parameters or a
-    checkpoint. The update norm is summed in float32, so a norm above ~1.8e19 counts as not finite."""
+    norm or the update norm is not finite, so one bad batch or a destructive update (a learning rate of 1e38 gives
+    finite parameters of 1e38 whose next loss is not) never reaches the parameters or a checkpoint. The update norm
+    is summed in the parameters' dtype: in float32 a norm above ~1.8e19 overflows and counts as not finite."""
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)

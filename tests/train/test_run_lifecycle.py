@@ -62,8 +62,8 @@ def _signal_after_step(monkeypatch, step, signum):
     monkeypatch.setattr(mx.Writer, "write", write_then_signal)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM])
-def test_a_signal_saves_the_current_step_and_stops(data, tmp_path, monkeypatch, signal_guard, signum):
+def test_a_signal_saves_the_current_step_and_stops(data, tmp_path, monkeypatch, signal_guard):
+    signum = signal.SIGTERM
     _signal_after_step(monkeypatch, 2, signum)
     workdir = tmp_path / "run"
     with pytest.raises(stops.Preempted) as stopped:
@@ -78,6 +78,16 @@ def test_a_signal_saves_the_current_step_and_stops(data, tmp_path, monkeypatch, 
     assert (workdir / "logs" / curves.CURVES_NAME).is_file()
     assert not (workdir / "model").exists()
     assert signal.getsignal(signum) is signal_guard  # the process's handlers are back
+
+
+def test_ctrl_c_is_a_stop_request_and_a_second_one_stops_at_once(signal_guard):
+    with stops.StopSignals() as watch:
+        assert watch.agreed() is None
+        os.kill(os.getpid(), signal.SIGINT)
+        assert watch.agreed() == signal.SIGINT  # the run goes on to the end of its step
+        with pytest.raises(UnhandledSignal, match="SIGINT"):  # the second one reaches the process's own handler
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal_guard
 
 
 def test_a_destructive_update_is_skipped_and_repeated_skips_stop_the_run(data, tmp_path, caplog):
