@@ -84,6 +84,7 @@ def test_a_group_of_equal_rewards_has_an_advantage_of_exactly_zero(reward):
     np.testing.assert_allclose(advantages[4:], (spread - 1.5) / (spread.std(ddof=1) + 1e-4), rtol=1e-6)
 
 
+@pytest.mark.slow  # 33 s at a load of 3 on 2 cores; SFT's twin in tests/train holds Run's logic by default
 def test_grpo_skips_destructive_updates_logs_them_and_stops(data, tmp_path, caplog):
     import logging
     from robust_r1_jax.train import stops
