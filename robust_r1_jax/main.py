@@ -2,10 +2,16 @@
 
 The config's ``mode`` picks the job. Each job's module is imported only when chosen, so a model-only
 install (no grain / tensorflow-datasets) can still convert, inspect and generate.
+
+What ends a run on purpose is printed as plain lines on stderr, without a traceback: a misspelt config key (with
+ml_collections' suggestion; exit 2), the problems of a training config (one line each; exit 2), and a training run
+stopped by SIGTERM / SIGINT (exit 128 + the signal's number) or by divergence (exit 3). orbax's INFO lines (dozens
+per checkpoint load) are dropped; its warnings stay.
 """
 from __future__ import annotations
 
 import importlib
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
@@ -42,6 +48,60 @@ def resolve(mode: str):
     return getattr(module, fn)
 
 
+class DropLibraryInfo(std_logging.Filter):
+    """Drops records below WARNING logged from inside the named packages (orbax logs through absl's logger, so
+    only the record's source file tells it apart)."""
+
+    def __init__(self, packages=("orbax",)):
+        super().__init__()
+        self.markers = tuple(f"/{p}/" for p in packages)
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        path = record.pathname.replace("\\", "/")
+        return record.levelno >= std_logging.WARNING or not any(m in path for m in self.markers)
+
+
+def quiet_library_info() -> None:
+    """Keeps orbax's INFO lines out of the console (on the absl handler, where absl prints them)."""
+    for handler in std_logging.getLogger().handlers:
+        if not any(isinstance(f, DropLibraryInfo) for f in handler.filters):
+            handler.addFilter(DropLibraryInfo())
+
+
+def unknown_key_message(error: BaseException, argv) -> str:
+    """The useful line of ml_collections' error for a misspelt ``--config.`` key: the flag and its suggestion."""
+    while isinstance(error, (AttributeError, KeyError)) and error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+    key, _, suggestion = text.partition("\n")
+    key = key.strip("'\"")
+    flag = next((a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")
+                 and key in a.split("=", 1)[0].split(".")), f"--config.{key}")
+    return f"{flag}: the config has no field {key!r}. {suggestion}".strip()
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with a misspelt config key reported as one line (exit 2) instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        print(f"error: {unknown_key_message(e, argv)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_mode(config) -> None:
+    """Runs the config's mode; a config problem or an early stop becomes its message on stderr and an exit code."""
+    from robust_r1_jax.train import stops, validate
+    try:
+        resolve(config.mode)(config)
+    except validate.ConfigError as e:
+        print("invalid config:\n" + "\n".join(f"error: {p}" for p in e.problems), file=sys.stderr)
+        sys.exit(2)
+    except stops.RunStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -50,9 +110,10 @@ def main(argv) -> None:
         raise app.UsageError("--config=configs/<name>.py is required")
     if "mode" not in config:
         raise app.UsageError("the config has no 'mode' field")
+    quiet_library_info()
     logging.info("mode %s", config.mode)
-    resolve(config.mode)(config)
+    run_mode(config)
 
 
 if __name__ == "__main__":
-    app.run(main, argv=sys.argv)
+    app.run(main, argv=sys.argv, flags_parser=parse_flags)

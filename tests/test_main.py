@@ -52,10 +52,59 @@ def test_a_3b_recipe_without_init_from_names_the_missing_field(tmp_path):
     assert out.returncode != 0 and "config.model.init_from is required for the '3b' preset" in out.stderr
 
 
-def test_misspelt_config_key_is_a_clear_error():
+def test_misspelt_config_key_is_one_clear_line():
     out = _main("--config=configs/convert.py", "--config.convert.srcc=/x")
-    assert out.returncode != 0
-    assert 'Did you mean "src"' in out.stderr
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("error: --config.convert.srcc: the config has no field 'srcc'. "
+                                  'Did you mean "src" instead of "srcc"?')
+
+
+def test_training_config_problems_are_listed_one_per_line_before_any_work(tmp_path):
+    """Two simulated devices: a global batch of 3 does not split over them; every problem is named at once."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out = subprocess.run([sys.executable, "-m", "robust_r1_jax.main", "--config=configs/sft_tiny.py",
+                          f"--config.workdir={tmp_path / 'w'}", "--config.train.steps=0",
+                          f"--config.data.dataset_dir={tmp_path / 'missing'}", "--config.data.global_batch_size=3"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        "error: config.train.steps=0: train at least 1 step (a run of 0 steps would export the untrained model)",
+        f"error: config.data.dataset_dir={str(tmp_path / 'missing')!r} does not exist (build one with "
+        f"configs/synth.py)",
+        "error: config.data.tokenizer (a tokenizer directory) is required when model.init_from is empty",
+        "error: config.data.global_batch_size=3 is not divisible by the 2 batch shards of the mesh (data=2 x "
+        "fsdp=1 over 2 devices): use a multiple of 2"]
+    assert "Traceback" not in out.stderr and not (tmp_path / "w").exists()  # nothing was built or written
+
+
+ORBAX_UNDER_ABSL = """
+import sys
+from absl import app
+import jax.numpy as jnp
+from robust_r1_jax import main
+from robust_r1_jax.train import checkpoint
+
+def save_and_restore(argv):
+    if argv[1] == "quiet":
+        main.quiet_library_info()
+    saver = checkpoint.Checkpointer(argv[2], keep=1)
+    saver.save(1, {"a": jnp.ones(3)}, {}, {})
+    saver.restore({"a": jnp.ones(3)})
+    saver.close()
+
+app.run(save_and_restore)
+"""
+
+
+def test_orbax_info_lines_are_quiet_under_main(tmp_path):
+    def info_lines(*args):
+        out = subprocess.run([sys.executable, "-c", ORBAX_UNDER_ABSL, *args], cwd=ROOT, capture_output=True,
+                             text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return [line for line in out.stderr.splitlines() if line.startswith("I")]
+    assert len(info_lines("loud", str(tmp_path / "a"))) > 10   # what orbax prints for one save and restore
+    assert info_lines("quiet", str(tmp_path / "b")) == []
 
 
 def test_convert_from_a_folder_without_a_checkpoint(tmp_path):

@@ -1,15 +1,13 @@
 """The demo's report: what its summary keeps of the SFT and GRPO runs, ``report.md`` rendered from that summary,
-and both files written atomically into the demo's working directory.
+and both files written as one set into the demo's working directory.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import numpy as np
 
-from robust_r1_jax import atomic
 
 SUMMARY_NAME = "summary.json"
 REPORT_NAME = "report.md"
@@ -113,8 +111,10 @@ def markdown(s: dict) -> str:
 
 
 def write(summary: dict, workdir: str) -> str:
-    """Writes ``summary.json`` and ``report.md`` into ``workdir``; returns the report's text."""
-    atomic.write_text(os.path.join(workdir, SUMMARY_NAME), json.dumps(summary, indent=2, default=str))
+    """Writes ``summary.json`` and ``report.md`` into ``workdir`` as one set (``report.write_report_set``); returns
+    the report's text."""
+    from robust_r1_jax.eval.report import write_report_set
     text = markdown(summary)
-    atomic.write_text(os.path.join(workdir, REPORT_NAME), text)
+    write_report_set(workdir, {SUMMARY_NAME: json.dumps(summary, indent=2, default=str).encode("utf-8"),
+                               REPORT_NAME: text.encode("utf-8")})
     return text

@@ -1,7 +1,7 @@
 """Evaluation results as files: JSON, a Markdown report and a PNG plot of accuracy against intensity.
 
-Every file is written atomically (``robust_r1_jax.atomic``), so a reader never sees half a report; only process 0
-of a multi-process run writes.
+The files are written as one set (``write_report_set``): a kill at any moment leaves the previous report or the new
+one, never files of two runs side by side; only process 0 of a multi-process run writes.
 
 ``results`` (what ``robust.evaluate`` returns and ``results.json`` holds)::
 
@@ -19,6 +19,8 @@ import io
 import json
 import os
 import re
+import shutil
+import uuid
 
 import jax
 
@@ -35,6 +37,8 @@ AS_SHIPPED = "as_shipped"  # their folder for benchmarks evaluated on the images
 _UNSAFE_FILE_CHARACTERS = re.compile(r"[^A-Za-z0-9._+-]+")
 # Each benchmark panel is this many inches at PLOT_DPI: the PNG is (500 * panels) x 400 pixels.
 PANEL_INCHES = (5.0, 4.0)
+# A report set lives in a folder of its own; REPORT_SET_LINK points at the current one, the usual names at it.
+REPORT_SET_LINK = ".report"
 PLOT_DPI = 100
 
 
@@ -165,9 +169,51 @@ def plot_png(results: dict) -> bytes:
     return buffer.getvalue()
 
 
+def write_report_set(workdir: str, files: dict[str, bytes]) -> dict[str, str]:
+    """Writes ``files`` (relative path -> content) into ``workdir`` as one unit; returns path -> full path.
+
+    The set is written and fsynced in a fresh folder ``.report-<id>``; one rename then points the symlink
+    ``.report`` at it (a symlink replaced by rename switches atomically, a directory cannot), and each top-level
+    name in ``workdir`` (a file, or a folder such as ``vlmevalkit/``) is a relative symlink ``.report/<name>``. Readers open the usual names and see the whole previous
+    set or the whole new one; the previous folder is removed after the switch. Local file systems only."""
+    os.makedirs(workdir, exist_ok=True)
+    folder = f"{REPORT_SET_LINK}-{uuid.uuid4().hex[:12]}"
+    staging = os.path.join(workdir, folder)
+    os.makedirs(staging)
+    try:
+        for name, data in files.items():
+            path = os.path.join(staging, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        atomic.share_tree(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    link = os.path.join(workdir, REPORT_SET_LINK)
+    previous = os.readlink(link) if os.path.islink(link) else None
+    _replace_symlink(link, folder)
+    for name in dict.fromkeys(name.split("/")[0] for name in files):
+        _replace_symlink(os.path.join(workdir, name), os.path.join(REPORT_SET_LINK, name))
+    if previous and previous != folder:
+        shutil.rmtree(os.path.join(workdir, previous), ignore_errors=True)
+    return {name: os.path.join(workdir, name) for name in files}
+
+
+def _replace_symlink(path: str, target: str) -> None:
+    if os.path.islink(path) and os.readlink(path) == target:
+        return
+    temporary = f"{path}.link-{uuid.uuid4().hex[:8]}"
+    os.symlink(target, temporary)
+    os.replace(temporary, path)
+
+
 def write_reports(results: dict, predictions: list[dict], workdir: str, benchmarks=()) -> dict[str, str]:
     """results.json, results.md, accuracy.png and predictions.jsonl in ``workdir`` (process 0 only), and with
-    ``benchmarks`` (``robust.Benchmark``) the VLMEvalKit prediction tables under ``vlmevalkit/``."""
+    ``benchmarks`` (``robust.Benchmark``) the VLMEvalKit prediction tables under ``vlmevalkit/``, written as one
+    report set (``write_report_set``)."""
     paths = {kind: os.path.join(workdir, name) for kind, name in
              (("json", JSON_NAME), ("markdown", MARKDOWN_NAME), ("plot", PLOT_NAME),
               ("predictions", PREDICTIONS_NAME))}
@@ -176,12 +222,13 @@ def write_reports(results: dict, predictions: list[dict], workdir: str, benchmar
         paths["vlmevalkit"] = os.path.join(workdir, VLMEVALKIT_DIR)
     if not is_writer():
         return paths
-    atomic.write_text(paths["json"], json.dumps(results, indent=2) + "\n")
-    atomic.write_text(paths["markdown"], markdown(results))
-    atomic.write_bytes(paths["plot"], plot_png(results))
-    atomic.write_text(paths["predictions"], "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
-    for relative, text in tables.items():
-        atomic.write_text(os.path.join(workdir, VLMEVALKIT_DIR, relative), text)
+    files = {
+        JSON_NAME: (json.dumps(results, indent=2) + "\n").encode("utf-8"),
+        MARKDOWN_NAME: markdown(results).encode("utf-8"),
+        PLOT_NAME: plot_png(results),
+        PREDICTIONS_NAME: "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions).encode("utf-8")}
+    files.update({f"{VLMEVALKIT_DIR}/{relative}": text.encode("utf-8") for relative, text in tables.items()})
+    write_report_set(workdir, files)
     return paths
 
 

@@ -55,11 +55,13 @@ class GRPOConfig:
 # ---- pure pieces ----------------------------------------------------------------------------------------------
 def group_advantages(rewards: jax.Array, group: int, std_estimator: str = "unbiased",
                      eps: float = 1e-4) -> jax.Array:
-    """(R - mean_G) / (std_G + eps) within each run of ``group`` consecutive rows."""
+    """(R - mean_G) / (std_G + eps) within each run of ``group`` consecutive rows (SPEC §4); a group whose rewards
+    are all equal gets exactly 0, where float32's mean would leave a residue that grows with the rewards' size."""
     r = rewards.reshape(-1, group).astype(jnp.float32)
     mean = r.mean(axis=1, keepdims=True)
     std = r.std(axis=1, keepdims=True, ddof=1 if std_estimator == "unbiased" else 0)
-    return ((r - mean) / (std + eps)).reshape(-1)
+    uniform = jnp.all(r == r[:, :1], axis=1, keepdims=True)
+    return jnp.where(uniform, 0.0, (r - mean) / (std + eps)).reshape(-1)
 
 
 def grpo_objective(logp, old_logp, ref_logp, advantages, mask, row_weight, cfg: GRPOConfig):
@@ -207,11 +209,13 @@ def run(config) -> dict:
                          image_grid_thw=prompts.get("image_grid_thw"),
                          row_weight=_row_weights(mesh, local, gcfg.num_samples))
             old_logp, ref_logp = score_fn(state.trainable, state.frozen, ref_trainable, batch)
+            skipped = 0
             for _ in range(gcfg.inner_iterations):
                 state, metrics = update_fn(state, batch, old_logp, ref_logp, advantages)
+                skipped += metrics["skipped"]
             intensity = mx.fetch(_global(mesh, np.asarray(local["summed_intensity"], np.float32)))
-            row = _step_metrics(mx.fetch(metrics), mx.fetch(scores), mx.fetch(rollout.lengths), intensity,
-                                gcfg.num_samples, meter.tick())
+            row = _step_metrics(mx.fetch(dict(metrics, skipped=skipped)), mx.fetch(scores),
+                                mx.fetch(rollout.lengths), intensity, gcfg.num_samples, meter.tick())
             history.append(row)
             r.step_done(step, state, row, dict(reward=f"{row['reward/total']:.3f}"),
                         lambda: _console_line(step + 1, config.train.steps, row))

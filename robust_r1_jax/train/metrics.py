@@ -69,13 +69,22 @@ def rates(step_time: float, tokens: float, flops: float, n_devices: int) -> dict
     return out
 
 
-class Writer:
-    """TensorBoard scalars plus a JSONL copy (easy to read back in tests and reports)."""
+METRICS_NAME = "metrics.jsonl"
 
-    def __init__(self, logdir: str, enabled: bool = True):
+
+class Writer:
+    """TensorBoard scalars plus a JSONL copy (easy to read back in tests and reports) and the curves PNG.
+
+    Opening it for a run resumed at ``resume_step`` first drops what a killed run wrote past that step (the JSONL
+    keeps records ``step <= resume_step``, rewritten atomically; TensorBoard purges events from ``resume_step + 1``
+    on), so replayed steps appear once."""
+
+    def __init__(self, logdir: str, enabled: bool = True, resume_step: int = 0, panels=()):
         self.enabled = enabled and jax.process_index() == 0
         self.tb = None
         self.jsonl = None
+        self.panels = panels
+        self.records: list[dict] = []
         if self.enabled:
             if "://" in logdir:  # event files and the JSONL copy stay local; checkpoints go to the bucket
                 import tempfile
@@ -83,9 +92,12 @@ class Writer:
                 logging.getLogger(__name__).warning("metrics for %s are written locally to %s", logdir, local)
                 logdir = local
             os.makedirs(logdir, exist_ok=True)
+            self.logdir = logdir
+            path = os.path.join(logdir, METRICS_NAME)
+            self.records = keep_records_until(path, resume_step)
             from tensorboardX import SummaryWriter
-            self.tb = SummaryWriter(logdir)
-            self.jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
+            self.tb = SummaryWriter(logdir, purge_step=resume_step + 1)
+            self.jsonl = open(path, "a")
 
     def write(self, step: int, scalars: dict) -> None:
         if not self.enabled:
@@ -93,8 +105,20 @@ class Writer:
         clean = {k: float(v) for k, v in scalars.items() if np.ndim(v) == 0}
         for k, v in clean.items():
             self.tb.add_scalar(k, v, step)
-        self.jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        record = {"step": step, **clean}
+        self.records.append(record)
+        self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
+
+    def write_curves(self) -> str | None:
+        """``logs/curves.png`` from every record so far (atomically); its path, or None where nothing is drawn."""
+        if not self.enabled or not self.panels or not self.records:
+            return None
+        from robust_r1_jax import atomic
+        from robust_r1_jax.train import curves
+        path = os.path.join(self.logdir, curves.CURVES_NAME)
+        atomic.write_bytes(path, curves.curves_png(self.records, self.panels))
+        return path
 
     def close(self) -> None:
         if self.enabled:
@@ -103,8 +127,39 @@ class Writer:
 
 
 def read_jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a metrics JSONL file. A last line that does not parse (a write cut short by a kill or a full
+    disk) is read as absent; any other unreadable line is an error naming file:line."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().split("\n")
+    records = []
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number - 1 == last:
+                logging.getLogger(__name__).warning("%s:%d: torn last record ignored (%s)", path, number, e)
+                break
+            raise ValueError(f"{path}:{number}: not a JSON record: {e}") from e
+    return records
+
+
+def keep_records_until(path: str, step: int) -> list[dict]:
+    """Rewrites ``path`` (atomically, only when something changes) to the records with ``step <= step`` and no
+    torn last line; returns them."""
+    if not os.path.exists(path):
+        return []
+    records = read_jsonl(path)
+    kept = [r for r in records if r.get("step", 0) <= step]
+    with open(path, "rb") as f:
+        whole = f.read()
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    if len(kept) != len(records) or not whole.endswith(b"\n") and whole.strip():
+        from robust_r1_jax import atomic
+        atomic.write_text(path, text)
+    return kept
 
 
 def console_line(step: int, total: int, scalars: dict) -> str:

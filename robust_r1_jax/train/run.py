@@ -6,6 +6,11 @@ context manager opens the grain loader, the checkpointer (resuming the newest ch
 optimizer, step and data order), the metric writer and the progress bar, and closes them all on the way out,
 whatever happens inside. A loop then reads ``run.steps()``, calls ``run.step_done`` after each step (metrics,
 progress, console line, checkpoint when due) and ``run.finish`` at the end (waits for saves, exports the model).
+
+The config is checked as a whole (``train.validate``) before the tokenizer or model is built. Inside the context,
+SIGTERM / SIGINT make ``step_done`` save the step just finished and raise ``stops.Preempted``; a step whose update
+was skipped (``scalars["skipped"]``) is never saved as a checkpoint, so rotation keeps the newest one from before
+a run of skipped steps, and ``train.max_consecutive_skips`` of them in a row raise ``stops.Diverged`` naming it.
 """
 from __future__ import annotations
 
@@ -23,8 +28,10 @@ from robust_r1_jax import distributed, parallel
 from robust_r1_jax.model import config as model_config, loading, orbax_io
 from robust_r1_jax.model.vlm import Qwen25VL
 from robust_r1_jax.train import checkpoint as ckpt
+from robust_r1_jax.train import curves
 from robust_r1_jax.train import metrics as mx
 from robust_r1_jax.train import optim, state as train_state
+from robust_r1_jax.train import stops, validate
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +101,6 @@ def make_loader(config, processor, per_host: int, info, kind: str = "sft"):
     """This process's shard of the ``robust_r1`` dataset as fixed-shape SFT or RL batches (grain)."""
     from robust_r1_jax.data import pipeline, tfds_builder
     d = config.data
-    if not d.dataset_dir:
-        raise ValueError("config.data.dataset_dir is required (a robust_r1 dataset; build one with configs/synth.py)")
     source = tfds_builder.data_source(d.dataset_dir, d.split)
     extra = {k: d[k] for k in ("reference_answer_bytes", "reference_names", "reference_name_bytes") if k in d}
     pcfg = pipeline.PipelineConfig(batch_size=per_host, seq_len=d.seq_len, patch_bucket=d.patch_bucket,
@@ -124,9 +129,10 @@ class Run:
     def __init__(self, config: ml_collections.ConfigDict, name: str, loader_kind: str = "sft"):
         self.config, self.name, self.loader_kind = config, name, loader_kind
         self.info = init_distributed(config)
+        self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+        validate.check_training_config(config, self.mesh, self.info.process_count)
         self.workdir = check_workdir(config.workdir)
         self.per_host = distributed.check_divisible(config.data.global_batch_size, self.info.process_count)
-        self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
         self.processor = load_processor(config)
         model = build_model(config, self.processor, self.mesh)
         self.model_config = model.config
@@ -136,6 +142,7 @@ class Run:
         self.parts, self.state = train_state.init_state(model, self.tx, tuple(config.train.freeze), self.mesh)
         self.start = 0
         self.model_dir = None
+        self.skip_run: list[int] = []   # the steps of the current run of consecutive skipped updates
         self._closing = contextlib.ExitStack()
 
     def __enter__(self) -> "Run":
@@ -148,7 +155,9 @@ class Run:
                 os.path.join(self.workdir, "checkpoints"), keep=self.config.train.keep,
                 async_save=self.config.train.async_checkpoint)))
             self._resume()
-            self.writer = opening.enter_context(contextlib.closing(mx.Writer(os.path.join(self.workdir, "logs"))))
+            self.writer = opening.enter_context(contextlib.closing(mx.Writer(
+                os.path.join(self.workdir, "logs"), resume_step=self.start, panels=curves.PANELS.get(self.name, ()))))
+            self.signals = opening.enter_context(stops.StopSignals())
             self.progress = progress_bar(self.start, self.config.train.steps, self.name)
             if self.progress is not None:
                 opening.enter_context(contextlib.closing(self.progress))
@@ -183,20 +192,60 @@ class Run:
 
     def step_done(self, step: int, state, scalars: dict, postfix: dict, console_line: Callable[[], str]) -> None:
         """After 0-based ``step``: its scalars to the writer, the progress bar, ``console_line()`` to the log every
-        ``train.log_every`` steps, and a checkpoint every ``train.checkpoint_every`` steps and at the last."""
+        ``train.log_every`` steps, and a checkpoint every ``train.checkpoint_every`` steps and at the last (not of a
+        skipped update). Raises ``stops.Diverged`` after ``train.max_consecutive_skips`` skipped updates in a row
+        and ``stops.Preempted`` (after saving this step) once any process was sent SIGTERM or SIGINT."""
         done, train = step + 1, self.config.train
+        skipped = float(scalars.get("skipped", 0)) > 0
         self.writer.write(done, scalars)
         if self.progress is not None:
             self.progress.update(1)
             self.progress.set_postfix(**postfix)
         if done % train.log_every == 0 and distributed.is_primary():
             log.info(console_line())
-        if done % train.checkpoint_every == 0 or done == train.steps:
-            self.checkpointer.save(done, state, self.loader.get_state(), run_meta(self.config, self.model(state)))
+        self._count_skips(done, skipped)
+        signum = self.signals.agreed()
+        due = done % train.checkpoint_every == 0 or done == train.steps
+        if (due or signum) and not skipped:
+            self.checkpointer.save(done, state, self.loader.get_state(), run_meta(self.config, self.model(state)),
+                                   force=bool(signum))
+        elif due:
+            log.warning("%s: no checkpoint at step %d: its update was skipped (the newest stays %s)", self.name,
+                        done, self._last_checkpoint())
+        if due or signum:
+            self.writer.write_curves()
+        if signum:
+            self.checkpointer.wait()
+            raise stops.Preempted(f"{self.name}: stopped by {stops.signal_name(signum)} after step {done} of "
+                                  f"{train.steps}; newest checkpoint: {self._last_checkpoint()}; run the same "
+                                  f"command to resume", signum)
+
+    def _count_skips(self, done: int, skipped: bool) -> None:
+        if not skipped:
+            self.skip_run = []
+            return
+        self.skip_run.append(done)
+        log.warning("%s step %d: non-finite loss, gradient or update, update skipped (%d in a row)", self.name,
+                    done, len(self.skip_run))
+        limit = self.config.train.get("max_consecutive_skips", 0)
+        if limit and len(self.skip_run) >= limit:
+            self.checkpointer.wait()
+            self.writer.write_curves()
+            raise stops.Diverged(f"{self.name}: {len(self.skip_run)} consecutive updates skipped (steps "
+                                 f"{self.skip_run[0]}-{done}: non-finite loss, gradient or update), "
+                                 f"train.max_consecutive_skips={limit}; stopping without export. Last good "
+                                 f"checkpoint: {self._last_checkpoint()}")
+
+    def _last_checkpoint(self) -> str:
+        step = self.checkpointer.latest_step()
+        if step is None:
+            return "none (no checkpoint saved yet; the run starts from its initial model)"
+        return f"step {step} in {self.checkpointer.directory}"
 
     def finish(self, state) -> dict:
         """Waits for the last save, exports the model (``train.export_model``) and returns the run's summary."""
         self.checkpointer.wait()
+        self.writer.write_curves()
         if self.config.train.export_model:
             self.model_dir = os.path.join(self.workdir, "model")
             orbax_io.save(self.model(state), self.model_dir, image_processor=self.processor.image_processor,

@@ -7,17 +7,12 @@ and close-out around the loop are ``train.run.Run``'s.
 """
 from __future__ import annotations
 
-import logging
-
 import jax
 import ml_collections
 
 from robust_r1_jax.train import metrics as mx
 from robust_r1_jax.train import step as sft_step
 from robust_r1_jax.train.run import Run
-
-log = logging.getLogger(__name__)
-
 
 def default_config() -> ml_collections.ConfigDict:
     """Every SFT setting with its default; recipe files under configs/ override what they need."""
@@ -40,7 +35,8 @@ def default_config() -> ml_collections.ConfigDict:
         min_lr_ratio=0.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0))
     c.train = ml_collections.ConfigDict(dict(
         steps=100, grad_accum=1, ce_chunk=0, freeze=("^visual\\.",), log_every=10,
-        checkpoint_every=100, keep=3, async_checkpoint=True, export_model=True))
+        checkpoint_every=100, keep=3, async_checkpoint=True, export_model=True,
+        max_consecutive_skips=10))   # skipped updates in a row that stop the run (0: never stop)
     c.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=0, process_id=-1,
                                                    timeout_s=300.0))
     return c
@@ -67,8 +63,6 @@ def run(config) -> dict:
             scalars = {**metrics, **rates}
             losses.append(float(metrics["loss"]))
             skipped += int(metrics["skipped"])
-            if int(metrics["skipped"]):
-                log.warning("step %d: non-finite loss or gradient, update skipped", step + 1)
             r.step_done(step, state, scalars, dict(loss=f"{losses[-1]:.4f}"),
                         lambda: mx.console_line(step + 1, config.train.steps, scalars))
         summary = r.finish(state)

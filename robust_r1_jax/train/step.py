@@ -1,7 +1,7 @@
 """The SFT step: one jitted function over the mesh with donated state.
 
 Loss = Σ (cross-entropy on assistant tokens) / (assistant tokens in the *global* batch), accumulated over
-micro-batches with ``lax.scan``; a non-finite loss or gradient skips the update and is reported.
+micro-batches with ``lax.scan``; a non-finite loss, gradient or update skips the update and is reported.
 """
 from __future__ import annotations
 
@@ -67,17 +67,21 @@ def sft_step(parts: ModelParts, tx: optax.GradientTransformation, lr_schedule, c
 
 
 def guarded_update(tx: optax.GradientTransformation, state: TrainState, grads, loss) -> tuple[TrainState, dict]:
-    """The optimizer update, skipped (state and optimizer moments kept as they were) when the loss or the
-    gradient norm is not finite, so one bad batch never reaches the parameters or a checkpoint."""
+    """The optimizer update, skipped (state and optimizer moments kept as they were) when the loss, the gradient
+    norm or the update norm is not finite, so one bad batch or a destructive update (a learning rate of 1e38 gives
+    finite parameters of 1e38 whose next loss is not) never reaches the parameters or a checkpoint. The update norm
+    is summed in the parameters' dtype: in float32 a norm above ~1.8e19 overflows and counts as not finite."""
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
     updates, opt_state = tx.update(safe_grads, state.opt_state, state.trainable)
     trainable = optax.apply_updates(state.trainable, updates)
+    update_norm = optax.global_norm(updates)
+    finite = finite & jnp.isfinite(update_norm)   # finite parameters + a finite update stay finite
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = TrainState(step=state.step + finite.astype(jnp.int32), trainable=keep(trainable, state.trainable),
                            frozen=state.frozen, opt_state=keep(opt_state, state.opt_state))
-    return new_state, dict(grad_norm=grad_norm, skipped=1 - finite.astype(jnp.int32))
+    return new_state, dict(grad_norm=grad_norm, update_norm=update_norm, skipped=1 - finite.astype(jnp.int32))
 
 
 def batch_shardings(mesh, batch: dict) -> dict:

@@ -2,6 +2,7 @@
 import csv
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -117,8 +118,10 @@ def accuracy_table(markdown, bench):
 def test_reports_are_written(two_models, tmp_path):
     results, predictions, _ = two_models
     paths = report.write_reports(results, predictions, str(tmp_path / "out"))
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        ["results.json", "results.md", "accuracy.png", "predictions.jsonl"])  # no temporary files left
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    set_folder = os.readlink(tmp_path / "out" / ".report")  # the set's own folder; the names link into it
+    assert names == sorted(["results.json", "results.md", "accuracy.png", "predictions.jsonl", ".report",
+                            set_folder])  # no temporary files left
     assert json.loads(open(paths["json"]).read()) == json.loads(json.dumps(results))
 
     markdown = open(paths["markdown"]).read()
@@ -180,3 +183,29 @@ def test_vlmevalkit_tables_are_written_beside_the_reports(two_models, tmp_path):
         output = by_index[fields[0]]["output"]
         assert fields[-2:] == (["", ""] if output is None else [chains.extract_block(output, "ANSWER"), output])
     assert sum(fields[-1] == "" for fields in rows[1:]) == 2
+
+
+def test_a_report_set_is_replaced_as_one_unit(two_models, tmp_path, monkeypatch):
+    """A failure while the second set is written (here: the disk fills after its first file) leaves the first set
+    whole; then the second set replaces all of it and the first set's folder is gone."""
+    results, predictions, _ = two_models
+    out = tmp_path / "out"
+    report.write_reports(results, predictions, str(out))
+    first = {name: (out / name).read_bytes() for name in ("results.json", "results.md", "accuracy.png")}
+    second = json.loads(json.dumps(results))
+    second["protocol"]["note"] = "second run"
+    fsync, calls = os.fsync, []
+
+    def fsync_then_fail(fd):
+        calls.append(fd)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        fsync(fd)
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", fsync_then_fail)
+        with pytest.raises(OSError, match="No space left"):
+            report.write_reports(second, predictions, str(out))
+    assert {name: (out / name).read_bytes() for name in first} == first
+    report.write_reports(second, predictions, str(out))
+    assert json.loads((out / "results.json").read_text())["protocol"]["note"] == "second run"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".report-")] == [os.readlink(out / ".report")]

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 sys.path.insert(0, os.path.dirname(__file__))
 import sft_data  # noqa: E402
@@ -45,6 +46,8 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(data, tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "full" / "logs" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     assert all(r["tokens_per_s"] > 0 and "learning_rate" in r and "grad_norm" in r for r in rows)
+    with Image.open(tmp_path / "full" / "logs" / "curves.png") as curves:  # loss, gradient norm, learning rate
+        assert curves.size == (3 * 450, 320)
     # the exported model and the training checkpoint hold the same weights
     assert loading.is_training_checkpoint(str(tmp_path / "full" / "checkpoints"))
     from robust_r1_jax.model import orbax_io

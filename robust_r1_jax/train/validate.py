@@ -1,0 +1,83 @@
+"""A training config checked as a whole before any heavy work (tokenizer, model, compilation, data).
+
+Every problem found becomes one line naming the field, its value and what would work; ``ConfigError`` carries
+them all, so one attempt shows everything to fix (``main`` prints the lines alone, without a traceback).
+"""
+from __future__ import annotations
+
+import os
+
+
+class ConfigError(ValueError):
+    """One or more config problems; ``problems`` holds one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid config:\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def _positive(config, field: str) -> list[str]:
+    section, key = field.split(".")
+    value = config[section][key]
+    return [] if value >= 1 else [f"config.{field}={value}: must be at least 1"]
+
+
+def schedule_problems(config) -> list[str]:
+    problems = []
+    if config.train.steps < 1:
+        problems.append(f"config.train.steps={config.train.steps}: train at least 1 step (a run of "
+                        f"{config.train.steps} steps would export the untrained model)")
+    for field in ("train.checkpoint_every", "train.log_every", "train.keep", "train.grad_accum"):
+        problems += _positive(config, field)
+    if config.train.get("max_consecutive_skips", 0) < 0:
+        problems.append(f"config.train.max_consecutive_skips={config.train.max_consecutive_skips}: must be >= 0 "
+                        f"(0 never stops)")
+    return problems
+
+
+def path_problems(config) -> list[str]:
+    problems = []
+    dataset_dir = config.data.dataset_dir
+    if not dataset_dir:
+        problems.append("config.data.dataset_dir is required (a robust_r1 dataset; build one with configs/synth.py)")
+    elif _is_local(dataset_dir) and not os.path.isdir(dataset_dir):
+        problems.append(f"config.data.dataset_dir={dataset_dir!r} does not exist (build one with configs/synth.py)")
+    if not config.model.init_from and config.model.preset not in ("tiny", "demo"):
+        problems.append(f"config.model.init_from is required for the {config.model.preset!r} preset: a Hugging "
+                        f"Face directory, an exported model or a training checkpoint to start from")
+    elif not config.model.init_from and not config.data.tokenizer:
+        problems.append("config.data.tokenizer (a tokenizer directory) is required when model.init_from is empty")
+    for field, value in (("model.init_from", config.model.init_from), ("data.tokenizer", config.data.tokenizer)):
+        if value and _is_local(value) and not os.path.exists(value):
+            problems.append(f"config.{field}={value!r} does not exist")
+    return problems
+
+
+def batch_problems(config, mesh, process_count: int) -> list[str]:
+    """The global batch must split evenly over the mesh's batch axes (data x fsdp), the processes that feed them,
+    and the gradient-accumulation micro-batches."""
+    problems, batch = [], config.data.global_batch_size
+    if batch < 1:
+        return [f"config.data.global_batch_size={batch}: must be at least 1"]
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch % shards:
+        problems.append(f"config.data.global_batch_size={batch} is not divisible by the {shards} batch shards of "
+                        f"the mesh (data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']} over "
+                        f"{mesh.devices.size} devices): use a multiple of {shards}")
+    if batch % process_count:
+        problems.append(f"config.data.global_batch_size={batch} is not divisible by the {process_count} processes")
+    accum = config.train.grad_accum
+    if accum >= 1 and batch % accum:
+        problems.append(f"config.data.global_batch_size={batch} is not divisible by config.train.grad_accum={accum}")
+    return problems
+
+
+def check_training_config(config, mesh, process_count: int) -> None:
+    """Raises ``ConfigError`` listing every problem of an SFT or GRPO config on this mesh."""
+    problems = schedule_problems(config) + path_problems(config) + batch_problems(config, mesh, process_count)
+    if problems:
+        raise ConfigError(problems)
