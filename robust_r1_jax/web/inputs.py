@@ -9,7 +9,7 @@ import dataclasses
 import os
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from robust_r1_jax import degrade
 
@@ -55,7 +55,8 @@ def check_image_array(image: np.ndarray, limits: Limits, name: str = "the image"
 
 
 def read_upload(path: str, limits: Limits) -> np.ndarray:
-    """The uploaded file at ``path`` as uint8 RGB; InputProblem naming the file when it is not a usable image."""
+    """The uploaded file at ``path`` as uint8 RGB, turned upright by its EXIF orientation (a phone photo, as
+    ``generate`` does); InputProblem naming the file when it is not a usable image."""
     name = os.path.basename(path)
     try:
         size = os.path.getsize(path)
@@ -70,7 +71,7 @@ def read_upload(path: str, limits: Limits) -> np.ndarray:
                 raise InputProblem(f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} MP); the limit "
                                    f"is {limits.max_pixels / 1e6:g} MP.")
             opened.load()
-            image = np.asarray(opened.convert("RGB"), dtype=np.uint8)
+            image = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"), dtype=np.uint8)
     except InputProblem:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:

@@ -1,6 +1,7 @@
 """The page's pure parts: chain text (possibly still arriving) to chips, panels and answer; the sweep table."""
 import numpy as np
 import pytest
+from PIL import Image
 
 from robust_r1_jax import degrade
 from robust_r1_jax.web import chain_view, inputs, sweep
@@ -105,3 +106,11 @@ def test_degradation_plans():
         inputs.plan("fog", 0.5, 0)
     with pytest.raises(inputs.InputProblem, match="seed"):
         inputs.plan("noise", 0.5, -1)
+
+
+def test_an_upload_is_turned_upright_by_its_exif_orientation(tmp_path):
+    stored = np.random.default_rng(0).integers(0, 256, (40, 80, 3), dtype=np.uint8)  # 80 wide as the sensor wrote it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
+    assert np.array_equal(inputs.read_upload(str(tmp_path / "phone.png"), inputs.Limits()), np.rot90(stored, k=-1))
