@@ -25,8 +25,10 @@ import contextlib
 import json
 import logging
 import os
+import platform
 import time
 
+import jax
 import numpy as np
 
 from robust_r1_jax import atomic
@@ -162,11 +164,31 @@ def _cpu_seconds() -> float:
     return t.user + t.system
 
 
+def host() -> dict:
+    """The machine a demo ran on: CPU model, core count, the instruction-set features XLA:CPU's kernels are chosen
+    by, jax's version and XLA_FLAGS.
+
+    The outcome is bit-exact from run to run on one kind of CPU, not across kinds: XLA:CPU runs matmuls through
+    YNNPACK, which picks its kernels at run time by the CPU's features, and 1000 SFT steps amplify the last-bit
+    differences (WORKSPACE.md, "The embedded demo's outcome"). Reads ``/proc/cpuinfo`` where there is one.
+    """
+    model, flags = platform.processor(), set()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            fields = dict(line.split(":", 1) for line in handle.read().split("\n\n")[0].splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        model, flags = fields.get("model name", model), set(fields.get("flags", "").split())
+    features = sorted(f for f in flags if f in ("avx2", "fma") or f.startswith(("avx512", "amx")))
+    return dict(cpu=model, cores=os.cpu_count(), features=features, jax=jax.__version__,
+                xla_flags=os.environ.get("XLA_FLAGS", ""))
+
+
 def run(config) -> dict:
     clock = StageClock()
     with clock("total"):
         summary = _run_stages(config, clock)
     summary["timings"] = dict(wall=clock.wall, cpu=clock.cpu, cpu_cores=os.cpu_count())
+    summary["host"] = host()
     print(demo_report.write(summary, summary["workdir"]))
     return summary
 

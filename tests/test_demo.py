@@ -1,8 +1,10 @@
 """The embedded default run (robust_r1_jax/demo.py): artefacts at tiny size, and the real run's claims (slow)."""
 import importlib.util
 import json
+import os
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 
@@ -131,7 +133,13 @@ def test_tiny_demo_writes_every_artefact(tiny_demo):
     for ev in (summary["sft_eval"], summary["rl_eval"]):
         assert ev["examples"] == 4 and 0.0 <= ev["valid_chains"] <= 1.0 and 0.0 <= ev["accuracy"] <= 1.0
     assert summary["sft_eval"]["chance"] == pytest.approx(0.25)
-    assert json.loads((root / "summary.json").read_text())["max_new_tokens"] == summary["max_new_tokens"]
+    def no_bare_nan(constant):
+        raise AssertionError(f"summary.json holds {constant}, which JSON does not have")
+    written = json.loads((root / "summary.json").read_text(), parse_constant=no_bare_nan)
+    assert written["max_new_tokens"] == summary["max_new_tokens"]
+    assert written["rl"]["rise_standard_error"] is None  # one step per window: no standard error
+    assert written["host"]["cores"] == os.cpu_count() and written["host"]["jax"] == jax.__version__
+    assert "Machine: " in report
     # the evaluation TSV holds held-out questions of the style the model was trained on
     header, *rows = (root / "data" / "demo_eval.tsv").read_text().splitlines()
     assert len(rows) == 4 and header.split("\t")[:3] == ["index", "image", "question"]

@@ -105,9 +105,27 @@ def markdown(s: dict) -> str:
     lines += ["", "## Time", "", "| stage | wall s | CPU s (user+sys) |", "|---|---|---|"]
     lines += [f"| {name} | {t['wall'][name]:.0f} | {t['cpu'][name]:.0f} |" for name in t["wall"]]
     lines += ["", f"CPU seconds over {t['cpu_cores']} cores: {t['cpu']['total'] / t['cpu_cores']:.0f} s "
-                  f"per core for the whole run.", "",
+                  f"per core for the whole run."]
+    if "host" in s:
+        h = s["host"]
+        lines += ["", f"Machine: {h['cpu']}, {h['cores']} cores ({' '.join(h['features']) or 'no AVX2'}), jax "
+                      f"{h['jax']}{', XLA_FLAGS=' + h['xla_flags'] if h['xla_flags'] else ''}. The numbers repeat "
+                      "exactly on this kind of CPU; another kind may round matmuls differently and end elsewhere."]
+    lines += ["",
               "Sample held-out chain (SFT, greedy):", "", "```", s["sft_eval"]["sample"][:600], "```", ""]
     return "\n".join(lines)
+
+
+def _finite(value):
+    """``value`` with every NaN or infinity as None: JSON has no such numbers (one step per window gives a NaN
+    standard error), and strict readers refuse the bare ``NaN`` Python's json writes."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def write(summary: dict, workdir: str) -> str:
@@ -115,6 +133,7 @@ def write(summary: dict, workdir: str) -> str:
     the report's text."""
     from robust_r1_jax.eval.report import write_report_set
     text = markdown(summary)
-    write_report_set(workdir, {SUMMARY_NAME: json.dumps(summary, indent=2, default=str).encode("utf-8"),
+    write_report_set(workdir, {SUMMARY_NAME: json.dumps(_finite(summary), indent=2, default=str,
+                                                        allow_nan=False).encode("utf-8"),
                                REPORT_NAME: text.encode("utf-8")})
     return text
