@@ -258,9 +258,20 @@ def generate_batch(generator: inference.Generator, items: list[Item], use_suffix
     return records
 
 
+# Folder names every training run uses: alone they say nothing about which model it is.
+RUN_FOLDER_NAMES = ("model", "checkpoints")
+
+
+def display_name(path: str) -> str:
+    """The checkpoint folder's name, with its parent's for a run's ``model/`` or ``checkpoints/`` (``sft/model``)."""
+    parts = os.path.normpath(path).split(os.sep)
+    return "/".join(parts[-2:]) if parts[-1] in RUN_FOLDER_NAMES and len(parts) > 1 and parts[-2] else parts[-1]
+
+
 def model_spec(config) -> ModelSpec:
+    """The model to serve: ``--config.checkpoint`` (named by ``display_name``), else the demo's newest model."""
     if config.checkpoint:
-        return ModelSpec(os.path.basename(os.path.normpath(config.checkpoint)), config.checkpoint,
+        return ModelSpec(display_name(config.checkpoint), config.checkpoint,
                          config.tokenizer, use_suffix=bool(config.suffix))
     for name, path in reversed(defaults.DEMO_MODELS):  # after RL first
         if os.path.isdir(path) and os.path.isdir(defaults.DEMO_TOKENIZER_DIR):

@@ -172,3 +172,11 @@ def test_speed_lines():
     assert generate.Speed(tokens=300, seconds=1.5).line(3) == (
         "speed: 300 tokens for 3 images in 1.50 s of generation: 200.0 tokens/s (the first batch includes "
         "compilation; a batch returns at once, so there is no time to first token)")
+
+
+def test_a_runs_model_folder_is_named_with_its_run():
+    assert generate.display_name("/tmp/runs/sft_tiny/model") == "sft_tiny/model"
+    assert generate.display_name("runs/demo/rl/model/") == "rl/model"
+    assert generate.display_name("/x/run/checkpoints") == "run/checkpoints"
+    assert generate.display_name("/ckpt/Qwen2.5-VL-3B-Instruct") == "Qwen2.5-VL-3B-Instruct"
+    assert generate.display_name("model") == "model"
