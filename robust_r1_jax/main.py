@@ -5,7 +5,8 @@ install (no grain / tensorflow-datasets) can still convert, inspect and generate
 
 What ends a run on purpose is printed as plain lines on stderr, without a traceback: a misspelt config key (with
 ml_collections' suggestion; exit 2), the problems of a training config (one line each; exit 2), and a training run
-stopped by SIGTERM / SIGINT (exit 128 + the signal's number) or by divergence (exit 3). orbax's INFO lines (dozens
+stopped by SIGTERM / SIGINT (exit 128 + the signal's number) or by divergence (exit 3), and bad input that ends a run
+(``data.records.SourceError``: a source with no usable row, a ``generate`` image that cannot be used; exit 1). orbax's INFO lines (dozens
 per checkpoint load) are dropped; its warnings stay.
 """
 from __future__ import annotations
@@ -91,12 +92,16 @@ def parse_flags(argv):
 
 def run_mode(config) -> None:
     """Runs the config's mode; a config problem or an early stop becomes its message on stderr and an exit code."""
+    from robust_r1_jax.data import records
     from robust_r1_jax.train import stops, validate
     try:
         resolve(config.mode)(config)
     except validate.ConfigError as e:
         print("invalid config:\n" + "\n".join(f"error: {p}" for p in e.problems), file=sys.stderr)
         sys.exit(2)
+    except records.SourceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except stops.RunStopped as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

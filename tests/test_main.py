@@ -59,6 +59,27 @@ def test_misspelt_config_key_is_one_clear_line():
                                   'Did you mean "src" instead of "srcc"?')
 
 
+def test_bad_input_that_ends_a_run_is_one_clear_line(tmp_path):
+    """A generate image that is not an image (read before any model loads) and a synth source with no usable row:
+    one ``error:`` line naming the file, exit 1, no traceback."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    out = _main("--config=configs/generate.py", f"--config.checkpoint={tmp_path / 'no_model'}",
+                f"--config.image={notes}", "--config.question=q")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"error: {notes}: cannot read the image (cannot identify image file '{notes}')")
+    tsv = tmp_path / "broken.tsv"
+    tsv.write_text("index\timage\tquestion\tA\tB\tanswer\n0\t\tq?\ta\tb\tA\n")
+    out = _main("--config=configs/synth.py", f"--config.workdir={tmp_path / 'synth'}",
+                "--config.synth.source=vlmeval_tsv", f"--config.synth.source_path={tsv}",
+                "--config.synth.num_train=1", "--config.synth.num_validation=0")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"error: synth.source='vlmeval_tsv' ({tsv}) has no usable row: 1 skipped: {tsv}:2: row index 0: image "
+        f"column is empty")
+
+
 def test_training_config_problems_are_listed_one_per_line_before_any_work(tmp_path):
     """Two simulated devices: a global batch of 3 does not split over them; every problem is named at once."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")

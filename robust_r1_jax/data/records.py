@@ -24,7 +24,8 @@ ON_ERROR_CHOICES = ("skip", "raise")
 
 
 class SourceError(ValueError):
-    """Bad input in a source file; the message names the file and line (or record)."""
+    """Bad input in a source file or a user's image; the message names the file and line (or record). ``main``
+    prints it as one ``error:`` line (exit 1) when it ends a run."""
 
 
 class ImageError(SourceError):

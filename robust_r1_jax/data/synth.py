@@ -97,7 +97,8 @@ def image_size_problem(image: np.ndarray, original: tuple[int, int], max_side: i
 
     Checked at build time so that the dataset holds nothing the processor rejects in SFT (its aspect-ratio
     limit) and nothing reaches the degradation engine below its minimum side (``degrade.MIN_SIDE`` px).
-    ``original`` is the (height, width) before ``fit_image``, named when the shrinking caused the problem.
+    ``original`` is the (height, width) before ``fit_image``, named when the shrinking caused the problem. Sizes
+    are written width x height, as Pillow and ``generate`` write them.
     """
     height, width = image.shape[:2]
     problem = check_image_size(height, width)
@@ -107,8 +108,8 @@ def image_size_problem(image: np.ndarray, original: tuple[int, int], max_side: i
         problem = f"smaller than the {degrade.MIN_SIDE}-px minimum side of the degradation engine"
     if problem is None:
         return None
-    before = f", {original[0]}x{original[1]} before max_image_side={max_side}" if original != (height, width) else ""
-    return f"image of {height}x{width} px{before}: {problem}"
+    before = f", {original[1]}x{original[0]} before max_image_side={max_side}" if original != (height, width) else ""
+    return f"image of {width}x{height} px{before}: {problem}"
 
 
 def degradation_plan(seed: int, min_count: int, max_count: int) -> list[tuple[str, float]]:

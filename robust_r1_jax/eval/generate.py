@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from robust_r1_jax import atomic
 from robust_r1_jax.data import chains
+from robust_r1_jax.data.records import ImageError
 from robust_r1_jax.eval import answers, defaults, inference, report
 from robust_r1_jax.eval.inference import Completion, ModelSpec
 from robust_r1_jax.model import generate as gen
@@ -54,14 +55,14 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".
 
 
 def load_image(path: str) -> np.ndarray:
-    """uint8 RGB (H, W, 3) upright by its EXIF orientation; a ``ValueError`` naming the file when it cannot be
-    read."""
+    """uint8 RGB (H, W, 3) upright by its EXIF orientation; an ``ImageError`` (a ``ValueError``) naming the file
+    when it cannot be read."""
     try:
         with Image.open(path) as image:
             image.load()
             return np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"{path}: cannot read the image ({error})") from error
+        raise ImageError(f"{path}: cannot read the image ({error})") from error
 
 
 def prompt_text(question: str, options: Iterable[str], use_suffix: bool) -> str:
@@ -144,7 +145,7 @@ def question_entry(line: str, where: str, folder: str) -> Item:
     try:
         entry = json.loads(line)
     except json.JSONDecodeError as error:
-        return Item("", "", "", where=where, problem=f"{where}: not valid JSON ({error.msg})")
+        return Item("", "", "", where=where, problem=f"{where}: not valid JSON ({error.msg}, column {error.colno})")
     if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or not isinstance(
             entry.get("question"), str):
         name = entry.get("image") if isinstance(entry, dict) and isinstance(entry.get("image"), str) else ""
@@ -257,9 +258,20 @@ def generate_batch(generator: inference.Generator, items: list[Item], use_suffix
     return records
 
 
+# Folder names every training run uses: alone they say nothing about which model it is.
+RUN_FOLDER_NAMES = ("model", "checkpoints")
+
+
+def display_name(path: str) -> str:
+    """The checkpoint folder's name, with its parent's for a run's ``model/`` or ``checkpoints/`` (``sft/model``)."""
+    parts = os.path.normpath(path).split(os.sep)
+    return "/".join(parts[-2:]) if parts[-1] in RUN_FOLDER_NAMES and len(parts) > 1 and parts[-2] else parts[-1]
+
+
 def model_spec(config) -> ModelSpec:
+    """The model to serve: ``--config.checkpoint`` (named by ``display_name``), else the demo's newest model."""
     if config.checkpoint:
-        return ModelSpec(os.path.basename(os.path.normpath(config.checkpoint)), config.checkpoint,
+        return ModelSpec(display_name(config.checkpoint), config.checkpoint,
                          config.tokenizer, use_suffix=bool(config.suffix))
     for name, path in reversed(defaults.DEMO_MODELS):  # after RL first
         if os.path.isdir(path) and os.path.isdir(defaults.DEMO_TOKENIZER_DIR):
@@ -305,6 +317,7 @@ def run(config, out: TextIO = sys.stdout, info: TextIO = sys.stderr) -> list[dic
         raise ValueError("set --config.image=<file> (one image, streamed) or --config.image_dir=<folder> (JSONL)")
     if config.image and not config.question:
         raise ValueError("--config.question=... is required with --config.image")
+    image = load_image(config.image) if config.image else None  # a bad file fails before the model loads
     spec = model_spec(config)
     settings, settings_line = sampling.resolve(config.sampling, sampling.shipped_settings(spec.path))
     processor = loading.load_processor(spec.tokenizer_path or spec.path, min_pixels=int(config.min_pixels),
@@ -316,7 +329,6 @@ def run(config, out: TextIO = sys.stdout, info: TextIO = sys.stderr) -> list[dic
     if writer:
         print(settings_line, file=info)
     if config.image:
-        image = load_image(config.image)
         options = parse_options(config.options)
         completion = stream_completion(model, processor, image, prompt_text(config.question, options, spec.use_suffix),
                                        sampler_config, jax.random.key(int(config.seed)), out, where=config.image)

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
+from robust_r1_jax.data.records import SourceError
 from robust_r1_jax.model import generate as gen
 from robust_r1_jax.model import loading
 from robust_r1_jax.model.loading import check_pairing, load_model  # noqa: F401  (the modes call them from here)
@@ -133,13 +134,13 @@ class Generator:
 
 def encode_prompt(processor: Processor, question: str, image: np.ndarray, where: str) -> dict:
     """``processor.encode(question, [image])``; the processor's own ``ValueError`` (e.g. "absolute aspect ratio
-    must be smaller than 200" for a 10x2100 px image) becomes one that names ``where`` and the image size, so
+    must be smaller than 200" for a 10x2100 px image) becomes a ``SourceError`` (a ``ValueError``) that names ``where`` and the image size, so
     the caller can count the item as a problem and go on."""
     try:
         return processor.encode(question, [image])
     except ValueError as error:
         height, width = np.shape(image)[:2]
-        raise ValueError(f"{where}: the processor rejects the {width}x{height} px image ({error})") from error
+        raise SourceError(f"{where}: the processor rejects the {width}x{height} px image ({error})") from error
 
 
 def sampler_config(model, processor: Processor, *, max_new_tokens: int, temperature: float = 0.0,

@@ -75,8 +75,10 @@ def read_upload(path: str, limits: Limits) -> np.ndarray:
     except InputProblem:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        # Pillow's message names the server's temporary copy (/tmp/gradio/<hash>/...): the page names the upload
+        detail = str(error).replace(f"'{path}'", name).replace(path, name)
         raise InputProblem(f"{name} is not an image the app can read (PNG, JPEG, WebP, BMP, GIF, TIFF): "
-                           f"{error}") from error
+                           f"{detail}") from error
     return check_image_array(image, limits, name)
 
 

@@ -59,9 +59,9 @@ def test_synth_skips_and_names_images_the_processor_or_the_degrader_would_refuse
     assert sum(summary["counts"].values()) == 4
     assert sorted(summary["skipped_items"]) == sorted([
         f"{path}:3 (id {ids[1]}): image of 1x1 px: smaller than the 8-px minimum side of the degradation engine",
-        f"{path}:5 (id {ids[3]}): image of 2x448 px, 10x2100 before max_image_side=448: the Qwen2.5-VL processor "
+        f"{path}:5 (id {ids[3]}): image of 448x2 px, 2100x10 before max_image_side=448: the Qwen2.5-VL processor "
         f"cannot take it: absolute aspect ratio must be smaller than 200, got 224.0",
-        f"{path}:6 (id {ids[4]}): image of 7x448 px, 60x4000 before max_image_side=448: smaller than the 8-px "
+        f"{path}:6 (id {ids[4]}): image of 448x7 px, 4000x60 before max_image_side=448: smaller than the 8-px "
         f"minimum side of the degradation engine",
     ])
     kept = [e["id"] for split in ("train", "validation") for e in tfds_builder.read_examples(summary["dataset_dir"], split)]
@@ -87,7 +87,7 @@ def test_prebuilt_chains_keep_a_small_image_the_processor_takes(tmp_path):
     assert synth.synthesize(tiny, "train", 0, settings, None).error is None
     banner = dataclasses.replace(tiny, image_fn=lambda: np.zeros((4, 900, 3), np.uint8))
     assert synth.synthesize(banner, "train", 0, settings, None).error == (
-        f"{record.location} (id {record.id}): image of 4x900 px: the Qwen2.5-VL processor cannot take it: "
+        f"{record.location} (id {record.id}): image of 900x4 px: the Qwen2.5-VL processor cannot take it: "
         f"absolute aspect ratio must be smaller than 200, got 225.0")
 
 
@@ -134,7 +134,7 @@ def test_a_source_whose_images_are_all_refused_names_itself_the_count_and_why(tm
     with pytest.raises(SourceError) as raised:
         synth.run(config)
     train_lines = [ids.index(r.id) + 2 for r in synth.split_records(config.synth)["train"]]  # in build order
-    sizes = {2: "1x1", 3: "2x3", 4: "5x5", 5: "4x4"}
+    sizes = {2: "1x1", 3: "3x2", 4: "5x5", 5: "4x4"}
     assert str(raised.value) == (
         f"synth.source='vlmeval_tsv' ({path}): none of the 3 train records is usable (3 skipped: " + "; ".join(
             f"{path}:{line} (id {ids[line - 2]}): image of {sizes[line]} px: smaller than the 8-px minimum side of "

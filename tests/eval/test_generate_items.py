@@ -10,6 +10,7 @@ import pytest
 from eval_helpers import ScriptedAnswerer, good_records, stand_in_model
 from PIL import Image
 
+from robust_r1_jax.data.records import SourceError
 from robust_r1_jax.eval import generate, inference
 from robust_r1_jax.model import generate as gen
 
@@ -78,7 +79,7 @@ def test_a_folder_run_keeps_going_past_unusable_items(tokenizer_dir, scripted, t
         2: f"{questions}:3: not UTF-8 text (byte 0xe9 at column 39)",
         4: f"{questions}:5: {folder / 'strip.png'}: the processor rejects the 10000x8 px image "
            f"(absolute aspect ratio must be smaller than 200, got 1250.0)",
-        5: f"{questions}:6: not valid JSON (Expecting property name enclosed in double quotes)",
+        5: f"{questions}:6: not valid JSON (Expecting property name enclosed in double quotes, column 2)",
     }
     assert [rows[i]["image"] for i in (0, 3, 6, 7)] == ["good0.png", "good1.png", "good2.png", "icon.png"]
     assert all(rows[i]["output"] for i in (0, 3, 6, 7))
@@ -91,7 +92,7 @@ def test_a_folder_run_keeps_going_past_unusable_items(tokenizer_dir, scripted, t
 def test_one_image_the_processor_rejects_is_named(tokenizer_dir, tokenizer, tmp_path, monkeypatch):
     streamed(tokenizer, monkeypatch)
     save(tmp_path / "banner.png", np.full((2100, 10, 3), 90))
-    with pytest.raises(ValueError) as raised:
+    with pytest.raises(SourceError) as raised:  # main prints it as one line
         generate.run(config(checkpoint=tokenizer_dir, image=str(tmp_path / "banner.png"), question="q"),
                      io.StringIO(), io.StringIO())
     assert str(raised.value) == f"{tmp_path / 'banner.png'}: the processor rejects the 10x2100 px image {ASPECT}"
@@ -171,3 +172,11 @@ def test_speed_lines():
     assert generate.Speed(tokens=300, seconds=1.5).line(3) == (
         "speed: 300 tokens for 3 images in 1.50 s of generation: 200.0 tokens/s (the first batch includes "
         "compilation; a batch returns at once, so there is no time to first token)")
+
+
+def test_a_runs_model_folder_is_named_with_its_run():
+    assert generate.display_name("/tmp/runs/sft_tiny/model") == "sft_tiny/model"
+    assert generate.display_name("runs/demo/rl/model/") == "rl/model"
+    assert generate.display_name("/x/run/checkpoints") == "run/checkpoints"
+    assert generate.display_name("/ckpt/Qwen2.5-VL-3B-Instruct") == "Qwen2.5-VL-3B-Instruct"
+    assert generate.display_name("model") == "model"

@@ -77,6 +77,16 @@ def test_uploads_that_are_not_images(tmp_path, content, message):
         inputs.read_upload(str(path), inputs.Limits())
 
 
+def test_a_non_image_message_names_the_upload_not_the_servers_temporary_path(tmp_path):
+    path = tmp_path / "gradio" / "0123abcd" / "notes.txt"
+    path.parent.mkdir(parents=True)
+    path.write_text("hello, not a picture\n")
+    with pytest.raises(inputs.InputProblem) as raised:
+        inputs.read_upload(str(path), inputs.Limits())
+    assert str(raised.value) == ("notes.txt is not an image the app can read (PNG, JPEG, WebP, BMP, GIF, TIFF): "
+                                 "cannot identify image file notes.txt")
+
+
 def test_upload_limits(tmp_path):
     from PIL import Image
     path = tmp_path / "wide.png"
