@@ -3,6 +3,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -117,6 +118,18 @@ def test_a_second_tiny_demo_run_repeats_the_first_exactly(tiny_demo, tmp_path):
     assert outcome(second) == outcome(first)
     assert second["sft_eval"]["sample"] == first["sft_eval"]["sample"]
     assert second["rl_eval"]["sample"] == first["rl_eval"]["sample"]
+
+
+@pytest.mark.slow
+def test_running_the_demo_again_in_its_finished_workdir_reports_the_same_runs(tiny_demo, tmp_path):
+    """A second invocation resumes both finished runs (no step is trained again) and still reports their whole
+    histories, read back from each run's metrics.jsonl."""
+    first, root = tiny_demo
+    again = tmp_path / "demo"
+    shutil.copytree(root, again, symlinks=True)
+    second = demo.run(demo_config(again, **TINY))
+    assert outcome(second) == outcome(first)
+    assert second["sft"]["steps"] == TINY["sft__train__steps"] and second["rl"]["steps"] == TINY["rl__train__steps"]
 
 
 def test_tiny_demo_writes_every_artefact(tiny_demo):

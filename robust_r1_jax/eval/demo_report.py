@@ -4,9 +4,12 @@ and both files written as one set into the demo's working directory.
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
+
+from robust_r1_jax.train import metrics
 
 
 SUMMARY_NAME = "summary.json"
@@ -16,12 +19,26 @@ RL_KEYS = ("reward/total", "reward/degradation", "reward/length", "reward/format
            "completion_length", "kl")
 
 
+def run_history(out: dict, in_memory: list[dict]) -> list[dict]:
+    """Every step's metrics of a stage's run: its ``logs/metrics.jsonl`` (one record per step, replayed steps
+    dropped on resume), which also holds the steps of an earlier invocation that a resumed or re-run demo did not
+    train again; ``in_memory`` (this invocation's steps) where the file is absent."""
+    path = os.path.join(out.get("workdir", ""), "logs", metrics.METRICS_NAME)
+    records = metrics.read_jsonl(path) if out.get("workdir") and os.path.exists(path) else []
+    return records if len(records) >= len(in_memory) else in_memory
+
+
 def sft_summary(out: dict) -> dict:
-    """What the report shows of ``sft.run``'s result: loss at the ends and over the last 10% of the steps."""
-    losses = out["losses"]
+    """What the report shows of ``sft.run``'s result: loss at the ends and over the last 10% of the steps (of the
+    whole run, also when this invocation resumed it)."""
+    history = run_history(out, [{"loss": loss} for loss in out["losses"]])
+    if not history:
+        raise ValueError(f"the SFT run in {out.get('workdir')} has no step metrics (logs/{metrics.METRICS_NAME})")
+    losses = [float(r["loss"]) for r in history]
     k = max(1, len(losses) // 10)
+    skipped = sum(int(r.get("skipped", 0)) for r in history) if len(history) > len(out["losses"]) else out["skipped"]
     return dict(steps=len(losses), first_loss=losses[0], last_loss=losses[-1],
-                last_mean_loss=float(np.mean(losses[-k:])), skipped=out["skipped"], model_dir=out["model_dir"])
+                last_mean_loss=float(np.mean(losses[-k:])), skipped=skipped, model_dir=out["model_dir"])
 
 
 def prompt_pool(split: str, num_train: int) -> int:
@@ -36,7 +53,7 @@ def rl_summary(out: dict | None, config) -> dict | None:
     run, and the demo config's sampling and reward settings."""
     if out is None:
         return None
-    hist, rl = out["history"], config["rl"]
+    hist, rl = run_history(out, out["history"]), config["rl"]
     k = max(1, len(hist) // 10)
     mean = lambda rows, key: float(np.mean([r[key] for r in rows]))
     step_times = [r["step_time"] for r in hist[1:]] or [hist[0]["step_time"]]

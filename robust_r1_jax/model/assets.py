@@ -5,7 +5,8 @@ Every exported model folder (``convert`` either way, a training run's ``model/``
 so that transformers (``AutoTokenizer``, ``AutoImageProcessor``, ``GenerationConfig``), vLLM and this project's own
 ``generate`` / ``eval`` read the folder alone. Each group is copied whole from the first source that has it (mixing a
 ``vocab.json`` of one tokenizer with a ``tokenizer.json`` of another would be a third tokenizer); a source without a
-``generation_config.json`` gets one built from the model config.
+``generation_config.json`` gets one built from the model config, and a tokenizer without a chat template (the
+project's locally trained ones) gets Qwen2.5-VL's, the one ``Processor`` renders in Python for it.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import shutil
 from typing import Iterable, Sequence
 
 from robust_r1_jax.model.config import ModelConfig
+from robust_r1_jax.model.processor import QWEN2_5_VL_CHAT_TEMPLATE, folder_chat_template
 
 # What transformers' tokenizers save_pretrained writes (byte-level BPE, sentencepiece) and the two chat template files.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
@@ -22,11 +24,24 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json")
 PREPROCESSOR_FILE = "preprocessor_config.json"
 GENERATION_FILE = "generation_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
 
 
 def has_tokenizer(directory: str) -> bool:
     return any(os.path.isfile(os.path.join(directory, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def has_chat_template(directory: str) -> bool:
+    """Whether the folder's tokenizer or processor carries a chat template (``chat_template.jinja`` / ``.json`` or
+    the ``chat_template`` field of ``tokenizer_config.json``)."""
+    if folder_chat_template(directory) is not None:
+        return True
+    config = os.path.join(directory, "tokenizer_config.json")
+    if not os.path.isfile(config):
+        return False
+    with open(config, encoding="utf-8") as f:
+        return bool(json.load(f).get("chat_template"))
 
 
 def _first_with(sources: Sequence[str], test) -> str | None:
@@ -80,6 +95,10 @@ def carry_over(dst: str, sources: Sequence[str], config: ModelConfig, image_proc
     """
     sources = [s for s in sources if s and "://" not in s and os.path.isdir(s)]
     written = _copy_group(_first_with(sources, has_tokenizer), TOKENIZER_FILES, dst)
+    if written and not has_chat_template(dst):
+        with open(os.path.join(dst, CHAT_TEMPLATE_FILE), "w", encoding="utf-8") as f:
+            f.write(QWEN2_5_VL_CHAT_TEMPLATE)
+        written.append(CHAT_TEMPLATE_FILE)
     written += _copy_group(_first_with(sources, _holds(PREPROCESSOR_FILE)), PROCESSOR_FILES, dst)
     if image_processor is not None:
         path = os.path.join(dst, PREPROCESSOR_FILE)

@@ -219,6 +219,25 @@ def pad_patches(pixel_values: np.ndarray, image_grid_thw: np.ndarray, max_patche
 
 # ---- chat template ----------------------------------------------------------------------------------------
 
+# The chat template Qwen2.5-VL-*-Instruct ship in chat_template.json (Jinja, as transformers renders it). For one user
+# turn of images then text it renders exactly ``chat_prompt``'s text; exported folders whose tokenizer has no template
+# of its own get this one, so transformers' ``apply_chat_template`` works on them.
+QWEN2_5_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
 def chat_prompt(question: str, num_images: int = 1, system: str = DEFAULT_SYSTEM,
                 image_tokens_per_image: Sequence[int] | None = None) -> str:
     """The Qwen2.5-VL chat template for one user turn (images first, then the question) and the assistant cue.

@@ -141,6 +141,26 @@ def test_a_training_export_carries_the_tokenizer_and_the_runs_image_settings(sou
     assert saved["image_processor_type"] == SOURCE_PROCESSOR["image_processor_type"]
 
 
+def test_a_tokenizer_without_a_chat_template_is_exported_with_qwen2_5_vls(source, tmp_path):
+    """The project's own tokenizers have no template; the exported folder gets the one the processor renders in
+    Python, so transformers' apply_chat_template gives the prompt our processor gives."""
+    from transformers import AutoTokenizer
+    from robust_r1_jax.model.processor import Processor, chat_prompt
+    cfg, _, src, root = source
+    plain = tmp_path / "plain-tokenizer"
+    AutoTokenizer.from_pretrained(str(root / "tok")).save_pretrained(str(plain))
+    assert not assets.has_chat_template(str(plain))
+    processor_before = Processor(loading.load_processor(str(plain)).tokenizer)
+    orbax_io.save(loading.load_model(src, "float32"), str(tmp_path / "model"), asset_sources=(str(plain),))
+    assert assets.has_chat_template(str(tmp_path / "model"))
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "model"))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour?"}]}]
+    assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == chat_prompt(
+        "what colour?")
+    after = loading.load_processor(str(tmp_path / "model"))  # now renders through the template: same prompt
+    assert after.prompt("what colour?", [4]) == processor_before.prompt("what colour?", [4])
+
+
 class Killed(Exception):
     pass
 
