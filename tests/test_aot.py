@@ -97,8 +97,9 @@ def test_grpo_programs_compile_for_v5p_and_a_program_that_does_not_fit_fails(tmp
         _check_common(row)
     # the optimizer state and the reference copy stay resident beside the rollout's arguments
     assert rows["rollout"]["other_resident_bytes"] > rows["update"]["other_resident_bytes"] > 0
-    # XLA's cost model gives no estimate (-1) for the decode step: no time or MFU is claimed for the rollout
-    assert rows["rollout"]["mfu"] is None and rows["rollout"]["cost_model_s"] is None
+    # every program, the rollout's decode step included, has a cost-model time (the decode step's was -1 while the
+    # token lookup's bounds mask was gathered across chips through a TPU custom call the model cannot cost)
+    assert rows["rollout"]["mfu"] > 0 and rows["rollout"]["cost_model_s"] > 0
     assert rows["update"]["mfu"] > 0 and rows["score"]["cost_model_s"] > 0
 
 
