@@ -40,7 +40,8 @@ Memory per chip, estimated (GB = 1e9 bytes):                                  v5
 The TPU compiler's own figure for v5p-8 (configs/aot.py; splash attention, scanned layers, sharded moments):
 30.5 GiB per chip with "dots". That headroom buys remat "none" on v5p-8: 64.1 of 95 GiB, and XLA's cost model
 (conservative, attention costed on the XLA path) goes from 44.4% to 48.7% MFU, so the v5p8 variant keeps every
-activation. v6e-8's 32 GiB chips keep "dots".
+activation. v6e-8's 32 GiB chips keep "dots": 15.5 of 32 GiB per chip by the aot report (remat "none" would need
+roughly 13.5 GiB more per sequence, which does not fit).
 
 --------------------------------------------------------------------------------------------------------------------
 The paper's 3B SFT stage on one node of 8 x H100 80 GB: the variant `8xh100` (the paper's 8 GPUs).

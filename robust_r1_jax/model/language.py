@@ -131,7 +131,7 @@ class LanguageModel(nnx.Module):
             (cfg.hidden_size,), (cfg.vocab_size,), ("embed",), ("vocab",), use_bias=False, **kw)
 
     def embed_tokens(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embed.value, ids, axis=0).astype(self.dtype)
+        return jnp.take(self.embed.value, ids, axis=0, mode="clip").astype(self.dtype)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         if self.lm_head is not None:
