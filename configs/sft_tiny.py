@@ -5,6 +5,12 @@ python -m robust_r1_jax.main --config=configs/sft_tiny.py \
     --config.data.dataset_dir=runs/synth/tfds --config.data.tokenizer=runs/demo/tokenizer
 
 ``dataset_dir`` is synth's data folder or the versioned dataset folder below it (runs/synth/tfds/robust_r1/1.0.0).
+The tokenizer is the demo's; without a finished demo, a shrunk one writes one (and a tiny model) in about a
+minute; then pass --config.data.tokenizer=runs/demo_small/tokenizer:
+
+python -m robust_r1_jax.main --config=configs/demo.py --config.workdir=runs/demo_small \
+    --config.synth.synth.num_train=64 --config.synth.synth.num_validation=8 --config.tokenizer.vocab_size=512 \
+    --config.sft.train.steps=4 --config.rl.train.steps=0 --config.eval.num_examples=4 --config.eval.tsv_rows=4
 """
 from robust_r1_jax.train.sft import default_config
 
