@@ -304,9 +304,13 @@ def test_a_global_batch_two_processes_cannot_share_fails_before_any_step(tmp_pat
                              process_id=pid, out=str(tmp_path / f"p{pid}.json")) for pid in range(2)}
     run_together({n: [sys.executable, "-c", INDIVISIBLE, json.dumps(s)] for n, s in specs.items()},
                  tmp_path / "logs", DIVISIBILITY_TIMEOUT_S)
-    expected = "global batch size 3 does not divide evenly over 2 processes; use a multiple of 2 (e.g. 2, 4)"
+    # the whole config is checked before any work (train/validate.py): every problem on its own line
+    expected = "config.data.global_batch_size=3 is not divisible by the 2 processes"
     for name in specs:
-        assert json.loads((tmp_path / f"{name}.json").read_text()) == {"sft": expected, "grpo": expected}
+        errors = json.loads((tmp_path / f"{name}.json").read_text())
+        assert set(errors) == {"sft", "grpo"}
+        for message in errors.values():
+            assert message.startswith("invalid config:") and expected in message.splitlines()[-1]
     # before any step: no checkpoint, no log, no model (the dataset path does not even exist)
     for stage in ("sft", "grpo"):
-        assert os.listdir(tmp_path / "run" / stage) == []
+        assert not (tmp_path / "run" / stage).exists() or os.listdir(tmp_path / "run" / stage) == []

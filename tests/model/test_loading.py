@@ -99,12 +99,14 @@ def test_a_missing_tokenizer_names_the_field_to_set(tmp_path):
         loading.load_processor(str(tmp_path), field="--config.data.tokenizer")
 
 
-def test_generate_and_grpo_name_their_tokenizer_field(hf_dir):
+def test_generate_and_grpo_name_their_tokenizer_field(hf_dir, tmp_path):
+    from PIL import Image
     from robust_r1_jax.eval import generate
     from robust_r1_jax.rl import grpo
     from robust_r1_jax.train import run
+    Image.new("RGB", (56, 56), "red").save(tmp_path / "photo.png")  # generate reads the image before the model
     config = generate.default_config()
-    config.checkpoint, config.image, config.question = hf_dir, "photo.png", "what is it?"
+    config.checkpoint, config.image, config.question = hf_dir, str(tmp_path / "photo.png"), "what is it?"
     with pytest.raises(FileNotFoundError, match=r"\(model 'tiny'\); set --config.tokenizer to"):
         generate.run(config)
     config = grpo.default_config()
