@@ -20,8 +20,8 @@ Tiles: splash skips the tiles its static mask rules out. A kernel with a ``mask_
 priced at every tile (``FullMask``; segment ids mask inside computed tiles and skip none, so the vision
 tower's windows cost full tiles, as they do on the chip).
 
-Bytes: the operands that stay in VMEM across the inner grid axis are read (or written) once per head; the
-streamed ones once per computed tile: forward and dq stream K and V (per query head, GQA groups re-read their
+Bytes: the operands that stay in VMEM across the inner grid axis are read once per head, the outputs written
+once, the streamed operands read once per computed tile: forward and dq stream K and V (per query head, GQA groups re-read their
 KV head); dkv streams Q, dO and the per-row f32 logsumexp and delta. Segment ids and the mask tables (under
 1% of the bytes) are left out.
 """
@@ -98,6 +98,9 @@ class _PallasWithCost:
             return pl.pallas_call(kernel, *args, **kwargs)
         settings = getattr(kernel, "keywords", {})
         name = kwargs.get("name") or ""
+        if "bq" not in settings or "bkv" not in settings:
+            raise ValueError(f"splash kernel {name!r} no longer passes bq/bkv to its kernel (a jax version other "
+                             "than 0.10.2?): aot_splash_cost cannot price it")
 
         def call(*operands):
             cost = kernel_cost(name, settings["bq"], settings["bkv"], settings.get("mask_function") is not None,
