@@ -8,9 +8,11 @@ and the learner update) for the named slice from abstract parameters (nothing is
 chip what the compiler says the program needs (``memory_analysis``), whether that fits the chip's HBM, and
 XLA's cost-model time (``cost_analysis()["optimal_seconds"]``) with the MFU it implies.
 
-Memory is exact for the compiled program. Time is XLA's cost model, not a measurement, and custom kernels
-(Pallas) are outside it: the cost variants run attention on the XLA path, a conservative stand-in for splash
-(the compiled splash step's FLOPs leave attention out entirely). XLA counts a loop body once, so the cost is taken from loop-free variants of each
+Memory is exact for the compiled program. Time is XLA's cost model, not a measurement. The cost model prices a
+Pallas kernel only by the ``CostEstimate`` it declares and jax's splash kernels declare none, so the cost
+variants are traced with ``aot_splash_cost.splash_cost_estimates()`` open, which gives them one (tile-level
+FLOPs, exps and HBM bytes; see that module): the estimate prices the program's own splash attention. XLA
+counts a loop body once, so the cost is taken from loop-free variants of each
 program (no chunked cross-entropy, no gradient accumulation; the rollout as one prefill plus T-1 single-token
 decode steps) compiled at two small depths of the language model and of the vision tower and extrapolated
 linearly to the real depths. Where that estimate is not positive, no time or MFU is printed.
@@ -37,7 +39,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from robust_r1_jax import parallel, tpu_topology
+from robust_r1_jax import aot_splash_cost, parallel, tpu_topology
 from robust_r1_jax.model import config as model_config
 from robust_r1_jax.model.vlm import Qwen25VL
 from robust_r1_jax.train import state as train_state
@@ -45,7 +47,7 @@ from robust_r1_jax.train import state as train_state
 log = logging.getLogger(__name__)
 
 NOTE = ("memory: the compiler's per-chip figures; time and MFU: XLA's TPU cost model (not a measurement; "
-        "custom kernels are outside it, so the time is estimated with XLA attention in place of splash), "
+        "splash attention priced by the tile-level CostEstimate of aot_splash_cost), "
         "loop-corrected by depth extrapolation")
 
 
@@ -134,11 +136,10 @@ def _compile(c: Compiled):
 
 def depth_variants(cfg: model_config.ModelConfig) -> list[model_config.ModelConfig]:
     """(language layers, vision blocks) = (1, 1), (2, 1), (1, 2); the last vision block keeps full attention.
-    Unrolled even when the recipe scans its layers: the cost model counts a loop body once. Attention on the XLA
-    path: the cost model does not see into the splash kernel (its FLOPs and time would count as zero), so the
-    estimate is the XLA attention's, which materialises the scores: a conservative time for a splash program."""
+    Unrolled even when the recipe scans its layers: the cost model counts a loop body once. Attention stays the
+    recipe's (splash on TPU, priced through ``aot_splash_cost``)."""
     def at(layers: int, blocks: int):
-        return cfg.replace(scan_layers=False, attention_impl="xla",
+        return cfg.replace(scan_layers=False,
                            text=dataclasses.replace(cfg.text, num_hidden_layers=layers),
                            vision=dataclasses.replace(cfg.vision, depth=blocks, fullatt_block_indexes=(blocks - 1,)))
     return [at(1, 1), at(2, 1), at(1, 2)]
@@ -147,14 +148,15 @@ def depth_variants(cfg: model_config.ModelConfig) -> list[model_config.ModelConf
 def extrapolated_cost(cost_parts, cfg: model_config.ModelConfig) -> dict:
     """cost(L, V) = c0 + a L + b V fitted on three small depths, evaluated at the config's depths."""
     samples = []
-    for variant in depth_variants(cfg):
-        total = {"flops": 0.0, "seconds": 0.0}
-        for part in cost_parts(variant):
-            cost = _cost(_compile(part))
-            if cost["seconds"] <= 0:   # the cost model's "no estimate"
-                return {"flops": float("nan"), "seconds": cost["seconds"]}
-            total = {k: total[k] + part.weight * cost[k] for k in total}
-        samples.append(total)
+    with aot_splash_cost.splash_cost_estimates():   # traced and compiled (the rollout's prefill inside cost_parts)
+        for variant in depth_variants(cfg):
+            total = {"flops": 0.0, "seconds": 0.0}
+            for part in cost_parts(variant):
+                cost = _cost(_compile(part))
+                if cost["seconds"] <= 0:   # the cost model's "no estimate"
+                    return {"flops": float("nan"), "seconds": cost["seconds"]}
+                total = {k: total[k] + part.weight * cost[k] for k in total}
+            samples.append(total)
     base, deeper_text, deeper_vision = samples
     layers, blocks = cfg.text.num_hidden_layers, cfg.vision.depth
     return {k: base[k] + (layers - 1) * (deeper_text[k] - base[k]) + (blocks - 1) * (deeper_vision[k] - base[k])

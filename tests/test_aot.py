@@ -121,7 +121,8 @@ print("attention", cfg.attention_impl, "kernels", compiled.as_text().count("tpu_
 
 def test_sft_step_with_splash_attention_compiles_for_v5p(tmp_path):
     """attention "auto" resolves to splash for a TPU slice; the step compiles with the Pallas kernels in it
-    (the decoder's forward, dq and dk/dv; the frozen vision tower's forward), and through the aot mode."""
+    (the decoder's forward, dq and dk/dv; the frozen vision tower's forward), and through the aot mode, whose
+    cost variants price those kernels."""
     recipe = tmp_path / "sft_splash_recipe.py"
     auto = 'c.model.attention_impl = "auto"\n    return c'
     recipe.write_text(textwrap.dedent(RECIPES["sft"]).replace("return c", auto))
@@ -134,12 +135,81 @@ def test_sft_step_with_splash_attention_compiles_for_v5p(tmp_path):
     assert int(words[words.index("kernels") + 1]) >= 3
     out = tmp_path / "splash.json"
     proc = subprocess.run([sys.executable, "-m", "robust_r1_jax.main", "--config=configs/aot.py",
-                           f"--config.recipe={recipe}", "--config.topology=v5p-8", f"--config.output={out}",
-                           "--config.cost_estimate=False"], cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env=env)
+                           f"--config.recipe={recipe}", "--config.topology=v5p-8", f"--config.output={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     (row,) = json.loads(out.read_text())["programs"]
     _check_common(row)
+    # the cost variants run splash too, priced through its CostEstimate: a positive time, and the counted FLOPs
+    # cover the 6 N tokens the MFU is made of (plus the attention's and the frozen vision tower's own)
+    assert row["cost_model_s"] > 0 and 0 < row["mfu"] < 1
+    model_flops_per_chip = row["mfu"] * tpu_topology.parse_slice("v5p-8").generation.peak_bf16_flops * row[
+        "cost_model_s"]
+    assert row["flops_per_chip"] > model_flops_per_chip
+
+
+SPLASH_COST_CHECK = """
+import jax, jax.numpy as jnp
+from jax.sharding import SingleDeviceSharding
+from robust_r1_jax import aot_splash_cost, tpu_topology
+from robust_r1_jax.model import splash
+device = SingleDeviceSharding(tpu_topology.devices(tpu_topology.parse_slice("v5p-8"))[0])
+spec = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=device)
+def cost(causal):
+    f = lambda q, k, v, s: splash.splash_attention(q, k, v, s, causal=causal).astype(jnp.float32).sum()
+    args = spec(1, 1024, 4, 128), spec(1, 1024, 2, 128), spec(1, 1024, 2, 128), jax.ShapeDtypeStruct(
+        (1, 1024), jnp.int32, sharding=device)
+    c = jax.jit(jax.grad(f, argnums=(0, 1, 2))).lower(*args).compile().cost_analysis()
+    c = c[0] if isinstance(c, (list, tuple)) else c
+    return c.get("flops", 0.0), c.get("transcendentals", 0.0), c["optimal_seconds"]
+print("before", *cost(True))
+with aot_splash_cost.splash_cost_estimates():
+    print("causal", *cost(True))
+    print("full", *cost(False))
+print("after", *cost(True))
+"""
+
+
+def test_splash_kernels_are_priced_by_their_tiles_only_inside_the_cost_context(tmp_path):
+    """Causal splash, q [1, 1024, 4 heads, 128] over 2 KV heads, 512-tiles: 3 of the 4 tiles computed, 18 bq bkv D
+    FLOPs per head and tile over the forward (4), dq (6) and dk/dv (8) kernels, one exp per score and kernel.
+    Outside the context the same program's kernels cost nothing (jax's splash declares no CostEstimate)."""
+    proc = subprocess.run([sys.executable, "-c", SPLASH_COST_CHECK], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in proc.stdout.splitlines()
+            if line.split() and line.split()[0] in ("before", "causal", "full", "after")}
+    tile = 4 * 512 * 512   # heads x bq x bkv
+    assert rows["after"] == rows["before"] and rows["before"][1] == 0   # no kernel cost, no leak after exit
+    assert rows["causal"][0] - rows["before"][0] == 18 * 3 * tile * 128
+    assert rows["full"][0] - rows["before"][0] == 18 * 4 * tile * 128
+    assert rows["causal"][1] == 3 * 3 * tile and rows["full"][1] == 3 * 4 * tile
+    assert rows["full"][2] > rows["causal"][2] > rows["before"][2] > 0
+
+
+@pytest.mark.parametrize("q_len,kv_len,bq,bkv,causal,pairs", [
+    (1024, 1024, 512, 512, True, 3), (2048, 2048, 512, 512, True, 10), (2048, 2048, 512, 512, False, 16),
+    (1024, 1024, 256, 512, True, 6), (128, 128, 128, 128, True, 1)])
+def test_splash_tile_pairs(q_len, kv_len, bq, bkv, causal, pairs):
+    from robust_r1_jax import aot_splash_cost
+    assert aot_splash_cost.tile_pairs(q_len, kv_len, bq, bkv, causal) == pairs
+
+
+def test_splash_cost_patch_is_active_only_inside_its_context():
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_module
+    from robust_r1_jax import aot_splash_cost
+    assert not aot_splash_cost.active() and kernel_module.pl is pl
+    with aot_splash_cost.splash_cost_estimates():
+        assert aot_splash_cost.active() and kernel_module.pl.BlockSpec is pl.BlockSpec
+        with pytest.raises(RuntimeError, match="already active"):
+            with aot_splash_cost.splash_cost_estimates():
+                pass
+    assert not aot_splash_cost.active() and kernel_module.pl is pl
+    with pytest.raises(ZeroDivisionError):
+        with aot_splash_cost.splash_cost_estimates():
+            raise ZeroDivisionError
+    assert kernel_module.pl is pl
 
 
 COLLECTIVES_CHECK = """
