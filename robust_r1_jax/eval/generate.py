@@ -217,7 +217,8 @@ class Speed:
 
     def line(self, items: int) -> str:
         rate = f"{self.tokens / self.seconds:.1f} tokens/s" if self.seconds > 0 else "nothing generated"
-        return (f"speed: {self.tokens} tokens for {items} images in {self.seconds:.2f} s of generation: {rate} "
+        images = "1 image" if items == 1 else f"{items} images"
+        return (f"speed: {self.tokens} tokens for {images} in {self.seconds:.2f} s of generation: {rate} "
                 f"(the first batch includes compilation; a batch returns at once, so there is no time to first "
                 f"token)")
 
