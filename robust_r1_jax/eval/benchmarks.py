@@ -127,6 +127,9 @@ def read_tsv_rows(path: str, limit: int = 0) -> list[BenchmarkRow]:
     if limit > 0:
         found = found[:limit]
     columns = tsv_columns(path)
+    # a row the reader refused without naming its index (e.g. a byte that is not UTF-8) keeps its index column
+    found = [(line, dict(columns.get(line, ())).get("index", label) if label == "?" else label, record, problem)
+             for line, label, record, problem in found]
     return [
         BenchmarkRow(where=f"{path}:{line}", label=label, image_index=_image_index(label, position),
                      record=record, problem=problem, columns=columns.get(line, ()))

@@ -11,8 +11,7 @@ from robust_r1_jax.data import sources
 from robust_r1_jax.eval import benchmarks, robust
 
 
-# The reader's fix lives in data/sources.py (the data branch, records.non_utf8_problem); this guard goes once
-# both branches are merged.
+# The per-line check lives in the data reader (data/sources.py, records.non_utf8_problem).
 def test_a_latin1_byte_in_a_tsv_row_makes_that_row_a_problem(tmp_path):
     path = tmp_path / "latin1.tsv"
     sources.write_vlmeval_tsv(good_records(), str(path))
@@ -29,6 +28,7 @@ def test_a_latin1_byte_in_a_tsv_row_makes_that_row_a_problem(tmp_path):
     assert [row.where for row in bad] == [f"{path}:4"]
     assert bad[0].record is None and "not valid UTF-8" in bad[0].problem and "0xe9" in bad[0].problem
     assert bad[0].problem.startswith(f"{path}:4: ")
+    assert bad[0].label == fields[header.index(b"index")].decode()  # the row keeps its index in the report
     assert all(row.record is not None for row in rows if row.problem is None)
 
 
