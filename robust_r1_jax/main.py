@@ -99,7 +99,7 @@ def run_mode(config) -> None:
     except validate.ConfigError as e:
         print("invalid config:\n" + "\n".join(f"error: {p}" for p in e.problems), file=sys.stderr)
         sys.exit(2)
-    except records.SourceError as e:
+    except (records.SourceError, records.MissingInput) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except stops.RunStopped as e:

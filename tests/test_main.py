@@ -80,6 +80,17 @@ def test_bad_input_that_ends_a_run_is_one_clear_line(tmp_path):
         f"column is empty")
 
 
+def test_the_playground_without_a_demo_names_the_demo_command_in_one_line(tmp_path):
+    """No checkpoint and no runs/demo where it is started: one error line that says what to run (exit 1)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "robust_r1_jax.main", f"--config={os.path.join(ROOT, 'configs', 'web.py')}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no checkpoint given (--config.checkpoint=...), so the demo model is used")
+    assert last.endswith("Run the demo first: python -m robust_r1_jax.main --config=configs/demo.py")
+
+
 def test_training_config_problems_are_listed_one_per_line_before_any_work(tmp_path):
     """Two simulated devices: a global batch of 3 does not split over them; every problem is named at once."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")

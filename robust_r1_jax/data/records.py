@@ -28,6 +28,11 @@ class SourceError(ValueError):
     prints it as one ``error:`` line (exit 1) when it ends a run."""
 
 
+class MissingInput(FileNotFoundError):
+    """A file or folder a mode needs is not there (the demo's models for eval, generate or the playground); the
+    message says what to run or set. ``main`` prints it as one ``error:`` line (exit 1)."""
+
+
 class ImageError(SourceError):
     """A record's image is missing or cannot be decoded."""
 

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from robust_r1_jax import atomic
 from robust_r1_jax.data import chains
-from robust_r1_jax.data.records import ImageError
+from robust_r1_jax.data.records import ImageError, MissingInput
 from robust_r1_jax.eval import answers, defaults, inference, report
 from robust_r1_jax.eval.inference import Completion, ModelSpec
 from robust_r1_jax.model import generate as gen
@@ -278,7 +278,7 @@ def model_spec(config) -> ModelSpec:
         if os.path.isdir(path) and os.path.isdir(defaults.DEMO_TOKENIZER_DIR):
             return ModelSpec(name, path, config.tokenizer or defaults.DEMO_TOKENIZER_DIR,
                              use_suffix=bool(config.suffix))
-    raise FileNotFoundError(
+    raise MissingInput(
         f"no checkpoint given (--config.checkpoint=...), so the demo model is used, but "
         f"{defaults.DEMO_RL_MODEL}, {defaults.DEMO_SFT_MODEL} or {defaults.DEMO_TOKENIZER_DIR} is missing "
         f"(relative to {os.getcwd()}). Run the demo first: {defaults.DEMO_COMMAND}")

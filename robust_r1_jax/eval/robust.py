@@ -30,6 +30,7 @@ from absl import logging
 
 from robust_r1_jax import degrade
 from robust_r1_jax.data import chains
+from robust_r1_jax.data.records import MissingInput
 from robust_r1_jax.eval import benchmarks, chain_metrics, defaults, inference, protocols, report
 from robust_r1_jax.eval.benchmarks import BenchmarkRow
 from robust_r1_jax.eval.inference import ModelSpec
@@ -341,7 +342,7 @@ def model_specs(config) -> list[ModelSpec]:
     if not checkpoints:
         missing = demo_problems()
         if missing:
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"no checkpoint given (--config.checkpoints=...), so the demo model is evaluated, but the demo "
                 f"outputs are missing: {', '.join(missing)} (relative to {os.getcwd()}). Run the demo first: "
                 f"{defaults.DEMO_COMMAND}")
@@ -369,7 +370,7 @@ def load_benchmarks(config, using_demo: bool) -> list[Benchmark]:
     tsvs = as_list(config.tsvs)
     if not tsvs and not config.rbench_dir and using_demo:
         if not os.path.isfile(defaults.DEMO_EVAL_TSV):
-            raise FileNotFoundError(f"the demo's evaluation TSV {defaults.DEMO_EVAL_TSV} is missing (relative to "
+            raise MissingInput(f"the demo's evaluation TSV {defaults.DEMO_EVAL_TSV} is missing (relative to "
                                     f"{os.getcwd()}). Run the demo first: {defaults.DEMO_COMMAND}")
         tsvs = [defaults.DEMO_EVAL_TSV]
     if not tsvs and not config.rbench_dir:
