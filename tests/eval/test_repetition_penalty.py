@@ -3,21 +3,19 @@ transformers' RepetitionPenaltyLogitsProcessor: the function itself, and greedy 
 step by step against the full forward (left padding does not count as seen), in the compiled rollout and the
 streamed path."""
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+from unit_scale_model import unit_scale_model
 
 from robust_r1_jax.model import config as model_config
 from robust_r1_jax.model import generate as gen
 from robust_r1_jax.model.generate import SamplerConfig
-from robust_r1_jax.model.layers import Dense, RMSNorm
-from robust_r1_jax.model.vlm import Qwen25VL
 
 NEW_TOKENS = 8
 PENALTY = 3.0
@@ -48,21 +46,7 @@ def model_and_config():
     tiny = model_config.tiny()
     cfg = tiny.replace(text=dataclasses.replace(tiny.text, tie_word_embeddings=False),
                        vision=dataclasses.replace(tiny.vision, depth=1, fullatt_block_indexes=(0,)))
-    # Weights drawn with NumPy (nnx.eval_shape skips the slow per-shape init programs).
-    model = nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0)))
-    rng = np.random.default_rng(1)
-
-    def draw(shape, std, mean=0.0):
-        return jnp.asarray(mean + std * rng.standard_normal(shape), jnp.float32)
-
-    for _, module in nnx.iter_modules(model):
-        if isinstance(module, Dense):
-            module.kernel.set_value(draw(module.kernel.shape, 1 / math.sqrt(math.prod(module.in_shape))))
-            if module.bias is not None:
-                module.bias.set_value(draw(module.bias.shape, 0.1))
-        elif isinstance(module, RMSNorm):
-            module.scale.set_value(draw(module.scale.shape, 0.1, mean=1.0))
-    model.language.embed.set_value(draw(model.language.embed.shape, 0.4))
+    model, draw = unit_scale_model(cfg, 1)
     # An output head close to the input embeddings: the residual stream carries the last token, so greedy
     # decoding without a penalty repeats what it has seen, and the penalty has something to change.
     embed = np.asarray(model.language.embed[...])

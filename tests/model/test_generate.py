@@ -8,13 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
+
+from unit_scale_model import unit_scale_model
 
 from robust_r1_jax.model import config as model_config
 from robust_r1_jax.model import generate as gen
 from robust_r1_jax.model.generate import SamplerConfig
-from robust_r1_jax.model.layers import Dense, RMSNorm
-from robust_r1_jax.model.vlm import Qwen25VL
 
 NEW_TOKENS = 6
 GRIDS = [(1, 4, 4), (1, 4, 8)]  # 4 and 8 image tokens
@@ -26,20 +25,7 @@ def _random_model(cfg, seed=0):
     """Unit-scale weights (drawn with NumPy, which skips the slow per-shape init programs) and a sharper
     untied lm head: the logits are peaked (top probability about 0.25 against 1/512 for uniform), greedy
     decoding does not just repeat a token, and sampling still varies."""
-    model = nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0)))
-    rng = np.random.default_rng(seed)
-
-    def draw(shape, std, mean=0.0):
-        return jnp.asarray(mean + std * rng.standard_normal(shape), jnp.float32)
-
-    for _, module in nnx.iter_modules(model):
-        if isinstance(module, Dense):
-            module.kernel.set_value(draw(module.kernel.shape, 1 / math.sqrt(math.prod(module.in_shape))))
-            if module.bias is not None:
-                module.bias.set_value(draw(module.bias.shape, 0.1))
-        elif isinstance(module, RMSNorm):
-            module.scale.set_value(draw(module.scale.shape, 0.1, mean=1.0))
-    model.language.embed.set_value(draw(model.language.embed.shape, 0.4))
+    model, draw = unit_scale_model(cfg, seed)
     head = model.language.lm_head.kernel
     head.set_value(draw(head.shape, 3 / math.sqrt(cfg.text.hidden_size)))
     return model

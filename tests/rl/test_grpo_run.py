@@ -21,15 +21,7 @@ def data(tmp_path_factory):
 
 
 def _config(data, workdir, steps):
-    c = grpo.default_config()
-    c.workdir = str(workdir)
-    c.data.dataset_dir, c.data.tokenizer = data["dataset_dir"], data["tokenizer"]
-    c.data.global_batch_size, c.data.seq_len, c.data.patch_bucket = 2, 256, 16
-    c.grpo.num_samples, c.sampling.max_new_tokens = 3, 16
-    c.train.steps, c.train.checkpoint_every, c.train.log_every = steps, 1, 1
-    c.train.freeze = ()
-    c.optim.learning_rate, c.optim.total_steps = 1e-3, 3
-    return c
+    return sft_data.tiny_grpo_config(data, workdir, steps)
 
 
 def test_grpo_steps_report_every_reward_and_resume(data, tmp_path):

@@ -6,32 +6,18 @@ import subprocess
 import sys
 import time
 
+import sft_data  # this folder is on sys.path wherever preemption is imported from
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
 def sft_config(data: dict, workdir: str, steps: int):
-    from robust_r1_jax.train import sft
-    c = sft.default_config()
-    c.workdir = workdir
-    c.data.dataset_dir, c.data.tokenizer = data["dataset_dir"], data["tokenizer"]
-    c.data.global_batch_size, c.data.seq_len, c.data.patch_bucket = 4, 384, 16
-    c.optim.learning_rate, c.optim.total_steps = 1e-3, 8
-    c.train.steps, c.train.checkpoint_every, c.train.log_every = steps, 3, 1
-    return c
+    return sft_data.tiny_sft_config(data, workdir, steps, total_steps=8, checkpoint_every=3)
 
 
 def grpo_config(data: dict, workdir: str, steps: int):
-    from robust_r1_jax.rl import grpo
-    c = grpo.default_config()
-    c.workdir = workdir
-    c.data.dataset_dir, c.data.tokenizer = data["dataset_dir"], data["tokenizer"]
-    c.data.global_batch_size, c.data.seq_len, c.data.patch_bucket = 2, 256, 16
-    c.grpo.num_samples, c.sampling.max_new_tokens = 3, 16
-    c.train.steps, c.train.checkpoint_every, c.train.log_every = steps, 3, 1
-    c.train.freeze = ()
-    c.optim.learning_rate, c.optim.total_steps = 1e-3, 8
-    return c
+    return sft_data.tiny_grpo_config(data, workdir, steps, total_steps=8, checkpoint_every=3)
 
 
 CHILD = """

@@ -21,16 +21,7 @@ def data(tmp_path_factory):
 
 
 def _config(data, workdir, steps=5, **train):
-    c = sft.default_config()
-    c.workdir = str(workdir)
-    c.data.dataset_dir, c.data.tokenizer = data["dataset_dir"], data["tokenizer"]
-    c.data.global_batch_size, c.data.seq_len, c.data.patch_bucket = 4, 384, 16
-    c.optim.learning_rate, c.optim.total_steps = 1e-3, 5
-    c.train.steps, c.train.checkpoint_every, c.train.log_every = steps, 1, 1
-    c.train.async_checkpoint = True
-    for k, v in train.items():
-        c.train[k] = v
-    return c
+    return sft_data.tiny_sft_config(data, workdir, steps, **{"async_checkpoint": True, **train})
 
 
 def test_kill_and_resume_reproduces_the_uninterrupted_run(data, tmp_path):
