@@ -320,34 +320,78 @@ def generate(model, prompt_ids, prompt_mask, pixel_values, image_grid_thw, confi
     return _compiled_rollout(graphdef, state, ids, mask, pixels, grid, rng, config=config, cache_len=cache_len)
 
 
-# ---- streaming (the generate CLI) -----------------------------------------------------------------------------
-_compiled_sample = jax.jit(sample_tokens, static_argnames=("config",))
+# ---- streaming (generate, the playground) ----------------------------------------------------------------------------
+def _mark_seen(seen: jax.Array | None, tokens: jax.Array) -> jax.Array | None:
+    return None if seen is None else seen.at[jnp.arange(tokens.shape[0]), tokens].set(True)
+
+
+def _stream_prefill(graphdef, state, prompt_ids, prompt_mask, pixel_values, image_grid_thw, seen, rng, *,
+                    config: SamplerConfig, cache_len: int):
+    _record_trace("stream_prefill", prompt_ids.shape)
+    model = nnx.merge(graphdef, state)
+    logits, cache = model.prefill_traced(prompt_ids, pixel_values, image_grid_thw, prompt_mask, cache_len)
+    token, _ = sample_tokens(logits, jax.random.fold_in(rng, 0), config, seen)
+    return token, cache, _mark_seen(seen, token)
+
+
+def _stream_decode(graphdef, state, token, cache, seen, rng, step, *, config: SamplerConfig):
+    _record_trace("stream_decode", token.shape)
+    model = nnx.merge(graphdef, state)
+    logits, cache = model.decode_traced(token, cache)
+    token, _ = sample_tokens(logits, jax.random.fold_in(rng, step), config, seen)
+    return token, cache, _mark_seen(seen, token)
+
+
+_jit_stream_prefill = jax.jit(_stream_prefill, static_argnums=(0,), static_argnames=("config", "cache_len"))
+# The cache is donated: XLA writes the new key/value slot in place instead of copying the whole cache per token.
+_jit_stream_decode = jax.jit(_stream_decode, static_argnums=(0,), static_argnames=("config",),
+                             donate_argnames=("cache",))
+
+
+class Streamer:
+    """Token-by-token sampling of one prompt: the model is split once into (graphdef, state) at construction and
+    two jitted programs (prefill + first token, one decode step + token) take the state as an argument, so a
+    long-lived caller (the web playground) holds one copy of the weights and compiles once per (prompt length,
+    patch bucket, SamplerConfig); their traces count as ``trace_count("stream_prefill" / "stream_decode")``."""
+
+    def __init__(self, model, config: SamplerConfig):
+        if config.num_samples != 1:
+            raise ValueError(f"stream takes one prompt and num_samples=1, got num_samples={config.num_samples}")
+        self.config = config
+        self.model = model
+        self.graphdef, self.state = nnx.split(model)
+
+    def stream(self, prompt_ids, prompt_mask, pixel_values, image_grid_thw, rng: jax.Array) -> Iterator[int]:
+        """Yields the token ids of one completion as they are sampled, ending with the stop token when one is
+        sampled. prompt_ids / prompt_mask int32 [1, S] (left padded), pixel_values float32 [1, N, patch_dim] or
+        [N, patch_dim] with image_grid_thw to match (or None for text)."""
+        ids, mask, config = np.asarray(prompt_ids, np.int32), np.asarray(prompt_mask, np.int32), self.config
+        if ids.ndim != 2 or ids.shape[0] != 1:
+            raise ValueError(f"stream takes one prompt and num_samples=1, got prompt_ids of shape "
+                             f"{np.shape(prompt_ids)}")
+        _check_prompt(self.model, ids, mask, pixel_values, image_grid_thw)
+        seen = seen_tokens(jnp.asarray(ids), jnp.asarray(mask), self.model.config.text.vocab_size) \
+            if _uses_penalty(config) else None
+        token, cache, seen = _jit_stream_prefill(self.graphdef, self.state, ids, mask, pixel_values, image_grid_thw,
+                                                 seen, rng, config=config,
+                                                 cache_len=_cache_len(config, ids.shape[1]))
+        for step in range(1, config.max_new_tokens + 1):
+            token_id = int(token[0])
+            yield token_id
+            if token_id in config.stop_token_ids or step == config.max_new_tokens:
+                return
+            token, cache, seen = _jit_stream_decode(self.graphdef, self.state, token, cache, seen, rng,
+                                                    jnp.asarray(step, jnp.int32), config=config)
 
 
 def stream(model, prompt_ids, prompt_mask, pixel_values, image_grid_thw, config: SamplerConfig,
            rng: jax.Array) -> Iterator[int]:
     """Yields the token ids of one completion of ONE prompt ([S] or [1, S]) as they are produced, ending with
-    the stop token when one is sampled. Prefill and each decode step are the model's jitted programs."""
-    ids = np.asarray(prompt_ids, np.int32)
-    mask = np.asarray(prompt_mask, np.int32)
+    the stop token when one is sampled (:class:`Streamer` for a model that serves many prompts)."""
+    ids, mask = np.asarray(prompt_ids, np.int32), np.asarray(prompt_mask, np.int32)
     if ids.ndim == 1:
         ids, mask = ids[None], mask[None]
-    if ids.shape[0] != 1 or config.num_samples != 1:
-        raise ValueError(f"stream takes one prompt and num_samples=1, got prompt_ids of shape "
-                         f"{np.shape(prompt_ids)} and num_samples={config.num_samples}")
-    _check_prompt(model, ids, mask, pixel_values, image_grid_thw)
-    logits, cache = model.prefill(ids, mask, pixel_values, image_grid_thw,
-                                  max_len=_cache_len(config, ids.shape[1]))
-    seen = seen_tokens(ids, mask, logits.shape[-1]) if _uses_penalty(config) else None
-    for step in range(config.max_new_tokens):
-        token, _ = _compiled_sample(logits, jax.random.fold_in(rng, step), config=config, seen=seen)
-        token_id = int(token[0])
-        if seen is not None:
-            seen = seen.at[0, token_id].set(True)
-        yield token_id
-        if token_id in config.stop_token_ids or step + 1 == config.max_new_tokens:
-            return
-        logits, cache = model.decode(token, cache)
+    yield from Streamer(model, config).stream(ids, mask, pixel_values, image_grid_thw, rng)
 
 
 # ---- host-side checks -----------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ import ml_collections  # noqa: E402
 from absl import logging  # noqa: E402
 
 from robust_r1_jax.model import sampling  # noqa: E402
-from robust_r1_jax.web import chain_view, inputs, samples, streaming, sweep  # noqa: E402
-from robust_r1_jax.web.service import ModelService, StreamEvent, parse_options  # noqa: E402
+from robust_r1_jax.web import chain_view, inputs, samples, sweep  # noqa: E402
+from robust_r1_jax.web.service import ModelService, StreamEvent, compiled_programs, parse_options  # noqa: E402
 
 CSS = """
 .rr-chips {display: flex; flex-wrap: wrap; gap: 6px; margin: 4px 0;}
@@ -109,7 +109,7 @@ def build(service: ModelService, config) -> gr.Blocks:
             for event in service.stream(question, options, degraded):
                 yield emit(raw=event.text, chips=chain_view.chips_html(event.text, degradation.applied),
                            panels=chain_view.panels_html(event.text, options),
-                           stats=_stats(event, streaming.trace_counts()))
+                           stats=_stats(event, compiled_programs()))
             yield emit(status="done")
         except Exception as error:  # noqa: BLE001
             yield emit(status=_problem(error))

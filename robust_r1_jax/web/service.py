@@ -18,10 +18,10 @@ from absl import logging
 
 from robust_r1_jax.eval import generate as generate_mode
 from robust_r1_jax.eval import inference
+from robust_r1_jax.model import generate as gen
 from robust_r1_jax.model import sampling
 from robust_r1_jax.model.processor import END_OF_TEXT, Processor
 from robust_r1_jax.model.vlm import check_image_tokens
-from robust_r1_jax.web import streaming
 from robust_r1_jax.web.inputs import InputProblem
 
 MAX_QUESTION_CHARS = 2000
@@ -44,6 +44,12 @@ class StreamEvent:
         if self.num_tokens < 2 or decode_s <= 0:
             return None
         return (self.num_tokens - 1) / decode_s
+
+
+def compiled_programs() -> dict[str, int]:
+    """{"prefill": n, "decode": n}: compilations of the streaming programs in this process (``gen.Streamer``); a
+    server that keeps its shapes fixed shows constant counts after warm-up (the page shows them)."""
+    return {"prefill": gen.trace_count("stream_prefill"), "decode": gen.trace_count("stream_decode")}
 
 
 def check_question(question: str, options: Sequence[str]) -> tuple[str, tuple[str, ...]]:
@@ -71,7 +77,7 @@ class ModelService:
         inference.check_pairing(model, processor, name)
         self.model, self.processor, self.name, self.use_suffix = model, processor, name, use_suffix
         self.prompt_buckets, self.patch_buckets = tuple(prompt_buckets), tuple(patch_buckets)
-        self.streamer = streaming.TokenStreamer(model, sampler_config)
+        self.streamer = gen.Streamer(model, sampler_config)
         self.stop_ids = set(sampler_config.stop_token_ids)
         self.seed = int(seed)
         self._lock = threading.Lock()

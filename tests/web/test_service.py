@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from robust_r1_jax.model import generate as gen
-from robust_r1_jax.web import inputs, samples, streaming
+from robust_r1_jax.web import inputs, samples
+from robust_r1_jax.web.service import compiled_programs
 from robust_r1_jax.web.service import check_question, parse_options
 
 
@@ -32,12 +33,12 @@ def test_stream_matches_the_batched_sampler(service):
 
 def test_requests_after_warm_up_do_not_recompile(service):
     first = samples.bundled_samples(1, 84)[0]
-    compiled = streaming.trace_counts()
+    compiled = compiled_programs()
     other = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)  # another size and question
     degraded = inputs.apply(other, inputs.plan("noise", 0.9, 1))
     service.complete("How many objects are there, counting the small ones?", ("one", "two"), degraded, seed=5)
     service.complete(first.question, (), first.image)
-    assert streaming.trace_counts() == compiled
+    assert compiled_programs() == compiled
 
 
 def test_questions_are_checked():
