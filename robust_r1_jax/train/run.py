@@ -25,7 +25,7 @@ import ml_collections
 from flax import nnx
 
 from robust_r1_jax import distributed, parallel
-from robust_r1_jax.model import config as model_config, loading, orbax_io
+from robust_r1_jax.model import assets, config as model_config, loading, orbax_io
 from robust_r1_jax.model.vlm import Qwen25VL
 from robust_r1_jax.train import checkpoint as ckpt
 from robust_r1_jax.train import curves
@@ -120,6 +120,31 @@ def progress_bar(start: int, total: int, desc: str):
         return None
     from tqdm import tqdm
     return tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
+
+
+def export_dtype(config) -> str:
+    """The stored dtype of a run's ``model/``: ``train.export_dtype``, or ("") the compute dtype ``model.dtype``
+    (bf16 for the recipes, whose fp32 master weights stay in the checkpoints), as the upstream release ships."""
+    return config.train.get("export_dtype", "") or config.model.dtype
+
+
+def started_processor(init_from: str) -> str:
+    """The folder holding the image processor config of the model a run started from ("" when it has none: a
+    model trained from scratch, or a remote path)."""
+    if not init_from or "://" in init_from or not os.path.isdir(init_from):
+        return ""
+    holds = lambda d: os.path.isfile(os.path.join(d, assets.PREPROCESSOR_FILE))
+    return next((d for d in loading.asset_sources(init_from) if os.path.isdir(d) and holds(d)), "")
+
+
+def export(config, model: Qwen25VL, model_dir: str, image_processor) -> None:
+    """The run's ``model/``: parameters in ``export_dtype``, the tokenizer, and the image processor config of the
+    model the run started from (its pixel bounds, not the training data's); a model trained from scratch gets the
+    training ``image_processor``'s."""
+    source = started_processor(config.model.init_from)
+    orbax_io.save(model, model_dir, asset_sources=(config.data.tokenizer, config.model.init_from),
+                  image_processor=None if source else image_processor, processor_source=source,
+                  dtype=export_dtype(config))
 
 
 # ---- the scaffold -------------------------------------------------------------------------------------------------
@@ -243,12 +268,12 @@ class Run:
         return f"step {step} in {self.checkpointer.directory}"
 
     def finish(self, state) -> dict:
-        """Waits for the last save, exports the model (``train.export_model``) and returns the run's summary."""
+        """Waits for the last save, exports the model (``train.export_model``, see ``export``) and returns the
+        run's summary."""
         self.checkpointer.wait()
         self.writer.write_curves()
         if self.config.train.export_model:
             self.model_dir = os.path.join(self.workdir, "model")
-            orbax_io.save(self.model(state), self.model_dir, image_processor=self.processor.image_processor,
-                          asset_sources=(self.config.data.tokenizer, self.config.model.init_from))
+            export(self.config, self.model(state), self.model_dir, self.processor.image_processor)
         return dict(start_step=self.start, final_step=self.config.train.steps, workdir=self.workdir,
                     model_dir=self.model_dir)
