@@ -261,6 +261,14 @@ class Run:
                                  f"train.max_consecutive_skips={limit}; stopping without export. Last good "
                                  f"checkpoint: {self._last_checkpoint()}")
 
+    def closing_line(self) -> str:
+        """The run's last line: where its model, logs (metrics, curves, TensorBoard) and checkpoints are."""
+        model = (f"model in {self.model_dir} ({export_dtype(self.config)})" if self.model_dir
+                 else "no model exported (train.export_model=False)")
+        return (f"{self.name}: finished step {self.config.train.steps}; {model}; logs in "
+                f"{os.path.join(self.workdir, 'logs')} (metrics.jsonl, curves.png, TensorBoard); checkpoints in "
+                f"{os.path.join(self.workdir, 'checkpoints')}")
+
     def _last_checkpoint(self) -> str:
         step = self.checkpointer.latest_step()
         if step is None:
@@ -275,5 +283,7 @@ class Run:
         if self.config.train.export_model:
             self.model_dir = os.path.join(self.workdir, "model")
             export(self.config, self.model(state), self.model_dir, self.processor.image_processor)
+        if distributed.is_primary():
+            print(self.closing_line(), flush=True)
         return dict(start_step=self.start, final_step=self.config.train.steps, workdir=self.workdir,
                     model_dir=self.model_dir)
