@@ -31,7 +31,7 @@ from robust_r1_jax.train import checkpoint as ckpt
 from robust_r1_jax.train import curves
 from robust_r1_jax.train import metrics as mx
 from robust_r1_jax.train import optim, state as train_state
-from robust_r1_jax.train import stops, validate
+from robust_r1_jax.train import memory, stops, validate
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,31 @@ def check_workdir(workdir: str) -> str:
     except OSError as e:
         raise PermissionError(f"workdir {path} is not writable: {e}") from e
     return path
+
+
+def planned_model_config(config) -> model_config.ModelConfig:
+    """The model config the run will build, read without any weight: ``model.init_from``'s own (its config.json,
+    model_config.json or training checkpoint meta), else the preset, with the recipe's runtime settings."""
+    m = config.model
+    runtime = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention_impl=m.attention_impl,
+                   scan_layers=m.get("scan_layers", False))
+    if m.init_from:
+        return loading.read_config(m.init_from).replace(**runtime)
+    extra = {"vocab_size": m.vocab_size} if m.get("vocab_size") else {}
+    return model_config.preset(m.preset, **extra, **runtime)
+
+
+def check_model_fits(config, mesh, kind: str) -> None:
+    """Before any weight is read: the model in ``init_from`` is the size the recipe was written for
+    (``validate.model_size_problems``) and its per-device memory estimate (``train.memory``) fits the devices;
+    otherwise ``validate.ConfigError`` with one line. ``train.memory_check=False`` skips the memory part."""
+    planned = planned_model_config(config)
+    problems = validate.model_size_problems(config, planned, kind)
+    if problems:
+        raise validate.ConfigError(problems)
+    if config.train.get("memory_check", True):
+        estimate = memory.check_fits(config, planned, mesh, kind)
+        log.info("memory: about %s", estimate.describe())
 
 
 def load_processor(config):
@@ -156,6 +181,7 @@ class Run:
         self.info = init_distributed(config)
         self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
         validate.check_training_config(config, self.mesh, self.info.process_count)
+        check_model_fits(config, self.mesh, loader_kind)
         self.workdir = check_workdir(config.workdir)
         self.per_host = distributed.check_divisible(config.data.global_batch_size, self.info.process_count)
         self.processor = load_processor(config)
