@@ -377,6 +377,13 @@ def test_shellcheck_clean():
     ("sft_qwen2_5_vl_3b.py:8xh100", 8, "runs/sft_qwen2_5_vl_3b_8xh100", None),
     ("grpo_qwen2_5_vl_3b.py:v5p8", 4, "runs/grpo_qwen2_5_vl_3b_v5p8", 2048),
     ("grpo_qwen2_5_vl_3b.py:v6e8", 8, "runs/grpo_qwen2_5_vl_3b_v6e8", 2048),
+    ("sft_qwen2_5_vl_7b.py", -1, "runs/sft_qwen2_5_vl_7b", None),
+    ("sft_qwen2_5_vl_7b.py:v5p16", 8, "runs/sft_qwen2_5_vl_7b_v5p16", None),
+    ("sft_qwen2_5_vl_7b.py:v6e16", 16, "runs/sft_qwen2_5_vl_7b_v6e16", None),
+    ("sft_qwen2_5_vl_7b.py:8xh100", 8, "runs/sft_qwen2_5_vl_7b_8xh100", None),
+    ("grpo_qwen2_5_vl_7b.py:v5p16", 8, "runs/grpo_qwen2_5_vl_7b_v5p16", 2048),
+    ("grpo_qwen2_5_vl_7b.py:v6e16", 16, "runs/grpo_qwen2_5_vl_7b_v6e16", 2048),
+    ("grpo_qwen2_5_vl_7b.py:8xh100", 8, "runs/grpo_qwen2_5_vl_7b_8xh100", 2048),
 ])
 def test_scale_variants_are_picked_after_a_colon(spec, fsdp, workdir, max_new_tokens):
     """``--config=configs/FILE.py:VARIANT`` as the launchers pass it on: config_flags hands VARIANT to get_config."""
