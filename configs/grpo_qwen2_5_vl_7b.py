@@ -22,42 +22,29 @@ Scale variants (``--config=configs/grpo_qwen2_5_vl_7b.py:VARIANT``; mesh, workdi
   8xh100   one node of 8 x H100 80 GB, 16 rows per GPU
 Per-chip figures of the TPU compiler (configs/aot.py) are in WORKSPACE.md "Scale configs".
 """
-from robust_r1_jax.rl.grpo import default_config
 
+import importlib.util
+import os
+
+# variant -> devices on the fsdp axis; "" is the recipe on whatever is there.
 FSDP = {"": -1, "v5p16": 8, "v6e16": 16, "8xh100": 8}
+
+
+def paper_recipe():
+    """configs/grpo_qwen2_5_vl_3b.py's recipe (its plain variant): the paper's settings, which this file keeps."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpo_qwen2_5_vl_3b.py")
+    spec = importlib.util.spec_from_file_location("grpo_qwen2_5_vl_3b", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def get_config(variant: str = ""):
     if variant not in FSDP:
         raise ValueError(f"unknown variant {variant!r}; this config knows {', '.join(v for v in FSDP if v)}")
-    c = default_config()
+    c = paper_recipe()
     c.workdir = "runs/grpo_qwen2_5_vl_7b" + (f"_{variant}" if variant else "")
-    c.model.preset = "7b"
-    c.model.init_from = ""  # required: the 7B SFT model (orbax model dir, training checkpoint or HF dir)
-    c.model.dtype, c.model.param_dtype = "bfloat16", "float32"
-    c.model.remat, c.model.attention_impl = "full", "auto"
-    c.model.scan_layers = True
-    c.data.tokenizer = ""   # required: the Qwen2.5-VL tokenizer directory
-    c.data.global_batch_size = 16
-    c.data.seq_len = 512            # prompt bucket: 256 image tokens + question + instruction
-    c.data.patch_bucket = 1024
-    c.data.max_pixels = 448 * 448
-    c.data.worker_count = 4
+    c.model.preset = "7b"   # init_from must hold a 7B model (checked before loading)
+    c.model.remat = "full"
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, FSDP[variant], 1
-    c.grpo.num_samples = 8
-    c.grpo.epsilon_low = c.grpo.epsilon_high = 0.2
-    c.grpo.beta = 0.04
-    c.grpo.loss_aggregation = "sequence_mean"
-    c.grpo.std_estimator = "unbiased"
-    c.grpo.inner_iterations = 1
-    c.grpo.logprob_chunk = 256
-    c.sampling.temperature = 1.0
-    c.sampling.max_new_tokens = 2048
-    c.optim.learning_rate = 1e-6
-    c.optim.warmup_steps = 0
-    c.optim.min_lr_ratio = 1.0
-    c.train.steps = 7500 // 16
-    c.train.freeze = ("^visual\\.",)
-    c.train.checkpoint_every = 50
-    c.rewards.variant = "paper"
     return c

@@ -26,34 +26,29 @@ as the pre-load check (train/memory.py) estimates it before any weights are read
   2 sequences of 2048 tokens, 6.2 GB for one; the cross-entropy chunk of 512 tokens (3 x seqs x 512 x 152,064 x
   4 B) 1.9 / 0.9 GB.
 """
-from robust_r1_jax.train.sft import default_config
+
+import importlib.util
+import os
 
 # variant -> devices on the fsdp axis; "" is the recipe on whatever is there.
 FSDP = {"": -1, "v5p16": 8, "v6e16": 16, "8xh100": 8}
 
 
+def paper_recipe():
+    """configs/sft_qwen2_5_vl_3b.py's recipe (its plain variant): the paper's settings, which this file keeps."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sft_qwen2_5_vl_3b.py")
+    spec = importlib.util.spec_from_file_location("sft_qwen2_5_vl_3b", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def get_config(variant: str = ""):
     if variant not in FSDP:
         raise ValueError(f"unknown variant {variant!r}; this config knows {', '.join(v for v in FSDP if v)}")
-    c = default_config()
+    c = paper_recipe()
     c.workdir = "runs/sft_qwen2_5_vl_7b" + (f"_{variant}" if variant else "")
-    c.model.preset = "7b"
-    c.model.init_from = ""  # required: a local Qwen2.5-VL-7B-Instruct directory
-    c.model.dtype, c.model.param_dtype = "bfloat16", "float32"
-    c.model.remat, c.model.attention_impl = "dots", "auto"
-    c.model.scan_layers = True      # one scanned layer body: the compile does not grow with depth
-    c.data.global_batch_size = 16
-    c.data.seq_len = 2048
-    c.data.patch_bucket = 1024      # one 448 x 448 image: 32 x 32 patches, 256 image tokens
-    c.data.max_pixels = 448 * 448
-    c.data.worker_count = 8
+    c.model.preset = "7b"   # init_from must hold a 7B model (checked before loading)
+    c.model.remat = "dots"
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, FSDP[variant], 1
-    c.optim.learning_rate = 1e-5
-    c.optim.warmup_steps = 10
-    c.optim.min_lr_ratio = 0.1
-    c.optim.weight_decay = 0.0
-    c.train.steps = 2 * 2500 // 16
-    c.train.freeze = ("^visual\\.",)
-    c.train.ce_chunk = 512
-    c.train.checkpoint_every = 50
     return c
