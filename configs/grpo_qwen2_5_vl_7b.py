@@ -23,26 +23,20 @@ Scale variants (``--config=configs/grpo_qwen2_5_vl_7b.py:VARIANT``; mesh, workdi
 Per-chip figures of the TPU compiler (configs/aot.py) are in WORKSPACE.md "Scale configs".
 """
 
-import importlib.util
 import os
+
+from robust_r1_jax.aot import load_recipe
 
 # variant -> devices on the fsdp axis; "" is the recipe on whatever is there.
 FSDP = {"": -1, "v5p16": 8, "v6e16": 16, "8xh100": 8}
-
-
-def paper_recipe():
-    """configs/grpo_qwen2_5_vl_3b.py's recipe (its plain variant): the paper's settings, which this file keeps."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpo_qwen2_5_vl_3b.py")
-    spec = importlib.util.spec_from_file_location("grpo_qwen2_5_vl_3b", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+# the paper's settings, kept from the 3B recipe (its plain variant)
+PAPER_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpo_qwen2_5_vl_3b.py")
 
 
 def get_config(variant: str = ""):
     if variant not in FSDP:
         raise ValueError(f"unknown variant {variant!r}; this config knows {', '.join(v for v in FSDP if v)}")
-    c = paper_recipe()
+    c = load_recipe(PAPER_RECIPE)
     c.workdir = "runs/grpo_qwen2_5_vl_7b" + (f"_{variant}" if variant else "")
     c.model.preset = "7b"   # init_from must hold a 7B model (checked before loading)
     c.model.remat = "full"
