@@ -1,30 +1,30 @@
 """Per-device memory of a training recipe, estimated before any weight is read, and the check that stops a run that
 cannot fit.
 
-``estimate(config, model_config, mesh_shape, kind)`` sums, in bytes per device (the largest of GRPO's three
-phases):
+``estimate(config, model_config, mesh, kind)`` gives bytes per device at the peak of the step (for GRPO the
+largest of its three phases: rollout, scoring, update):
 
 * **states**, from the parameters' shapes and the logical-axis rules (``parallel.logical_to_spec``: a dimension
-  the mesh does not divide is replicated): trained parameters, their gradients and AdamW's two moments (optax
-  keeps them in the parameter dtype), frozen parameters, the compute-dtype copy of every parameter
-  (``ModelParts.merge_for_compute``), and for GRPO the reference copy of the trained parameters;
-* **gathered weights**: FSDP all-gathers one decoder layer at a time (twice, for overlap) in the compute dtype,
-  and its full fp32 gradient before the reduce-scatter; the token embedding / output head likewise;
+  the mesh does not divide is replicated): trained parameters and AdamW's two moments (optax keeps them in the
+  parameter dtype), frozen parameters, the compute-dtype copy of every parameter (``ModelParts.merge_for_compute``),
+  for GRPO the reference copy of the trained parameters; FSDP's all-gathered weights: two decoder layers (one in
+  use, one prefetched) and the vocabulary matrix, in the compute dtype;
 * **activations** at the recipe's remat, per token and decoder layer in the compute dtype: ``full`` keeps the
   layer input (h), ``dots`` the projection outputs and the input (4h + 2I + 2 kv; WORKSPACE.md "Where the memory
   goes"), ``none`` every intermediate (13h + 6I: the residual stream, the two RMSNorm inputs kept in fp32, q, k,
-  v before and after the rotary embedding, attention and output projections, and the MLP's gate, up, SiLU (with
-  its fp32 sigmoid) and product); plus the one layer being differentiated (recomputed under ``full`` / ``dots``)
-  with its fp32 activation gradients (4h + 3I);
-* the **cross-entropy / log-prob chunk**: logits, probabilities and their gradient in fp32 (3 x rows x chunk x
-  vocab x 4 B); the XLA attention path (no flash kernel) adds one layer's fp32 scores, probabilities and their
-  gradient (3 x rows x heads x length^2 x 4 B);
-* the frozen **vision tower**'s forward over the rows' patch buckets, and for GRPO's rollout the **KV cache**
-  (layers x 2 x kv heads x head dim x compute bytes per token) and the sampler's logits.
+  v before and after the rotary embedding, attention and output projections, and the MLP's gate, up, SiLU with
+  its fp32 sigmoid, and product); the frozen vision tower's forward over the rows' patch buckets;
+* the largest **transient** beside them: the cross-entropy / log-prob chunk (fp32 logits, probabilities and their
+  gradient plus the bf16 projection: 14 B per logit, rows x chunk x vocab), the layer being recomputed or
+  differentiated (fused, about 2I + h values per token), or on the XLA attention path (no flash kernel) one
+  layer's fp32 scores, probabilities and their gradient (3 x rows x heads x length^2 x 4 B);
+* the peak is at the start of the backward pass (activations + transient) or at its end (every gradient, the
+  activations freed), whichever is larger; GRPO's rollout holds the **KV cache** (layers x 2 x kv heads x head
+  dim x compute bytes per token) and the sampler's logits, its scoring two log-prob chunks (policy, reference).
 
-The coefficients come from the tensors each layer holds; the totals were checked against the TPU compiler's own
-per-chip figures for the shipped recipes (``configs/aot.py``, WORKSPACE.md "Scale configs"; within 25%, held by
-tests/train/test_memory.py). It is an estimate: XLA may fuse away or add temporaries.
+The terms are the tensors the program holds; the totals were checked against the TPU compiler's own per-chip
+figures for the shipped recipes (``configs/aot.py``, WORKSPACE.md "Scale configs": 3B and 7B SFT and 3B GRPO within
+13%, held within 25% by tests/train/test_memory.py). It is an estimate: XLA may fuse away or add temporaries.
 """
 from __future__ import annotations
 
