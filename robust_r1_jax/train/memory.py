@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import re
 
 import jax
@@ -39,7 +40,10 @@ from flax import nnx
 
 from robust_r1_jax import parallel
 from robust_r1_jax.model.config import ModelConfig
+from robust_r1_jax.train import validate
 from robust_r1_jax.train.optim import path_string
+
+log = logging.getLogger(__name__)
 
 GIB = 1024 ** 3
 # Bytes per logit of a cross-entropy / log-prob chunk in the backward pass: fp32 logits, probabilities and their
@@ -289,19 +293,21 @@ def fitting_overrides(config, cfg: ModelConfig, mesh, kind: str, limit: int, pla
 def check_fits(config, cfg: ModelConfig, mesh, kind: str, devices=None, platform: str | None = None,
                available: tuple[int | None, str] | None = None) -> Estimate:
     """Returns the estimate; raises ``validate.ConfigError`` with one line (estimate, device memory, the overrides
-    that would fit or that none do) when it exceeds what one device holds. ``train.memory_check=False`` skips it;
-    an unknown device memory only logs."""
-    from robust_r1_jax.train import validate
+    that would fit or that none do) when it exceeds what one device holds (``available``: (bytes, what they are),
+    default ``device_memory_bytes(devices)``). An unknown device memory logs a warning and passes."""
     platform = platform or jax.default_backend()
     est = estimate(config, cfg, mesh, kind, platform)
     limit, what = available if available is not None else device_memory_bytes(devices)
+    if limit is None:
+        log.warning("memory: cannot check the estimate of about %s: %s", est.describe(), what)
     if limit is None or est.total <= limit:
         return est
     overrides = fitting_overrides(config, cfg, mesh, kind, limit, platform)
     devices_text = f"{mesh.size} device{'s' if mesh.size > 1 else ''}"
     advice = (f"these overrides would fit: {' '.join(overrides)}" if overrides else
-              f"no remat, accumulation or length setting fits {devices_text}: run on the slice the recipe was "
-              f"written for (its variants, e.g. --config=configs/FILE.py:8xh100) or more devices")
+              f"no remat, chunk, accumulation or length setting fits {devices_text}: run on the devices the recipe "
+              f"was written for (a scale variant after the config file's colon, e.g. :8xh100 or :v5p8; WORKSPACE.md "
+              f"\"Scale configs\") or on more devices")
     raise validate.ConfigError([
         f"memory: the {kind} recipe needs about {est.describe()}, but one device has "
         f"{limit / GIB:.1f} GiB ({what}, {devices_text}); {advice} (train.memory_check=False skips this check)"])

@@ -78,8 +78,8 @@ def test_a_slice_too_small_for_any_setting_names_the_recipes_slices():
         memory.check_fits(config, cfg, abstract_mesh(1), "sft", platform="cpu",
                           available=(22 * GIB, "available host memory"))
     (line,) = error.value.problems
-    assert "but one device has 22.0 GiB (available host memory, 1 device); no remat, accumulation or length setting" \
-           " fits 1 device: run on the slice the recipe was written for" in line
+    assert ("but one device has 22.0 GiB (available host memory, 1 device); no remat, chunk, accumulation or "
+            "length setting fits 1 device: run on the devices the recipe was written for (a scale variant") in line
 
 
 @pytest.mark.slow
