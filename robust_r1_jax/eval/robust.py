@@ -343,7 +343,7 @@ def evaluate(specs: Sequence[ModelSpec], bench_list: Sequence[Benchmark], settin
                 logging.info("%s: %s at %s: finished in an earlier run (%s), reused", spec.name, bench_name,
                              level, store.path(keys[bench_name, level]))
 
-        def on_finished(bench, condition, outcomes, spec=spec, keys=keys):
+        def on_finished(bench, condition, outcomes, keys=keys):
             if store is None:
                 return outcomes
             # reported as a resumed run will read them back, so both report sets are the same bytes
