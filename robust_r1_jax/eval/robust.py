@@ -504,6 +504,7 @@ def run(config) -> dict:
     paths = report.write_reports(results, predictions, workdir, bench_list)
     if report.is_writer():
         print(report.markdown(results))
-        print(f"eval: reports in {os.path.abspath(workdir)} ({', '.join(os.path.basename(p) for p in paths.values())}); "
-              f"finished levels kept in {store.directory} (a rerun of the same command reuses them)")
+        names = ", ".join(os.path.basename(p) for p in paths.values())
+        print(f"eval: reports in {os.path.abspath(workdir)} ({names}); finished levels kept in {store.directory} "
+              f"(a rerun of the same command reuses them)")
     return results
