@@ -58,6 +58,22 @@ def check_workdir(workdir: str) -> str:
     return path
 
 
+def build_mesh(config) -> jax.sharding.Mesh:
+    """The recipe's (data, fsdp, tensor) mesh over every device; a mesh the devices cannot form is one
+    ``validate.ConfigError`` line naming what JAX sees (only CPU devices usually means the accelerator build of jax
+    is not installed: requirements-gpu.txt / requirements-tpu.txt)."""
+    m = config.mesh
+    try:
+        return parallel.make_mesh(m.data, m.fsdp, m.tensor)
+    except ValueError as error:
+        devices = jax.devices()
+        seen = f"JAX sees {len(devices)} {devices[0].platform} device{'s' if len(devices) > 1 else ''}"
+        hint = ("; on NVIDIA GPUs install requirements-gpu.txt, on TPU VMs requirements-tpu.txt (WORKSPACE.md "
+                "\"Run\")" if devices[0].platform == "cpu" else "")
+        raise validate.ConfigError([f"config.mesh (data={m.data}, fsdp={m.fsdp}, tensor={m.tensor}): {error}; "
+                                    f"{seen}{hint}"]) from error
+
+
 def planned_model_config(config) -> model_config.ModelConfig:
     """The model config the run will build, read without any weight: ``model.init_from``'s own (its config.json,
     model_config.json or training checkpoint meta), else the preset, with the recipe's runtime settings."""
@@ -179,7 +195,7 @@ class Run:
     def __init__(self, config: ml_collections.ConfigDict, name: str, loader_kind: str = "sft"):
         self.config, self.name, self.loader_kind = config, name, loader_kind
         self.info = init_distributed(config)
-        self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+        self.mesh = build_mesh(config)
         validate.check_training_config(config, self.mesh, self.info.process_count)
         check_model_fits(config, self.mesh, loader_kind)
         self.workdir = check_workdir(config.workdir)

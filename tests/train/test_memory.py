@@ -172,3 +172,16 @@ def test_the_tiny_estimate_counts_every_part_of_the_step(tmp_path):
     accumulated.train.grad_accum = 2
     assert memory.estimate(accumulated, cfg, abstract_mesh(1), "sft", "cpu").total < est.total
     assert sft.default_config().train.memory_check is True
+
+
+def test_a_mesh_the_devices_cannot_form_names_what_jax_sees_and_the_installs(tmp_path):
+    """A GPU recipe variant started where only CPU jax is installed: one line, not a traceback."""
+    config = tiny_sft(tmp_path)
+    config.mesh.data, config.mesh.fsdp = 1, 8
+    with pytest.raises(validate.ConfigError) as error:
+        run.build_mesh(config)
+    (line,) = error.value.problems
+    assert line.startswith("config.mesh (data=1, fsdp=8, tensor=1): mesh {'data': 1, 'fsdp': 8, 'tensor': 1} needs 8 "
+                           f"devices, have {jax.device_count()}; JAX sees {jax.device_count()} cpu device")
+    assert line.endswith("on NVIDIA GPUs install requirements-gpu.txt, on TPU VMs requirements-tpu.txt "
+                         '(WORKSPACE.md "Run")')
