@@ -20,11 +20,12 @@ largest of its three phases: rollout, scoring, update):
   layer's fp32 scores, probabilities and their gradient (3 x rows x heads x length^2 x 4 B);
 * the peak is at the start of the backward pass (activations + transient) or at its end (every gradient, the
   activations freed), whichever is larger; GRPO's rollout holds the **KV cache** (layers x 2 x kv heads x head
-  dim x compute bytes per token) and the sampler's logits, its scoring two log-prob chunks (policy, reference).
+  dim x compute bytes per token) and the sampler's logits, its scoring two log-prob chunks (policy, reference),
+  its update the differentiated layer's working set beside the log-prob chunk.
 
 The terms are the tensors the program holds; the totals were checked against the TPU compiler's own per-chip
-figures for the shipped recipes (``configs/aot.py``, WORKSPACE.md "Scale configs": 3B and 7B SFT and 3B GRPO within
-13%, held within 25% by tests/train/test_memory.py). It is an estimate: XLA may fuse away or add temporaries.
+figures for the shipped recipes (``configs/aot.py``, WORKSPACE.md "Scale configs": SFT within +9%, GRPO within
+-14%; held within 25% by tests/train/test_memory.py). It is an estimate: XLA may fuse away or add temporaries.
 """
 from __future__ import annotations
 
@@ -206,9 +207,10 @@ def estimate(config, cfg: ModelConfig, mesh, kind: str = "sft", platform: str | 
                     "vision forward": _vision_bytes(cfg, rows, d.patch_bucket, compute)},
         "scoring": {**base, "forward layer": _layer_working_bytes(cfg, tokens, compute),
                     "log-prob chunks (policy, reference)": 2 * rows * chunk * vocab * 4},
-        "update": _peak(base, {f"activations (remat {cfg.remat})": tokens * saved},
+        # the layer's working set stays beside the log-prob chunk here (the compiler's GRPO figures hold both)
+        "update": _peak(base, {f"activations (remat {cfg.remat})": tokens * saved,
+                               "one layer's backward": _layer_working_bytes(cfg, tokens, compute)},
                         {"log-prob chunk": LOGIT_BYTES * rows * chunk * vocab,
-                         "one layer's backward": _layer_working_bytes(cfg, tokens, compute),
                          "attention scores": _attention_scores_bytes(cfg, rows, length, attention)},
                         gradients),
     }
