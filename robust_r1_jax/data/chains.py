@@ -199,6 +199,15 @@ def parse_chain_strict(text: str) -> tuple[ParsedChain, int]:
     return parsed, answer
 
 
+def with_answer(chain: str, answer: str) -> str:
+    """The chain with the contents of its first ``<ANSWER>`` block replaced by ``answer``; ``ChainFormatError``
+    when it has none. Used where a source's answer label is mapped to the project's 0-based index (or back)."""
+    match = re.search(f"{open_tag('ANSWER')}(.*?){close_tag('ANSWER')}", chain, re.DOTALL)
+    if match is None:
+        raise ChainFormatError("the chain has no <ANSWER> block")
+    return chain[:match.start(1)] + answer + chain[match.end(1):]
+
+
 def format_question(question: str, options: Sequence[str]) -> str:
     """The user text of a multiple-choice question: question, then ``i. option`` lines."""
     lines = [question.strip()]

@@ -110,6 +110,10 @@ class Record:
     their images are already degraded and ``applied`` holds the types parsed from the chain.
     ``line`` is the 1-based line of the record in ``source_file`` (JSON: the line where the
     record's object starts; generated sources: the example index).
+    ``prompt`` is the source's own human turn word for word (``<image>`` and the SPEC §1 suffix removed) and
+    ``prompt_answer`` the answer as that turn labels it (``""`` for sources without a human turn).
+    ``aliased_types`` / ``unknown_types``: ``<TYPE>`` names of the source's chain that were rewritten by the alias
+    table, or are neither SPEC §2 names nor aliases (``data/type_names.py``).
     """
 
     id: str
@@ -124,6 +128,10 @@ class Record:
     applied: tuple[tuple[str, float], ...] = ()
     category: str = ""
     hint: str = ""
+    prompt: str = ""
+    prompt_answer: str = ""
+    aliased_types: tuple[str, ...] = ()
+    unknown_types: tuple[str, ...] = ()
     source_file: str = ""
     line: int = 0
 

@@ -19,7 +19,11 @@ into place with one rename: a failure leaves the previous dataset (or nothing) b
 
 Per example: ``id``, ``image`` (the degraded image), ``question``, ``options``, ``answer`` (option
 index), ``chain``, ``rationales``, ``degradation_types``, ``degradation_intensities``,
-``degradation_seed`` (-1 when the source shipped pre-degraded images), ``category``, ``source``.
+``degradation_seed`` (-1 when the source shipped pre-degraded images), ``category``, ``source``, and
+``prompt`` / ``prompt_answer``: the source's own human turn kept word for word (``<image>`` and the SPEC §1
+suffix removed) and the answer text that agrees with it (``""`` when the source has none: the prompt is then
+built from ``question`` and ``options``; see ``data/rows.py``'s ``prompt_style``). ``chain`` always answers with
+the 0-based ``answer`` index, the project's form. Datasets written before these two fields read as ``""``.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ SPLITS = ("train", "validation")
 IMAGE_FORMATS = ("png", "jpeg")
 DESCRIPTION = "Degraded multiple-choice VQA with degradation-aware reasoning chains (Robust-R1)."
 
-TEXT_FIELDS = ("id", "question", "chain", "category", "source")
+TEXT_FIELDS = ("id", "question", "chain", "category", "source", "prompt", "prompt_answer")
+OPTIONAL_TEXT_FIELDS = ("prompt", "prompt_answer")  # "" when an example leaves them out
 TEXT_LIST_FIELDS = ("options", "rationales", "degradation_types")
 
 
@@ -68,12 +73,15 @@ def features(image_format: str = "png") -> tfds.features.FeaturesDict:
         "degradation_seed": tfds.features.Scalar(np.int64),
         "category": tfds.features.Text(),
         "source": tfds.features.Text(),
+        "prompt": tfds.features.Text(),
+        "prompt_answer": tfds.features.Text(),
     })
 
 
 def validate_example(example: Mapping, where: str) -> dict:
     """The example with normalised types; ``ValueError`` naming ``where`` when malformed."""
     expected = set(features().keys())
+    example = {**{field: "" for field in OPTIONAL_TEXT_FIELDS}, **example}
     if set(example) != expected:
         raise ValueError(
             f"{where}: example fields differ from the schema: missing {sorted(expected - set(example))}, "
@@ -277,7 +285,7 @@ def to_python(example: Mapping) -> dict:
     """A decoded tfds example with text as ``str`` and intensities as a float32 array."""
     out = dict(example)
     for field in TEXT_FIELDS:
-        out[field] = _text(example[field])
+        out[field] = _text(example.get(field, "")) if field in OPTIONAL_TEXT_FIELDS else _text(example[field])
     for field in TEXT_LIST_FIELDS:
         out[field] = [_text(v) for v in example[field]]
     out["answer"] = int(example["answer"])
