@@ -154,21 +154,8 @@ def example_name(example: Mapping, index: int) -> str:
     return f"example {name!r} (source index {index})"
 
 
-PROJECT, UPSTREAM = "project", "upstream"
-PROMPT_STYLES = (PROJECT, UPSTREAM)
-
-
-def check_prompt_style(style: str) -> str:
-    """The style, or ValueError listing the known ones."""
-    if style not in PROMPT_STYLES:
-        raise ValueError(f"unknown prompt_style {style!r}; expected one of {list(PROMPT_STYLES)}")
-    return style
-
-
-def upstream_prompt(human_turn: str, suffix: str) -> str:
-    """The user text upstream's GRPO script builds (SPEC §8): the human turn (``<image>`` already removed) with the
-    suffix appended directly, no separator."""
-    return human_turn + suffix
+PROJECT, UPSTREAM, PROMPT_STYLES = chains.PROJECT_STYLE, chains.UPSTREAM_STYLE, chains.PROMPT_STYLES
+check_prompt_style = chains.check_prompt_style
 
 
 def user_text(example: Mapping, suffix: str, style: str = PROJECT) -> str:
@@ -178,11 +165,11 @@ def user_text(example: Mapping, suffix: str, style: str = PROJECT) -> str:
     ``upstream``: the source's human turn word for word (``prompt``) with the suffix appended directly, as
     upstream trains; an example without one (shapes, A-OKVQA) uses ``chains.format_question`` as its human turn.
     """
-    human = _text(example.get("prompt", "")) if check_prompt_style(style) == UPSTREAM else ""
-    if style == UPSTREAM:
-        return upstream_prompt(human or chains.format_question(_text(example["question"]),
-                                                               _texts(example.get("options"))), suffix)
-    return chains.format_prompt(_text(example["question"]), _texts(example.get("options")), suffix)
+    question, options = _text(example["question"]), _texts(example.get("options"))
+    if check_prompt_style(style) == UPSTREAM:
+        human = _text(example.get("prompt", ""))
+        return chains.upstream_prompt(human or chains.format_question(question, options), suffix)
+    return chains.format_prompt(question, options, suffix)
 
 
 def chain_text(example: Mapping, style: str = PROJECT) -> str:
