@@ -141,11 +141,12 @@ def _image_array(value, where: str) -> np.ndarray:
 
 
 def example_images(example: Mapping, where: str) -> list[np.ndarray]:
-    """An example's images: ``image`` (the tfds schema) or a list under ``images``."""
+    """An example's images: ``image`` then ``extra_images`` (the tfds schema), or a list under ``images``."""
     if "images" in example:
         return [_image_array(v, where) for v in example["images"]]
     if "image" in example:
-        return [_image_array(example["image"], where)]
+        extra = example.get("extra_images")
+        return [_image_array(v, where) for v in [example["image"], *([] if extra is None else list(extra))]]
     raise ValueError(f"{where}: the example has no 'image' field")
 
 

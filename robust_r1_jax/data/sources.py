@@ -211,12 +211,11 @@ def conversation_record(record_id: str, human: str, assistant: str, image_paths:
     The answer, from the chain's ``<ANSWER>`` block or the plain turn, is mapped by ``options.resolve_answer``
     against the options split out of the human turn, in the numbering the turn uses; the stored chain then answers
     with the 0-based index and ``prompt`` / ``prompt_answer`` keep the turn and the answer as written. ``<TYPE>``
-    names go through ``type_names`` (aliases rewritten; unknown names kept and listed on the record).
+    names go through ``type_names`` (aliases rewritten; unknown names kept and listed on the record). Several
+    images (upstream's ``image`` list) are kept in order, the first as ``image_path``, only with a chain.
     """
-    if len(image_paths) != 1:
-        raise _RecordProblem(
-            f"{len(image_paths)} images for one prompt: the robust_r1 dataset keeps one image per example "
-            f"(the processor and the training rows take several, data.image_slots, but not this dataset's schema)")
+    if not image_paths:
+        raise _RecordProblem("no image")
     placeholders = human.count(IMAGE_PLACEHOLDER)
     if placeholders > len(image_paths):
         raise _RecordProblem(f"the human turn has {placeholders} {IMAGE_PLACEHOLDER} placeholders for "
@@ -236,9 +235,13 @@ def conversation_record(record_id: str, human: str, assistant: str, image_paths:
         kind = "the chain's ANSWER" if chain is not None else (
             "the gpt turn (not a SPEC §1 chain, so read as a plain answer)")
         raise _RecordProblem(f"{kind}: {error}") from None
-    image_path = image_paths[0]
-    if check_images and not os.path.isfile(image_path):
-        raise _RecordProblem(f"image file not found: {image_path}")
+    if len(image_paths) > 1 and chain is None:
+        raise _RecordProblem(f"{len(image_paths)} images for one prompt with a plain answer: synth degrades and "
+                             f"annotates one image per example; several images are kept only with the record's own "
+                             f"chain (its images already degraded)")
+    missing = [p for p in image_paths if check_images and not os.path.isfile(p)]
+    if missing:
+        raise _RecordProblem(f"image file not found: {missing[0]}")
     if unknown:
         logger.warning("%s:%d: record %s: <TYPE> name(s) %s are neither SPEC §2 names nor aliases "
                        "(data/type_names.py); kept as written, r_deg will score them as wrong types",
@@ -248,7 +251,8 @@ def conversation_record(record_id: str, human: str, assistant: str, image_paths:
         question=question,
         options=options,
         answer=answer,
-        image_path=image_path,
+        image_path=image_paths[0],
+        extra_image_paths=tuple(image_paths[1:]),
         chain=None if chain is None else chains.with_answer(chain, str(answer)),
         applied=tuple(applied),
         prompt=prompt,

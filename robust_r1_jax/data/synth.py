@@ -139,7 +139,17 @@ def _synthesize(record, split, index, settings, annotator, keep_images) -> Synth
     loaded = record.load_image()
     clean = fit_image(loaded, settings.max_image_side)
     prebuilt = record.chain is not None and settings.keep_prebuilt_chains
+    if record.extra_image_paths and not prebuilt:
+        return Synthesized(None, error=f"{record.location} (id {record.id}): {1 + len(record.extra_image_paths)} "
+                                       f"images for one prompt are kept only with the record's own chain "
+                                       f"(synth.keep_prebuilt_chains)")
+    extra = [(image, fit_image(image, settings.max_image_side)) for image in record.load_extra_images()]
     problem = image_size_problem(clean, loaded.shape[:2], settings.max_image_side, degrades=not prebuilt)
+    for number, (original, fitted) in enumerate(extra, start=2):
+        if problem is not None:
+            break
+        extra_problem = image_size_problem(fitted, original.shape[:2], settings.max_image_side, degrades=False)
+        problem = extra_problem and f"image {number}: {extra_problem}"
     if problem is not None:
         return Synthesized(None, error=f"{record.location} (id {record.id}): {problem}")
     if prebuilt:
@@ -174,6 +184,7 @@ def _synthesize(record, split, index, settings, annotator, keep_images) -> Synth
         "source": record.location,
         "prompt": record.prompt,
         "prompt_answer": record.prompt_answer,
+        "extra_images": [encode_image(fitted, settings.image_format) for _, fitted in extra],
     }
     if keep_images:
         return Synthesized(example, clean, np.asarray(degraded, np.uint8))

@@ -72,7 +72,7 @@ def test_unmappable_answers_are_named_per_record_problems(tmp_path, caplog):
         _rl("dup", duplicated, _chain("None")),
         _rl("letter", HUMAN_ONE, _chain("E")),
         _rl("good", HUMAN_ONE, _chain("4")),
-        _rl("two", HUMAN_ONE, _chain("1"), image=["0.png", "0.png"]),
+        _rl("two", HUMAN_ONE, "circle", image=["0.png", "0.png"]),
     ])
     with caplog.at_level(logging.WARNING):
         records = sources.read_robust_r1_jsonl(path, str(tmp_path))
@@ -81,7 +81,7 @@ def test_unmappable_answers_are_named_per_record_problems(tmp_path, caplog):
             f"(the options are numbered from 1)") in caplog.text
     assert f"{path}:2: record dup: the chain's ANSWER: answer 'None' matches options [0, 2]" in caplog.text
     assert f"{path}:3: record letter: the chain's ANSWER: answer 'E' is past the last option letter D" in caplog.text
-    assert f"{path}:5: record two: 2 images for one prompt" in caplog.text
+    assert f"{path}:5: record two: 2 images for one prompt with a plain answer" in caplog.text
 
 
 def test_a_plain_answer_turn_makes_a_record_to_annotate(tmp_path):
@@ -222,3 +222,37 @@ def test_tsv_options_spelled_like_missing_values_are_options(tmp_path):
                                             ("a", "b")]
     assert [r.answer for r in records] == [0, 2, 3, 2, 1]
     assert records[0].hint == ""  # an exported NaN hint stays a missing hint
+
+
+# ---- several images per prompt ------------------------------------------------------------------------------------
+
+def test_several_images_per_prompt_reach_the_dataset_and_the_rows(tmp_path):
+    from robust_r1_jax.data.pipeline import PipelineConfig
+    from robust_r1_jax.data.tokenizer import train_demo_tokenizer
+    from robust_r1_jax.model.processor import ImageProcessor, Processor
+    for i, size in enumerate([(20, 30), (40, 28), (24, 24)]):
+        _image(tmp_path / f"{i}.png", seed=i, size=size)
+    path = _jsonl(tmp_path / "train.jsonl", [
+        _rl("pair", "<image><image>Which one is a circle?\n1. circle\n2. square", _chain("1"), image=["0.png", "1.png"]),
+        _rl("one", HUMAN_ONE, _chain("2"), image=["2.png"]),
+        _rl("lost", HUMAN_ONE, _chain("2"), image=["2.png", "missing.png"]),
+    ])
+    records = sources.read_robust_r1_jsonl(path, str(tmp_path))
+    assert [(r.id, r.extra_image_paths) for r in records] == [("pair", (str(tmp_path / "1.png"),)), ("one", ())]
+    summary = synth.run(_synth_config(tmp_path / "work", source="robust_r1_jsonl", source_path=path,
+                                      image_root=str(tmp_path)))
+    examples = {e["id"]: e for e in tfds_builder.read_examples(summary["dataset_dir"], "train")}
+    assert summary["skipped"] == 1 and "missing.png" in summary["skipped_items"][0]
+    pair = examples["pair"]
+    assert pair["image"].shape == (20, 30, 3) and len(pair["extra_images"]) == 1 and examples["one"]["extra_images"] == []
+    second = np.asarray(Image.open(__import__("io").BytesIO(pair["extra_images"][0])))
+    np.testing.assert_array_equal(second, np.asarray(Image.open(tmp_path / "1.png")))
+    tokenizer = train_demo_tokenizer([pair["question"], pair["chain"]], tmp_path / "tok", vocab_size=300)
+    processor = Processor(tokenizer, ImageProcessor())
+    row = rows.SFTRow([pair], processor, PipelineConfig(batch_size=1, seq_len=512, patch_bucket=64,
+                                                         image_slots=2))((0, False))
+    grids = row["image_grid_thw"]
+    assert row["example_index"] == 0 and (grids[:, 0] == 1).all()
+    assert (row["input_ids"] == processor.image_token_id).sum() == grids.prod(axis=1).sum() // 4
+    assert (row["input_ids"] == processor.token_ids["<|vision_start|>"]).sum() == 2
+
