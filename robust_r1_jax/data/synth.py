@@ -220,6 +220,19 @@ def check_source(name: str) -> str:
     return name
 
 
+def jsonl_sources(source_path: str, image_root: str) -> list[tuple[str, str]]:
+    """(file, image folder) pairs from ``:``-separated lists, as upstream's ``--data_file_paths`` and
+    ``--image_folders`` give them (one folder serves every file); ``SourceError`` when the counts differ."""
+    paths, roots = source_path.split(":"), image_root.split(":")
+    if len(roots) == 1:
+        roots = roots * len(paths)
+    if len(roots) != len(paths):
+        raise SourceError(f"synth.source_path names {len(paths)} files but synth.image_root {len(roots)} image "
+                          f"folders; give one folder per file (':'-separated, as upstream's --image_folders) or one "
+                          f"for all")
+    return list(zip(paths, roots))
+
+
 def split_records(cfg, skipped: SkipLog | None = None) -> dict[str, list[Record]]:
     """Train and validation records of the configured source (disjoint, deterministic).
 
@@ -245,8 +258,9 @@ def split_records(cfg, skipped: SkipLog | None = None) -> dict[str, list[Record]
             cfg.source_path, cfg.image_root, split=cfg.aokvqa_split or None, on_error=cfg.on_error, skipped=skipped
         )
     elif cfg.source == "robust_r1_jsonl":
-        records = sources.read_robust_r1_jsonl(cfg.source_path, cfg.image_root, on_error=cfg.on_error,
-                                               skipped=skipped)
+        records = []
+        for path, image_root in jsonl_sources(cfg.source_path, cfg.image_root):
+            records += sources.read_robust_r1_jsonl(path, image_root, on_error=cfg.on_error, skipped=skipped)
     elif cfg.source == "llamafactory":
         records = sources.read_llamafactory(cfg.source_path, cfg.image_root, cfg.get("dataset_name", ""),
                                             on_error=cfg.on_error, skipped=skipped)
@@ -365,8 +379,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Source: "shapes" | "aokvqa" | "robust_r1_jsonl" | "llamafactory" | "vlmeval_tsv" (data/sources.py).
     synth.source = "shapes"
     synth.source_path = ""  # A-OKVQA json, RL train.jsonl, LLaMA-Factory JSON/JSONL or VLMEvalKit TSV
-    # COCO root holding {split}2017/ (aokvqa); the image folder of train.jsonl (upstream's --image_folders) or of
-    # the LLaMA-Factory file ("" -> the file's own folder, LLaMA-Factory's media_dir default)
+    # COCO root holding {split}2017/ (aokvqa); the image folder of train.jsonl (upstream's --image_folders; with
+    # several ':'-separated jsonl files in source_path, one folder each or one for all) or of the LLaMA-Factory
+    # file ("" -> the file's own folder, LLaMA-Factory's media_dir default)
     synth.image_root = ""
     synth.aokvqa_split = ""  # "" -> taken from the json file name (train / val / test)
     synth.dataset_name = ""  # llamafactory: the dataset_info.json entry ("" -> the entry naming source_path)

@@ -256,3 +256,21 @@ def test_several_images_per_prompt_reach_the_dataset_and_the_rows(tmp_path):
     assert (row["input_ids"] == processor.image_token_id).sum() == grids.prod(axis=1).sum() // 4
     assert (row["input_ids"] == processor.token_ids["<|vision_start|>"]).sum() == 2
 
+
+def test_several_jsonl_files_with_their_image_folders_as_upstream_passes_them(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        _image(tmp_path / name / "0.png", seed=ord(name))
+        _jsonl(tmp_path / f"{name}.jsonl", [_rl(name, HUMAN_ONE, _chain("1"))])
+    files = f"{tmp_path / 'a.jsonl'}:{tmp_path / 'b.jsonl'}"
+    assert synth.jsonl_sources(files, f"{tmp_path / 'a'}:{tmp_path / 'b'}") == [
+        (str(tmp_path / "a.jsonl"), str(tmp_path / "a")), (str(tmp_path / "b.jsonl"), str(tmp_path / "b"))]
+    assert synth.jsonl_sources("x.jsonl:y.jsonl", "imgs") == [("x.jsonl", "imgs"), ("y.jsonl", "imgs")]
+    with pytest.raises(SourceError, match="names 2 files but synth.image_root 3 image folders"):
+        synth.jsonl_sources("x:y", "a:b:c")
+    summary = synth.run(_synth_config(tmp_path / "work", source="robust_r1_jsonl", source_path=files,
+                                      image_root=f"{tmp_path / 'a'}:{tmp_path / 'b'}"))
+    examples = {e["id"]: e for e in tfds_builder.read_examples(summary["dataset_dir"], "train")}
+    for name in ("a", "b"):
+        np.testing.assert_array_equal(examples[name]["image"], np.asarray(Image.open(tmp_path / name / "0.png")))
+
