@@ -174,7 +174,7 @@ def read_aokvqa(
     return records
 
 
-# --------------------------------------------------------------------------- conversations: Robust-R1 JSONL, LLaMA-Factory
+# ------------------------------------------------------------- conversations: Robust-R1 JSONL, LLaMA-Factory
 
 IMAGE_PLACEHOLDER = "<image>"
 

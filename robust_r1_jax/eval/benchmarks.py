@@ -23,8 +23,8 @@ MCQ TSV or a JSON list::
       images/...                                    image paths in the JSON are relative to rbench_dir
 
 A JSON entry is ``{"id": "17", "image": "images/low/17.png", "question": "...", "options": ["...", ...],
-"answer": 2}``; ``answer`` is the 0-based option index, the option letter (``"C"``) or the option's text. The images are already
-distorted, so R-Bench rows are evaluated as they are, level by level.
+"answer": 2}``; ``answer`` is the 0-based option index, the option letter (``"C"``) or the option's text. The
+images are already distorted, so R-Bench rows are evaluated as they are, level by level.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Qwen2.5-VL inputs on the host: image preprocessing, the chat template and tokenisation.
 
-User text is text (``Processor.encode``, the one place every mode's prompt is tokenised: synth's checks, the
-training rows, evaluation, ``generate`` and the playground): the template's own tokens are special tokens, while
+User text is text (``Processor.encode``, the one place every mode's prompt is tokenised: the training rows,
+evaluation, ``generate`` and the playground): the template's own tokens are special tokens, while
 ``<|im_end|>`` or ``<|image_pad|>`` typed inside a question, an option, a hint or a chain is encoded as the
 characters it spells. transformers' processor tokenises the rendered template whole, so there such a string
 becomes a control token; for text without special-token strings the two give the same ids.

@@ -2,6 +2,7 @@
 their option numberings, verbatim human turns and <TYPE> names; VLMEvalKit TSV options spelled like NA values."""
 import base64
 import csv
+import io
 import json
 import logging
 
@@ -9,8 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from robust_r1_jax.data import annotators, chains, rows, sources, synth, tfds_builder, type_names
+from robust_r1_jax.data import chains, rows, sources, synth, tfds_builder, type_names
+from robust_r1_jax.data.pipeline import PipelineConfig
 from robust_r1_jax.data.records import SourceError
+from robust_r1_jax.data.tokenizer import train_demo_tokenizer
+from robust_r1_jax.model.processor import ImageProcessor, Processor
 
 HUMAN_ONE = "<image>\nWhich shape is drawn?\n1. circle\n2. square\n3. triangle\n4. star"
 SHAPES = ("circle", "square", "triangle", "star")
@@ -200,7 +204,7 @@ def test_an_example_without_its_own_human_turn_under_the_upstream_style():
 # ---- VLMEvalKit TSV: literal None / NA / nan / N/A are options ---------------------------------------------------
 
 def test_tsv_options_spelled_like_missing_values_are_options(tmp_path):
-    buffer = __import__("io").BytesIO()
+    buffer = io.BytesIO()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, format="PNG")
     b64 = base64.b64encode(buffer.getvalue()).decode()
     header = ["index", "image", "question", "hint", "A", "B", "C", "D", "answer", "category"]
@@ -227,13 +231,11 @@ def test_tsv_options_spelled_like_missing_values_are_options(tmp_path):
 # ---- several images per prompt ------------------------------------------------------------------------------------
 
 def test_several_images_per_prompt_reach_the_dataset_and_the_rows(tmp_path):
-    from robust_r1_jax.data.pipeline import PipelineConfig
-    from robust_r1_jax.data.tokenizer import train_demo_tokenizer
-    from robust_r1_jax.model.processor import ImageProcessor, Processor
     for i, size in enumerate([(20, 30), (40, 28), (24, 24)]):
         _image(tmp_path / f"{i}.png", seed=i, size=size)
     path = _jsonl(tmp_path / "train.jsonl", [
-        _rl("pair", "<image><image>Which one is a circle?\n1. circle\n2. square", _chain("1"), image=["0.png", "1.png"]),
+        _rl("pair", "<image><image>Which one is a circle?\n1. circle\n2. square", _chain("1"),
+            image=["0.png", "1.png"]),
         _rl("one", HUMAN_ONE, _chain("2"), image=["2.png"]),
         _rl("lost", HUMAN_ONE, _chain("2"), image=["2.png", "missing.png"]),
     ])
@@ -244,8 +246,9 @@ def test_several_images_per_prompt_reach_the_dataset_and_the_rows(tmp_path):
     examples = {e["id"]: e for e in tfds_builder.read_examples(summary["dataset_dir"], "train")}
     assert summary["skipped"] == 1 and "missing.png" in summary["skipped_items"][0]
     pair = examples["pair"]
-    assert pair["image"].shape == (20, 30, 3) and len(pair["extra_images"]) == 1 and examples["one"]["extra_images"] == []
-    second = np.asarray(Image.open(__import__("io").BytesIO(pair["extra_images"][0])))
+    assert pair["image"].shape == (20, 30, 3) and len(pair["extra_images"]) == 1
+    assert examples["one"]["extra_images"] == []
+    second = np.asarray(Image.open(io.BytesIO(pair["extra_images"][0])))
     np.testing.assert_array_equal(second, np.asarray(Image.open(tmp_path / "1.png")))
     tokenizer = train_demo_tokenizer([pair["question"], pair["chain"]], tmp_path / "tok", vocab_size=300)
     processor = Processor(tokenizer, ImageProcessor())
