@@ -60,3 +60,16 @@ def test_special_token_strings_typed_in_the_playground_are_text(service):
     assert ids.count(processor.token_ids["<|vision_start|>"]) == 1 and ids.count(processor.im_end_id) == 2
     assert typed in processor.tokenizer.decode(ids)
     assert service.complete(typed, ("<|vision_start|>", "two"), sample.image, seed=1).done
+
+
+def test_the_playground_takes_generates_prompt_style(service, web_config):
+    from robust_r1_jax.data import chains
+    sample = samples.bundled_samples(1, 84)[0]
+    assert web_config.prompt_style == "project" and service.prompt_style == "project"
+    service.prompt_style = "upstream"
+    try:
+        batch = service.pack("<image>Which shape?", (), sample.image)
+    finally:
+        service.prompt_style = "project"
+    ids = np.asarray(batch["prompt_ids"])[0][np.asarray(batch["prompt_mask"])[0] == 1].tolist()
+    assert "<|vision_end|>Which shape?" + chains.PROMPT_SUFFIX + "<|im_end|>" in service.processor.tokenizer.decode(ids)
