@@ -22,8 +22,9 @@ TFDS shards; options numbered from 0 or 1 or lettered, and answers given as a la
 are mapped to one form whose prompt and answer agree (a record that cannot be mapped is named and skipped); the
 human turn is kept verbatim for ``data.prompt_style=upstream``; ``<TYPE>`` names go through the alias table of
 ``robust_r1_jax/data/type_names.py``. Example: ``--config.synth.source=robust_r1_jsonl
---config.synth.source_path=.../train.jsonl --config.synth.image_root=.../train_images``. Several images per prompt
-are not held by the dataset (one image per example): such records are reported and skipped.
+--config.synth.source_path=.../train.jsonl --config.synth.image_root=.../train_images``. A prompt's several images
+are kept (``extra_images``) when the record carries its chain; train with ``--config.data.image_slots`` >= that
+count.
 """
 from robust_r1_jax.data.synth import default_config
 
