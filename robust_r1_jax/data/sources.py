@@ -335,7 +335,7 @@ def read_robust_r1_jsonl(
 # "columns" and "tags" fall back to.
 SHAREGPT_COLUMNS = {"messages": "conversations", "images": "images", "system": None}
 SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-                 "system_tag": None}
+                 "system_tag": "system"}
 _OPENAI_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
                 "system_tag": "system"}
 DATASET_INFO_NAME = "dataset_info.json"
@@ -345,8 +345,9 @@ def llamafactory_layout(data_path: str, dataset_name: str = "") -> tuple[dict, d
     """``(columns, tags)`` of a LLaMA-Factory sharegpt file from the ``dataset_info.json`` beside it.
 
     The entry is ``dataset_name`` when given, else the one whose ``file_name`` is this file. Without a
-    ``dataset_info.json`` (or an entry for the file) columns are LLaMA-Factory's defaults and tags are None:
-    each record's turns then say themselves whether they are ``from``/``value`` or ``role``/``content``.
+    ``dataset_info.json`` (or an entry for the file, or ``tags`` in the entry) columns are LLaMA-Factory's defaults
+    and tags are None: each record's turns then say themselves whether they are ``from``/``value`` or
+    ``role``/``content``.
     ``SourceError`` for an unreadable ``dataset_info.json``, a named entry that is missing, or an entry whose
     ``formatting`` is not ``sharegpt`` (alpaca files carry no conversation to keep verbatim).
     """
@@ -379,7 +380,8 @@ def llamafactory_layout(data_path: str, dataset_name: str = "") -> tuple[dict, d
         raise SourceError(f"{info_path}: entry {name!r} has formatting {formatting!r}; synth.source=llamafactory "
                           f"reads 'sharegpt' conversations")
     columns = {**SHAREGPT_COLUMNS, **(entry.get("columns") or {})}
-    tags = {**SHAREGPT_TAGS, **(entry.get("tags") or {})}
+    # an entry without "tags" leaves each record's turns to say which spelling they use
+    tags = {**SHAREGPT_TAGS, **entry["tags"]} if entry.get("tags") else None
     return columns, tags
 
 
@@ -416,7 +418,7 @@ def _llamafactory_turns(item, columns: dict, tags: dict | None) -> tuple[str, st
         raise _RecordProblem(f"'{key}' must be a list of turns")
     turn_tags = [_turn_tags(t, tags) for t in turns]
     turns = [(t.get(g["role_tag"]), t.get(g["content_tag"]), g) for t, g in zip(turns, turn_tags)
-             if g["system_tag"] is None or t.get(g["role_tag"]) != g["system_tag"]]
+             if t.get(g["role_tag"]) != g["system_tag"]]
     if len(turns) != 2:
         raise _RecordProblem(f"expected one user turn and one assistant turn, found {len(turns)} non-system turns "
                              f"(multi-turn conversations are not read)")

@@ -146,6 +146,9 @@ def test_llamafactory_jsonl_without_dataset_info_and_its_errors(tmp_path, caplog
         [record] = sources.read_llamafactory(path, image_root=str(tmp_path))
     assert record.id == "s1" and record.answer == 2
     assert "sft.jsonl:2: record line2: expected one user turn and one assistant turn, found 4" in caplog.text
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"y": {"file_name": "sft.jsonl", "formatting": "sharegpt",
+                                                                  "columns": {"messages": "conversations"}}}))
+    assert [r.answer for r in sources.read_llamafactory(path)] == [2]  # no "tags": the turns' own spelling
     (tmp_path / "dataset_info.json").write_text(json.dumps({"x": {"file_name": "sft.jsonl"}}))
     with pytest.raises(SourceError, match="entry 'x' has formatting 'alpaca'"):
         sources.read_llamafactory(path)
