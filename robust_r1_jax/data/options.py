@@ -14,7 +14,7 @@ style    option lines                   what a bare number in the answer means
 ``letter`` ``A. a`` / ``(A) a`` / ``A) a`` the 0-based index (SPEC §1), as without labels
 ======== ============================== =====================================
 
-and answers as a number, a letter (``C``, ``(C)``, ``C.``) or the option's text. ``resolve_answer`` maps any of
+and answers as a number (``2``, ``(2)``, ``2.``), a letter (``C``, ``(C)``, ``C.``) or the option's text. ``resolve_answer`` maps any of
 them to the index, and raises ``AnswerError`` (the reader turns it into a per-record problem naming the file and
 line) when the answer does not name exactly one option: a number outside the labels, a letter past the last
 option, text that matches no option or several (duplicated option texts). Nothing is relabelled silently.
@@ -29,7 +29,7 @@ STYLES = (ZERO, ONE, LETTER)
 
 _OPTION_LINE = re.compile(r"^\s*\(?([A-Z]|\d{1,2})[.):]\)?\s+(.+?)\s*$")
 _OPTIONS_HEADER = re.compile(r"^\s*(options|choices)\s*:?\s*$", re.IGNORECASE)
-_NUMBER = re.compile(r"^[+-]?\d+$")
+_NUMBER = re.compile(r"^\(?([+-]?\d+)\)?[.):]?$")  # 2, (2), 2., 2)
 _LETTER_ANSWER = re.compile(r"^\(?([A-Z])\)?[.):]?$")
 
 
@@ -86,8 +86,9 @@ def resolve_answer(answer: str | int, options: tuple[str, ...] | list[str], styl
         raise ValueError(f"unknown option style {style!r}; expected one of {STYLES}")
     options = tuple(options)
     text = str(answer).strip()
-    if _NUMBER.match(text):
-        number = int(text)
+    number_match = _NUMBER.match(text)
+    if number_match is not None:
+        number = int(number_match.group(1))
         if style == ONE:
             if not 1 <= number <= len(options):
                 raise AnswerError(f"answer {number} is not one of the option labels 1..{len(options)} "

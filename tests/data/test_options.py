@@ -26,7 +26,7 @@ def test_text_without_a_sequential_block_has_no_options():
 
 @pytest.mark.parametrize("answer, style, index", [
     ("1", "zero", 1), (1, "zero", 1),
-    ("1", "one", 0), ("4", "one", 3),  # the issue's case: "1" means circle when options count from 1
+    ("1", "one", 0), ("4", "one", 3), ("(2)", "one", 1), ("2.", "zero", 2),  # the issue's case: "1" means circle when options count from 1
     ("0", "letter", 0), ("2", "letter", 2), ("2", None, 2),  # a number with letters: SPEC §1's 0-based index
     ("C", "letter", 2), ("(C)", "one", 2), ("C.", "zero", 2), ("D", None, 3),
     ("triangle", "one", 2), (" Triangle. ", "letter", 2), ("star", None, 3),
