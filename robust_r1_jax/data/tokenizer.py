@@ -128,7 +128,7 @@ def build_qwen2_tokenizer(vocabulary_dir: str | os.PathLike, out_dir: str | os.P
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
 
-_SPECIAL_STRING = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS_TOP))
+_SPECIAL_STRING = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS_TOP) + ")")
 
 
 def _checked_texts(texts: Iterable[str]) -> list[str]:
@@ -146,10 +146,8 @@ def _checked_texts(texts: Iterable[str]) -> list[str]:
         raise ValueError("no training text: every text is empty")
     pieces = []
     for t in texts:
-        for k, part in enumerate(_SPECIAL_STRING.split(t)):
-            if k:  # a special string stood before this part
-                pieces += ["<|", _SPECIAL_STRING.findall(t)[k - 1][2:-2], "|>"]
-            pieces.append(part)
+        for k, part in enumerate(_SPECIAL_STRING.split(t)):  # text, special, text, ...
+            pieces += ["<|", part[2:-2], "|>"] if k % 2 else [part]
     return pieces
 
 
