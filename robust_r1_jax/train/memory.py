@@ -24,8 +24,8 @@ largest of its three phases: rollout, scoring, update):
   its update the differentiated layer's working set beside the log-prob chunk.
 
 The terms are the tensors the program holds; the totals were checked against the TPU compiler's own per-chip
-figures for the shipped recipes (``configs/aot.py``, WORKSPACE.md "Scale configs": SFT within +9%, GRPO within
--14%; held within 25% by tests/train/test_memory.py). It is an estimate: XLA may fuse away or add temporaries.
+figures for the shipped recipes (``configs/aot.py``, WORKSPACE.md "Scale configs": SFT within +9%, GRPO 2-19%
+under; held within 25% by tests/train/test_memory.py). It is an estimate: XLA may fuse away or add temporaries.
 """
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ COMPILED = [
     ("sft_qwen2_5_vl_7b.py:v5p16", (), 8, "sft", 28.6),
     ("sft_qwen2_5_vl_7b.py:v6e16", (), 16, "sft", 14.3),
     ("grpo_qwen2_5_vl_7b.py:v6e16", (), 16, "rl", 22.8),
+    ("grpo_qwen2_5_vl_7b.py:v5p16", (), 8, "rl", 46.1),
 ]
 
 
