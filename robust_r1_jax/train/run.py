@@ -91,10 +91,14 @@ def build_model(config, processor, mesh) -> Qwen25VL:
 
 
 def optim_config(config, steps: int) -> optim.OptimConfig:
+    """``config.optim`` with the schedule in training steps; a GRPO config's ``grpo.inner_iterations`` (μ
+    optimizer updates per step) sizes it in updates (``optim.schedule``)."""
     o = config.optim
+    updates = int(config.grpo.inner_iterations) if "grpo" in config else 1
     return optim.OptimConfig(learning_rate=o.learning_rate, warmup_steps=o.warmup_steps,
                              total_steps=o.total_steps or steps, min_lr_ratio=o.min_lr_ratio,
-                             weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, clip_norm=o.clip_norm)
+                             weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, clip_norm=o.clip_norm,
+                             updates_per_step=updates)
 
 
 def make_loader(config, processor, per_host: int, info, kind: str = "sft"):
