@@ -76,8 +76,25 @@ def batch_problems(config, mesh, process_count: int) -> list[str]:
     return problems
 
 
-def check_training_config(config, mesh, process_count: int) -> None:
-    """Raises ``ConfigError`` listing every problem of an SFT or GRPO config on this mesh."""
-    problems = schedule_problems(config) + path_problems(config) + batch_problems(config, mesh, process_count)
+def sampling_problems(config, section: str = "sampling") -> list[str]:
+    """The impossible values of ``config.<section>`` (``model.sampling.problems``); none when the config has no
+    such section (SFT)."""
+    from robust_r1_jax.model import sampling
+    return sampling.problems(config[section], section) if section in config else []
+
+
+def check_sampling(config, sections: tuple[str, ...] = ("sampling",), extra: tuple[str, ...] = ()) -> None:
+    """Raises ``ConfigError`` listing every impossible sampling setting (and the ``extra`` problems a mode found)
+    of a mode that samples (eval, generate, the playground, the demo) before any model loads."""
+    problems = [p for section in sections for p in sampling_problems(config, section)] + list(extra)
+    if problems:
+        raise ConfigError(problems)
+
+
+def check_training_config(config, mesh, process_count: int, extra: tuple[str, ...] = ()) -> None:
+    """Raises ``ConfigError`` listing every problem of an SFT or GRPO config on this mesh: the schedule, paths,
+    batch, the sampling section (GRPO's rollouts) and the ``extra`` problems of the loop (GRPO's section)."""
+    problems = (schedule_problems(config) + path_problems(config) + batch_problems(config, mesh, process_count)
+                + sampling_problems(config) + list(extra))
     if problems:
         raise ConfigError(problems)
