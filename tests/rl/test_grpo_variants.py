@@ -308,3 +308,27 @@ def test_every_impossible_grpo_setting_is_one_line():
     assert grpo.config_problems(grpo.default_config()) == []
     with pytest.raises(ValueError, match="loss_aggregation"):
         grpo.GRPOConfig(loss_aggregation="sum")
+
+
+def test_the_dapo_config_is_the_paper_recipe_with_dapos_changes():
+    import importlib.util
+    import os
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(root, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    for variant in ("", "v5p8", "8xh100"):
+        paper, dapo = load("grpo_qwen2_5_vl_3b").get_config(variant), load("grpo_dapo_qwen2_5_vl_3b").get_config(
+            variant)
+        changed = {k for k in paper.grpo if paper.grpo[k] != dapo.grpo[k]}
+        assert changed == {"epsilon_high", "dynamic_sampling", "oversample", "loss_aggregation", "overlong",
+                           "overlong_buffer", "beta"}
+        assert (dapo.grpo.epsilon_high, dapo.grpo.loss_aggregation, dapo.grpo.overlong) == (0.28, "token_mean",
+                                                                                           "soft_penalty")
+        for section in ("model", "data", "mesh", "sampling", "optim", "train", "rewards"):
+            assert paper[section].to_dict() == dapo[section].to_dict(), section
+        assert grpo.config_problems(dapo) == [] and "dapo" in dapo.workdir
