@@ -25,33 +25,50 @@ STD_ESTIMATORS = ("unbiased", "biased")
 
 
 # ---- loss aggregation -----------------------------------------------------------------------------------------
-def aggregate_loss(per_token: jax.Array, weights: jax.Array, aggregation: str, constant: float) -> jax.Array:
-    """The scalar loss from per-token losses [N, T] (float32) and ``weights`` [N, T].
-
-    - ``sequence_mean`` (GRPO, the reference run): (1/|rows|) Σ_i (Σ_t w_it l_it / Σ_t w_it) over the rows with a
-      weighted token: each sequence counts once, whatever its length.
-    - ``token_mean`` (DAPO §3.3, "token-level policy gradient loss"): Σ_it w_it l_it / Σ_it w_it: each token counts
-      once, so long completions weigh in proportion to their length.
-    - ``sequence_sum_constant`` (Dr. GRPO §3.1): Σ_i Σ_t w_it l_it / (|rows| · ``constant``): each sequence's token
-      sum over a constant (the horizon, max_new_tokens, by default), no division by the sequence's own length.
-    |rows| counts the rows with a weighted token; a batch without one gives 0.
-    """
-    token_sums = (per_token * weights).sum(axis=1)
+def _row_sums(per_token: jax.Array, weights: jax.Array):
+    """Per row: the weighted token sum, the weight sum, and 1.0 where the row has a weighted token."""
     counts = weights.sum(axis=1)
-    live = (counts > 0).astype(jnp.float32)
-    rows = jnp.maximum(live.sum(), 1.0)
+    return (per_token * weights).sum(axis=1), counts, (counts > 0).astype(jnp.float32)
+
+
+def sequence_mean_loss(per_token: jax.Array, weights: jax.Array) -> jax.Array:
+    """GRPO as Shao et al. 2024 (arXiv:2402.03300) and the reference run: (1/|rows|) Σ_i (Σ_t w_it l_it /
+    Σ_t w_it) over the rows with a weighted token; each sequence counts once, whatever its length."""
+    sums, counts, live = _row_sums(per_token, weights)
+    return (sums / jnp.maximum(counts, 1.0) * live).sum() / jnp.maximum(live.sum(), 1.0)
+
+
+def token_mean_loss(per_token: jax.Array, weights: jax.Array) -> jax.Array:
+    """DAPO §3.3, the "token-level policy gradient loss" (arXiv:2503.14476): Σ_it w_it l_it / Σ_it w_it;
+    each token counts once, so long completions weigh in proportion to their length."""
+    sums, counts, _ = _row_sums(per_token, weights)
+    return sums.sum() / jnp.maximum(counts.sum(), 1.0)
+
+
+def sequence_sum_constant_loss(per_token: jax.Array, weights: jax.Array, constant: float) -> jax.Array:
+    """Dr. GRPO §3.1 (arXiv:2503.20783): Σ_i Σ_t w_it l_it / (|rows| · C), each sequence's token sum over a
+    constant C (the horizon, max_new_tokens, by default) instead of its own length, which biased GRPO towards
+    long wrong answers; |rows| counts the rows with a weighted token."""
+    sums, _, live = _row_sums(per_token, weights)
+    return sums.sum() / (jnp.maximum(live.sum(), 1.0) * constant)
+
+
+def aggregate_loss(per_token: jax.Array, weights: jax.Array, aggregation: str, constant: float) -> jax.Array:
+    """The scalar loss from per-token losses [N, T] (float32) and ``weights`` [N, T] by ``aggregation``
+    (``sequence_mean`` | ``token_mean`` | ``sequence_sum_constant``, the functions above; ``constant`` is the
+    last one's C); a batch without a weighted token gives 0. ValueError for another name."""
     if aggregation == "sequence_mean":
-        return (token_sums / jnp.maximum(counts, 1.0) * live).sum() / rows
+        return sequence_mean_loss(per_token, weights)
     if aggregation == "token_mean":
-        return token_sums.sum() / jnp.maximum(counts.sum(), 1.0)
+        return token_mean_loss(per_token, weights)
     if aggregation == "sequence_sum_constant":
-        return token_sums.sum() / (rows * constant)
+        return sequence_sum_constant_loss(per_token, weights, constant)
     raise ValueError(f"loss_aggregation must be one of {LOSS_AGGREGATIONS}, got {aggregation!r}")
 
 
 # ---- importance ratio and the clipped surrogate ---------------------------------------------------------------
 def importance_ratio(logp: jax.Array, old_logp: jax.Array, mask: jax.Array, level: str) -> jax.Array:
-    """π_θ / π_old: per token [N, T] (``token``, GRPO), or per sequence [N, 1] (``sequence``, GSPO Eq. 7):
+    """π_θ / π_old: per token [N, T] (``token``, GRPO), or per sequence [N, 1] (``sequence``, GSPO):
     s_i = exp((1/|y_i|) Σ_t (log π_θ(y_it) − log π_old(y_it))) over the completion's tokens (``mask`` [N, T])."""
     if level == "token":
         return jnp.exp(logp - old_logp)
@@ -116,7 +133,7 @@ def truncated(tokens: jax.Array, lengths: jax.Array, stop_token_ids: tuple[int, 
 
 
 def overlong_penalty(lengths: jax.Array, max_new_tokens: int, buffer: int, factor: float = 1.0) -> jax.Array:
-    """DAPO's soft overlong punishment (Eq. 13) [N] float32, added to the reward: 0 up to L_max − L_cache tokens,
+    """DAPO's soft overlong punishment (§3.4) [N] float32, added to the reward: 0 up to L_max − L_cache tokens,
     then falling linearly, (L_max − L_cache − |y|) / L_cache, to −1 at L_max (``max_new_tokens``, which a
     completion never exceeds here); L_cache = ``buffer``; scaled by ``factor`` (DAPO: 1)."""
     expected = max_new_tokens - buffer
@@ -128,8 +145,8 @@ def overlong_penalty(lengths: jax.Array, max_new_tokens: int, buffer: int, facto
 def select_groups(rewards: jax.Array, row_weight: jax.Array, group: int, keep: int):
     """DAPO's dynamic sampling (§3.2) with static shapes: of the drawn groups (rewards [P·G], row_weight [P·G]),
     the first ``keep`` whose rewards are not all equal (a group with no spread has advantage 0: no signal) and
-    that still has a weighted row. Returns (group indices int32 [keep], kept bool [keep], qualified int32 []): when fewer than
-    ``keep`` qualify, the rest of the indices point at other groups, to be given weight 0 (``kept`` False)."""
+    that still has a weighted row. Returns (group indices int32 [keep], kept bool [keep], qualified int32 []):
+    when fewer than ``keep`` qualify, the rest of the indices point at other groups, to be given weight 0."""
     r = rewards.reshape(-1, group)
     real = jnp.any(row_weight.reshape(-1, group) > 0, axis=1)
     spread = ~jnp.all(r == r[:, :1], axis=1)

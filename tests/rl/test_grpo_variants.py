@@ -22,7 +22,7 @@ def ref_loss(logp, old, ref, adv, mask, weight, *, eps, seq_eps, beta, aggregati
     per_row, counts = [], []
     for i in range(n):
         m = mask[i] * weight[i]
-        if level == "sequence":   # GSPO Eq. 7: one ratio per sequence, from the length-normalised log-ratio
+        if level == "sequence":   # GSPO: one ratio per sequence, from the length-normalised log-ratio
             length = max(mask[i].sum(), 1.0)
             s = np.exp(sum((logp[i, j] - old[i, j]) * mask[i, j] for j in range(t)) / length)
             ratios, (lo, hi) = [s] * t, seq_eps
@@ -65,7 +65,7 @@ def ref_advantages(rewards, weight, scale, ddof):
 
 
 def ref_penalty(length, horizon, buffer, factor):
-    """DAPO Eq. 13."""
+    """DAPO §3.4, soft overlong punishment."""
     if length <= horizon - buffer:
         return 0.0
     if length <= horizon:
