@@ -257,17 +257,21 @@ def write_dataset(
 
 def find_dataset_dir(path: str) -> str:
     """The versioned dataset folder (the one holding ``dataset_info.json``) that ``path`` is or lies above: a
-    ``write_dataset`` data_dir (``<data_dir>/robust_r1/1.0.0``) or the dataset's name folder are accepted too.
+    ``write_dataset`` data_dir (``<data_dir>/robust_r1/1.0.0``), the dataset's name folder or synth's workdir
+    (``<workdir>/tfds/robust_r1/1.0.0``) are accepted too.
     FileNotFoundError naming ``path`` when there is none, ValueError when there are several."""
     if "://" in path or os.path.isfile(os.path.join(path, "dataset_info.json")):
         return path
     if not os.path.isdir(path):
         raise FileNotFoundError(f"dataset_dir {path} does not exist")
-    found = sorted(os.path.dirname(f) for pattern in ("*/dataset_info.json", "*/*/dataset_info.json")
-                   for f in glob.glob(os.path.join(glob.escape(path), pattern)))
+    found = []
+    for pattern in ("*/dataset_info.json", "*/*/dataset_info.json", "*/*/*/dataset_info.json"):
+        found = sorted(os.path.dirname(f) for f in glob.glob(os.path.join(glob.escape(path), pattern)))
+        if found:  # the nearest level that holds any
+            break
     if not found:
         raise FileNotFoundError(f"dataset_dir {path} holds no TFDS dataset (no dataset_info.json in it or in the "
-                                f"two folder levels below); build one with configs/synth.py")
+                                f"three folder levels below); build one with configs/synth.py")
     if len(found) > 1:
         raise ValueError(f"dataset_dir {path} holds {len(found)} datasets, name one: {', '.join(found)}")
     return found[0]
