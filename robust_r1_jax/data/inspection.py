@@ -35,7 +35,10 @@ def run_inspect(config) -> None:
     dataset = _dataset_dir(path) if path else None
     if dataset is not None:
         from robust_r1_jax.data import tfds_builder
-        print(tfds_builder.describe_dataset(dataset, int(config.inspect.num_examples)))
+        try:
+            print(tfds_builder.describe_dataset(dataset, int(config.inspect.num_examples)))
+        except (FileNotFoundError, ValueError) as error:  # several datasets below the path: it names them
+            raise records.MissingInput(f"inspect.path: {error}") from error
         return
     if path and "://" not in path and not os.path.exists(path):
         raise records.MissingInput(f"inspect.path {path} does not exist")

@@ -47,3 +47,11 @@ def test_a_path_that_is_neither_a_model_nor_a_dataset_is_one_error(tmp_path):
         inspection.run_inspect(_config(tmp_path / "nowhere"))
     with pytest.raises(MissingInput, match="a dataset folder synth wrote"):
         inspection.run_inspect(_config(tmp_path))
+
+
+def test_a_folder_above_several_datasets_names_them(tmp_path):
+    for version in ("1.0.0", "1.1.0"):
+        (tmp_path / "tfds" / "robust_r1" / version).mkdir(parents=True)
+        (tmp_path / "tfds" / "robust_r1" / version / "dataset_info.json").write_text("{}")
+    with pytest.raises(MissingInput, match=r"inspect.path: dataset_dir .* holds 2 datasets, name one: .*1.0.0, "):
+        inspection.run_inspect(_config(tmp_path))
