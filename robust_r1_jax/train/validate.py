@@ -46,6 +46,12 @@ def path_problems(config) -> list[str]:
         problems.append("config.data.dataset_dir is required (a robust_r1 dataset; build one with configs/synth.py)")
     elif _is_local(dataset_dir) and not os.path.isdir(dataset_dir):
         problems.append(f"config.data.dataset_dir={dataset_dir!r} does not exist (build one with configs/synth.py)")
+    elif _is_local(dataset_dir):
+        from robust_r1_jax.data import tfds_builder
+        try:
+            tfds_builder.find_dataset_dir(dataset_dir)
+        except (FileNotFoundError, ValueError) as error:
+            problems.append(f"config.data.{error}")
     if not config.model.init_from and config.model.preset not in ("tiny", "demo"):
         problems.append(f"config.model.init_from is required for the {config.model.preset!r} preset: a Hugging "
                         f"Face directory, an exported model or a training checkpoint to start from")
