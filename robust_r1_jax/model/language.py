@@ -14,7 +14,7 @@ from flax import nnx
 
 from robust_r1_jax.model import stacking
 from robust_r1_jax.model.config import TextConfig
-from robust_r1_jax.model.layers import Dense, GatedMLP, RMSNorm, apply_rotary, attention, param
+from robust_r1_jax.model.layers import Dense, GatedMLP, RMSNorm, apply_rotary, attention, cached_attention, param
 
 
 @jax.tree_util.register_dataclass
@@ -76,21 +76,29 @@ class Attention(nnx.Module):
         self.o = Dense((h, d), (e,), ("heads", "head_dim"), ("embed",), use_bias=False, **kw)
 
     def __call__(self, x, cos, sin, mask, implementation, kv_state=None):
-        """kv_state: None (attend within x) or (all layers' keys, values, this layer, write index).
+        """kv_state: None (attend within x) or (all layers' keys, values, this layer, write index, attend).
 
         The new keys/values are written into the whole-cache buffers with one dynamic_update_slice each, so
-        XLA updates the cache in place instead of re-stacking every layer at every decode step.
+        XLA updates the cache in place instead of re-stacking every layer at every decode step. The queries
+        attend over the first ``attend`` slots only (a static count; ``mask`` covers exactly those), so a step
+        reads the filled part of the cache, not its whole length. One new token per row (decode) reads the
+        cache in its dtype through ``cached_attention``.
         """
         q, k, v = self.q(x), self.k(x), self.v(x)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if kv_state is not None:
-            keys, values, layer, index = kv_state
-            start = (layer, 0, index, 0, 0)
-            keys = jax.lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), start)
-            values = jax.lax.dynamic_update_slice(values, v[None].astype(values.dtype), start)
-            k, v = keys[layer].astype(q.dtype), values[layer].astype(q.dtype)
-            kv_state = (keys, values)
-        return self.o(attention(q, k, v, mask, implementation=implementation)), kv_state
+        if kv_state is None:
+            return self.o(attention(q, k, v, mask, implementation=implementation)), None
+        keys, values, layer, index, attend = kv_state
+        start = (layer, 0, index, 0, 0)
+        keys = jax.lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), start)
+        values = jax.lax.dynamic_update_slice(values, v[None].astype(values.dtype), start)
+        k = jax.lax.dynamic_index_in_dim(keys, layer, 0, keepdims=False)[:, :attend]
+        v = jax.lax.dynamic_index_in_dim(values, layer, 0, keepdims=False)[:, :attend]
+        if q.shape[1] == 1:
+            out = cached_attention(q, k, v, mask)
+        else:
+            out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, implementation=implementation)
+        return self.o(out), (keys, values)
 
 
 class DecoderLayer(nnx.Module):
@@ -139,11 +147,17 @@ class LanguageModel(nnx.Module):
         return jnp.einsum("bse,ve->bsv", hidden, self.embed.value.astype(self.dtype)).astype(jnp.float32)
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
-                 cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+                 cache: KVCache | None = None, attend: int | None = None) -> tuple[jax.Array, KVCache | None]:
         """x [B, S, E] input embeddings, positions [3, B, S], mask bool [B, 1, S, K] -> final hidden states.
 
-        With a cache, the S new tokens are written at ``cache.index`` and attend over all K = max_len slots.
+        With a cache, the S new tokens are written at ``cache.index`` and attend over the first K = ``attend``
+        slots (a static int, default all ``max_len``; every written slot must lie below it); ``mask`` is over
+        those K slots. Raises ValueError for an ``attend`` outside [1, max_len].
         """
+        if cache is not None:
+            attend = cache.max_len if attend is None else attend
+            if not 1 <= attend <= cache.max_len:
+                raise ValueError(f"attend={attend} must be in [1, {cache.max_len}] (the cache length)")
         cos, sin = mrope_cos_sin(positions, self.cfg)
         keys, values = (None, None) if cache is None else (cache.keys, cache.values)
 
@@ -151,7 +165,7 @@ class LanguageModel(nnx.Module):
             x, keys, values = carry
             # The whole cache travels as the carry and each layer writes its slot in place: scanned, ``index``
             # is the loop counter; unrolled, a Python int.
-            kv_state = None if keys is None else (keys, values, index, cache.index)
+            kv_state = None if keys is None else (keys, values, index, cache.index, attend)
             x, kv_state = layer(x, cos, sin, mask, self.attention_impl, kv_state)
             return (x, None, None) if kv_state is None else (x, *kv_state)
 
