@@ -20,7 +20,9 @@ from robust_r1_jax.model.layers import Dense, GatedMLP, RMSNorm, apply_rotary, a
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Keys/values for every layer, [layers, batch, max_len, kv_heads, head_dim].
+    """Keys/values for every layer, [layers, batch, kv_heads, max_len, head_dim]: heads-major, so a layer's
+    [max_len, head_dim] slab per head is what TPU's (8, 128) tiles hold and the decode's products read the cache
+    as it lies (length-major with 2 KV heads, XLA relaid the whole cache out at every step).
 
     ``valid`` marks written, non-padding slots; ``index`` is the next slot to write (shared by the batch,
     prompts are left-padded to a common length); ``next_position`` is each row's next rotary position.
@@ -33,14 +35,14 @@ class KVCache:
 
     @classmethod
     def empty(cls, cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> "KVCache":
-        shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+        shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
         return cls(keys=jnp.zeros(shape, dtype), values=jnp.zeros(shape, dtype),
                    valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32),
                    next_position=jnp.zeros((batch,), jnp.int32))
 
     @property
     def max_len(self) -> int:
-        return self.keys.shape[2]
+        return self.keys.shape[3]
 
     def repeat(self, times: int) -> "KVCache":
         """Each row ``times`` times in a row: G samples share one prefill."""
@@ -89,15 +91,17 @@ class Attention(nnx.Module):
         if kv_state is None:
             return self.o(attention(q, k, v, mask, implementation=implementation)), None
         keys, values, layer, index, attend = kv_state
-        start = (layer, 0, index, 0, 0)
-        keys = jax.lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), start)
-        values = jax.lax.dynamic_update_slice(values, v[None].astype(values.dtype), start)
-        k = jax.lax.dynamic_index_in_dim(keys, layer, 0, keepdims=False)[:, :attend]
-        v = jax.lax.dynamic_index_in_dim(values, layer, 0, keepdims=False)[:, :attend]
+        start = (layer, 0, 0, index, 0)
+        heads_major = lambda a, cache: jnp.swapaxes(a, 1, 2)[None].astype(cache.dtype)   # [1, B, KV, S, D]
+        keys = jax.lax.dynamic_update_slice(keys, heads_major(k, keys), start)
+        values = jax.lax.dynamic_update_slice(values, heads_major(v, values), start)
+        k = jax.lax.dynamic_index_in_dim(keys, layer, 0, keepdims=False)[:, :, :attend]
+        v = jax.lax.dynamic_index_in_dim(values, layer, 0, keepdims=False)[:, :, :attend]
         if q.shape[1] == 1:
-            out = cached_attention(q, k, v, mask)
-        else:
-            out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, implementation=implementation)
+            out = cached_attention(q, k, v, mask, implementation=implementation)
+        else:   # a prompt: once per rollout, through the configured implementation
+            length_major = lambda a: jnp.swapaxes(a, 1, 2).astype(q.dtype)
+            out = attention(q, length_major(k), length_major(v), mask, implementation=implementation)
         return self.o(out), (keys, values)
 
 

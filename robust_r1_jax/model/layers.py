@@ -134,22 +134,30 @@ def resolve_implementation(implementation: str, dtype, mask) -> str:
     return implementation
 
 
-def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
+                     implementation: str = "xla") -> jax.Array:
     """Attention of a few new queries over KV-cache slots, reading the cache in its own dtype.
 
-    q [B, Q, H, D]; k, v [B, K, KV, D] (the cache's dtype, e.g. bfloat16); mask bool broadcastable to
+    q [B, Q, H, D]; k, v [B, KV, K, D] (heads-major, the cache's layout and dtype, e.g. bfloat16); mask bool
+    broadcastable to
     [B, 1, Q, K]. Both products accumulate in float32 (``preferred_element_type``) and the softmax runs in
     float32, so no float32 copy of the cache is made; the probabilities enter the second product in the cache's
     dtype, as flash-attention kernels do (FlashAttention-2, Dao 2023). In float32 it is the same computation as
     ``attention(..., implementation="xla")``. Returns [B, Q, H, D] in q's dtype.
+
+    XLA:CPU cannot run a 16-bit batched product into float32, so on a CPU backend (unless the model is traced for
+    TPU, ``implementation="splash"``, as the aot mode does) the operands are widened first: a CPU has no
+    bandwidth to save.
     """
     b, nq, h, d = q.shape
-    kv = k.shape[2]
+    kv = k.shape[1]
+    if k.dtype != jnp.float32 and jax.default_backend() == "cpu" and implementation != "splash":
+        k, v = k.astype(jnp.float32), v.astype(jnp.float32)
     qg = q.reshape(b, nq, kv, h // kv, d).astype(k.dtype)
-    logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32) / math.sqrt(d)
-    m = jnp.broadcast_to(mask, (b, 1, nq, k.shape[1]))[:, :, None]
+    logits = jnp.einsum("bqkgd,bksd->bkgqs", qg, k, preferred_element_type=jnp.float32) / math.sqrt(d)
+    m = jnp.broadcast_to(mask, (b, 1, nq, k.shape[2]))[:, :, None]
     probs = jax.nn.softmax(jnp.where(m, logits, jnp.finfo(jnp.float32).min), axis=-1)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    out = jnp.einsum("bkgqs,bksd->bqkgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return out.reshape(b, nq, h, d).astype(q.dtype)
 
 
