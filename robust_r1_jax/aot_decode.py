@@ -72,9 +72,15 @@ def _decode_attention(kind: str):
         language.cached_attention = lambda q, k, v, mask, **_: q
     elif kind == "fp32_copy":
         from robust_r1_jax.model.layers import attention
-        length_major = lambda a, dtype: jnp.swapaxes(a, 1, 2).astype(dtype)
-        language.cached_attention = lambda q, k, v, mask, **_: attention(
-            q, length_major(k, q.dtype), length_major(v, q.dtype), mask, implementation="xla")
+
+        def widened(q, k, v, mask, new, **_):   # the cache (and the new slot) cast to float32, the XLA reference
+            joined = lambda cached, fresh: jnp.concatenate([jnp.swapaxes(cached, 1, 2), fresh.astype(cached.dtype)],
+                                                           axis=1).astype(jnp.float32)
+            full = jnp.broadcast_to(mask, (q.shape[0], 1, 1, k.shape[2]))
+            full = jnp.concatenate([full, jnp.ones(full.shape[:3] + (1,), bool)], axis=-1)
+            return attention(q.astype(jnp.float32), joined(k, new[0]), joined(v, new[1]), full,
+                             implementation="xla").astype(q.dtype)
+        language.cached_attention = widened
     try:
         yield
     finally:

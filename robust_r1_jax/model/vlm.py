@@ -110,11 +110,12 @@ class Qwen25VL(nnx.Module):
         ``cache.index``; the rollout passes the end of its current length bucket."""
         x = self.language.embed_tokens(tokens[:, None])
         positions = jnp.broadcast_to(cache.next_position[None, :, None], (3, tokens.shape[0], 1))
+        attend = cache.max_len if attend is None else attend
+        # the slots written before this step; the token sees itself through its own new key
+        hidden, cache = self.language(x, positions, cache.valid[:, None, None, :attend], cache, attend=attend)
         valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, jnp.ones((tokens.shape[0], 1), bool),
                                                     cache.index, axis=1)
-        attend = cache.max_len if attend is None else attend
-        hidden, cache = self.language(x, positions, valid[:, None, None, :attend],
-                                      dataclasses.replace(cache, valid=valid), attend=attend)
+        cache = dataclasses.replace(cache, valid=valid)
         cache = dataclasses.replace(cache, index=cache.index + 1, next_position=cache.next_position + 1)
         return self.language.logits(hidden)[:, 0], cache
 
