@@ -310,4 +310,7 @@ def grpo_table(g: dict) -> str:
         f"{g['rollout_full_horizon_s']:.2f} s) + score {g['score_s']:.2f} s + update {g['update_s']:.2f} s = step "
         f"{g['step_s']:.2f} s",
         f"  {g['samples_per_s_per_chip']:.2f} samples/s per chip, {g['samples_per_s_per_pflops']:.2f} per PFLOP/s "
-        f"of bf16 peak (EasyR1: {g['easyr1_samples_per_s_per_pflops']})"])
+        f"of bf16 peak (EasyR1: {g['easyr1_samples_per_s_per_pflops']})",
+        f"  decode priced as one streamed read (no memory space assignment): step {ms(g['streamed']['decode_step_s'])}, "
+        f"rollout {g['streamed']['rollout_s']:.2f} s, step {g['streamed']['step_s']:.2f} s, "
+        f"{g['streamed']['samples_per_s_per_pflops']:.2f} samples/s per PFLOP/s"])

@@ -188,7 +188,7 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
 
     Decode steps: the per-chip cost of one step (``aot_decode.case_cost``, compiled without cross-program
     prefetch and depth-extrapolated) at the smallest and largest slot counts the buckets read, linear in
-    between; the token draw is not included (the cost model gives no estimate for the random draw). The copy of
+    between, plus the token draw (``sampling_s``; left out where the cost model gives no estimate). The copy of
     the weights counts once per step.
     """
     from robust_r1_jax import aot
@@ -211,14 +211,18 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
         if lo == hi:
             return table[lo]
         return table[lo] + (a - lo) / (hi - lo) * (table[hi] - table[lo])
-    step_s = {a: c["seconds"] for a, c in costs.items()}
+    draw = aot_decode.case_cost(recipe, cfg, mesh, aot_decode.DecodeCase("draw", sampling_only=True))["seconds"]
+    draw = max(draw, 0.0)   # <= 0: the cost model's "no estimate" for the random draw, left out (noted)
+    step_s = {a: c["seconds"] + draw for a, c in costs.items()}
+    streamed = {a: aot_decode.case_cost(recipe, cfg, mesh, aot_decode.DecodeCase(f"attend {a}", layout, attend=a),
+                                        aot_decode.STREAMED_COMPILER_OPTIONS)["seconds"] + draw for a in costs}
     rollout = next(p for p in programs if p.name == "rollout")
     prefill = aot.extrapolated_cost(rollout.cost_pieces, cfg)["seconds"]
     by_name = {r["program"]: r for r in rows}
     copy_s = (by_name["rollout_weights"]["cost_model_s"] or 0.0) if "rollout_weights" in by_name else 0.0
 
-    def rollout_s(steps):
-        return prefill + sum(per_step(a, step_s) for a in decode_attends(prompt_len, horizon, cache_len, bucket, steps))
+    def rollout_s(steps, table=step_s):
+        return prefill + sum(per_step(a, table) for a in decode_attends(prompt_len, horizon, cache_len, bucket, steps))
     profile = decode_attends(prompt_len, horizon, cache_len, bucket, longest - 1)
     full_s = rollout_s(horizon - 1)
     row = by_name["rollout"]
@@ -228,11 +232,12 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
     learner = sum(by_name[k]["cost_model_s"] or float("nan") for k in ("score", "update"))
     samples = recipe.data.global_batch_size * recipe.grpo.num_samples
     step = copy_s + rollout_s(longest - 1) + learner
+    step_streamed = copy_s + rollout_s(longest - 1, streamed) + learner
     mean = lambda xs: sum(xs) / max(len(xs), 1)
     return dict(
         profile=dict(longest=longest, median=median, decode_steps=longest - 1,
                      note="every row decodes until the longest stops (finished rows are not dropped: see WORKSPACE.md)"),
-        layout=layout, decode_bucket=bucket, prefill_s=prefill, rollout_weights_s=copy_s,
+        layout=layout, decode_bucket=bucket, prefill_s=prefill, rollout_weights_s=copy_s, sampling_s=draw,
         decode_step_s=mean([per_step(a, step_s) for a in profile]) if profile else None,
         decode_roofline_s=mean([per_step(a, need) for a in profile]) / gen.hbm_bytes_per_s if profile else None,
         decode_step_full_cache_s=step_s[hi], decode_roofline_full_cache_s=need[hi] / gen.hbm_bytes_per_s,
@@ -241,5 +246,9 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
         samples_per_step=samples, samples_per_s_per_chip=samples / step / slice_.chips,
         samples_per_s_per_pflops=samples / step / (slice_.chips * gen.peak_bf16_flops / 1e15),
         easyr1_samples_per_s_per_pflops=EASYR1_SAMPLES_PER_S_PER_PFLOPS,
-        note="XLA's TPU cost model, not a measurement; the scoring and update are the full-horizon programs; "
-             "the decode steps exclude the token draw")
+        streamed=dict(decode_step_s=mean([per_step(a, streamed) for a in profile]) if profile else None,
+                      decode_step_full_cache_s=streamed[hi], rollout_s=rollout_s(longest - 1, streamed),
+                      rollout_full_horizon_s=rollout_s(horizon - 1, streamed), step_s=step_streamed,
+                      samples_per_s_per_pflops=samples / step_streamed / (slice_.chips * gen.peak_bf16_flops / 1e15),
+                      note="decode steps compiled without memory space assignment (aot_decode)"),
+        note="XLA's TPU cost model, not a measurement; the scoring and update are the full-horizon programs")
