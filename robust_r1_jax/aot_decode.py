@@ -249,6 +249,8 @@ def breakdown(recipe, model_cfg, mesh, slice_: tpu_topology.Slice, cases=None, s
     for case in cases or breakdown_cases(recipe):
         cost = case_cost(recipe, model_cfg, mesh, case)
         plain = case_cost(recipe, model_cfg, mesh, case, STREAMED_COMPILER_OPTIONS) if streamed else None
+        if cost["seconds"] <= 0 and plain is not None:   # no default estimate: FLOPs and bytes from the other
+            cost = dict(plain, seconds=cost["seconds"])
         need = roofline_bytes(recipe, model_cfg, mesh, case)
         hbm_bytes = sum(need.values())
         rows.append(dict(

@@ -216,6 +216,9 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
     step_s = {a: c["seconds"] + draw for a, c in costs.items()}
     streamed = {a: aot_decode.case_cost(recipe, cfg, mesh, aot_decode.DecodeCase(f"attend {a}", layout, attend=a),
                                         aot_decode.STREAMED_COMPILER_OPTIONS)["seconds"] + draw for a in costs}
+    pricing = "default"
+    if any(c["seconds"] <= 0 for c in costs.values()):   # the default compile has no estimate (seen on v6e)
+        step_s, pricing = dict(streamed), "streamed (the default compile gave no estimate)"
     rollout = next(p for p in programs if p.name == "rollout")
     prefill = aot.extrapolated_cost(rollout.cost_pieces, cfg)["seconds"]
     by_name = {r["program"]: r for r in rows}
@@ -237,7 +240,7 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
     return dict(
         profile=dict(longest=longest, median=median, decode_steps=longest - 1,
                      note="every row decodes until the longest stops (finished rows are not dropped: see WORKSPACE.md)"),
-        layout=layout, decode_bucket=bucket, prefill_s=prefill, rollout_weights_s=copy_s, sampling_s=draw,
+        layout=layout, decode_bucket=bucket, decode_pricing=pricing, prefill_s=prefill, rollout_weights_s=copy_s, sampling_s=draw,
         decode_step_s=mean([per_step(a, step_s) for a in profile]) if profile else None,
         decode_roofline_s=mean([per_step(a, need) for a in profile]) / gen.hbm_bytes_per_s if profile else None,
         decode_step_full_cache_s=step_s[hi], decode_roofline_full_cache_s=need[hi] / gen.hbm_bytes_per_s,
