@@ -311,3 +311,23 @@ def test_recipe_overrides_set_typed_fields_and_refuse_unknown_keys():
     for bad in ("sampling.max_new_token=1", "sampling.max_new_tokens=many", "no_equals_sign"):
         with pytest.raises(ValueError, match="recipe override"):
             aot.apply_overrides(recipe, (bad,))
+
+
+def test_collective_bytes_reads_result_shapes_of_each_collective_once():
+    from robust_r1_jax import aot_decode
+    hlo = "\n".join([
+        "  %all-reduce.1 = bf16[128,16,128]{2,0,1} all-reduce(%x), channel_id=1",
+        "  %ag = (bf16[4,8]{1,0}, f32[2]{0}) all-gather(%a, %b), dimensions={0}",
+        "  %ars = bf16[32,2,128]{2,1,0} fusion(%y), kind=kCustom, calls=%all-reduce-scatter",   # not an op itself
+        "  %rs-start = f32[10]{0} reduce-scatter-start(%z)",
+        "  %add = f32[10]{0} add(%p, %q)"])
+    assert aot_decode.collective_bytes(hlo) == {"all-reduce": 128 * 16 * 128 * 2, "all-gather": 4 * 8 * 2 + 2 * 4,
+                                                "reduce-scatter": 40}
+
+
+def test_decode_attends_follow_the_length_buckets():
+    from robust_r1_jax.aot_programs import decode_attends
+    assert decode_attends(512, 2048, 2560, 256, 5) == [768] * 5
+    attends = decode_attends(512, 2048, 2560, 256, 1023)
+    assert attends[254] == 768 and attends[255] == 1024 and attends[-1] == 1536 and len(attends) == 1023
+    assert decode_attends(512, 2048, 2560, 0, 3) == [2560] * 3
