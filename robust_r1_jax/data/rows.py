@@ -101,6 +101,7 @@ class PipelineConfig:
     reference_names: int = 16  # RL: R
     reference_name_bytes: int = 32  # RL: L
     prompt_suffix: str = chains.PROMPT_SUFFIX
+    packing: bool = False  # SFT: examples packed first-fit into rows (data/packing.py)
 
     def __post_init__(self):
         positive = ("batch_size", "seq_len", "patch_bucket", "image_slots", "min_pixels", "max_pixels",
@@ -282,10 +283,36 @@ class _RowBuilder(abc.ABC):
         return positions[:, 0]
 
 
+@dataclasses.dataclass(frozen=True)
+class SFTExample:
+    """One example's share of an SFT row, before padding: L = its tokens after truncation to ``seq_len``."""
+
+    input_ids: np.ndarray        # int32 [L]
+    loss_mask: np.ndarray        # int32 [L] (zeros for a padding example)
+    pixel_values: np.ndarray     # float32 [its patches, D]
+    image_grid_thw: np.ndarray   # int32 [its images, 3]
+    position_ids: np.ndarray     # int32 [3, L], starting at 0
+    truncated_tokens: int
+
+    @property
+    def size(self) -> "ExampleSize":
+        return ExampleSize(len(self.input_ids), len(self.pixel_values), len(self.image_grid_thw))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleSize:
+    """What one example takes of a packed row: tokens (after truncation), patches, images."""
+
+    tokens: int
+    patches: int
+    images: int
+
+
 class SFTRow(_RowBuilder):
     """(source index, is padding) -> one SFT row (prompt + chain, right padded)."""
 
-    def build(self, index: int, padding: bool) -> dict:
+    def example(self, index: int, padding: bool = False) -> SFTExample:
+        """Source example ``index`` tokenised, truncated to ``seq_len`` (with a warning) and positioned from 0."""
         example = self.source[index]
         encoded, processor, where = self.encode(example, index, _text(example["chain"]))
         seq_len = self.config.seq_len
@@ -298,23 +325,74 @@ class SFTRow(_RowBuilder):
         if truncated:
             logger.warning("%s: %d tokens cut to fit seq_len=%d", where, truncated, seq_len)
         length = min(len(ids), seq_len)
-        input_ids = np.full(seq_len, self.pad_id, np.int32)
-        input_ids[:length] = ids[:length]
-        attention_mask = (np.arange(seq_len) < length).astype(np.int32)
-        loss_mask = np.zeros(seq_len, np.int32)
-        if not padding:
-            loss_mask[:length] = loss[:length]
-        pixel_values, grid = self.vision(encoded)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "loss_mask": loss_mask,
-            "pixel_values": pixel_values,
-            "image_grid_thw": grid,
-            "position_ids": self.positions(input_ids, attention_mask, grid, processor, where),
-            "example_index": np.int64(PADDING_INDEX if padding else index),
-            "truncated_tokens": np.int32(truncated),
-        }
+        ids = ids[:length].astype(np.int32)
+        loss = np.zeros(length, np.int32) if padding else loss[:length].astype(np.int32)
+        grid = encoded["image_grid_thw"].astype(np.int32).reshape(-1, 3)
+        grid_slots = np.zeros((self.config.image_slots, 3), np.int32)
+        grid_slots[:len(grid)] = grid
+        positions = self.positions(ids, np.ones(length, np.int32), grid_slots, processor, where)
+        return SFTExample(ids, loss, encoded["pixel_values"], grid, positions, truncated)
+
+    def measure(self, index: int) -> ExampleSize | None:
+        """The example's size in a packed row; None (logged once) when it cannot become a row."""
+        try:
+            return self.example(index).size
+        except ROW_PROBLEMS as error:
+            if index not in self._warned:
+                self._warned.add(index)
+                logger.warning("skipping a bad example: %s; packing leaves it out", self._problem(index, error))
+            return None
+
+    def build(self, index: int, padding: bool) -> dict:
+        row = self.pack([self.example(index, padding)])
+        del row["segment_ids"], row["num_examples"]   # an unpacked row keeps today's layout
+        row["example_index"] = np.int64(PADDING_INDEX if padding else index)
+        return row
+
+    def pack(self, examples: Sequence[SFTExample]) -> dict:
+        """``pack_examples`` with this builder's buckets and pad id."""
+        config = self.config
+        return pack_examples(examples, seq_len=config.seq_len, patch_bucket=config.patch_bucket,
+                             image_slots=config.image_slots, patch_dim=self.processor.image_processor.patch_dim,
+                             pad_id=self.pad_id)
+
+
+def pack_examples(examples: Sequence[SFTExample], *, seq_len: int, patch_bucket: int, image_slots: int,
+                  patch_dim: int, pad_id: int) -> dict:
+    """Examples placed one after another in one right-padded row: the SFT row of the module docstring plus
+    ``segment_ids`` int32 [S] (0 padding, k on the k-th example's tokens) and ``num_examples`` int32; positions
+    restart at 0 for each example; patches and grids fill the bucket and slots in order. Raises ValueError
+    when the examples do not fit the row."""
+    input_ids = np.full(seq_len, pad_id, np.int32)
+    segment_ids = np.zeros(seq_len, np.int32)
+    loss_mask = np.zeros(seq_len, np.int32)
+    position_ids = np.zeros((3, seq_len), np.int32)
+    pixel_values = np.zeros((patch_bucket, patch_dim), np.float32)
+    grid = np.zeros((image_slots, 3), np.int32)
+    column = patch = image = 0
+    for k, ex in enumerate(examples, start=1):
+        size = ex.size
+        if column + size.tokens > seq_len or patch + size.patches > patch_bucket or image + size.images > image_slots:
+            raise ValueError(f"{len(examples)} examples do not fit one row of seq_len={seq_len}, patch_bucket="
+                             f"{patch_bucket}, image_slots={image_slots}")
+        span = slice(column, column + size.tokens)
+        input_ids[span], loss_mask[span], segment_ids[span] = ex.input_ids, ex.loss_mask, k
+        position_ids[:, span] = ex.position_ids
+        pixel_values[patch:patch + size.patches] = ex.pixel_values
+        grid[image:image + size.images] = ex.image_grid_thw
+        column, patch, image = column + size.tokens, patch + size.patches, image + size.images
+    return {
+        "input_ids": input_ids,
+        "attention_mask": (segment_ids > 0).astype(np.int32),
+        "segment_ids": segment_ids,
+        "loss_mask": loss_mask,
+        "pixel_values": pixel_values,
+        "image_grid_thw": grid,
+        "position_ids": position_ids,
+        "example_index": np.int64(PADDING_INDEX),
+        "num_examples": np.int32(len(examples)),
+        "truncated_tokens": np.int32(sum(ex.truncated_tokens for ex in examples)),
+    }
 
 
 class RLRow(_RowBuilder):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
+from robust_r1_jax.data import packing
 from robust_r1_jax.train import metrics as mx
 from robust_r1_jax.train import step as sft_step
 from robust_r1_jax.train.run import Run
@@ -28,7 +29,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         dataset_dir="", split="train", tokenizer="",   # tokenizer dir ("" -> init_from)
         global_batch_size=8, seq_len=1024, patch_bucket=256, image_slots=1,
-        min_pixels=56 * 56, max_pixels=28 * 28 * 1280, worker_count=0, shuffle=True))
+        min_pixels=56 * 56, max_pixels=28 * 28 * 1280, worker_count=0, shuffle=True,
+        packing=False,                          # examples packed first-fit into rows (data/packing.py)
+        # the workload's token lengths, for aot's useful-token figures and benchmarks (data/packing.py;
+        # default SPEC §8's Robust-R1 rows)
+        length_profile=packing.robust_r1_profile()))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.optim = ml_collections.ConfigDict(dict(
         learning_rate=1e-5, warmup_steps=0, total_steps=0,  # total_steps 0: train.steps
