@@ -160,6 +160,8 @@ class BatchIterator:
                        == self._order.global_batch)
         differs = {k: (state.get(k), v) for k, v in expected.items()
                    if state.get(k) != v and not (same_global and k in self._host)}
+        if bool(state.get("packing", False)) != bool(self._config.packing):   # packed batches are other batches
+            differs["packing"] = (bool(state.get("packing", False)), bool(self._config.packing))
         if differs:
             detail = ", ".join(f"{k}: saved {s!r}, now {n!r}" for k, (s, n) in differs.items())
             raise ValueError(f"the saved pipeline state belongs to a different loader ({detail})")

@@ -105,6 +105,7 @@ def test_each_example_in_a_packed_row_has_its_logits_alone(cfg, model, examples)
     assert np.max(np.abs(crossing[0, second:second + 4] - got[0, second:second + 4])) > 1e-3
 
 
+@pytest.mark.slow
 def test_packed_step_loss_and_gradients_equal_the_unpacked_batch(cfg, model, examples):
     parts, trainable, frozen = train_state.split_model(model, ())
     flat = [ex for row in examples for ex in row]
@@ -126,6 +127,7 @@ def test_packed_step_loss_and_gradients_equal_the_unpacked_batch(cfg, model, exa
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-5 * scale)
 
 
+@pytest.mark.slow
 def test_splash_segment_ids_keep_packed_examples_apart(monkeypatch):
     """Three examples and padding in one row of 40 tokens (the kernel pads to 128 inside): splash through the
     segment ids equals the dense mask of the xla path, forward and gradients."""
