@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import ml_collections
+import numpy as np
 
 from robust_r1_jax.data import packing
 from robust_r1_jax.train import metrics as mx
@@ -65,7 +66,9 @@ def run(config) -> dict:
             flops = mx.step_flops(local, counts["trained"], counts["vision"], counts["vision_trained"])
             rates = mx.rates(meter.tick(), float(metrics["tokens"]), flops * r.info.process_count,
                              jax.device_count())
-            scalars = {**metrics, **rates}
+            padded = float(np.prod(local["input_ids"].shape)) * r.info.process_count
+            scalars = {**metrics, **rates, **mx.token_accounting(float(metrics["real_tokens"]), padded,
+                                                                  rates["step_time"])}
             losses.append(float(metrics["loss"]))
             skipped += int(metrics["skipped"])
             r.step_done(step, state, scalars, dict(loss=f"{losses[-1]:.4f}"),

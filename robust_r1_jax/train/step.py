@@ -66,7 +66,18 @@ def sft_step(parts: ModelParts, tx: optax.GradientTransformation, lr_schedule, c
     grads = parts.sharded_like_trainable(jax.tree.map(lambda g: g / denom, grads))
     loss = total / denom
     new_state, metrics = guarded_update(tx, state, grads, loss)
-    return new_state, dict(metrics, loss=loss, tokens=tokens, learning_rate=lr_schedule(state.step))
+    return new_state, dict(metrics, loss=loss, tokens=tokens, learning_rate=lr_schedule(state.step),
+                           real_tokens=jnp.sum(batch["attention_mask"] > 0), examples=trained_examples(batch))
+
+
+def trained_examples(batch: dict) -> jax.Array:
+    """Examples with target tokens in the batch, packed or not: the starts of the runs of loss tokens (an
+    example's chain is one run; a run restarts where the segment changes)."""
+    loss = batch["loss_mask"] > 0
+    segments = batch.get("segment_ids", batch["attention_mask"])
+    before = jnp.pad(loss[:, :-1], ((0, 0), (1, 0)))
+    same = jnp.pad(segments[:, 1:] == segments[:, :-1], ((0, 0), (1, 0)))
+    return jnp.sum(loss & ~(before & same))
 
 
 def guarded_update(tx: optax.GradientTransformation, state: TrainState, grads, loss) -> tuple[TrainState, dict]:

@@ -16,7 +16,7 @@ from robust_r1_jax.model import layers, splash
 from robust_r1_jax.model.rope_index import host_mrope_position_ids
 from robust_r1_jax.model.vlm import causal_mask
 from robust_r1_jax.train import state as train_state
-from robust_r1_jax.train.step import loss_sum
+from robust_r1_jax.train.step import loss_sum, trained_examples
 from unit_scale_model import unit_scale_model
 
 SEQ, BUCKET, SLOTS = 128, 96, 4
@@ -86,6 +86,9 @@ def examples(cfg):
 def test_each_example_in_a_packed_row_has_its_logits_alone(cfg, model, examples):
     packed = _batch(cfg, examples)
     assert packed["num_examples"].tolist() == [2, 3, 4]
+    for batch in (packed, dict(_batch(cfg, [[ex] for row in examples for ex in row]), segment_ids=None)):
+        batch = {k: jnp.asarray(v) for k, v in batch.items() if v is not None}
+        assert int(trained_examples(batch)) == 9   # the examples metric, packed or not
     assert np.count_nonzero(packed["image_grid_thw"].any(-1), axis=1).tolist() == [1, 3, 3]
     got = _logits(model, packed, segments=True)
     flat = [ex for row in examples for ex in row]
