@@ -60,6 +60,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.cost_estimate = True   # the loop-corrected cost model (three small extra compiles per program)
     c.hbm_limit_fraction = 1.0   # "fits" means peak <= this share of the chip's HBM (e.g. 0.85 for headroom)
     c.recipe_overrides = ()      # "dotted.key=value" strings applied to the recipe, e.g. "sampling.max_new_tokens=2048"
+    c.programs = ()              # names of the programs to compile ("" or () = all), e.g. ("score", "update")
+    c.learner_completion = 0     # GRPO: the step's longest completion, which picks the learner's completion
+                                 # bucket (rl/grpo.py); 0 = the whole sampling horizon
     return c
 
 
@@ -80,6 +83,8 @@ class Program:
     tokens: int                        # tokens processed (or generated) per run, over the whole slice
     other_resident_bytes: int          # per chip: state alive during the program but not among its arguments
     cost_parts: Callable[[model_config.ModelConfig], list[Compiled]] | None = None
+    # real (non-padding) tokens among ``tokens`` per run at the recipe's length profile (data/packing.py)
+    useful_tokens: float | None = None
 
 
 # ---- abstract state -------------------------------------------------------------------------------------------
@@ -124,6 +129,10 @@ def replicated(mesh) -> NamedSharding:
 
 
 # ---- measuring ------------------------------------------------------------------------------------------------
+USEFUL_NOTE = ("useful: the real (non-padding) tokens of the recipe's data.length_profile (default SPEC §8's "
+               "Robust-R1 rows), packed as the recipe packs them (data/packing.py)")
+
+
 def _cost(compiled) -> dict:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -178,7 +187,10 @@ def measure(program: Program, slice_: tpu_topology.Slice, mesh, cfg, cost_estima
                alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
                other_resident_bytes=int(program.other_resident_bytes), peak_bytes=int(peak),
                hbm_bytes_per_chip=int(hbm), fits=bool(peak <= hbm_limit_fraction * hbm), flops_per_chip=None, cost_model_s=None,
-               tokens_per_s_per_chip=None, mfu=None, note=NOTE)
+               tokens_per_s_per_chip=None, mfu=None, tokens=program.tokens, useful_tokens=program.useful_tokens,
+               useful_tokens_per_s_per_chip=None, useful_mfu=None,
+               padding_fraction=None if program.useful_tokens is None else 1.0 - program.useful_tokens / program.tokens,
+               note=NOTE)
     if cost_estimate and program.cost_parts is not None:
         cost = extrapolated_cost(program.cost_parts, cfg)
         if cost["seconds"] > 0 and cost["flops"] > 0:
@@ -187,6 +199,9 @@ def measure(program: Program, slice_: tpu_topology.Slice, mesh, cfg, cost_estima
             row["cost_model_s"] = seconds
             row["tokens_per_s_per_chip"] = program.tokens / seconds / slice_.chips
             row["mfu"] = program.model_flops / (slice_.chips * slice_.generation.peak_bf16_flops * seconds)
+            if program.useful_tokens is not None:   # model FLOPs scale with tokens: the real tokens' share
+                row["useful_tokens_per_s_per_chip"] = program.useful_tokens / seconds / slice_.chips
+                row["useful_mfu"] = row["mfu"] * program.useful_tokens / program.tokens
         else:
             row["note"] = NOTE + f"; cost model gave {cost['seconds']:.3g} s: no time or MFU reported"
     return row
@@ -218,17 +233,20 @@ def recipe_model_config(recipe, platform: str = "tpu") -> model_config.ModelConf
 def table(rows: list[dict]) -> str:
     gib = lambda b: f"{b / tpu_topology.GIB:.1f}"
     lines = [f"{'program':<14}{'slice':<8}{'mesh':<18}{'compile s':>10}{'args':>8}{'temp':>8}{'peak GiB':>10}"
-             f"{'of HBM':>8}{'fits':>6}{'cost s':>10}{'tok/s/chip':>12}{'MFU':>7}"]
+             f"{'of HBM':>8}{'fits':>6}{'cost s':>10}{'tok/s/chip':>12}{'MFU':>7}{'useful tok/s':>14}"
+             f"{'useful MFU':>11}"]
     for r in rows:
         mesh = "x".join(str(v) for v in r["mesh"].values())
         cost = "-" if r["cost_model_s"] is None else f"{r['cost_model_s']:.4g}"
         rate = "-" if r["tokens_per_s_per_chip"] is None else f"{r['tokens_per_s_per_chip']:,.0f}"
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        useful_rate = "-" if r["useful_tokens_per_s_per_chip"] is None else f"{r['useful_tokens_per_s_per_chip']:,.0f}"
+        useful_mfu = "-" if r["useful_mfu"] is None else f"{100 * r['useful_mfu']:.1f}%"
         lines.append(f"{r['program']:<14}{r['topology']:<8}{mesh:<18}{r['compile_s']:>10.1f}"
                      f"{gib(r['argument_bytes']):>8}{gib(r['temp_bytes']):>8}{gib(r['peak_bytes']):>10}"
                      f"{gib(r['hbm_bytes_per_chip']):>8}{'yes' if r['fits'] else 'NO':>6}{cost:>10}{rate:>12}"
-                     f"{mfu:>7}")
-    return "\n".join(lines + [NOTE])
+                     f"{mfu:>7}{useful_rate:>14}{useful_mfu:>11}")
+    return "\n".join(lines + [NOTE, USEFUL_NOTE])
 
 
 def load_recipe(spec: str) -> ml_collections.ConfigDict:
@@ -274,7 +292,13 @@ def run(config) -> dict:
     # traced with the mesh in context: splash attention's shard_map and the scanned layers' batch-sharded
     # activations find it; only the abstract mesh, so eager work stays on this host
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-        programs = aot_programs.for_recipe(recipe, cfg, mesh)
+        programs = aot_programs.for_recipe(recipe, cfg, mesh, learner_completion=config.learner_completion)
+        wanted = tuple(p for p in config.programs if p)
+        unknown = set(wanted) - {p.name for p in programs}
+        if unknown:
+            raise ValueError(f"config.programs: {sorted(unknown)} not among this recipe's programs "
+                             f"{[p.name for p in programs]}")
+        programs = [p for p in programs if not wanted or p.name in wanted]
         rows = [measure(p, slice_, mesh, cfg, config.cost_estimate, config.hbm_limit_fraction) for p in programs]
     report = table(rows)
     print(report)

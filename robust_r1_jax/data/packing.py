@@ -47,22 +47,22 @@ def first_fit(sizes: Iterator[tuple[int, ExampleSize]], rows: int, budget: RowBu
     partly filled batch is emitted too. Raises ValueError for an example that fits no empty row (more patches
     or images than a row holds: the row builder refuses those first).
     """
-    used = np.zeros((rows, 3), np.int64)
-    limit = np.array([budget.seq_len, budget.patch_bucket, budget.image_slots], np.int64)
+    limit = (budget.seq_len, budget.patch_bucket, budget.image_slots)
+    used = [[0, 0, 0] for _ in range(rows)]
     batch: list[list[int]] = [[] for _ in range(rows)]
     for key, size in sizes:
-        need = np.array(dataclasses.astuple(budget.clip(size)), np.int64)
-        if np.any(need > limit):
-            raise ValueError(f"example {key} needs {need.tolist()} (tokens, patches, images), more than one row "
-                             f"holds ({limit.tolist()})")
-        fits = np.flatnonzero(np.all(used + need <= limit, axis=1))
-        if not len(fits):
+        need = dataclasses.astuple(budget.clip(size))
+        if any(n > m for n, m in zip(need, limit)):
+            raise ValueError(f"example {key} needs {list(need)} (tokens, patches, images), more than one row "
+                             f"holds ({list(limit)})")
+        row = next((r for r in range(rows) if all(u + n <= m for u, n, m in zip(used[r], need, limit))), None)
+        if row is None:
             yield batch
-            used[:] = 0
+            used = [[0, 0, 0] for _ in range(rows)]
             batch = [[] for _ in range(rows)]
-            fits = [0]
-        used[fits[0]] += need
-        batch[fits[0]].append(key)
+            row = 0
+        used[row] = [u + n for u, n in zip(used[row], need)]
+        batch[row].append(key)
     if any(batch):
         yield batch
 
@@ -152,17 +152,19 @@ def sample_sizes(profile: dict, count: int, merge_unit: int = 4, seed: int = 0) 
 
 
 def packing_stats(sizes: Sequence[ExampleSize], rows: int, budget: RowBudget, packing: bool) -> dict:
-    """Real tokens per computed row slot and examples per row when ``sizes`` stream through the loader, packed
-    or one example per row: ``real_tokens``, ``row_slots``, ``padding_fraction``, ``examples_per_row``,
-    ``batches``."""
+    """Real tokens per computed row slot and examples per row when ``sizes`` stream through the loader in
+    batches of ``rows`` rows, packed or one example per row, in the steady state (the stream's last, partly
+    filled batch left out): ``real_tokens``, ``row_slots``, ``padding_fraction``, ``examples_per_row``,
+    ``batches`` (counted)."""
     clipped = [budget.clip(s) for s in sizes]
-    real = sum(s.tokens for s in clipped)
     if packing:
         batches = list(first_fit(iter(enumerate(clipped)), rows, budget))
-        used_rows = len(batches) * rows
+        batches = batches[:-1] if len(batches) > 1 else batches
+        placed = [clipped[key] for batch in batches for row in batch for key in row]
     else:
-        batches = [None] * -(-len(clipped) // rows)
-        used_rows = len(clipped)   # full batches: every row holds one example
-    slots = max(used_rows, 1) * budget.seq_len
+        batches = [None] * max(1, len(clipped) // rows)
+        placed = clipped[:len(batches) * rows]
+    real = sum(s.tokens for s in placed)
+    slots = len(batches) * rows * budget.seq_len
     return dict(real_tokens=real, row_slots=slots, padding_fraction=1.0 - real / slots,
-                examples_per_row=len(clipped) / max(used_rows, 1), batches=len(batches))
+                examples_per_row=len(placed) / (len(batches) * rows), batches=len(batches))
