@@ -125,7 +125,7 @@ def test_grpo_programs_compile_for_v5p_and_a_program_that_does_not_fit_fails(tmp
 def test_grpo_learner_compiles_at_the_completion_bucket_of_the_step(tmp_path):
     """A step whose longest completion is 3 tokens: score and update compile for the 4-token bucket (prompt 48 +
     4 columns per row instead of 48 + 16), and only the programs asked for are compiled."""
-    RECIPES["grpo_buckets"] = RECIPES["grpo"].replace("return c", "c.learner.completion_buckets = (4, 8)\n    return c")
+    RECIPES["grpo_buckets"] = RECIPES["grpo"].replace("return c", "c.learner.completion_buckets = (4, 8)\n" + 12 * " " + "return c")
     proc, out = _aot(tmp_path, "grpo_buckets", "--config.learner_completion=3", "--config.programs=('score', 'update')",
                      "--config.cost_estimate=False")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
