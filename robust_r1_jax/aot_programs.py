@@ -70,22 +70,26 @@ def _optimizer(recipe):
     return optim.optimizer(ocfg), optim.schedule(ocfg)
 
 
-def _image_shapes(recipe, cfg, rows: int) -> dict:
+def _image_shapes(recipe, cfg, rows: int, packed: bool = False) -> dict:
+    """Patch buckets as the loader lays them out; packed rows image-major (one sub-bucket per slot)."""
     d = recipe.data
-    return {"pixel_values": ((rows, d.patch_bucket, cfg.vision.patch_dim), jnp.float32),
-            "image_grid_thw": ((rows, d.image_slots, 3), jnp.int32)}
+    pixels = ((rows, d.image_slots, d.patch_bucket // d.image_slots, cfg.vision.patch_dim) if packed
+              else (rows, d.patch_bucket, cfg.vision.patch_dim))
+    return {"pixel_values": (pixels, jnp.float32), "image_grid_thw": ((rows, d.image_slots, 3), jnp.int32)}
 
 
 # ---- SFT ------------------------------------------------------------------------------------------------------
 def sft_programs(recipe, cfg, mesh) -> list[Program]:
+    packed = bool(recipe.data.get("packing", False))
+
     def build(model_cfg, loop_free: bool) -> tuple[Compiled, int, int]:
         tx, schedule = _optimizer(recipe)
         parts, state = abstract_state(model_cfg, tx, tuple(recipe.train.freeze), mesh)
         b, s = recipe.data.global_batch_size, recipe.data.seq_len
         shapes = {"input_ids": ((b, s), jnp.int32), "attention_mask": ((b, s), jnp.int32),
                   "loss_mask": ((b, s), jnp.int32), "position_ids": ((b, 3, s), jnp.int32),
-                  **_image_shapes(recipe, model_cfg, b)}
-        if recipe.data.get("packing", False):
+                  **_image_shapes(recipe, model_cfg, b, packed=packed)}
+        if packed:
             shapes["segment_ids"] = ((b, s), jnp.int32)
         batch = batch_spec(mesh, shapes)
         step_cfg = sft_step.StepConfig(1 if loop_free else recipe.train.grad_accum,

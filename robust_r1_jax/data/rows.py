@@ -233,7 +233,9 @@ class _RowBuilder(abc.ABC):
             cache = self._local.processors = {}
         if num_images not in cache:
             base = self.processor.image_processor
-            per_image = (self.config.patch_bucket // num_images) * base.patch_size ** 2
+            # packed rows give every image its own slot of patch_bucket / image_slots patches
+            share = self.config.image_slots if self.config.packing else num_images
+            per_image = (self.config.patch_bucket // share) * base.patch_size ** 2
             max_pixels = min(self.config.max_pixels, per_image)
             tokenizer = pickle.loads(pickle.dumps(self.processor.tokenizer))
             image_processor = ImageProcessor(
@@ -344,30 +346,38 @@ class SFTRow(_RowBuilder):
             return None
 
     def build(self, index: int, padding: bool) -> dict:
-        row = self.pack([self.example(index, padding)])
+        row = self.pack([self.example(index, padding)], image_major=False)
         del row["segment_ids"], row["num_examples"]   # an unpacked row keeps today's layout
         row["example_index"] = np.int64(PADDING_INDEX if padding else index)
         return row
 
-    def pack(self, examples: Sequence[SFTExample]) -> dict:
+    def pack(self, examples: Sequence[SFTExample], image_major: bool = True) -> dict:
         """``pack_examples`` with this builder's buckets and pad id."""
         config = self.config
         return pack_examples(examples, seq_len=config.seq_len, patch_bucket=config.patch_bucket,
                              image_slots=config.image_slots, patch_dim=self.processor.image_processor.patch_dim,
-                             pad_id=self.pad_id)
+                             pad_id=self.pad_id, image_major=image_major)
 
 
 def pack_examples(examples: Sequence[SFTExample], *, seq_len: int, patch_bucket: int, image_slots: int,
-                  patch_dim: int, pad_id: int) -> dict:
+                  patch_dim: int, pad_id: int, image_major: bool = False) -> dict:
     """Examples placed one after another in one right-padded row: the SFT row of the module docstring plus
     ``segment_ids`` int32 [S] (0 padding, k on the k-th example's tokens) and ``num_examples`` int32; positions
-    restart at 0 for each example; patches and grids fill the bucket and slots in order. Raises ValueError
-    when the examples do not fit the row."""
+    restart at 0 for each example; grids fill the slots in order.
+
+    Patches: one after another in the bucket, ``pixel_values`` float32 [P, D] (the unpacked layout); or with
+    ``image_major`` (packed rows) image i in its own slot of P / I patches, float32 [I, P / I, D], which the
+    vision tower runs image by image (``model/vision.py``). Raises ValueError when the examples do not fit."""
     input_ids = np.full(seq_len, pad_id, np.int32)
     segment_ids = np.zeros(seq_len, np.int32)
     loss_mask = np.zeros(seq_len, np.int32)
     position_ids = np.zeros((3, seq_len), np.int32)
-    pixel_values = np.zeros((patch_bucket, patch_dim), np.float32)
+    if image_major and patch_bucket % image_slots:
+        raise ValueError(f"patch_bucket={patch_bucket} must be a multiple of image_slots={image_slots} for packed "
+                         f"rows (one sub-bucket per image)")
+    per_image = patch_bucket // image_slots
+    pixel_values = np.zeros((image_slots, per_image, patch_dim) if image_major else (patch_bucket, patch_dim),
+                            np.float32)
     grid = np.zeros((image_slots, 3), np.int32)
     column = patch = image = 0
     for k, ex in enumerate(examples, start=1):
@@ -378,7 +388,15 @@ def pack_examples(examples: Sequence[SFTExample], *, seq_len: int, patch_bucket:
         span = slice(column, column + size.tokens)
         input_ids[span], loss_mask[span], segment_ids[span] = ex.input_ids, ex.loss_mask, k
         position_ids[:, span] = ex.position_ids
-        pixel_values[patch:patch + size.patches] = ex.pixel_values
+        if image_major:
+            counts = np.prod(ex.image_grid_thw, axis=-1).astype(int)
+            if np.any(counts > per_image):
+                raise ValueError(f"an image of {counts.max()} patches does not fit a packed row's image slot of "
+                                 f"{per_image} (patch_bucket / image_slots)")
+            for i, (start, count) in enumerate(zip(np.cumsum(counts) - counts, counts)):
+                pixel_values[image + i, :count] = ex.pixel_values[start:start + count]
+        else:
+            pixel_values[patch:patch + size.patches] = ex.pixel_values
         grid[image:image + size.images] = ex.image_grid_thw
         column, patch, image = column + size.tokens, patch + size.patches, image + size.images
     return {

@@ -171,10 +171,13 @@ def check_image_tokens(config: ModelConfig, input_ids, image_grid_thw, pixel_val
         raise ValueError("pixel_values given without image_grid_thw")
     grid = np.asarray(image_grid_thw)
     n_patches = int(np.prod(grid, axis=-1).sum())
-    per_row = np.prod(grid, axis=-1).sum(axis=-1).max() if grid.ndim == 3 else n_patches
-    if per_row > np.shape(pixel_values)[-2]:
-        raise ValueError(f"image_grid_thw describes {per_row} patches but pixel_values has room for "
-                         f"{np.shape(pixel_values)[-2]}")
+    if np.ndim(pixel_values) == 4:   # image-major: one sub-bucket per image slot
+        per_row, room = np.prod(grid, axis=-1).max(), np.shape(pixel_values)[-2]
+    else:
+        per_row = np.prod(grid, axis=-1).sum(axis=-1).max() if grid.ndim == 3 else n_patches
+        room = np.shape(pixel_values)[-2]
+    if per_row > room:
+        raise ValueError(f"image_grid_thw describes {per_row} patches but pixel_values has room for {room}")
     n_features = n_patches // config.vision.merge_unit
     if n_tokens != n_features:
         raise ValueError(f"image features and image tokens do not match: input_ids hold {n_tokens} "

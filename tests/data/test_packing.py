@@ -49,16 +49,17 @@ def test_packed_rows_hold_every_example_once_exactly_as_its_unpacked_row(source,
     with _loader(source, processor) as loader:
         batches = list(loader)
         assert loader.num_batches == len(batches)
-    with tp._sft(source, processor, batch_size=1, seq_len=SEQ_LEN, image_slots=4, patch_bucket=128) as alone:
+    # the same image budget: packed rows give each image a slot of 128 / 4 patches
+    with tp._sft(source, processor, batch_size=1, seq_len=SEQ_LEN, image_slots=1, patch_bucket=32) as alone:
         unpacked = {int(b["example_index"][0]): b for b in alone}
     assert sum(int(b["num_examples"].sum()) for b in batches) == tp.NUM_EXAMPLES
     assert len(batches) < tp.NUM_EXAMPLES // 2   # more than one example per row on average
     found = []
     for batch in batches:
-        assert batch["input_ids"].shape == (2, SEQ_LEN) and batch["pixel_values"].shape[:2] == (2, 128)
+        assert batch["input_ids"].shape == (2, SEQ_LEN) and batch["pixel_values"].shape[:3] == (2, 4, 32)
         for r in range(2):
             segments = batch["segment_ids"][r]
-            patch = image = 0
+            image = 0
             for k in range(1, int(batch["num_examples"][r]) + 1):
                 span = np.flatnonzero(segments == k)
                 assert np.all(np.diff(span) == 1)
@@ -72,11 +73,13 @@ def test_packed_rows_hold_every_example_once_exactly_as_its_unpacked_row(source,
                 np.testing.assert_array_equal(batch["position_ids"][r][:, span],
                                               want["position_ids"][0][:, :len(span)])
                 grids = want["image_grid_thw"][0][want["image_grid_thw"][0].any(-1)]
-                patches = int(np.prod(grids, axis=-1).sum())
-                np.testing.assert_array_equal(batch["image_grid_thw"][r, image:image + len(grids)], grids)
-                np.testing.assert_array_equal(batch["pixel_values"][r, patch:patch + patches],
+                assert len(grids) == 1
+                patches = int(np.prod(grids[0]))
+                np.testing.assert_array_equal(batch["image_grid_thw"][r, image], grids[0])
+                np.testing.assert_array_equal(batch["pixel_values"][r, image, :patches],
                                               want["pixel_values"][0, :patches])
-                patch, image = patch + patches, image + len(grids)
+                assert not batch["pixel_values"][r, image, patches:].any()
+                image += 1
             assert np.all(segments[segments > 0] >= 1) and batch["attention_mask"][r].sum() == (segments > 0).sum()
     assert sorted(found) == list(range(tp.NUM_EXAMPLES))
 

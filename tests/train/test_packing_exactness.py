@@ -19,7 +19,7 @@ from robust_r1_jax.train import state as train_state
 from robust_r1_jax.train.step import loss_sum, trained_examples
 from unit_scale_model import unit_scale_model
 
-SEQ, BUCKET, SLOTS = 128, 96, 4
+SEQ, BUCKET, SLOTS = 128, 128, 4   # packed rows: an image slot of 32 patches each
 # each row: the examples' image grids (t, h, w in patches); 2-4 examples, 0, 1 or 2 images each
 ROWS = [
     [[], [(1, 4, 4)]],
@@ -65,9 +65,10 @@ def _stack(rows):
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def _batch(cfg, groups):
+def _batch(cfg, groups, image_major=True):
+    """Packed rows in the image-major layout (the pipeline's); ``image_major=False``: the unpacked layout."""
     rows = [pack_examples(g, seq_len=SEQ, patch_bucket=BUCKET, image_slots=SLOTS, patch_dim=cfg.vision.patch_dim,
-                          pad_id=cfg.bos_token_id) for g in groups]
+                          pad_id=cfg.bos_token_id, image_major=image_major) for g in groups]
     return _stack(rows)
 
 
@@ -86,13 +87,13 @@ def examples(cfg):
 def test_each_example_in_a_packed_row_has_its_logits_alone(cfg, model, examples):
     packed = _batch(cfg, examples)
     assert packed["num_examples"].tolist() == [2, 3, 4]
-    for batch in (packed, dict(_batch(cfg, [[ex] for row in examples for ex in row]), segment_ids=None)):
+    for batch in (packed, dict(_batch(cfg, [[ex] for row in examples for ex in row], image_major=False), segment_ids=None)):
         batch = {k: jnp.asarray(v) for k, v in batch.items() if v is not None}
         assert int(trained_examples(batch)) == 9   # the examples metric, packed or not
     assert np.count_nonzero(packed["image_grid_thw"].any(-1), axis=1).tolist() == [1, 3, 3]
     got = _logits(model, packed, segments=True)
     flat = [ex for row in examples for ex in row]
-    alone = _logits(model, _batch(cfg, [[ex] for ex in flat]), segments=False)
+    alone = _logits(model, _batch(cfg, [[ex] for ex in flat], image_major=False), segments=False)
     i = 0
     for r, row in enumerate(examples):
         column = 0
@@ -112,7 +113,7 @@ def test_each_example_in_a_packed_row_has_its_logits_alone(cfg, model, examples)
 def test_packed_step_loss_and_gradients_equal_the_unpacked_batch(cfg, model, examples):
     parts, trainable, frozen = train_state.split_model(model, ())
     flat = [ex for row in examples for ex in row]
-    packed, unpacked = _batch(cfg, examples), _batch(cfg, [[ex] for ex in flat])
+    packed, unpacked = _batch(cfg, examples), _batch(cfg, [[ex] for ex in flat], image_major=False)
     del unpacked["segment_ids"]   # the unpacked layout: attention_mask alone
 
     def mean_loss(batch):
