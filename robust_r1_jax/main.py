@@ -30,7 +30,7 @@ MODES = {
     "eval": "robust_r1_jax.eval.robust:run",
     "generate": "robust_r1_jax.eval.generate:run",
     "convert": "robust_r1_jax.model.convert:run_convert",
-    "inspect": "robust_r1_jax.model.convert:run_inspect",
+    "inspect": "robust_r1_jax.data.stats:run_inspect",
     "aot": "robust_r1_jax.aot:run",
     "web": "robust_r1_jax.web.app:run",
 }
