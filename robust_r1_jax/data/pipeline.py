@@ -294,6 +294,11 @@ class PackedBatch:
 
 def _packed_loader(source: Sequence, processor: Processor, config: PipelineConfig, order: StreamOrder,
                    process_index: int, process_count: int) -> BatchIterator:
+    per_image, merge = divmod(config.patch_bucket, config.image_slots), processor.image_processor.merge_size ** 2
+    if per_image[1] or per_image[0] % merge:
+        raise ValueError(f"packed rows give each of image_slots={config.image_slots} images patch_bucket / image_slots "
+                         f"patches: patch_bucket={config.patch_bucket} must be a multiple of image_slots x "
+                         f"{merge} (merge_size**2)")
     builder = SFTRow(source, processor, config)
     start = time.perf_counter()
     sizes = measure_sizes(builder, len(source), config.read_threads)

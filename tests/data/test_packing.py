@@ -107,6 +107,11 @@ def test_packed_batches_resume_and_split_over_hosts(source, processor):
         tp._assert_same_batches([joined], [first[b]])
 
 
+def test_packed_buckets_must_split_into_image_slots(source, processor):
+    with pytest.raises(ValueError, match="patch_bucket=100 must be a multiple of image_slots x 4"):
+        _loader(source, processor, patch_bucket=100)
+
+
 def test_length_profile_statistics():
     sizes = packing.sample_sizes(packing.robust_r1_profile(), 4000)
     tokens = np.array([s.tokens for s in sizes])
