@@ -61,6 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.hbm_limit_fraction = 1.0   # "fits" means peak <= this share of the chip's HBM (e.g. 0.85 for headroom)
     c.recipe_overrides = ()      # "dotted.key=value" strings applied to the recipe, e.g. "sampling.max_new_tokens=2048"
     c.programs = ()              # names of the programs to compile ("" or () = all), e.g. ("score", "update")
+    c.memory = True              # compile the recipe's own programs for their memory; False: the cost model only
     c.learner_completion = 0     # GRPO: the step's longest completion, which picks the learner's completion
                                  # bucket (rl/grpo.py); 0 = the whole sampling horizon
     return c
@@ -173,20 +174,25 @@ def extrapolated_cost(cost_parts, cfg: model_config.ModelConfig) -> dict:
 
 
 def measure(program: Program, slice_: tpu_topology.Slice, mesh, cfg, cost_estimate: bool,
-            hbm_limit_fraction: float = 1.0) -> dict:
-    start = time.perf_counter()
-    compiled = _compile(program.compiled)
-    compile_s = time.perf_counter() - start
-    mem = compiled.memory_analysis()
-    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-            + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes + program.other_resident_bytes)
+            hbm_limit_fraction: float = 1.0, memory: bool = True) -> dict:
+    """One report row; ``memory`` False skips compiling the program itself (its memory fields are None)."""
     hbm = slice_.generation.hbm_bytes
     row = dict(program=program.name, topology=slice_.name, chips=slice_.chips, hosts=slice_.hosts,
-               mesh={k: int(v) for k, v in mesh.shape.items()}, compile_s=round(compile_s, 1),
-               argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
-               alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
-               other_resident_bytes=int(program.other_resident_bytes), peak_bytes=int(peak),
-               hbm_bytes_per_chip=int(hbm), fits=bool(peak <= hbm_limit_fraction * hbm), flops_per_chip=None, cost_model_s=None,
+               mesh={k: int(v) for k, v in mesh.shape.items()}, compile_s=None, argument_bytes=None,
+               output_bytes=None, alias_bytes=None, temp_bytes=None,
+               other_resident_bytes=int(program.other_resident_bytes), peak_bytes=None, hbm_bytes_per_chip=int(hbm),
+               fits=None)
+    if memory:
+        start = time.perf_counter()
+        compiled = _compile(program.compiled)
+        mem = compiled.memory_analysis()
+        peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+                + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes + program.other_resident_bytes)
+        row.update(compile_s=round(time.perf_counter() - start, 1), argument_bytes=int(mem.argument_size_in_bytes),
+                   output_bytes=int(mem.output_size_in_bytes), alias_bytes=int(mem.alias_size_in_bytes),
+                   temp_bytes=int(mem.temp_size_in_bytes), peak_bytes=int(peak),
+                   fits=bool(peak <= hbm_limit_fraction * hbm))
+    row.update(flops_per_chip=None, cost_model_s=None,
                tokens_per_s_per_chip=None, mfu=None, tokens=program.tokens, useful_tokens=program.useful_tokens,
                useful_tokens_per_s_per_chip=None, useful_mfu=None,
                padding_fraction=None if program.useful_tokens is None else 1.0 - program.useful_tokens / program.tokens,
@@ -231,7 +237,7 @@ def recipe_model_config(recipe, platform: str = "tpu") -> model_config.ModelConf
 
 
 def table(rows: list[dict]) -> str:
-    gib = lambda b: f"{b / tpu_topology.GIB:.1f}"
+    gib = lambda b: "-" if b is None else f"{b / tpu_topology.GIB:.1f}"
     lines = [f"{'program':<14}{'slice':<8}{'mesh':<18}{'compile s':>10}{'args':>8}{'temp':>8}{'peak GiB':>10}"
              f"{'of HBM':>8}{'fits':>6}{'cost s':>10}{'tok/s/chip':>12}{'MFU':>7}{'useful tok/s':>14}"
              f"{'useful MFU':>11}"]
@@ -242,9 +248,11 @@ def table(rows: list[dict]) -> str:
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         useful_rate = "-" if r["useful_tokens_per_s_per_chip"] is None else f"{r['useful_tokens_per_s_per_chip']:,.0f}"
         useful_mfu = "-" if r["useful_mfu"] is None else f"{100 * r['useful_mfu']:.1f}%"
-        lines.append(f"{r['program']:<14}{r['topology']:<8}{mesh:<18}{r['compile_s']:>10.1f}"
+        compile_s = "-" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+        fits = {True: "yes", False: "NO", None: "-"}[r["fits"]]
+        lines.append(f"{r['program']:<14}{r['topology']:<8}{mesh:<18}{compile_s:>10}"
                      f"{gib(r['argument_bytes']):>8}{gib(r['temp_bytes']):>8}{gib(r['peak_bytes']):>10}"
-                     f"{gib(r['hbm_bytes_per_chip']):>8}{'yes' if r['fits'] else 'NO':>6}{cost:>10}{rate:>12}"
+                     f"{gib(r['hbm_bytes_per_chip']):>8}{fits:>6}{cost:>10}{rate:>12}"
                      f"{mfu:>7}{useful_rate:>14}{useful_mfu:>11}")
     return "\n".join(lines + [NOTE, USEFUL_NOTE])
 
@@ -299,14 +307,15 @@ def run(config) -> dict:
             raise ValueError(f"config.programs: {sorted(unknown)} not among this recipe's programs "
                              f"{[p.name for p in programs]}")
         programs = [p for p in programs if not wanted or p.name in wanted]
-        rows = [measure(p, slice_, mesh, cfg, config.cost_estimate, config.hbm_limit_fraction) for p in programs]
+        rows = [measure(p, slice_, mesh, cfg, config.cost_estimate, config.hbm_limit_fraction, config.memory)
+                for p in programs]
     report = table(rows)
     print(report)
     if config.output:
         atomic.write_text(config.output, json.dumps({"programs": rows}, indent=1) + "\n")
-    if not all(r["fits"] for r in rows):
+    if any(r["fits"] is False for r in rows):
         too_big = ", ".join(f"{r['program']} ({r['peak_bytes'] / tpu_topology.GIB:.1f} GiB)" for r in rows
-                            if not r["fits"])
+                            if r["fits"] is False)
         limit = config.hbm_limit_fraction * slice_.generation.hbm_bytes / tpu_topology.GIB
         print(f"does not fit {slice_.name} (limit {limit:.1f} GiB per chip): {too_big}", file=sys.stderr)
         raise SystemExit(1)
