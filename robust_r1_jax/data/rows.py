@@ -22,6 +22,15 @@ turn (``processor.chat_completion``); RL stops after ``<|im_start|>assistant\\n`
     example_index   int64   [B]        index into the source; -1 on padding rows
     truncated_tokens int32  [B]        tokens cut off the end of the row to fit S (0 almost always)
 
+**Packed SFT batch** (``PipelineConfig.packing``; ``data/packing.py`` places the examples): as above, plus::
+
+    segment_ids     int32   [B, S]     0 on padding, k on the tokens of the row's k-th example
+    num_examples    int32   [B]        examples in the row
+    pixel_values    float32 [B, I, P / I, D]  image-major: image i of the row in slot i, zero padded
+    example_index   int64   [B]        the row's first example; -1 on an empty row
+
+with positions restarting at 0 for every example and each image resized to fit P / I patches.
+
 **RL batch** (S = ``seq_len`` is the prompt length; A = ``reference_answer_bytes``, R = ``reference_names``,
 L = ``reference_name_bytes``)::
 
