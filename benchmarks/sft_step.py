@@ -219,7 +219,7 @@ def _profile_run(args, cfg, mesh, parts, state, tx, n_trained: int, n_vision: in
         real = int(np.sum(batch["attention_mask"]))
         result[name] = dict(step_s=med, step_s_all=times, examples=int(metrics["examples"]), real_tokens=real,
                             row_slots=int(batch["input_ids"].size), padding_fraction=1 - real / batch["input_ids"].size,
-                            patch_bucket=int(batch["pixel_values"].shape[1]), real_tokens_per_s=real / med,
+                            patch_bucket=int(np.prod(batch["pixel_values"].shape[1:-1])), real_tokens_per_s=real / med,
                             slot_tokens_per_s=batch["input_ids"].size / med, loss=float(metrics["loss"]))
     result["packed_vs_padded"] = result["packed"]["real_tokens_per_s"] / result["padded"]["real_tokens_per_s"]
     result["settings"] = {k: v for k, v in vars(args).items() if k != "out"}
