@@ -34,7 +34,8 @@ def default_config() -> ml_collections.ConfigDict:
         packing=False,                          # examples packed first-fit into rows (data/packing.py)
         # the workload's token lengths, for aot's useful-token figures and benchmarks (data/packing.py;
         # default SPEC §8's Robust-R1 rows)
-        length_profile=packing.robust_r1_profile()))
+        length_profile=packing.robust_r1_profile(),
+        prompt_style="project"))  # "upstream": the source's human turn verbatim + suffix (data/rows.py)
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.optim = ml_collections.ConfigDict(dict(
         learning_rate=1e-5, warmup_steps=0, total_steps=0,  # total_steps 0: train.steps
