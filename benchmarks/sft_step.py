@@ -18,6 +18,9 @@ padded rows (one example per row) and as packed rows (first-fit, ``--image-slots
 shape, one run; ``packed_vs_padded`` is the ratio of real tokens/s:
 
     python benchmarks/sft_step.py --preset tiny --bsz 4 --seqlen 2048 --length-profile robust_r1
+    python benchmarks/sft_step.py --preset demo --bsz 2 --seqlen 2048 --packed-seqlen 4096 --length-profile robust_r1
+
+(the second: today's 2048-token rows against the 3B recipe's packed 4096-token rows, same slots per step)
 """
 from __future__ import annotations
 
@@ -63,10 +66,14 @@ def synthetic_batch(cfg, batch: int, seqlen: int, side: int, seed: int = 0) -> d
                 image_grid_thw=grids, position_ids=np.moveaxis(np.asarray(pos), 0, 1).astype(np.int32)), n_img
 
 
-def profile_batches(cfg, profile: dict, rows: int, seqlen: int, image_slots: int, seed: int = 0) -> dict:
+def profile_batches(cfg, profile: dict, rows: int, seqlen: int, image_slots: int, seed: int = 0,
+                    packed_seqlen: int = 0) -> dict:
     """{"padded": batch, "packed": batch} of the same stream of examples drawn from ``profile``: padded takes the
-    first ``rows`` examples one per row, packed fills ``rows`` rows first-fit from the stream's start."""
+    first ``rows`` examples one per row, packed fills rows of ``packed_seqlen`` (default ``seqlen``) first-fit
+    from the stream's start, as many as hold ``rows x seqlen`` token slots."""
     sizes = packing.sample_sizes(profile, 64 * rows, merge_unit=cfg.vision.merge_unit, seed=seed)
+    packed_seqlen = packed_seqlen or seqlen
+    packed_rows = rows * seqlen // packed_seqlen
     rng = np.random.default_rng(seed)
 
     def example(size) -> SFTExample:
@@ -85,12 +92,12 @@ def profile_batches(cfg, profile: dict, rows: int, seqlen: int, image_slots: int
         pixels = rng.normal(size=(size.patches, cfg.vision.patch_dim)).astype(np.float32)
         return SFTExample(ids, loss, pixels, grid, pos[:, 0], 0)
 
-    budget = packing.RowBudget(seqlen, image_slots * sizes[0].patches, image_slots)
+    budget = packing.RowBudget(packed_seqlen, image_slots * sizes[0].patches, image_slots)
     stream = [budget.clip(s) for s in sizes]
     built: dict[int, SFTExample] = {}
 
-    def rows_of(groups, bucket: int, slots: int) -> dict:
-        rows_ = [pack_examples([built.setdefault(i, example(stream[i])) for i in group], seq_len=seqlen,
+    def rows_of(groups, bucket: int, slots: int, seq_len: int) -> dict:
+        rows_ = [pack_examples([built.setdefault(i, example(stream[i])) for i in group], seq_len=seq_len,
                                patch_bucket=bucket, image_slots=slots, patch_dim=cfg.vision.patch_dim,
                                pad_id=cfg.bos_token_id, image_major=slots > 1) for group in groups]
         batch = {k: np.stack([r[k] for r in rows_]) for k in rows_[0]}
@@ -98,10 +105,10 @@ def profile_batches(cfg, profile: dict, rows: int, seqlen: int, image_slots: int
             del batch[key]
         return batch
 
-    padded = rows_of([[i] for i in range(rows)], sizes[0].patches, 1)
+    padded = rows_of([[i] for i in range(rows)], sizes[0].patches, 1, seqlen)
     del padded["segment_ids"]   # the unpacked layout
-    packed = rows_of(next(packing.first_fit(iter(enumerate(stream)), rows, budget)), budget.patch_bucket,
-                     image_slots)
+    packed = rows_of(next(packing.first_fit(iter(enumerate(stream)), packed_rows, budget)), budget.patch_bucket,
+                     image_slots, packed_seqlen)
     return {"padded": padded, "packed": packed}
 
 
@@ -133,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--length-profile", default="", choices=["", "robust_r1"],
                    help="real tokens/s of padded vs packed rows at this length profile (data/packing.py)")
     p.add_argument("--image-slots", type=int, default=5, help="images per packed row (--length-profile)")
+    p.add_argument("--packed-seqlen", type=int, default=0,
+                   help="packed rows' length (--length-profile; default --seqlen), same token slots per step")
     args = p.parse_args(argv)
 
     on_cpu = jax.default_backend() == "cpu"
@@ -206,7 +215,8 @@ def _timed_steps(step, state, device_batch, warmup: int, steps: int):
 def _profile_run(args, cfg, mesh, parts, state, tx, n_trained: int, n_vision: int) -> None:
     """Padded and packed rows of the same examples, one after the other on the same state: real tokens/s."""
     profile = packing.robust_r1_profile()
-    batches = profile_batches(cfg, profile, args.bsz, args.seqlen, args.image_slots)
+    batches = profile_batches(cfg, profile, args.bsz, args.seqlen, args.image_slots,
+                              packed_seqlen=args.packed_seqlen)
     result = dict(what="jax_sft_step_length_profile", preset=args.preset, device=jax.devices()[0].device_kind,
                   devices=jax.device_count(), dtype=str(cfg.dtype), remat=args.remat, attention=args.attention,
                   bsz=args.bsz, seqlen=args.seqlen, length_profile=args.length_profile, profile=profile,
