@@ -11,6 +11,16 @@ and writes it atomically to ``--out`` (``auto``: benchmarks/results/<date>-<devi
 weights and batch in this process; ``--peer-json`` reads hf_baseline.py's ``hf_sft_step`` line instead.
 ``--ceilings`` measures the bf16 matmul ceiling through JAX; ``mfu`` is then 6·N·tokens / step time over it
 (``mfu_datasheet`` uses the datasheet peak). ``ratio`` = ours / peer tokens/s.
+
+``--length-profile robust_r1`` measures real tokens per second at SPEC §8's Robust-R1 rows (data/packing.py)
+instead of full rows: the same examples (random tokens of the profile's lengths, one 448 x 448 image each) as
+padded rows (one example per row) and as packed rows (first-fit, ``--image-slots`` images per row), same batch
+shape, one run; ``packed_vs_padded`` is the ratio of real tokens/s:
+
+    python benchmarks/sft_step.py --preset tiny --bsz 4 --seqlen 2048 --length-profile robust_r1
+    python benchmarks/sft_step.py --preset demo --bsz 2 --seqlen 2048 --packed-seqlen 4096 --length-profile robust_r1
+
+(the second: today's 2048-token rows against the 3B recipe's packed 4096-token rows, same slots per step)
 """
 from __future__ import annotations
 
@@ -30,7 +40,9 @@ from flax import nnx  # noqa: E402
 import common  # noqa: E402
 from robust_r1_jax import parallel  # noqa: E402
 from robust_r1_jax.model import config as model_config  # noqa: E402
-from robust_r1_jax.model.rope_index import mrope_position_ids  # noqa: E402
+from robust_r1_jax.data import packing  # noqa: E402
+from robust_r1_jax.data.rows import SFTExample, pack_examples  # noqa: E402
+from robust_r1_jax.model.rope_index import host_mrope_position_ids, mrope_position_ids  # noqa: E402
 from robust_r1_jax.model.vlm import Qwen25VL  # noqa: E402
 from robust_r1_jax.train import metrics as mx  # noqa: E402
 from robust_r1_jax.train import optim, state as train_state, step as sft  # noqa: E402
@@ -52,6 +64,52 @@ def synthetic_batch(cfg, batch: int, seqlen: int, side: int, seed: int = 0) -> d
                                 spatial_merge_size=cfg.vision.spatial_merge_size)
     return dict(input_ids=ids, attention_mask=mask, loss_mask=mask.copy(), pixel_values=pix,
                 image_grid_thw=grids, position_ids=np.moveaxis(np.asarray(pos), 0, 1).astype(np.int32)), n_img
+
+
+def profile_batches(cfg, profile: dict, rows: int, seqlen: int, image_slots: int, seed: int = 0,
+                    packed_seqlen: int = 0) -> dict:
+    """{"padded": batch, "packed": batch} of the same stream of examples drawn from ``profile``: padded takes the
+    first ``rows`` examples one per row, packed fills rows of ``packed_seqlen`` (default ``seqlen``) first-fit
+    from the stream's start, as many as hold ``rows x seqlen`` token slots."""
+    sizes = packing.sample_sizes(profile, 64 * rows, merge_unit=cfg.vision.merge_unit, seed=seed)
+    packed_seqlen = packed_seqlen or seqlen
+    packed_rows = rows * seqlen // packed_seqlen
+    rng = np.random.default_rng(seed)
+
+    def example(size) -> SFTExample:
+        side = int(round((size.patches // max(size.images, 1)) ** 0.5))
+        n_img = size.patches // cfg.vision.merge_unit
+        ids = rng.integers(0, min(cfg.bos_token_id, 150000), size.tokens).astype(np.int32)
+        ids[10], ids[11 + n_img] = cfg.vision_start_token_id, cfg.vision_end_token_id
+        ids[11:11 + n_img] = cfg.image_token_id
+        grid = np.array([[1, side, side]], np.int32)
+        slots = np.zeros((image_slots, 3), np.int32)
+        slots[:1] = grid
+        pos, _ = host_mrope_position_ids(ids[None], slots, np.ones((1, len(ids)), np.int32),
+                                         image_token_id=cfg.image_token_id,
+                                         spatial_merge_size=cfg.vision.spatial_merge_size)
+        loss = (np.arange(size.tokens) >= 12 + n_img).astype(np.int32)
+        pixels = rng.normal(size=(size.patches, cfg.vision.patch_dim)).astype(np.float32)
+        return SFTExample(ids, loss, pixels, grid, pos[:, 0], 0)
+
+    budget = packing.RowBudget(packed_seqlen, image_slots * sizes[0].patches, image_slots)
+    stream = [budget.clip(s) for s in sizes]
+    built: dict[int, SFTExample] = {}
+
+    def rows_of(groups, bucket: int, slots: int, seq_len: int) -> dict:
+        rows_ = [pack_examples([built.setdefault(i, example(stream[i])) for i in group], seq_len=seq_len,
+                               patch_bucket=bucket, image_slots=slots, patch_dim=cfg.vision.patch_dim,
+                               pad_id=cfg.bos_token_id, image_major=slots > 1) for group in groups]
+        batch = {k: np.stack([r[k] for r in rows_]) for k in rows_[0]}
+        for key in ("example_index", "num_examples", "truncated_tokens"):
+            del batch[key]
+        return batch
+
+    padded = rows_of([[i] for i in range(rows)], sizes[0].patches, 1, seqlen)
+    del padded["segment_ids"]   # the unpacked layout
+    packed = rows_of(next(packing.first_fit(iter(enumerate(stream)), packed_rows, budget)), budget.patch_bucket,
+                     image_slots, packed_seqlen)
+    return {"padded": padded, "packed": packed}
 
 
 def peak_memory_gib() -> float:
@@ -79,6 +137,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--peer-json", default=None, help="hf_baseline.py's output: read the peer's figure")
     p.add_argument("--ceilings", action="store_true", help="measure the matmul and copy ceilings via JAX")
     p.add_argument("--out", default=None, help="write the JSON here ('auto': benchmarks/results/)")
+    p.add_argument("--length-profile", default="", choices=["", "robust_r1"],
+                   help="real tokens/s of padded vs packed rows at this length profile (data/packing.py)")
+    p.add_argument("--image-slots", type=int, default=5, help="images per packed row (--length-profile)")
+    p.add_argument("--packed-seqlen", type=int, default=0,
+                   help="packed rows' length (--length-profile; default --seqlen), same token slots per step")
     args = p.parse_args(argv)
 
     on_cpu = jax.default_backend() == "cpu"
@@ -97,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     parts, state = train_state.init_state(model, tx, ("^visual\\.",), mesh)
     n_trained = train_state.count(state.trainable)
     del model
+    if args.length_profile:
+        return _profile_run(args, cfg, mesh, parts, state, tx, n_trained, n_vision)
     batch, n_img = synthetic_batch(cfg, args.bsz, args.seqlen, args.side)
     step = sft.compile_step(parts, tx, optim.schedule(optim.OptimConfig()), sft.StepConfig(1, args.ce_chunk),
                             state, mesh, batch)
@@ -134,6 +199,41 @@ def main(argv: list[str] | None = None) -> None:
     result["peer_peak_gib"] = result["peer"].get("peak_mem_gib") if result["peer"] else None
     result["settings"] = {k: v for k, v in vars(args).items() if k != "out"}
     common.finish(result, common.results_path("sft") if args.out == "auto" else args.out)
+
+
+def _timed_steps(step, state, device_batch, warmup: int, steps: int):
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        state, metrics = step(state, device_batch)
+        jax.block_until_ready(metrics["loss"])
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return state, metrics, times
+
+
+def _profile_run(args, cfg, mesh, parts, state, tx, n_trained: int, n_vision: int) -> None:
+    """Padded and packed rows of the same examples, one after the other on the same state: real tokens/s."""
+    profile = packing.robust_r1_profile()
+    batches = profile_batches(cfg, profile, args.bsz, args.seqlen, args.image_slots,
+                              packed_seqlen=args.packed_seqlen)
+    result = dict(what="jax_sft_step_length_profile", preset=args.preset, device=jax.devices()[0].device_kind,
+                  devices=jax.device_count(), dtype=str(cfg.dtype), remat=args.remat, attention=args.attention,
+                  bsz=args.bsz, seqlen=args.seqlen, length_profile=args.length_profile, profile=profile,
+                  trained_params=n_trained, vision_params=n_vision)
+    for name, batch in batches.items():
+        step = sft.compile_step(parts, tx, optim.schedule(optim.OptimConfig()), sft.StepConfig(1, args.ce_chunk),
+                                state, mesh, batch)
+        state, metrics, times = _timed_steps(step, state, sft.global_batch(mesh, batch), args.warmup, args.steps)
+        med = float(np.median(times))
+        real = int(np.sum(batch["attention_mask"]))
+        result[name] = dict(step_s=med, step_s_all=times, examples=int(metrics["examples"]), real_tokens=real,
+                            row_slots=int(batch["input_ids"].size), padding_fraction=1 - real / batch["input_ids"].size,
+                            patch_bucket=int(np.prod(batch["pixel_values"].shape[1:-1])), real_tokens_per_s=real / med,
+                            slot_tokens_per_s=batch["input_ids"].size / med, loss=float(metrics["loss"]))
+    result["packed_vs_padded"] = result["packed"]["real_tokens_per_s"] / result["padded"]["real_tokens_per_s"]
+    result["settings"] = {k: v for k, v in vars(args).items() if k != "out"}
+    common.finish(result, common.results_path("sft-profile") if args.out == "auto" else args.out)
 
 
 def _materialise(cfg, mesh) -> Qwen25VL:

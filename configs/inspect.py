@@ -3,13 +3,16 @@ and parameter counts (HF directory, orbax model or training checkpoint folder); 
 workdir, data folder or runs/synth/tfds/robust_r1/1.0.0), the split sizes, synth's summary (skipped records,
 ``<TYPE>`` aliases, ``max_images_per_prompt``) and the first ``inspect.num_examples`` (3) stored examples of each
 split: question, options with the stored answer marked, the source's own prompt and its answer label
-(``prompt_style=upstream``), degradations and chain.
+(``prompt_style=upstream``), degradations and chain; with ``inspect.tokenizer`` set, also its token-length
+histograms (prompt, image, chain), the padding at ``inspect.seq_len`` and the examples per step with and without
+packing (``data/stats.py``).
 
 python -m robust_r1_jax.main --config=configs/inspect.py --config.inspect.path=/path/to/checkpoint
 python -m robust_r1_jax.main --config=configs/inspect.py --config.inspect.path=runs/synth
+python -m robust_r1_jax.main --config=configs/inspect.py --config.inspect.path=runs/synth --config.inspect.tokenizer=DIR
 """
-from robust_r1_jax.model.convert import default_inspect_config
+from robust_r1_jax.data.stats import default_config
 
 
 def get_config():
-    return default_inspect_config()
+    return default_config()

@@ -61,6 +61,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.hbm_limit_fraction = 1.0   # "fits" means peak <= this share of the chip's HBM (e.g. 0.85 for headroom)
     c.recipe_overrides = ()      # "dotted.key=value" strings applied to the recipe, e.g. "sampling.max_new_tokens=2048"
     c.completion_profile = (1024, 300)   # GRPO: (longest, median) completion tokens the step summary is priced at
+    c.programs = ()              # names of the programs to compile ("" or () = all), e.g. ("score", "update")
+    c.memory = True              # compile the recipe's own programs for their memory; False: the cost model only
+    c.learner_completion = 0     # GRPO: the step's longest completion, which picks the learner's completion
+                                 # bucket (rl/grpo.py); 0 = the whole sampling horizon
     return c
 
 
@@ -82,6 +86,8 @@ class Program:
     other_resident_bytes: int          # per chip: state alive during the program but not among its arguments
     cost_parts: Callable[[model_config.ModelConfig], list[Compiled]] | None = None
     cost_pieces: Callable[[model_config.ModelConfig], list[Compiled]] | None = None   # parts a summary prices
+    # real (non-padding) tokens among ``tokens`` per run at the recipe's length profile (data/packing.py)
+    useful_tokens: float | None = None
 
 
 # ---- abstract state -------------------------------------------------------------------------------------------
@@ -126,6 +132,10 @@ def replicated(mesh) -> NamedSharding:
 
 
 # ---- measuring ------------------------------------------------------------------------------------------------
+USEFUL_NOTE = ("useful: the real (non-padding) tokens of the recipe's data.length_profile (default SPEC §8's "
+               "Robust-R1 rows), packed as the recipe packs them (data/packing.py)")
+
+
 def _cost(compiled) -> dict:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -166,30 +176,41 @@ def extrapolated_cost(cost_parts, cfg: model_config.ModelConfig) -> dict:
 
 
 def measure(program: Program, slice_: tpu_topology.Slice, mesh, cfg, cost_estimate: bool,
-            hbm_limit_fraction: float = 1.0) -> dict:
-    start = time.perf_counter()
-    compiled = _compile(program.compiled)
-    compile_s = time.perf_counter() - start
-    mem = compiled.memory_analysis()
-    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-            + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes + program.other_resident_bytes)
+            hbm_limit_fraction: float = 1.0, memory: bool = True) -> dict:
+    """One report row; ``memory`` False skips compiling the program itself (its memory fields are None)."""
     hbm = slice_.generation.hbm_bytes
     row = dict(program=program.name, topology=slice_.name, chips=slice_.chips, hosts=slice_.hosts,
-               mesh={k: int(v) for k, v in mesh.shape.items()}, compile_s=round(compile_s, 1),
-               argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
-               alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
-               other_resident_bytes=int(program.other_resident_bytes), peak_bytes=int(peak),
-               hbm_bytes_per_chip=int(hbm), fits=bool(peak <= hbm_limit_fraction * hbm), flops_per_chip=None, cost_model_s=None,
-               tokens_per_s_per_chip=None, mfu=None, note=NOTE)
+               mesh={k: int(v) for k, v in mesh.shape.items()}, compile_s=None, argument_bytes=None,
+               output_bytes=None, alias_bytes=None, temp_bytes=None,
+               other_resident_bytes=int(program.other_resident_bytes), peak_bytes=None, hbm_bytes_per_chip=int(hbm),
+               fits=None)
+    if memory:
+        start = time.perf_counter()
+        compiled = _compile(program.compiled)
+        mem = compiled.memory_analysis()
+        peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+                + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes + program.other_resident_bytes)
+        row.update(compile_s=round(time.perf_counter() - start, 1), argument_bytes=int(mem.argument_size_in_bytes),
+                   output_bytes=int(mem.output_size_in_bytes), alias_bytes=int(mem.alias_size_in_bytes),
+                   temp_bytes=int(mem.temp_size_in_bytes), peak_bytes=int(peak),
+                   fits=bool(peak <= hbm_limit_fraction * hbm))
+    row.update(flops_per_chip=None, cost_model_s=None,
+               tokens_per_s_per_chip=None, mfu=None, tokens=program.tokens, useful_tokens=program.useful_tokens,
+               useful_tokens_per_s_per_chip=None, useful_mfu=None,
+               padding_fraction=None if program.useful_tokens is None else 1.0 - program.useful_tokens / program.tokens,
+               note=NOTE)
     if cost_estimate and program.cost_parts is not None:
         cost = extrapolated_cost(program.cost_parts, cfg)
         if cost["seconds"] > 0 and (cost["flops"] > 0 or not program.model_flops):   # a copy does no math
             row["flops_per_chip"] = cost["flops"]
             seconds = cost["seconds"]
             row["cost_model_s"] = seconds
+            row["tokens_per_s_per_chip"] = program.tokens / seconds / slice_.chips
             if program.model_flops:
-                row["tokens_per_s_per_chip"] = program.tokens / seconds / slice_.chips
                 row["mfu"] = program.model_flops / (slice_.chips * slice_.generation.peak_bf16_flops * seconds)
+            if program.useful_tokens is not None and program.model_flops:   # model FLOPs scale with tokens
+                row["useful_tokens_per_s_per_chip"] = program.useful_tokens / seconds / slice_.chips
+                row["useful_mfu"] = row["mfu"] * program.useful_tokens / program.tokens
         else:
             row["note"] = NOTE + f"; cost model gave {cost['seconds']:.3g} s: no time or MFU reported"
     return row
@@ -219,19 +240,24 @@ def recipe_model_config(recipe, platform: str = "tpu") -> model_config.ModelConf
 
 
 def table(rows: list[dict]) -> str:
-    gib = lambda b: f"{b / tpu_topology.GIB:.1f}"
+    gib = lambda b: "-" if b is None else f"{b / tpu_topology.GIB:.1f}"
     lines = [f"{'program':<14}{'slice':<8}{'mesh':<18}{'compile s':>10}{'args':>8}{'temp':>8}{'peak GiB':>10}"
-             f"{'of HBM':>8}{'fits':>6}{'cost s':>10}{'tok/s/chip':>12}{'MFU':>7}"]
+             f"{'of HBM':>8}{'fits':>6}{'cost s':>10}{'tok/s/chip':>12}{'MFU':>7}{'useful tok/s':>14}"
+             f"{'useful MFU':>11}"]
     for r in rows:
         mesh = "x".join(str(v) for v in r["mesh"].values())
         cost = "-" if r["cost_model_s"] is None else f"{r['cost_model_s']:.4g}"
         rate = "-" if r["tokens_per_s_per_chip"] is None else f"{r['tokens_per_s_per_chip']:,.0f}"
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        lines.append(f"{r['program']:<14}{r['topology']:<8}{mesh:<18}{r['compile_s']:>10.1f}"
+        useful_rate = "-" if r["useful_tokens_per_s_per_chip"] is None else f"{r['useful_tokens_per_s_per_chip']:,.0f}"
+        useful_mfu = "-" if r["useful_mfu"] is None else f"{100 * r['useful_mfu']:.1f}%"
+        compile_s = "-" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+        fits = {True: "yes", False: "NO", None: "-"}[r["fits"]]
+        lines.append(f"{r['program']:<14}{r['topology']:<8}{mesh:<18}{compile_s:>10}"
                      f"{gib(r['argument_bytes']):>8}{gib(r['temp_bytes']):>8}{gib(r['peak_bytes']):>10}"
-                     f"{gib(r['hbm_bytes_per_chip']):>8}{'yes' if r['fits'] else 'NO':>6}{cost:>10}{rate:>12}"
-                     f"{mfu:>7}")
-    return "\n".join(lines + [NOTE])
+                     f"{gib(r['hbm_bytes_per_chip']):>8}{fits:>6}{cost:>10}{rate:>12}"
+                     f"{mfu:>7}{useful_rate:>14}{useful_mfu:>11}")
+    return "\n".join(lines + [NOTE, USEFUL_NOTE])
 
 
 def load_recipe(spec: str) -> ml_collections.ConfigDict:
@@ -277,10 +303,17 @@ def run(config) -> dict:
     # traced with the mesh in context: splash attention's shard_map and the scanned layers' batch-sharded
     # activations find it; only the abstract mesh, so eager work stays on this host
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-        programs = aot_programs.for_recipe(recipe, cfg, mesh)
-        rows = [measure(p, slice_, mesh, cfg, config.cost_estimate, config.hbm_limit_fraction) for p in programs]
+        programs = aot_programs.for_recipe(recipe, cfg, mesh, learner_completion=config.learner_completion)
+        wanted = tuple(p for p in config.programs if p)
+        unknown = set(wanted) - {p.name for p in programs}
+        if unknown:
+            raise ValueError(f"config.programs: {sorted(unknown)} not among this recipe's programs "
+                             f"{[p.name for p in programs]}")
+        programs = [p for p in programs if not wanted or p.name in wanted]
+        rows = [measure(p, slice_, mesh, cfg, config.cost_estimate, config.hbm_limit_fraction, config.memory)
+                for p in programs]
         result = {"programs": rows}
-        if recipe.mode == "rl" and config.cost_estimate:
+        if recipe.mode == "rl" and config.cost_estimate and not wanted:   # the summary prices every program
             longest, median = (int(v) for v in config.completion_profile)
             result["grpo"] = aot_programs.grpo_summary(recipe, cfg, mesh, slice_, programs, rows, longest, median)
     report = table(rows)
@@ -289,9 +322,9 @@ def run(config) -> dict:
         print(grpo_table(result["grpo"]))
     if config.output:
         atomic.write_text(config.output, json.dumps(result, indent=1) + "\n")
-    if not all(r["fits"] for r in rows):
+    if any(r["fits"] is False for r in rows):
         too_big = ", ".join(f"{r['program']} ({r['peak_bytes'] / tpu_topology.GIB:.1f} GiB)" for r in rows
-                            if not r["fits"])
+                            if r["fits"] is False)
         limit = config.hbm_limit_fraction * slice_.generation.hbm_bytes / tpu_topology.GIB
         print(f"does not fit {slice_.name} (limit {limit:.1f} GiB per chip): {too_big}", file=sys.stderr)
         raise SystemExit(1)

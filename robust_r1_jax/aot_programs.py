@@ -10,18 +10,54 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from robust_r1_jax import aot_decode, parallel
+from robust_r1_jax.data import packing
 from robust_r1_jax.aot import Compiled, Program, abstract_state, batch_spec, per_chip_bytes, replicated
 from robust_r1_jax.train import optim, run as train_run, state as train_state, step as sft_step
 
 
-def for_recipe(recipe, cfg, mesh) -> list[Program]:
-    builders = {"sft": sft_programs, "rl": grpo_programs}
-    if recipe.mode not in builders:
-        raise ValueError(f"aot compiles SFT and GRPO recipes; this recipe's mode is {recipe.mode!r}")
-    return builders[recipe.mode](recipe, cfg, mesh)
+def for_recipe(recipe, cfg, mesh, learner_completion: int = 0) -> list[Program]:
+    """``learner_completion``: GRPO's longest completion of the step (0: the horizon), which picks the
+    completion bucket ``score`` and ``update`` compile for."""
+    if recipe.mode == "sft":
+        return sft_programs(recipe, cfg, mesh)
+    if recipe.mode == "rl":
+        return grpo_programs(recipe, cfg, mesh, learner_completion)
+    raise ValueError(f"aot compiles SFT and GRPO recipes; this recipe's mode is {recipe.mode!r}")
+
+
+def length_profile(recipe) -> dict:
+    """The recipe's ``data.length_profile`` (data/packing.py), default SPEC §8's Robust-R1 rows."""
+    profile = recipe.data.get("length_profile")
+    return dict(profile) if profile else packing.robust_r1_profile()
+
+
+PROFILE_SAMPLES = 4096   # example sizes drawn from the profile for the useful-token share
+
+
+def sft_useful_share(recipe, cfg) -> float:
+    """Real tokens per computed row slot of the recipe's SFT batches at its length profile, packed or not."""
+    d = recipe.data
+    sizes = packing.sample_sizes(length_profile(recipe), PROFILE_SAMPLES, merge_unit=cfg.vision.merge_unit)
+    budget = packing.RowBudget(d.seq_len, d.patch_bucket, d.image_slots)
+    stats = packing.packing_stats(sizes, d.global_batch_size, budget, packing=bool(d.get("packing", False)))
+    return 1.0 - stats["padding_fraction"]
+
+
+def grpo_real_lengths(recipe, cfg, completion_bucket: int) -> tuple[float, float]:
+    """Mean real (prompt, completion) tokens of a learner row at the recipe's length profile: the prompt is the
+    SFT row without its chain (capped at the prompt length), the completion the chain (capped at the bucket)."""
+    profile = length_profile(recipe)
+    sizes = packing.sample_sizes(profile, PROFILE_SAMPLES, merge_unit=cfg.vision.merge_unit)
+    chains = packing.sample_sizes({**profile, "template_tokens": (0, 0), "image_tokens": (0, 0),
+                                   "question_tokens": (0, 0), "suffix_tokens": (0, 0)}, PROFILE_SAMPLES)
+    chain = np.array([c.tokens for c in chains], np.float64)
+    prompt = np.array([s.tokens for s in sizes], np.float64) - chain
+    return (float(np.minimum(prompt, recipe.data.seq_len).mean()),
+            float(np.minimum(chain, completion_bucket).mean()))
 
 
 def _optimizer(recipe):
@@ -34,21 +70,28 @@ def _optimizer(recipe):
     return optim.optimizer(ocfg), optim.schedule(ocfg)
 
 
-def _image_shapes(recipe, cfg, rows: int) -> dict:
+def _image_shapes(recipe, cfg, rows: int, packed: bool = False) -> dict:
+    """Patch buckets as the loader lays them out; packed rows image-major (one sub-bucket per slot)."""
     d = recipe.data
-    return {"pixel_values": ((rows, d.patch_bucket, cfg.vision.patch_dim), jnp.float32),
-            "image_grid_thw": ((rows, d.image_slots, 3), jnp.int32)}
+    pixels = ((rows, d.image_slots, d.patch_bucket // d.image_slots, cfg.vision.patch_dim) if packed
+              else (rows, d.patch_bucket, cfg.vision.patch_dim))
+    return {"pixel_values": (pixels, jnp.float32), "image_grid_thw": ((rows, d.image_slots, 3), jnp.int32)}
 
 
 # ---- SFT ------------------------------------------------------------------------------------------------------
 def sft_programs(recipe, cfg, mesh) -> list[Program]:
+    packed = bool(recipe.data.get("packing", False))
+
     def build(model_cfg, loop_free: bool) -> tuple[Compiled, int, int]:
         tx, schedule = _optimizer(recipe)
         parts, state = abstract_state(model_cfg, tx, tuple(recipe.train.freeze), mesh)
         b, s = recipe.data.global_batch_size, recipe.data.seq_len
-        batch = batch_spec(mesh, {"input_ids": ((b, s), jnp.int32), "attention_mask": ((b, s), jnp.int32),
-                                  "loss_mask": ((b, s), jnp.int32), "position_ids": ((b, 3, s), jnp.int32),
-                                  **_image_shapes(recipe, model_cfg, b)})
+        shapes = {"input_ids": ((b, s), jnp.int32), "attention_mask": ((b, s), jnp.int32),
+                  "loss_mask": ((b, s), jnp.int32), "position_ids": ((b, 3, s), jnp.int32),
+                  **_image_shapes(recipe, model_cfg, b, packed=packed)}
+        if packed:
+            shapes["segment_ids"] = ((b, s), jnp.int32)
+        batch = batch_spec(mesh, shapes)
         step_cfg = sft_step.StepConfig(1 if loop_free else recipe.train.grad_accum,
                                        0 if loop_free else recipe.train.ce_chunk)
         state_sh = jax.tree.map(lambda x: x.sharding, state)
@@ -59,11 +102,12 @@ def sft_programs(recipe, cfg, mesh) -> list[Program]:
 
     compiled, n, tokens = build(cfg, loop_free=False)
     return [Program("sft_step", compiled, 6.0 * n * tokens, tokens, 0,
-                    cost_parts=lambda variant: [build(variant, loop_free=True)[0]])]
+                    cost_parts=lambda variant: [build(variant, loop_free=True)[0]],
+                    useful_tokens=tokens * sft_useful_share(recipe, cfg))]
 
 
 # ---- GRPO -----------------------------------------------------------------------------------------------------
-def grpo_programs(recipe, cfg, mesh) -> list[Program]:
+def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Program]:
     from robust_r1_jax.model import generate as smp
     from robust_r1_jax.rl import grpo, rollout_weights
 
@@ -71,6 +115,8 @@ def grpo_programs(recipe, cfg, mesh) -> list[Program]:
     group, horizon = gcfg.num_samples, recipe.sampling.max_new_tokens
     prompts, prompt_len = recipe.data.global_batch_size, recipe.data.seq_len
     rows = prompts * group
+    # the learner's completion columns: the bucket the step's longest completion needs (rl/grpo.py)
+    completion = grpo.bucket_for(learner_completion or horizon, grpo.learner_buckets(recipe)[1], horizon)
 
     def setup(model_cfg):
         tx, schedule = _optimizer(recipe)
@@ -121,9 +167,9 @@ def grpo_programs(recipe, cfg, mesh) -> list[Program]:
 
     def learner_batch(model_cfg):
         shapes = {"prompt_ids": ((rows, prompt_len), jnp.int32), "prompt_mask": ((rows, prompt_len), jnp.int32),
-                  "tokens": ((rows, horizon), jnp.int32), "mask": ((rows, horizon), jnp.int32),
+                  "tokens": ((rows, completion), jnp.int32), "mask": ((rows, completion), jnp.int32),
                   "row_weight": ((rows,), jnp.float32), **_image_shapes(recipe, model_cfg, prompts)}
-        logp = {"old": ((rows, horizon), jnp.float32), "ref": ((rows, horizon), jnp.float32),
+        logp = {"old": ((rows, completion), jnp.float32), "ref": ((rows, completion), jnp.float32),
                 "advantages": ((rows,), jnp.float32)}
         return batch_spec(mesh, shapes), batch_spec(mesh, logp)
 
@@ -149,7 +195,9 @@ def grpo_programs(recipe, cfg, mesh) -> list[Program]:
     _, _, state = setup(cfg)
     n = train_state.count(state.trainable)
     policy_only = per_chip_bytes(state.opt_state) + per_chip_bytes(state.trainable)   # optimizer + reference copy
-    learner_tokens = rows * (prompt_len + horizon)
+    learner_tokens = rows * (prompt_len + completion)
+    real_prompt, real_completion = grpo_real_lengths(recipe, cfg, completion)
+    useful = rows * (real_prompt + real_completion)
     # with a copy, the rollout's weights are the copy and the whole training state stays resident beside it
     beside_rollout = policy_only + (per_chip_bytes(state.trainable) + per_chip_bytes(state.frozen)
                                     if layout == "replicated" else 0)
@@ -158,12 +206,15 @@ def grpo_programs(recipe, cfg, mesh) -> list[Program]:
     return copy + [
         # the rollout's time is put together by grpo_summary: prefill + decode steps by length bucket
         Program("rollout", rollout(cfg), 2.0 * n * rows * horizon + 2.0 * n * prompts * prompt_len, rows * horizon,
-                beside_rollout, cost_parts=None, cost_pieces=prefill_part),
+                beside_rollout, cost_parts=None, cost_pieces=prefill_part,
+                useful_tokens=rows * grpo_real_lengths(recipe, cfg, horizon)[1]),
         Program("score", score(cfg), 2 * 2.0 * n * learner_tokens, learner_tokens,
-                per_chip_bytes(state.opt_state), cost_parts=lambda v: [score(v, loop_free=True)]),
+                per_chip_bytes(state.opt_state), cost_parts=lambda v: [score(v, loop_free=True)],
+                useful_tokens=useful),
         Program("update", update(cfg), gcfg.inner_iterations * 6.0 * n * learner_tokens,
                 gcfg.inner_iterations * learner_tokens, per_chip_bytes(state.trainable),
-                cost_parts=lambda v: [dataclasses.replace(update(v, loop_free=True), weight=gcfg.inner_iterations)]),
+                cost_parts=lambda v: [dataclasses.replace(update(v, loop_free=True), weight=gcfg.inner_iterations)],
+                useful_tokens=gcfg.inner_iterations * useful),
     ]
 
 

@@ -85,6 +85,25 @@ def test_sft_step_compiles_for_v5p_with_memory_and_cost(tmp_path):
     assert row["cost_model_s"] > 0 and row["flops_per_chip"] > 0 and 0 < row["mfu"] < 1
     assert row["tokens_per_s_per_chip"] == pytest.approx(8 * 64 / row["cost_model_s"] / 4)
     assert "sft_step" in proc.stdout and "MFU" in proc.stdout
+    # SPEC §8's rows (644-974 tokens) cut to 64: every slot holds a real token
+    assert row["padding_fraction"] == 0 and row["useful_mfu"] == pytest.approx(row["mfu"])
+    assert "useful MFU" in proc.stdout
+
+
+def test_useful_share_of_sft_rows_at_the_robust_r1_profile():
+    """Unpacked 2048-token rows of SPEC §8's profile are ~60% padding; packed 4096-token rows ~6%."""
+    from robust_r1_jax import aot_programs
+    from robust_r1_jax.model import config as model_config
+    from robust_r1_jax.train import sft
+    recipe, cfg = sft.default_config(), model_config.tiny()
+    recipe.data.global_batch_size, recipe.data.seq_len, recipe.data.patch_bucket = 16, 2048, 1024
+    assert 0.38 < aot_programs.sft_useful_share(recipe, cfg) < 0.41
+    recipe.data.packing, recipe.data.global_batch_size, recipe.data.seq_len = True, 8, 4096
+    recipe.data.patch_bucket, recipe.data.image_slots = 5 * 1024, 5
+    assert 0.93 < aot_programs.sft_useful_share(recipe, cfg) < 0.95
+    recipe.data.length_profile = dict(template_tokens=(10, 10), image_tokens=(0, 0), images=0,
+                                      question_tokens=(10, 10), suffix_tokens=(0, 0), chain_tokens=(20, 20))
+    assert aot_programs.sft_useful_share(recipe, cfg) == pytest.approx(40 * 102 / 4096, rel=0.01)
 
 
 def test_grpo_programs_compile_for_v5p_and_a_program_that_does_not_fit_fails(tmp_path):
@@ -115,6 +134,23 @@ def test_grpo_programs_compile_for_v5p_and_a_program_that_does_not_fit_fails(tmp
     # token lookup's bounds mask was gathered across chips through a TPU custom call the model cannot cost)
     assert rows["rollout"]["mfu"] > 0 and rows["rollout"]["cost_model_s"] > 0
     assert rows["update"]["mfu"] > 0 and rows["score"]["cost_model_s"] > 0
+
+
+def test_grpo_learner_compiles_at_the_completion_bucket_of_the_step(tmp_path):
+    """A step whose longest completion is 3 tokens: score and update compile for the 4-token bucket (prompt 48 +
+    4 columns per row instead of 48 + 16), and only the programs asked for are compiled."""
+    RECIPES["grpo_buckets"] = RECIPES["grpo"].replace("return c", "c.learner.completion_buckets = (4, 8)\n" + 12 * " " + "return c")
+    proc, out = _aot(tmp_path, "grpo_buckets", "--config.learner_completion=3", "--config.programs=('score', 'update')",
+                     "--config.cost_estimate=False")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = {r["program"]: r for r in json.loads(out.read_text())["programs"]}
+    assert set(rows) == {"score", "update"}
+    # the learner's tokens: 4 prompts x 2 samples x (48 + 4); the real ones from the profile (prompt capped at 48,
+    # chain at 4): no padding left
+    assert rows["score"]["tokens"] == rows["update"]["tokens"] == 8 * 52
+    assert rows["score"]["padding_fraction"] == pytest.approx(0.0)
+    for row in rows.values():
+        _check_common(row)
 
 
 SPLASH_CHECK = """

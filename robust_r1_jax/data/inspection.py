@@ -1,7 +1,8 @@
 """The ``inspect`` mode (``configs/inspect.py``): a dataset folder synth wrote, or a model.
 
 A dataset (``data.tfds_builder.describe_dataset``; the path may be synth's workdir, its data folder or the
-versioned dataset folder) prints its splits, synth's summary and the first stored examples;
+versioned dataset folder) prints its splits, synth's summary and the first stored examples, and with ``inspect.tokenizer`` the token-length
+histograms, padding and packing figures of ``data.stats``;
 anything else goes to ``model.convert.run_inspect``. tensorflow-datasets is imported only for a dataset, so a
 model-only install still inspects models.
 """
@@ -39,6 +40,12 @@ def run_inspect(config) -> None:
             print(tfds_builder.describe_dataset(dataset, int(config.inspect.num_examples)))
         except (FileNotFoundError, ValueError) as error:  # several datasets below the path: it names them
             raise records.MissingInput(f"inspect.path: {error}") from error
+        if config.inspect.get("tokenizer"):
+            from robust_r1_jax.data import stats
+            stats.run_inspect(config)
+        else:
+            print("token lengths, padding and packing: add --config.inspect.tokenizer=DIR (the tokenizer or model "
+                  "folder the rows are tokenised with)")
         return
     if path and "://" not in path and not os.path.exists(path):
         raise records.MissingInput(f"inspect.path {path} does not exist")

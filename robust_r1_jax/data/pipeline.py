@@ -28,22 +28,36 @@ takes rows ``[h * batch_size, (h + 1) * batch_size)`` of each global batch -- th
 so the result does not depend on ``worker_count``, and a saved state is just the next batch index (plus the
 settings it is only valid for). With ``drop_remainder=False`` the last global batch is filled up with repeats
 of real examples marked ``example_index == -1``, so every batch keeps its shape.
+
+**Packing** (``PipelineConfig.packing``, SFT only): the same stream of examples, placed first-fit into the
+rows of each global batch (``data/packing.py``); host ``h`` takes rows ``[h * batch_size, (h + 1) *
+batch_size)`` of each packed global batch. The plan needs each example's size, measured once when the loader
+is made (threads: ``read_threads``); it keeps every batch a pure function of its index, so resuming and worker
+counts behave as unpacked. A packed row adds ``segment_ids`` int32 [S] (0 padding, k on the row's k-th
+example) and ``num_examples`` int32 to the SFT row; ``example_index`` is the row's first example (-1 when the
+row is empty), positions restart at 0 for every example, and the row's images fill its patch bucket and grid
+slots in order. An example refused while measuring is logged and left out.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
+import logging
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grain
 import numpy as np
 
-from robust_r1_jax.data import worker_exit
-from robust_r1_jax.data.rows import PipelineConfig, RLRow, SFTRow
+from robust_r1_jax.data import packing, worker_exit
+from robust_r1_jax.data.rows import PADDING_INDEX, ROW_PROBLEMS, PipelineConfig, RLRow, SFTRow
 from robust_r1_jax.model.processor import Processor
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["PipelineConfig", "StreamOrder", "BatchIterator", "make_sft_loader", "make_rl_loader"]
 
@@ -110,8 +124,10 @@ class BatchIterator:
     """
 
     def __init__(self, batches: grain.MapDataset, order: StreamOrder, config: PipelineConfig, kind: str,
-                 process_index: int, process_count: int):
+                 process_index: int, process_count: int, num_batches: int | None = None):
+        """``num_batches``: the packed plan's count (default: the unpacked order's)."""
         self._batches, self._order, self._config, self._kind = batches, order, config, kind
+        self._num_batches = order.num_batches if num_batches is None else num_batches
         self._host = {"batch_size": config.batch_size, "process_index": process_index,
                       "process_count": process_count}
         self._next_batch = 0
@@ -119,7 +135,7 @@ class BatchIterator:
 
     @property
     def num_batches(self) -> int | None:
-        return self._order.num_batches
+        return self._num_batches
 
     @property
     def order(self) -> StreamOrder:
@@ -127,9 +143,13 @@ class BatchIterator:
 
     def _settings(self) -> dict:
         order = self._order
-        return {"format": STATE_FORMAT, "kind": self._kind, "dataset_size": order.dataset_size, **self._host,
-                "seed": order.seed, "shuffle": order.shuffle, "num_epochs": order.num_epochs,
-                "drop_remainder": order.drop_remainder}
+        settings = {"format": STATE_FORMAT, "kind": self._kind, "dataset_size": order.dataset_size, **self._host,
+                    "seed": order.seed, "shuffle": order.shuffle, "num_epochs": order.num_epochs,
+                    "drop_remainder": order.drop_remainder}
+        if self._config.packing:   # unpacked states keep their old keys
+            settings.update(packing=True, seq_len=self._config.seq_len, patch_bucket=self._config.patch_bucket,
+                            image_slots=self._config.image_slots)
+        return settings
 
     def get_state(self) -> dict:
         return {**self._settings(), "next_batch": self._next_batch}
@@ -144,6 +164,8 @@ class BatchIterator:
                        == self._order.global_batch)
         differs = {k: (state.get(k), v) for k, v in expected.items()
                    if state.get(k) != v and not (same_global and k in self._host)}
+        if bool(state.get("packing", False)) != bool(self._config.packing):   # packed batches are other batches
+            differs["packing"] = (bool(state.get("packing", False)), bool(self._config.packing))
         if differs:
             detail = ", ".join(f"{k}: saved {s!r}, now {n!r}" for k, (s, n) in differs.items())
             raise ValueError(f"the saved pipeline state belongs to a different loader ({detail})")
@@ -224,6 +246,8 @@ def _make_loader(row_type, kind: str, source: Sequence, processor: Processor, co
     order = StreamOrder(dataset_size=len(source), global_batch=config.batch_size * process_count,
                         seed=config.seed, shuffle=config.shuffle, num_epochs=config.num_epochs,
                         drop_remainder=config.drop_remainder)
+    if config.packing and kind == "sft":
+        return _packed_loader(source, processor, config, order, process_index, process_count)
     num_batches = order.num_batches
     if num_batches == 0:
         raise ValueError(f"{order.dataset_size} examples x {order.num_epochs} epochs do not fill one global "
@@ -235,6 +259,66 @@ def _make_loader(row_type, kind: str, source: Sequence, processor: Processor, co
     batches = rows.map(row_type(source, processor, config)).batch(config.batch_size)
     host_batches = batches[process_index::process_count]
     return BatchIterator(host_batches, order, config, kind, process_index, process_count)
+
+
+# ---- packed SFT ------------------------------------------------------------------------------------------------
+
+def measure_sizes(builder: SFTRow, count: int, threads: int) -> list:
+    """Every source example's ``ExampleSize`` (None where it cannot become a row), on ``threads`` threads."""
+    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+        return list(pool.map(builder.measure, range(count)))
+
+
+class PackedBatch:
+    """Global batch index -> this host's packed rows, stacked batch-first (see the module docstring)."""
+
+    def __init__(self, plan: packing.PackingPlan, builder: SFTRow, order: StreamOrder, process_index: int,
+                 batch_size: int):
+        self.plan, self.builder, self.order = plan, builder, order
+        self.rows = slice(process_index * batch_size, (process_index + 1) * batch_size)
+
+    def __call__(self, index: int) -> dict:
+        rows = [self.row(positions) for positions in self.plan.batch(index)[self.rows]]
+        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+    def row(self, positions: list[int]) -> dict:
+        examples, first = [], PADDING_INDEX
+        for position in positions:
+            index, _ = self.order(position)
+            try:
+                examples.append(self.builder.example(index))
+            except ROW_PROBLEMS as error:   # measured fine earlier: a file that went bad since
+                logger.warning("skipping a bad example: %s; packing leaves it out",
+                               self.builder._problem(index, error))  # pylint: disable=protected-access
+                continue
+            first = index if first == PADDING_INDEX else first
+        row = self.builder.pack(examples)
+        row["example_index"] = np.int64(first)
+        return row
+
+
+def _packed_loader(source: Sequence, processor: Processor, config: PipelineConfig, order: StreamOrder,
+                   process_index: int, process_count: int) -> BatchIterator:
+    per_image, merge = divmod(config.patch_bucket, config.image_slots), processor.image_processor.merge_size ** 2
+    if per_image[1] or per_image[0] % merge:
+        raise ValueError(f"packed rows give each of image_slots={config.image_slots} images patch_bucket / image_slots "
+                         f"patches: patch_bucket={config.patch_bucket} must be a multiple of image_slots x "
+                         f"{merge} (merge_size**2)")
+    builder = SFTRow(source, processor, config)
+    start = time.perf_counter()
+    sizes = measure_sizes(builder, len(source), config.read_threads)
+    budget = packing.RowBudget(config.seq_len, config.patch_bucket, config.image_slots)
+    plan = packing.PackingPlan(order, order.stream_length, sizes, order.global_batch, budget)
+    num_batches = plan.num_batches
+    measured = [s for s in sizes if s is not None]
+    logger.info("packing: %d of %d examples measured in %.1f s (mean %.0f tokens); %s global batches of %d "
+                "rows", len(measured), len(sizes), time.perf_counter() - start,
+                np.mean([budget.clip(s).tokens for s in measured]), num_batches or "endless",
+                order.global_batch)
+    length = num_batches if num_batches is not None else sys.maxsize // order.global_batch
+    batches = grain.MapDataset.range(length).map(
+        PackedBatch(plan, builder, order, process_index, config.batch_size))
+    return BatchIterator(batches, order, config, "sft", process_index, process_count, num_batches)
 
 
 def make_sft_loader(source: Sequence, processor: Processor, config: PipelineConfig, *,

@@ -25,6 +25,15 @@ the source's human turn verbatim plus the suffix (``user_text``) and the chain a
     example_index   int64   [B]        index into the source; -1 on padding rows
     truncated_tokens int32  [B]        tokens cut off the end of the row to fit S (0 almost always)
 
+**Packed SFT batch** (``PipelineConfig.packing``; ``data/packing.py`` places the examples): as above, plus::
+
+    segment_ids     int32   [B, S]     0 on padding, k on the tokens of the row's k-th example
+    num_examples    int32   [B]        examples in the row
+    pixel_values    float32 [B, I, P / I, D]  image-major: image i of the row in slot i, zero padded
+    example_index   int64   [B]        the row's first example; -1 on an empty row
+
+with positions restarting at 0 for every example and each image resized to fit P / I patches.
+
 **RL batch** (S = ``seq_len`` is the prompt length; A = ``reference_answer_bytes``, R = ``reference_names``,
 L = ``reference_name_bytes``)::
 
@@ -104,6 +113,7 @@ class PipelineConfig:
     reference_names: int = 16  # RL: R
     reference_name_bytes: int = 32  # RL: L
     prompt_suffix: str = chains.PROMPT_SUFFIX
+    packing: bool = False  # SFT: examples packed first-fit into rows (data/packing.py)
     prompt_style: str = "project"  # PROMPT_STYLES: how the user turn is written (``user_text``)
 
     def __post_init__(self):
@@ -263,7 +273,9 @@ class _RowBuilder(abc.ABC):
             cache = self._local.processors = {}
         if num_images not in cache:
             base = self.processor.image_processor
-            per_image = (self.config.patch_bucket // num_images) * base.patch_size ** 2
+            # packed rows give every image its own slot of patch_bucket / image_slots patches
+            share = self.config.image_slots if self.config.packing else num_images
+            per_image = (self.config.patch_bucket // share) * base.patch_size ** 2
             max_pixels = min(self.config.max_pixels, per_image)
             tokenizer = pickle.loads(pickle.dumps(self.processor.tokenizer))
             image_processor = ImageProcessor(
@@ -316,10 +328,36 @@ class _RowBuilder(abc.ABC):
         return positions[:, 0]
 
 
+@dataclasses.dataclass(frozen=True)
+class SFTExample:
+    """One example's share of an SFT row, before padding: L = its tokens after truncation to ``seq_len``."""
+
+    input_ids: np.ndarray        # int32 [L]
+    loss_mask: np.ndarray        # int32 [L] (zeros for a padding example)
+    pixel_values: np.ndarray     # float32 [its patches, D]
+    image_grid_thw: np.ndarray   # int32 [its images, 3]
+    position_ids: np.ndarray     # int32 [3, L], starting at 0
+    truncated_tokens: int
+
+    @property
+    def size(self) -> "ExampleSize":
+        return ExampleSize(len(self.input_ids), len(self.pixel_values), len(self.image_grid_thw))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleSize:
+    """What one example takes of a packed row: tokens (after truncation), patches, images."""
+
+    tokens: int
+    patches: int
+    images: int
+
+
 class SFTRow(_RowBuilder):
     """(source index, is padding) -> one SFT row (prompt + chain, right padded)."""
 
-    def build(self, index: int, padding: bool) -> dict:
+    def example(self, index: int, padding: bool = False) -> SFTExample:
+        """Source example ``index`` tokenised, truncated to ``seq_len`` (with a warning) and positioned from 0."""
         example = self.source[index]
         encoded, processor, where = self.encode(example, index, chain_text(example, self.config.prompt_style))
         seq_len = self.config.seq_len
@@ -332,23 +370,90 @@ class SFTRow(_RowBuilder):
         if truncated:
             logger.warning("%s: %d tokens cut to fit seq_len=%d", where, truncated, seq_len)
         length = min(len(ids), seq_len)
-        input_ids = np.full(seq_len, self.pad_id, np.int32)
-        input_ids[:length] = ids[:length]
-        attention_mask = (np.arange(seq_len) < length).astype(np.int32)
-        loss_mask = np.zeros(seq_len, np.int32)
-        if not padding:
-            loss_mask[:length] = loss[:length]
-        pixel_values, grid = self.vision(encoded)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "loss_mask": loss_mask,
-            "pixel_values": pixel_values,
-            "image_grid_thw": grid,
-            "position_ids": self.positions(input_ids, attention_mask, grid, processor, where),
-            "example_index": np.int64(PADDING_INDEX if padding else index),
-            "truncated_tokens": np.int32(truncated),
-        }
+        ids = ids[:length].astype(np.int32)
+        loss = np.zeros(length, np.int32) if padding else loss[:length].astype(np.int32)
+        grid = encoded["image_grid_thw"].astype(np.int32).reshape(-1, 3)
+        grid_slots = np.zeros((self.config.image_slots, 3), np.int32)
+        grid_slots[:len(grid)] = grid
+        positions = self.positions(ids, np.ones(length, np.int32), grid_slots, processor, where)
+        return SFTExample(ids, loss, encoded["pixel_values"], grid, positions, truncated)
+
+    def measure(self, index: int) -> ExampleSize | None:
+        """The example's size in a packed row; None (logged once) when it cannot become a row."""
+        try:
+            return self.example(index).size
+        except ROW_PROBLEMS as error:
+            if index not in self._warned:
+                self._warned.add(index)
+                logger.warning("skipping a bad example: %s; packing leaves it out", self._problem(index, error))
+            return None
+
+    def build(self, index: int, padding: bool) -> dict:
+        row = self.pack([self.example(index, padding)], image_major=False)
+        del row["segment_ids"], row["num_examples"]   # an unpacked row keeps today's layout
+        row["example_index"] = np.int64(PADDING_INDEX if padding else index)
+        return row
+
+    def pack(self, examples: Sequence[SFTExample], image_major: bool = True) -> dict:
+        """``pack_examples`` with this builder's buckets and pad id."""
+        config = self.config
+        return pack_examples(examples, seq_len=config.seq_len, patch_bucket=config.patch_bucket,
+                             image_slots=config.image_slots, patch_dim=self.processor.image_processor.patch_dim,
+                             pad_id=self.pad_id, image_major=image_major)
+
+
+def pack_examples(examples: Sequence[SFTExample], *, seq_len: int, patch_bucket: int, image_slots: int,
+                  patch_dim: int, pad_id: int, image_major: bool = False) -> dict:
+    """Examples placed one after another in one right-padded row: the SFT row of the module docstring plus
+    ``segment_ids`` int32 [S] (0 padding, k on the k-th example's tokens) and ``num_examples`` int32; positions
+    restart at 0 for each example; grids fill the slots in order.
+
+    Patches: one after another in the bucket, ``pixel_values`` float32 [P, D] (the unpacked layout); or with
+    ``image_major`` (packed rows) image i in its own slot of P / I patches, float32 [I, P / I, D], which the
+    vision tower runs image by image (``model/vision.py``). Raises ValueError when the examples do not fit."""
+    input_ids = np.full(seq_len, pad_id, np.int32)
+    segment_ids = np.zeros(seq_len, np.int32)
+    loss_mask = np.zeros(seq_len, np.int32)
+    position_ids = np.zeros((3, seq_len), np.int32)
+    if image_major and patch_bucket % image_slots:
+        raise ValueError(f"patch_bucket={patch_bucket} must be a multiple of image_slots={image_slots} for packed "
+                         f"rows (one sub-bucket per image)")
+    per_image = patch_bucket // image_slots
+    pixel_values = np.zeros((image_slots, per_image, patch_dim) if image_major else (patch_bucket, patch_dim),
+                            np.float32)
+    grid = np.zeros((image_slots, 3), np.int32)
+    column = patch = image = 0
+    for k, ex in enumerate(examples, start=1):
+        size = ex.size
+        if column + size.tokens > seq_len or patch + size.patches > patch_bucket or image + size.images > image_slots:
+            raise ValueError(f"{len(examples)} examples do not fit one row of seq_len={seq_len}, patch_bucket="
+                             f"{patch_bucket}, image_slots={image_slots}")
+        span = slice(column, column + size.tokens)
+        input_ids[span], loss_mask[span], segment_ids[span] = ex.input_ids, ex.loss_mask, k
+        position_ids[:, span] = ex.position_ids
+        if image_major:
+            counts = np.prod(ex.image_grid_thw, axis=-1).astype(int)
+            if np.any(counts > per_image):
+                raise ValueError(f"an image of {counts.max()} patches does not fit a packed row's image slot of "
+                                 f"{per_image} (patch_bucket / image_slots)")
+            for i, (start, count) in enumerate(zip(np.cumsum(counts) - counts, counts)):
+                pixel_values[image + i, :count] = ex.pixel_values[start:start + count]
+        else:
+            pixel_values[patch:patch + size.patches] = ex.pixel_values
+        grid[image:image + size.images] = ex.image_grid_thw
+        column, patch, image = column + size.tokens, patch + size.patches, image + size.images
+    return {
+        "input_ids": input_ids,
+        "attention_mask": (segment_ids > 0).astype(np.int32),
+        "segment_ids": segment_ids,
+        "loss_mask": loss_mask,
+        "pixel_values": pixel_values,
+        "image_grid_thw": grid,
+        "position_ids": position_ids,
+        "example_index": np.int64(PADDING_INDEX),
+        "num_examples": np.int32(len(examples)),
+        "truncated_tokens": np.int32(sum(ex.truncated_tokens for ex in examples)),
+    }
 
 
 class RLRow(_RowBuilder):

@@ -131,10 +131,16 @@ class VisionTower(nnx.Module):
         Flat layout (transformers'): pixel_values [N, patch_dim], grid_thw [I, 3] -> ([N / 4, out], [N / 4]).
         Batched layout (the data pipeline's, shardable over the batch): pixel_values [B, N, patch_dim],
         grid_thw [B, I, 3], each row holding its own images -> ([B, N / 4, out], [B, N / 4]).
+        Image-major layout (packed rows, ``data/packing.py``): pixel_values [B, I, N / I, patch_dim], image i of
+        row b in slot [b, i] -> the batched layout's result, each row's features in image order at its front.
+        The tower then attends within N / I patches per image rather than over the row's whole bucket, so a
+        row of five images costs five images' attention, not a 25-times larger one.
         """
         if pixel_values.ndim == 2:
             features, valid = self(pixel_values[None], grid_thw[None])
             return features[0], valid[0]
+        if pixel_values.ndim == 4:
+            return self._image_major(pixel_values, grid_thw)
         cfg = self.cfg
         n = pixel_values.shape[1]
         if n % cfg.merge_unit:
@@ -152,6 +158,19 @@ class VisionTower(nnx.Module):
         full_attention = np.isin(np.arange(cfg.depth), cfg.fullatt_block_indexes)
         x = stacking.run_layers(self.blocks, step, x, full_attention, stacked=self.scan_layers)
         return self.merger(x), layout["valid"][:, :: cfg.merge_unit]
+
+
+    def _image_major(self, pixel_values: jax.Array, grid_thw: jax.Array) -> tuple[jax.Array, jax.Array]:
+        b, slots, per_image, d = pixel_values.shape
+        if grid_thw.shape[:2] != (b, slots):
+            raise ValueError(f"image-major pixel_values {pixel_values.shape} need image_grid_thw [{b}, {slots}, 3], "
+                             f"got {grid_thw.shape}")
+        features, valid = self(pixel_values.reshape(b * slots, per_image, d), grid_thw.reshape(b * slots, 1, 3))
+        features = features.reshape(b, slots * features.shape[1], features.shape[2])
+        valid = valid.reshape(b, -1)
+        # each row's valid features to its front, in order (a stable sort on the validity)
+        order = jnp.argsort(~valid, axis=1, stable=True)
+        return jnp.take_along_axis(features, order[..., None], axis=1), jnp.take_along_axis(valid, order, axis=1)
 
 
 def _choose(full_attention, full, window):

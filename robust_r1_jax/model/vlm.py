@@ -82,7 +82,10 @@ class Qwen25VL(nnx.Module):
     def hidden_states(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None,
                       position_ids=None, image_features=None, slot_ids=None) -> jax.Array:
         """Final normalised hidden states [B, S, E] (the SFT loss projects them to logits in chunks).
-        ``slot_ids``: see ``embed``; they also decide the M-RoPE positions."""
+
+        ``attention_mask`` int [B, S]: 1 on real tokens, or the segment ids of packed rows (0 padding, k on the
+        row's k-th example; see ``causal_mask``), which need their own ``position_ids`` (restarting per example;
+        ``data/rows.py`` builds them). ``slot_ids``: see ``embed``; they also decide the M-RoPE positions."""
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         x = self.embed(input_ids, pixel_values, image_grid_thw, image_features, slot_ids)
@@ -136,15 +139,18 @@ def _with_self(mask: jax.Array, q_len: int, k_len: int) -> jax.Array:
     return mask | (jnp.arange(k_len)[None, :] == jnp.arange(q_len)[:, None])[None, None]
 
 
-def causal_mask(attention_mask: jax.Array) -> AttentionMask:
-    """Causal, padding keys hidden: dense [B, 1, S, S] and, for splash, segment ids [B, S] (1 real, 0 padding).
+def causal_mask(segment_ids: jax.Array) -> AttentionMask:
+    """Causal attention within a segment: dense [B, 1, S, S] and, for splash, the segment ids [B, S] themselves.
 
-    Real tokens see the same keys in both forms. A padding query sees itself (and, in the dense form, the real
-    keys before it; in the segment form, the padding before it): finite, and never used."""
-    s = attention_mask.shape[1]
-    key_ok = attention_mask.astype(bool)[:, None, None, :]
-    dense = _with_self(key_ok & _causal(s, s)[None, None], s, s)
-    return AttentionMask(dense=dense, segment_ids=attention_mask.astype(jnp.int32), causal=True)
+    ``segment_ids`` int [B, S]: 0 on padding, k >= 1 on the tokens of the row's k-th example. An unpacked
+    row's 0/1 ``attention_mask`` is the one-example case. A real query sees the keys of its own example up to
+    itself, in both forms, so examples packed into one row never attend to each other. A padding query sees
+    itself (and, in the segment form, the padding before it): finite, and never used."""
+    s = segment_ids.shape[1]
+    segment_ids = segment_ids.astype(jnp.int32)
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids > 0)[:, None, :]
+    dense = _with_self(same[:, None] & _causal(s, s)[None, None], s, s)
+    return AttentionMask(dense=dense, segment_ids=segment_ids, causal=True)
 
 
 def scatter_image_features(x: jax.Array, input_ids: jax.Array, features: jax.Array, image_token_id: int):
@@ -177,10 +183,13 @@ def check_image_tokens(config: ModelConfig, input_ids, image_grid_thw, pixel_val
         raise ValueError("pixel_values given without image_grid_thw")
     grid = np.asarray(image_grid_thw)
     n_patches = int(np.prod(grid, axis=-1).sum())
-    per_row = np.prod(grid, axis=-1).sum(axis=-1).max() if grid.ndim == 3 else n_patches
-    if per_row > np.shape(pixel_values)[-2]:
-        raise ValueError(f"image_grid_thw describes {per_row} patches but pixel_values has room for "
-                         f"{np.shape(pixel_values)[-2]}")
+    if np.ndim(pixel_values) == 4:   # image-major: one sub-bucket per image slot
+        per_row, room = np.prod(grid, axis=-1).max(), np.shape(pixel_values)[-2]
+    else:
+        per_row = np.prod(grid, axis=-1).sum(axis=-1).max() if grid.ndim == 3 else n_patches
+        room = np.shape(pixel_values)[-2]
+    if per_row > room:
+        raise ValueError(f"image_grid_thw describes {per_row} patches but pixel_values has room for {room}")
     n_features = n_patches // config.vision.merge_unit
     if n_tokens != n_features:
         raise ValueError(f"image features and image tokens do not match: input_ids hold {n_tokens} "

@@ -11,6 +11,7 @@ pure functions of ``rl.grpo_variants``.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 
@@ -261,6 +262,50 @@ def length_intensity_correlation(lengths: np.ndarray, intensity: np.ndarray) -> 
     return float(np.corrcoef(lengths, intensity)[0, 1])
 
 
+# ---- the learner's shapes: prompt and completion buckets ------------------------------------------------------
+# ``score`` and ``update`` run on the columns a step needs: the prompt bucket its longest prompt needs and the
+# completion bucket its longest completion needs, from short fixed lists (at most one compile each), instead of
+# the pipeline's prompt length plus the whole sampling horizon. Padding columns are masked out of every sum, so
+# the results are those of the full-width programs (tests/rl/test_learner_buckets.py).
+LEARNER_BUCKETS = (128, 256, 512, 1024, 2048)
+# traces of the learner's programs by (program, prompt bucket, completion bucket): one per compile
+LEARNER_TRACES: collections.Counter = collections.Counter()
+
+
+def bucket_for(length: int, buckets, limit: int) -> int:
+    """The smallest of ``buckets`` below ``limit``, and ``limit`` itself, that holds ``length`` tokens.
+
+    Raises ValueError when ``length`` exceeds ``limit`` (the rollout cannot produce that)."""
+    if length > limit:
+        raise ValueError(f"{length} tokens do not fit the learner's limit of {limit}")
+    return min(b for b in {int(b) for b in buckets if 0 < b < limit} | {int(limit)} if b >= length)
+
+
+def learner_view(batch: dict, prompt_bucket: int, completion_bucket: int) -> dict:
+    """The learner batch cut to its buckets: the last ``prompt_bucket`` prompt columns (prompts are left padded)
+    and the first ``completion_bucket`` completion columns (completions are right padded)."""
+    out = dict(batch)
+    for key in ("prompt_ids", "prompt_mask"):
+        out[key] = batch[key][:, batch[key].shape[1] - prompt_bucket:]
+    for key in ("tokens", "mask"):
+        out[key] = batch[key][:, :completion_bucket]
+    return out
+
+
+@jax.jit
+def _learner_lengths(prompt_mask, mask):
+    """(longest prompt, longest completion, real tokens) of the learner rows, as one small program."""
+    prompts, completions = jnp.sum(prompt_mask, axis=1), jnp.sum(mask, axis=1)
+    return jnp.max(prompts), jnp.max(completions), jnp.sum(prompts) + jnp.sum(completions)
+
+
+def learner_buckets(config) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(prompt buckets, completion buckets) of a GRPO config (``config.learner``; default ``LEARNER_BUCKETS``)."""
+    learner = config.get("learner") or {}
+    return (tuple(learner.get("prompt_buckets", LEARNER_BUCKETS)),
+            tuple(learner.get("completion_buckets", LEARNER_BUCKETS)))
+
+
 # ---- config and the loop --------------------------------------------------------------------------------------
 def default_config() -> ml_collections.ConfigDict:
     c = sft.default_config()
@@ -281,6 +326,9 @@ def default_config() -> ml_collections.ConfigDict:
                                                length=1.0))
     # the sampler's weight layout and decode length buckets (rl/rollout_weights.py, SamplerConfig.decode_bucket)
     c.rollout = ml_collections.ConfigDict(dict(layout="replicated", decode_bucket=256))
+    # the learner's prompt and completion buckets (each list capped by the prompt length / sampling horizon)
+    c.learner = ml_collections.ConfigDict(dict(prompt_buckets=LEARNER_BUCKETS, completion_buckets=LEARNER_BUCKETS))
+    del c.data["packing"]   # packing is SFT's (data/packing.py); GRPO rows are prompts
     return c
 
 
@@ -312,13 +360,28 @@ def sampler_config(config, gcfg: GRPOConfig, model_cfg) -> smp.SamplerConfig:
 
 def _compiled_steps(r: Run, gcfg: GRPOConfig, scfg: smp.SamplerConfig):
     """The jitted scoring (old policy and reference log-probs), update and learner-batch functions of a run."""
-    score_fn = jax.jit(lambda tr, fr, ref, b: score_step(r.parts, gcfg, tr, fr, ref, b))
-    update_fn = jax.jit(lambda s, b, o, ref, a: update_step(r.parts, r.tx, r.schedule, gcfg, s, b, o, ref, a),
-                        out_shardings=(shardings_of(r.state), None), donate_argnums=(0,))
+    score_fn, update_fn = learner_programs(r.parts, r.tx, r.schedule, gcfg, shardings_of(r.state))
     keep = int(r.config.data.global_batch_size)
     prepare_fn = jax.jit(lambda ro, px, grid, rewards, w: learner_batch(ro, px, grid, rewards, w, gcfg, keep,
                                                                         scfg.stop_token_ids))
     return score_fn, update_fn, prepare_fn
+
+
+def learner_programs(parts: ModelParts, tx, schedule, gcfg: GRPOConfig, state_shardings=None):
+    """Jitted ``score_step`` and ``update_step`` (state donated, laid out by ``state_shardings``); each trace of
+    score / update counts in ``LEARNER_TRACES`` under its buckets."""
+    def traced(name, batch):   # runs only while JAX traces: one entry per compile
+        LEARNER_TRACES[(name, batch["prompt_ids"].shape[1], batch["tokens"].shape[1])] += 1
+
+    def score(tr, fr, ref, b):
+        traced("score", b)
+        return score_step(parts, gcfg, tr, fr, ref, b)
+
+    def update(s, b, o, ref, a):
+        traced("update", b)
+        return update_step(parts, tx, schedule, gcfg, s, b, o, ref, a)
+
+    return jax.jit(score), jax.jit(update, out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 
 def run(config) -> dict:
@@ -337,6 +400,8 @@ def run(config) -> dict:
         policy = rollout_weights.decode_copy(r.parts, r.mesh, config.rollout.layout, r.model_config.dtype)
         state, history, base_rng, meter, mesh = r.state, [], jax.random.key(config.seed), mx.Meter(), r.mesh
         truncation_warned = False
+        prompt_buckets, completion_buckets = learner_buckets(config)
+        learner_shapes = []
         for step in r.steps():
             local = next(r.loader)
             prompts = _device_prompts(mesh, local)
@@ -349,6 +414,15 @@ def run(config) -> dict:
             batch, advantages, shaping = prepare_fn(rollout, prompts.get("pixel_values"),
                                                     prompts.get("image_grid_thw"), scores["total"],
                                                     _row_weights(mesh, local, gcfg.num_samples))
+            longest_prompt, longest, real = (int(v) for v in mx.fetch(_learner_lengths(batch["prompt_mask"],
+                                                                                       batch["mask"])))
+            shape = (bucket_for(longest_prompt, prompt_buckets, batch["prompt_ids"].shape[1]),
+                     bucket_for(longest, completion_buckets, batch["tokens"].shape[1]))
+            if shape not in learner_shapes:
+                learner_shapes.append(shape)
+                log.info("GRPO learner: score and update compile for prompt bucket %d + completion bucket %d "
+                         "(buckets so far: %s)", *shape, learner_shapes)
+            batch = learner_view(batch, *shape)
             old_logp, ref_logp = score_fn(state.trainable, state.frozen, ref_trainable, batch)
             skipped = 0
             for _ in range(gcfg.inner_iterations):
@@ -360,11 +434,14 @@ def run(config) -> dict:
             row.update({k: float(v) for k, v in mx.fetch(shaping).items()})
             truncation_warned = _warn_about_shaping(step + 1, row, int(config.data.global_batch_size),
                                                     truncation_warned)
+            padded = batch["tokens"].shape[0] * (shape[0] + shape[1])
+            row.update(mx.token_accounting(float(real), float(padded), row["step_time"]))
+            row["learner/prompt_bucket"], row["learner/completion_bucket"] = shape
             history.append(row)
             r.step_done(step, state, row, dict(reward=f"{row['reward/total']:.3f}"),
                         lambda: _console_line(step + 1, config.train.steps, row))
         summary = r.finish(state)
-    return dict(history=history, **summary)
+    return dict(history=history, learner_shapes=learner_shapes, **summary)
 
 
 def _warn_about_shaping(step: int, row: dict, keep: int, truncation_warned: bool) -> bool:

@@ -49,6 +49,14 @@ def step_flops(batch: dict, n_trained: int, n_vision: int, vision_trained: bool)
     return 6.0 * n_trained * tokens + vision
 
 
+def token_accounting(real: float, padded: float, step_time: float) -> dict:
+    """What a step computed on: ``tokens/real`` (non-padding tokens of the rows it trained on), ``tokens/padded``
+    (row slots computed, padding included), ``tokens/padding_fraction`` and ``tokens/real_per_s``."""
+    return {"tokens/real": real, "tokens/padded": padded,
+            "tokens/padding_fraction": 1.0 - real / padded if padded else 0.0,
+            "tokens/real_per_s": real / step_time if step_time > 0 else 0.0}
+
+
 class Meter:
     """Wall time between ``tick`` calls, turned into rates."""
 

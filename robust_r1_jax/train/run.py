@@ -152,7 +152,8 @@ def make_loader(config, processor, per_host: int, info, kind: str = "sft"):
     pcfg = pipeline.PipelineConfig(batch_size=per_host, seq_len=d.seq_len, patch_bucket=d.patch_bucket,
                                    image_slots=d.image_slots, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
                                    seed=config.seed, shuffle=d.shuffle, num_epochs=None,
-                                   worker_count=d.worker_count, **extra)
+                                   worker_count=d.worker_count, packing=kind == "sft" and d.get("packing", False),
+                                   **extra)
     make = pipeline.make_sft_loader if kind == "sft" else pipeline.make_rl_loader
     return make(source, processor, pcfg, process_index=info.process_index, process_count=info.process_count)
 

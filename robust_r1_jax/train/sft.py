@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import jax
 import ml_collections
+import numpy as np
 
+from robust_r1_jax.data import packing
 from robust_r1_jax.train import metrics as mx
 from robust_r1_jax.train import step as sft_step
 from robust_r1_jax.train.run import Run
@@ -29,6 +31,10 @@ def default_config() -> ml_collections.ConfigDict:
         dataset_dir="", split="train", tokenizer="",   # tokenizer dir ("" -> init_from)
         global_batch_size=8, seq_len=1024, patch_bucket=256, image_slots=1,
         min_pixels=56 * 56, max_pixels=28 * 28 * 1280, worker_count=0, shuffle=True,
+        packing=False,                          # examples packed first-fit into rows (data/packing.py)
+        # the workload's token lengths, for aot's useful-token figures and benchmarks (data/packing.py;
+        # default SPEC §8's Robust-R1 rows)
+        length_profile=packing.robust_r1_profile(),
         prompt_style="project"))  # "upstream": the source's human turn verbatim + suffix (data/rows.py)
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.optim = ml_collections.ConfigDict(dict(
@@ -63,7 +69,9 @@ def run(config) -> dict:
             flops = mx.step_flops(local, counts["trained"], counts["vision"], counts["vision_trained"])
             rates = mx.rates(meter.tick(), float(metrics["tokens"]), flops * r.info.process_count,
                              jax.device_count())
-            scalars = {**metrics, **rates}
+            padded = float(np.prod(local["input_ids"].shape)) * r.info.process_count
+            scalars = {**metrics, **rates, **mx.token_accounting(float(metrics["real_tokens"]), padded,
+                                                                  rates["step_time"])}
             losses.append(float(metrics["loss"]))
             skipped += int(metrics["skipped"])
             r.step_done(step, state, scalars, dict(loss=f"{losses[-1]:.4f}"),

@@ -2,6 +2,7 @@
 
 Loss = Σ (cross-entropy on assistant tokens) / (assistant tokens in the *global* batch), accumulated over
 micro-batches with ``lax.scan``; a non-finite loss, gradient or update skips the update and is reported.
+Packed rows (``segment_ids`` in the batch) give the same token mean over the same examples' target tokens.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from robust_r1_jax import parallel
 from robust_r1_jax.train.loss import chunked_loss_sum, shifted_targets
 from robust_r1_jax.train.state import ModelParts, TrainState, shardings_of
 
-BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask", "pixel_values", "image_grid_thw", "position_ids")
+BATCH_KEYS = ("input_ids", "attention_mask", "segment_ids", "loss_mask", "pixel_values", "image_grid_thw",
+              "position_ids")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +29,9 @@ class StepConfig:
 def loss_sum(parts: ModelParts, trainable, frozen, batch: dict, ce_chunk: int) -> jax.Array:
     model = parts.merge_for_compute(trainable, frozen)
     positions = batch.get("position_ids")
+    # packed rows (data/packing.py) carry segment ids: attention stays inside each example
     hidden = model.hidden_states(batch["input_ids"], batch.get("pixel_values"), batch.get("image_grid_thw"),
-                                 batch["attention_mask"],
+                                 batch.get("segment_ids", batch["attention_mask"]),
                                  None if positions is None else jnp.moveaxis(positions, 1, 0))
     targets, weights = shifted_targets(batch["input_ids"], batch["loss_mask"])
     return chunked_loss_sum(hidden, model.language.logits, targets, weights, ce_chunk)
@@ -63,7 +66,18 @@ def sft_step(parts: ModelParts, tx: optax.GradientTransformation, lr_schedule, c
     grads = parts.sharded_like_trainable(jax.tree.map(lambda g: g / denom, grads))
     loss = total / denom
     new_state, metrics = guarded_update(tx, state, grads, loss)
-    return new_state, dict(metrics, loss=loss, tokens=tokens, learning_rate=lr_schedule(state.step))
+    return new_state, dict(metrics, loss=loss, tokens=tokens, learning_rate=lr_schedule(state.step),
+                           real_tokens=jnp.sum(batch["attention_mask"] > 0), examples=trained_examples(batch))
+
+
+def trained_examples(batch: dict) -> jax.Array:
+    """Examples with target tokens in the batch, packed or not: the starts of the runs of loss tokens (an
+    example's chain is one run; a run restarts where the segment changes)."""
+    loss = batch["loss_mask"] > 0
+    segments = batch.get("segment_ids", batch["attention_mask"])
+    before = jnp.pad(loss[:, :-1], ((0, 0), (1, 0)))
+    same = jnp.pad(segments[:, 1:] == segments[:, :-1], ((0, 0), (1, 0)))
+    return jnp.sum(loss & ~(before & same))
 
 
 def guarded_update(tx: optax.GradientTransformation, state: TrainState, grads, loss) -> tuple[TrainState, dict]:

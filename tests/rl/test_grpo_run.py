@@ -37,6 +37,14 @@ def test_grpo_steps_report_every_reward_and_resume(data, tmp_path):
         assert 1 <= row["completion_length"] <= 16
         assert row["reward/format"] in (0.0, 1.0) or 0 <= row["reward/format"] <= 1
     assert hist[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy starts as the reference
+    # the learner ran on its buckets (the 16-token horizon; the prompts' 128 or 256 of the 256 columns) and
+    # counted 2 prompts x 3 samples of its columns, real ones apart
+    for row in hist:
+        prompt, completion = row["learner/prompt_bucket"], row["learner/completion_bucket"]
+        assert completion == 16 and prompt in (128, 256) and (prompt, completion) in out["learner_shapes"]
+        assert row["tokens/padded"] == 6 * (prompt + completion)
+        assert 6 * row["completion_length"] < row["tokens/real"] < row["tokens/padded"]
+        assert row["tokens/padding_fraction"] == pytest.approx(1 - row["tokens/real"] / row["tokens/padded"])
     resumed = grpo.run(_config(data, tmp_path / "run", steps=3))
     assert resumed["start_step"] == 2 and len(resumed["history"]) == 1
     from robust_r1_jax.model import orbax_io

@@ -37,6 +37,10 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(data, tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "full" / "logs" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     assert all(r["tokens_per_s"] > 0 and "learning_rate" in r and "grad_norm" in r for r in rows)
+    # unpacked: one example per row (these 400-680-token examples are cut to 384 tokens: no padding)
+    assert all(r["examples"] == 4 and r["tokens/padded"] == r["tokens/real"] == 4 * 384
+               and r["tokens/padding_fraction"] == pytest.approx(1 - r["tokens/real"] / (4 * 384))
+               for r in rows)
     with Image.open(tmp_path / "full" / "logs" / "curves.png") as curves:  # loss, gradient norm, learning rate
         assert curves.size == (3 * 450, 320)
     # the exported model and the training checkpoint hold the same weights
@@ -46,6 +50,18 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(data, tmp_path):
     from_ckpt = loading.load_model(str(tmp_path / "full" / "checkpoints"))
     ids = np.arange(20)[None]
     np.testing.assert_array_equal(np.asarray(exported(ids)), np.asarray(from_ckpt(ids)))
+
+
+@pytest.mark.slow
+def test_packed_run_trains_more_examples_per_step_on_the_same_rows(data, tmp_path):
+    config = _config(data, tmp_path / "packed", steps=2)
+    # rows of 1536 tokens: one 400-680-token example each would leave about 65% padding
+    config.data.seq_len, config.data.packing, config.data.image_slots, config.data.patch_bucket = 1536, True, 4, 64
+    result = sft.run(config)
+    assert np.all(np.isfinite(result["losses"]))
+    rows = [json.loads(line) for line in open(tmp_path / "packed" / "logs" / "metrics.jsonl")]
+    assert all(r["examples"] >= 8 and r["tokens/padded"] == 4 * 1536 and r["tokens/padding_fraction"] < 0.3
+               and r["tokens/real_per_s"] > 0 for r in rows), rows
 
 
 def test_unwritable_workdir_fails_before_training(data, tmp_path):
