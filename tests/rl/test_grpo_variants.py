@@ -366,3 +366,16 @@ def test_the_tiny_config_runs_each_family_at_cpu_size():
     assert {k: v for k, v in paper.grpo.items() if v != reference[k]} == {"num_samples": 4}   # G, sized down
     with pytest.raises(ValueError, match="dapo, dr_grpo, gspo"):
         tiny.get_config("drgrpo")
+
+
+def test_the_dynamic_sampling_warning_counts_the_groups_drawn(caplog):
+    """The warning once read "found 1 of 2 groups" when 4 were drawn, and "with a reward spread" when overlong=mask
+    had removed every row of groups that had one."""
+    import logging
+    row = {"completions/clipped_ratio": 1.0, "dynamic_sampling/qualified_groups": 1.0,
+           "dynamic_sampling/padding_groups": 1.0, "dynamic_sampling/kept_fraction": 0.25}
+    with caplog.at_level(logging.WARNING):
+        assert grpo._warn_about_shaping(3, row, 2, True, drawn=4, masked=True) is True
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message == ("grpo step 3: dynamic sampling: 1 of the 4 groups drawn had a reward spread and a row "
+                       "overlong='mask' kept; 1 weight-0 padding groups fill the batch of 2")
