@@ -15,7 +15,7 @@ python -m robust_r1_jax.main --config=configs/grpo_tiny.py:dapo       # configs/
 python -m robust_r1_jax.main --config=configs/grpo_tiny.py:dr_grpo    # sequence_sum_constant, scale_rewards none
 python -m robust_r1_jax.main --config=configs/grpo_tiny.py:gspo       # sequence ratio, beta 0, inner_iterations 2
 
-Each writes runs/grpo_tiny_<variant>/ (logs/metrics.jsonl); a finished workdir is resumed, so raise
+Each writes runs/grpo_tiny_<variant>/ (runs/grpo_tiny_paper/ for the reference; logs/metrics.jsonl); a finished workdir is resumed, so raise
 ``--config.train.steps`` or pick a new ``--config.workdir``. Another demo folder: ``--config.model.init_from``,
 ``--config.data.tokenizer``, ``--config.data.dataset_dir`` (the demo's ``data`` folder).
 """
