@@ -12,7 +12,8 @@
 
 The rollout costs twice the paper's (32 prompts x 8 samples per step); the update sees the same 128 rows. The scale
 variants are the paper recipe's (``--config=configs/grpo_dapo_qwen2_5_vl_3b.py:v5p8``, ``:v6e8``, ``:8xh100``).
-Dr. GRPO and GSPO are overrides of the paper recipe (WORKSPACE.md "GRPO").
+Dr. GRPO and GSPO are overrides of the paper recipe (WORKSPACE.md "GRPO"). The sizes stay the 3B recipe's whatever
+model is loaded; to try these settings on a CPU use ``--config=configs/grpo_tiny.py:dapo``.
 
     python -m robust_r1_jax.main --config=configs/grpo_dapo_qwen2_5_vl_3b.py \\
         --config.model.init_from=runs/sft_qwen2_5_vl_3b/model \\

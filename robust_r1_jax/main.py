@@ -4,7 +4,7 @@ The config's ``mode`` picks the job. Each job's module is imported only when cho
 install (no grain / tensorflow-datasets) can still convert, inspect and generate.
 
 What ends a run on purpose is printed as plain lines on stderr, without a traceback: a misspelt config key (with
-ml_collections' suggestion; exit 2), the problems of a training config (one line each; exit 2), and a training run
+ml_collections' suggestion; exit 2), a config file's refusal of its argument (an unknown ``FILE.py:VARIANT``; exit 2), the problems of a training config (one line each; exit 2), and a training run
 stopped by SIGTERM / SIGINT (exit 128 + the signal's number) or by divergence (exit 3), and bad input that ends a run
 (``data.records.SourceError``: a source with no usable row, a ``generate`` image that cannot be used; exit 1). orbax's INFO lines (dozens
 per checkpoint load) are dropped; its warnings stay.
@@ -106,6 +106,25 @@ def parse_flags(argv):
     except (AttributeError, KeyError) as e:
         print(f"error: {unknown_key_message(e, argv, _config_file_defaults(argv))}", file=sys.stderr)
         sys.exit(2)
+    except flags.IllegalFlagValueError as e:
+        refused = _config_file_refusal(e)
+        if refused is None:
+            raise
+        spec = next((a for a in argv[1:] if a.startswith("--config=")), "--config")
+        print(f"error: {spec}: {refused}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _config_file_refusal(error: BaseException) -> str | None:
+    """The message of the ValueError a config file's ``get_config`` raised (an unknown variant after the colon,
+    ``configs/grpo_tiny.py:drgrpo``), which absl wraps in a flag error over two tracebacks; None for anything else."""
+    seen, found = set(), None
+    while error is not None and id(error) not in seen:   # the innermost: ml_collections re-raises it wrapped
+        seen.add(id(error))
+        if isinstance(error, ValueError) and not isinstance(error, flags.Error):
+            found = str(error)
+        error = error.__cause__ or error.__context__
+    return found
 
 
 def _config_file_defaults(argv):

@@ -59,6 +59,13 @@ def test_misspelt_config_key_is_one_clear_line():
                                   'Did you mean "src" instead of "srcc"?')
 
 
+def test_an_unknown_config_variant_is_one_clear_line():
+    out = _main("--config=configs/grpo_tiny.py:drgrpo")
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("error: --config=configs/grpo_tiny.py:drgrpo: unknown variant 'drgrpo'; "
+                                  "this config knows dapo, dr_grpo, gspo")
+
+
 def test_a_key_that_lives_in_a_section_is_named_with_its_section():
     out = _main("--config=configs/generate.py", "--config.max_new_tokens=8")
     assert out.returncode == 2

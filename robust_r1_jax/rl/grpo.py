@@ -432,8 +432,9 @@ def run(config) -> dict:
             row = _step_metrics(mx.fetch(dict(metrics, skipped=skipped)), mx.fetch(scores),
                                 mx.fetch(rollout.lengths), intensity, gcfg.num_samples, meter.tick())
             row.update({k: float(v) for k, v in mx.fetch(shaping).items()})
-            truncation_warned = _warn_about_shaping(step + 1, row, int(config.data.global_batch_size),
-                                                    truncation_warned)
+            keep = int(config.data.global_batch_size)
+            truncation_warned = _warn_about_shaping(step + 1, row, keep, truncation_warned,
+                                                    keep * gcfg.oversample, gcfg.overlong == "mask")
             padded = batch["tokens"].shape[0] * (shape[0] + shape[1])
             row.update(mx.token_accounting(float(real), float(padded), row["step_time"]))
             row["learner/prompt_bucket"], row["learner/completion_bucket"] = shape
@@ -444,9 +445,11 @@ def run(config) -> dict:
     return dict(history=history, learner_shapes=learner_shapes, **summary)
 
 
-def _warn_about_shaping(step: int, row: dict, keep: int, truncation_warned: bool) -> bool:
+def _warn_about_shaping(step: int, row: dict, keep: int, truncation_warned: bool, drawn: int,
+                        masked: bool) -> bool:
     """Warns once per run when more than half the completions were truncated (a run where every sample hits the
-    budget trains on nothing useful yet can look healthy), and at every step whose dynamic sampling padded groups;
+    budget trains on nothing useful yet can look healthy), and at every step whose dynamic sampling padded groups
+    (naming the groups drawn, and under ``overlong="mask"`` that a group of masked rows does not qualify either);
     returns whether the truncation warning has now been given."""
     ratio = row["completions/clipped_ratio"]
     if ratio > 0.5 and not truncation_warned:
@@ -455,8 +458,10 @@ def _warn_about_shaping(step: int, row: dict, keep: int, truncation_warned: bool
         truncation_warned = True
     padding = int(row.get("dynamic_sampling/padding_groups", 0))
     if padding:
-        log.warning("grpo step %d: dynamic sampling found %d of %d groups with a reward spread; %d weight-0 padding "
-                    "groups fill the batch", step, keep - padding, keep, padding)
+        need = "a reward spread" + (" and a row overlong='mask' kept" if masked else "")
+        log.warning("grpo step %d: dynamic sampling: %d of the %d groups drawn had %s; %d weight-0 padding groups "
+                    "fill the batch of %d", step, int(row["dynamic_sampling/qualified_groups"]), drawn, need,
+                    padding, keep)
     return truncation_warned
 
 

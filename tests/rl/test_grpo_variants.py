@@ -332,3 +332,50 @@ def test_the_dapo_config_is_the_paper_recipe_with_dapos_changes():
         for section in ("model", "data", "mesh", "sampling", "optim", "train", "rewards"):
             assert paper[section].to_dict() == dapo[section].to_dict(), section
         assert grpo.config_problems(dapo) == [] and "dapo" in dapo.workdir
+
+
+def test_the_tiny_config_runs_each_family_at_cpu_size():
+    """configs/grpo_tiny.py: the documented CPU route for trying the variants. Its DAPO variant carries the DAPO
+    preset's grpo changes (the buffer scaled to the tiny budget), every variant is a valid config, and the sizes
+    stay CPU-sized (the 3B presets' 16 x 8 x 2048 never finish a step on a CPU)."""
+    import importlib.util
+    import os
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(root, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    tiny, dapo_preset = load("grpo_tiny"), load("grpo_dapo_qwen2_5_vl_3b").get_config()
+    configs = {v: tiny.get_config(v) for v in ("", "dapo", "dr_grpo", "gspo")}
+    for variant, c in configs.items():
+        assert grpo.config_problems(c) == [], variant
+        assert c.sampling.max_new_tokens <= 64 and c.data.global_batch_size * c.grpo.num_samples <= 16
+        assert (variant or "paper") in c.workdir
+    paper, dapo = configs[""], configs["dapo"]
+    for k in ("epsilon_low", "epsilon_high", "dynamic_sampling", "oversample", "loss_aggregation", "overlong",
+              "beta", "overlong_penalty_factor"):
+        assert dapo.grpo[k] == dapo_preset.grpo[k], k
+    assert dapo.grpo.overlong_buffer == dapo.sampling.max_new_tokens // 4
+    assert (configs["dr_grpo"].grpo.loss_aggregation, configs["dr_grpo"].grpo.scale_rewards) == (
+        "sequence_sum_constant", "none")
+    assert (configs["gspo"].grpo.importance_sampling, configs["gspo"].grpo.beta) == ("sequence", 0.0)
+    reference = grpo.default_config().grpo.to_dict()
+    assert {k: v for k, v in paper.grpo.items() if v != reference[k]} == {"num_samples": 4}   # G, sized down
+    with pytest.raises(ValueError, match="dapo, dr_grpo, gspo"):
+        tiny.get_config("drgrpo")
+
+
+def test_the_dynamic_sampling_warning_counts_the_groups_drawn(caplog):
+    """The warning once read "found 1 of 2 groups" when 4 were drawn, and "with a reward spread" when overlong=mask
+    had removed every row of groups that had one."""
+    import logging
+    row = {"completions/clipped_ratio": 1.0, "dynamic_sampling/qualified_groups": 1.0,
+           "dynamic_sampling/padding_groups": 1.0, "dynamic_sampling/kept_fraction": 0.25}
+    with caplog.at_level(logging.WARNING):
+        assert grpo._warn_about_shaping(3, row, 2, True, drawn=4, masked=True) is True
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message == ("grpo step 3: dynamic sampling: 1 of the 4 groups drawn had a reward spread and a row "
+                       "overlong='mask' kept; 1 weight-0 padding groups fill the batch of 2")
