@@ -314,6 +314,10 @@ def qwen3_vl_8b(**kw) -> ModelConfig:
                      **kw)
 
 
+# Presets small enough to initialise from scratch on a CPU; they take their vocabulary size and special token ids
+# from the run's tokenizer.
+SMALL_PRESETS = ("tiny", "demo", "qwen3_vl_tiny")
+
 PRESETS = {"tiny": tiny, "demo": demo, "3b": qwen2_5_vl_3b, "7b": qwen2_5_vl_7b, "qwen3_vl_tiny": qwen3_vl_tiny,
            "qwen3_vl_2b": qwen3_vl_2b, "qwen3_vl_4b": qwen3_vl_4b, "qwen3_vl_8b": qwen3_vl_8b}
 
