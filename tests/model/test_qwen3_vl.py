@@ -26,7 +26,8 @@ def reference(tmp_path_factory):
     return cfg, ref, path
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["unrolled", "scanned"])
+# The scanned layout repeats every parity test (about a minute and a half here): in the slow suite.
+@pytest.fixture(scope="module", params=[False, pytest.param(True, marks=pytest.mark.slow)], ids=["unrolled", "scanned"])
 def models(reference, request):
     cfg, ref, path = reference
     ours = hf.load(path, config_overrides={"scan_layers": request.param})
@@ -194,3 +195,31 @@ def test_hf_orbax_hf_round_trip_is_bit_exact(tmp_path, tie):
     assert list(got) == list(want)
     for name in want:
         assert torch.equal(got[name], want[name]), name
+
+
+def test_convert_and_inspect_take_a_qwen3_vl_folder(reference, tmp_path):
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from robust_r1_jax.model import convert
+    cfg, ref, path = reference
+    assert convert.convert(path, str(tmp_path / "orbax")) == "hf->orbax"
+    assert convert.convert(str(tmp_path / "orbax"), str(tmp_path / "hf")) == "orbax->hf"
+    back = Qwen3VLForConditionalGeneration.from_pretrained(str(tmp_path / "hf")).eval()
+    for name, value in ref.state_dict().items():
+        assert torch.equal(back.state_dict()[name], value), name
+    text = convert.describe(str(tmp_path / "orbax"))
+    assert '"model_type": "qwen3_vl"' in text and '"deepstack_visual_indexes": [\n' in text
+    visual = sum(int(np.prod(p.shape)) for n, p in ref.named_parameters() if ".visual." in n)
+    assert f"visual: {visual:,}" in text
+
+
+def test_aot_depth_variants_build_a_qwen3_vl():
+    # the cost model's shallow variants keep the recipe's DeepStack merger count, fed by their last block
+    from flax import nnx
+
+    from robust_r1_jax import aot
+    from robust_r1_jax.model.vlm import Qwen25VL
+    for variant in aot.depth_variants(model_config.qwen3_vl_4b(scan_layers=True)):
+        model = nnx.eval_shape(lambda: Qwen25VL(variant, rngs=nnx.Rngs(0)))
+        assert len(model.visual.deepstack_mergers) == 3 and not variant.scan_layers
+        assert set(variant.vision.deepstack_visual_indexes) == {variant.vision.depth - 1}
