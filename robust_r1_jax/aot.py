@@ -217,7 +217,7 @@ def recipe_model_config(recipe, platform: str = "tpu") -> model_config.ModelConf
     impl = "splash" if m.attention_impl == "auto" and platform == "tpu" else m.attention_impl
     kw = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention_impl=impl,
               scan_layers=m.get("scan_layers", False))
-    if m.preset in ("tiny", "demo"):
+    if m.preset in model_config.SMALL_PRESETS:
         kw["vocab_size"] = m.vocab_size or 512
     return model_config.preset(m.preset, **kw)
 

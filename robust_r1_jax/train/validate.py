@@ -46,7 +46,8 @@ def path_problems(config) -> list[str]:
         problems.append("config.data.dataset_dir is required (a robust_r1 dataset; build one with configs/synth.py)")
     elif _is_local(dataset_dir) and not os.path.isdir(dataset_dir):
         problems.append(f"config.data.dataset_dir={dataset_dir!r} does not exist (build one with configs/synth.py)")
-    if not config.model.init_from and config.model.preset not in ("tiny", "demo"):
+    from robust_r1_jax.model.config import SMALL_PRESETS  # here: validating a config needs no model otherwise
+    if not config.model.init_from and config.model.preset not in SMALL_PRESETS:
         problems.append(f"config.model.init_from is required for the {config.model.preset!r} preset: a Hugging "
                         f"Face directory, an exported model or a training checkpoint to start from")
     elif not config.model.init_from and not config.data.tokenizer:
