@@ -40,7 +40,7 @@ def test_sft_then_grpo_then_eval_on_a_random_qwen3_vl(data, tmp_path):
     c = sft_data.tiny_sft_config(data, tmp_path / "sft", steps=2)
     c.model.preset = "qwen3_vl_tiny"
     sft_out = sft.run(c)
-    assert len(sft_out["history"]) == 2 and all(np.isfinite(r["loss"]) for r in sft_out["history"])
+    assert len(sft_out["losses"]) == 2 and np.isfinite(sft_out["losses"]).all()
     trained = orbax_io.restore(sft_out["model_dir"])
     assert trained.config.model_type == "qwen3_vl" and trained.config.vision.patch_size == 16
     assert len(trained.visual.deepstack_mergers) == 2

@@ -41,9 +41,8 @@ def config_from_hf(hf: dict, **overrides) -> ModelConfig:
     if t.get("attention_bias"):
         raise ValueError("config.json: Qwen3-VL with attention_bias=true is not supported (released models have "
                          "none)")
-    for key, want in (("hidden_act", "silu"),):
-        if t.get(key, want) != want:
-            raise ValueError(f"config.json: Qwen3-VL text {key}={t[key]!r} is not supported (only {want!r})")
+    if t.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"config.json: Qwen3-VL text hidden_act={t['hidden_act']!r} is not supported (only 'silu')")
     heads = t["num_attention_heads"]
     head_dim = t.get("head_dim") or t["hidden_size"] // heads
     # transformers 5 reads tie_word_embeddings at the top level (4.57 files repeat it in text_config).
