@@ -2,7 +2,8 @@
 
 ``load`` streams tensor by tensor into an abstract (shape-only) model, each tensor converted to the target
 dtype and, when a mesh is given, placed straight into its sharding; no full fp32 copy of the model is ever
-held on the host. ``save`` writes the layout transformers writes (``visual.*``, ``model.*``, ``lm_head``)
+held on the host. ``save`` writes the layout transformers writes (Qwen2.5-VL: ``visual.*``, ``model.*``, ``lm_head``;
+Qwen3-VL: ``model.visual.*``, ``model.language_model.*``, ``lm_head``; ``RULES_BY_FAMILY`` maps the names both ways)
 with the source's tokenizer, processor and generation configs, to a temporary directory renamed into place.
 """
 from __future__ import annotations

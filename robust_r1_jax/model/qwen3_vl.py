@@ -22,7 +22,7 @@ from flax import nnx
 from robust_r1_jax.model import stacking
 from robust_r1_jax.model.config import ModelConfig, TextConfig, VisionConfig, resolve_dtype
 from robust_r1_jax.model.layers import MLP, Dense, LayerNorm, param
-from robust_r1_jax.model.vision import VisionAttention, _segment_mask, patch_layout, vision_rotary
+from robust_r1_jax.model.vision import VisionAttention, _segment_mask, batched_layout, vision_rotary
 
 MODEL_TYPE = "qwen3_vl"
 LAYER_NORM_EPS = 1e-6  # the tower's nn.LayerNorm(eps=1e-6) everywhere (not a config field)
@@ -205,13 +205,9 @@ class VisionTower(nnx.Module):
         [B, D, N / 4, out]), D = len(deepstack_visual_indexes), level d from block deepstack_visual_indexes[d].
         """
         if pixel_values.ndim == 2:
-            features, valid, deepstack = self(pixel_values[None], grid_thw[None])
-            return features[0], valid[0], deepstack[0]
+            return tuple(out[0] for out in self(pixel_values[None], grid_thw[None]))
         cfg = self.cfg
-        n = pixel_values.shape[1]
-        if n % cfg.merge_unit:
-            raise ValueError(f"the patch bucket ({n}) must be a multiple of {cfg.merge_unit}")
-        layout = jax.vmap(lambda g: patch_layout(g, n, cfg))(grid_thw)
+        layout = batched_layout(pixel_values, grid_thw, cfg)
         cos, sin = vision_rotary(layout["row"], layout["col"], cfg)
         mask = _segment_mask(layout["frame_segment"])  # full attention within each frame of each image
         positions = interpolated_positions(self.pos_embed.value, layout["row"], layout["col"], layout["height"],

@@ -55,6 +55,15 @@ def patch_layout(grid_thw: jax.Array, num_patches: int, cfg: VisionConfig) -> di
     )
 
 
+def batched_layout(pixel_values: jax.Array, grid_thw: jax.Array, cfg: VisionConfig) -> dict[str, jax.Array]:
+    """``patch_layout`` of every row of the batched layout (pixel_values [B, N, D], grid_thw [B, I, 3]): [B, N]
+    arrays. ValueError when the bucket N is not a whole number of merge groups."""
+    n = pixel_values.shape[1]
+    if n % cfg.merge_unit:
+        raise ValueError(f"the patch bucket ({n}) must be a multiple of {cfg.merge_unit}")
+    return jax.vmap(lambda g: patch_layout(g, n, cfg))(grid_thw)
+
+
 def vision_rotary(row: jax.Array, col: jax.Array, cfg: VisionConfig) -> tuple[jax.Array, jax.Array]:
     """cos/sin [..., N, head_dim]: half the frequencies rotate with the row, half with the column."""
     quarter = cfg.head_dim // 2
@@ -134,13 +143,9 @@ class VisionTower(nnx.Module):
         grid_thw [B, I, 3], each row holding its own images -> ([B, N / 4, out], [B, N / 4]).
         """
         if pixel_values.ndim == 2:
-            features, valid = self(pixel_values[None], grid_thw[None])
-            return features[0], valid[0]
+            return tuple(out[0] for out in self(pixel_values[None], grid_thw[None]))
         cfg = self.cfg
-        n = pixel_values.shape[1]
-        if n % cfg.merge_unit:
-            raise ValueError(f"the patch bucket ({n}) must be a multiple of {cfg.merge_unit}")
-        layout = jax.vmap(lambda g: patch_layout(g, n, cfg))(grid_thw)
+        layout = batched_layout(pixel_values, grid_thw, cfg)
         cos, sin = vision_rotary(layout["row"], layout["col"], cfg)
         window_mask = _segment_mask(layout["window_segment"])
         full_mask = _segment_mask(layout["frame_segment"])
