@@ -4,6 +4,27 @@ The default is the embedded run: a few hundred procedural shapes questions, each
 training sampler and annotated by the offline template annotator, in well under a minute. Point it
 at real data with e.g. ``--config.synth.source=aokvqa --config.synth.source_path=.../aokvqa_v1p0_train.json
 --config.synth.image_root=.../coco`` (A-OKVQA: the paper used 10K train + 1K validation).
+
+Sources (``--config.synth.source``; any other name is one ``error:`` line listing these):
+
+* ``shapes``: the embedded procedural questions (no files).
+* ``aokvqa``: A-OKVQA json; ``image_root`` is the COCO root.
+* ``robust_r1_jsonl``: the VLM-R1 / Robust-R1 RL ``train.jsonl`` as upstream ships it, ``{"id", "image": "a.jpg" or
+  a list, "conversations": [{"from": "human", "value": "<image>..."}, {"from": "gpt", "value": "<chain>"}]}``;
+  ``image_root`` is its image folder (upstream's ``--image_folders``).
+* ``llamafactory``: LLaMA-Factory's sharegpt SFT file (JSON array or JSONL; ``messages`` with role/content or
+  ``conversations`` with from/value, ``images``), read with the columns and tags of the ``dataset_info.json`` beside
+  it (``--config.synth.dataset_name`` picks an entry); images relative to ``image_root``, else to the file's folder.
+* ``vlmeval_tsv``: a VLMEvalKit multiple-choice TSV.
+
+Records whose answer turn already is a chain keep it and their (already degraded) image and go straight to the
+TFDS shards; options numbered from 0 or 1 or lettered, and answers given as a label, a letter or the option text,
+are mapped to one form whose prompt and answer agree (a record that cannot be mapped is named and skipped); the
+human turn is kept verbatim for ``data.prompt_style=upstream``; ``<TYPE>`` names go through the alias table of
+``robust_r1_jax/data/type_names.py``. Example: ``--config.synth.source=robust_r1_jsonl
+--config.synth.source_path=.../train.jsonl --config.synth.image_root=.../train_images``. A prompt's several images
+are kept (``extra_images``) when the record carries its chain; train with ``--config.data.image_slots`` >= that
+count.
 """
 from robust_r1_jax.data.synth import default_config
 

@@ -35,7 +35,7 @@ from robust_r1_jax import atomic
 from robust_r1_jax.data import chains, sources, synth, tfds_builder
 from robust_r1_jax.data.tokenizer import train_phrase_tokenizer
 from robust_r1_jax.eval import answers, demo_report, inference
-from robust_r1_jax.model.processor import DEFAULT_SYSTEM, ImageProcessor, Processor, chat_prompt, load_tokenizer
+from robust_r1_jax.model.processor import DEFAULT_SYSTEM, ImageProcessor, Processor, load_tokenizer
 from robust_r1_jax.rl import grpo
 from robust_r1_jax.train import run as train_run, sft
 
@@ -98,8 +98,9 @@ def sequence_lengths(dataset_dir: str, processor: Processor, image_tokens: int) 
     longest = dict(prompt=0, chain=0, row=0)
     closing = len(processor.tokenize("\n")) + 1
     for e in tfds_builder.read_examples(dataset_dir, "train", decode_images=False):
-        text = chat_prompt(chains.format_prompt(e["question"], e["options"]), 1, processor.system, [image_tokens])
-        prompt, chain = len(processor.tokenize(text)), len(processor.tokenize(e["chain"]))
+        # as Processor.encode counts them: the user text and the chain as text
+        prompt = len(processor.prompt_ids(chains.format_prompt(e["question"], e["options"]), [image_tokens]))
+        chain = len(processor.tokenize(e["chain"], as_text=True))
         longest["prompt"] = max(longest["prompt"], prompt)
         longest["chain"] = max(longest["chain"], chain)
         longest["row"] = max(longest["row"], prompt + chain + closing)

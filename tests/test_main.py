@@ -78,6 +78,11 @@ def test_bad_input_that_ends_a_run_is_one_clear_line(tmp_path):
     assert out.stderr.strip().splitlines()[-1] == (
         f"error: synth.source='vlmeval_tsv' ({tsv}) has no usable row: 1 skipped: {tsv}:2: row index 0: image "
         f"column is empty")
+    out = _main("--config=configs/synth.py", f"--config.workdir={tmp_path / 'synth'}", "--config.synth.source=sharegpt")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: unknown synth.source 'sharegpt'; known sources: shapes, aokvqa, robust_r1_jsonl, llamafactory, "
+        "vlmeval_tsv")
 
 
 def test_the_playground_without_a_demo_names_the_demo_command_in_one_line(tmp_path):

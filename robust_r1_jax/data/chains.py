@@ -199,6 +199,15 @@ def parse_chain_strict(text: str) -> tuple[ParsedChain, int]:
     return parsed, answer
 
 
+def with_answer(chain: str, answer: str) -> str:
+    """The chain with the contents of its first ``<ANSWER>`` block replaced by ``answer``; ``ChainFormatError``
+    when it has none. Used where a source's answer label is mapped to the project's 0-based index (or back)."""
+    match = re.search(f"{open_tag('ANSWER')}(.*?){close_tag('ANSWER')}", chain, re.DOTALL)
+    if match is None:
+        raise ChainFormatError("the chain has no <ANSWER> block")
+    return chain[:match.start(1)] + answer + chain[match.end(1):]
+
+
 def format_question(question: str, options: Sequence[str]) -> str:
     """The user text of a multiple-choice question: question, then ``i. option`` lines."""
     lines = [question.strip()]
@@ -211,3 +220,23 @@ def format_question(question: str, options: Sequence[str]) -> str:
 def format_prompt(question: str, options: Sequence[str], suffix: str = PROMPT_SUFFIX) -> str:
     """Question and options followed by the SPEC §1 instruction suffix."""
     return f"{format_question(question, options)}\n{suffix}" if suffix else format_question(question, options)
+
+
+# How the user turn's text is written: "project" (``format_prompt``: the question, options numbered from 0, a newline,
+# the suffix) or "upstream" (the human turn as written, the suffix appended directly with no separator, as upstream's
+# GRPO script does, SPEC §8). ``data/rows.py`` (training), ``eval/robust.py`` and ``eval/generate.py`` read it.
+PROJECT_STYLE, UPSTREAM_STYLE = "project", "upstream"
+PROMPT_STYLES = (PROJECT_STYLE, UPSTREAM_STYLE)
+
+
+def check_prompt_style(style: str) -> str:
+    """The style, or ValueError listing the known ones."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt_style {style!r}; expected one of {list(PROMPT_STYLES)}")
+    return style
+
+
+def upstream_prompt(human_turn: str, suffix: str = PROMPT_SUFFIX) -> str:
+    """The user text upstream builds (SPEC §8): the human turn with ``<image>`` removed and the suffix appended
+    directly, no separator; nothing else is touched."""
+    return human_turn.replace("<image>", "") + suffix

@@ -110,6 +110,12 @@ class Record:
     their images are already degraded and ``applied`` holds the types parsed from the chain.
     ``line`` is the 1-based line of the record in ``source_file`` (JSON: the line where the
     record's object starts; generated sources: the example index).
+    ``prompt`` is the source's own human turn word for word (``<image>`` and the SPEC §1 suffix removed) and
+    ``prompt_answer`` the answer as that turn labels it (``""`` for sources without a human turn).
+    ``aliased_types`` / ``unknown_types``: ``<TYPE>`` names of the source's chain that were rewritten by the alias
+    table, or are neither SPEC §2 names nor aliases (``data/type_names.py``).
+    ``extra_image_paths``: the prompt's second and later images, in order, for a source with several images per
+    prompt (upstream's ``image`` list); ``image_path`` is the first.
     """
 
     id: str
@@ -124,6 +130,11 @@ class Record:
     applied: tuple[tuple[str, float], ...] = ()
     category: str = ""
     hint: str = ""
+    prompt: str = ""
+    prompt_answer: str = ""
+    aliased_types: tuple[str, ...] = ()
+    unknown_types: tuple[str, ...] = ()
+    extra_image_paths: tuple[str, ...] = ()
     source_file: str = ""
     line: int = 0
 
@@ -152,6 +163,16 @@ class Record:
         with open(path, "rb") as handle:
             data = handle.read()
         return decode_image_bytes(data, f"{self.location} (id {self.id}), image {path}")
+
+    def load_extra_images(self) -> list[np.ndarray]:
+        """The second and later images as uint8 RGB arrays; ``ImageError`` naming file, line and image when bad."""
+        images = []
+        for path in self.extra_image_paths:
+            if not os.path.isfile(path):
+                raise ImageError(f"{self.location} (id {self.id}): image file not found: {path}")
+            with open(path, "rb") as handle:
+                images.append(decode_image_bytes(handle.read(), f"{self.location} (id {self.id}), image {path}"))
+        return images
 
     def encoded_image(self) -> bytes:
         """The image as encoded file bytes (the original bytes when there are any, else PNG)."""

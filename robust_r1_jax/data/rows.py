@@ -1,6 +1,7 @@
 """One example to one fixed-shape row: the SFT and RL rows that ``pipeline``'s loaders batch.
 
-**Prompt.** The user turn is the image followed by ``chains.format_prompt(question, options)``::
+**Prompt.** With ``prompt_style="project"`` (the default) the user turn is the image followed by
+``chains.format_prompt(question, options)``::
 
     {question}
     Options:
@@ -9,7 +10,9 @@
     {the SPEC §1 prompt suffix, chains.PROMPT_SUFFIX}
 
 inside the Qwen2.5-VL chat template (``processor.chat_prompt``). SFT appends the chain as the assistant
-turn (``processor.chat_completion``); RL stops after ``<|im_start|>assistant\\n``.
+turn (``processor.chat_completion``); RL stops after ``<|im_start|>assistant\\n``. With ``"upstream"`` the text is
+the source's human turn verbatim plus the suffix (``user_text``) and the chain answers in that turn's labels
+(``chain_text``). Either way the user's text is tokenised as text (``Processor.encode``).
 
 **SFT batch** (S = ``seq_len``, P = ``patch_bucket``, I = ``image_slots``, D = patch dim)::
 
@@ -101,8 +104,10 @@ class PipelineConfig:
     reference_names: int = 16  # RL: R
     reference_name_bytes: int = 32  # RL: L
     prompt_suffix: str = chains.PROMPT_SUFFIX
+    prompt_style: str = "project"  # PROMPT_STYLES: how the user turn is written (``user_text``)
 
     def __post_init__(self):
+        check_prompt_style(self.prompt_style)
         positive = ("batch_size", "seq_len", "patch_bucket", "image_slots", "min_pixels", "max_pixels",
                     "reference_answer_bytes", "reference_names", "reference_name_bytes")
         for name in positive:
@@ -136,11 +141,12 @@ def _image_array(value, where: str) -> np.ndarray:
 
 
 def example_images(example: Mapping, where: str) -> list[np.ndarray]:
-    """An example's images: ``image`` (the tfds schema) or a list under ``images``."""
+    """An example's images: ``image`` then ``extra_images`` (the tfds schema), or a list under ``images``."""
     if "images" in example:
         return [_image_array(v, where) for v in example["images"]]
     if "image" in example:
-        return [_image_array(example["image"], where)]
+        extra = example.get("extra_images")
+        return [_image_array(v, where) for v in [example["image"], *([] if extra is None else list(extra))]]
     raise ValueError(f"{where}: the example has no 'image' field")
 
 
@@ -149,8 +155,33 @@ def example_name(example: Mapping, index: int) -> str:
     return f"example {name!r} (source index {index})"
 
 
-def user_text(example: Mapping, suffix: str) -> str:
-    return chains.format_prompt(_text(example["question"]), _texts(example.get("options")), suffix)
+PROJECT, UPSTREAM, PROMPT_STYLES = chains.PROJECT_STYLE, chains.UPSTREAM_STYLE, chains.PROMPT_STYLES
+check_prompt_style = chains.check_prompt_style
+
+
+def user_text(example: Mapping, suffix: str, style: str = PROJECT) -> str:
+    """The user turn's text of an example under ``style`` (``PROMPT_STYLES``).
+
+    ``project``: ``chains.format_prompt`` (question, ``Options:``, options numbered from 0, a newline, the suffix).
+    ``upstream``: the source's human turn word for word (``prompt``) with the suffix appended directly, as
+    upstream trains; an example without one (shapes, A-OKVQA) uses ``chains.format_question`` as its human turn.
+    """
+    question, options = _text(example["question"]), _texts(example.get("options"))
+    if check_prompt_style(style) == UPSTREAM:
+        human = _text(example.get("prompt", ""))
+        return chains.upstream_prompt(human or chains.format_question(question, options), suffix)
+    return chains.format_prompt(question, options, suffix)
+
+
+def chain_text(example: Mapping, style: str = PROJECT) -> str:
+    """The example's chain as the prompt of ``style`` needs it: ``chain`` answers with the 0-based index (the
+    project prompt's numbering); under ``upstream`` an example with its own human turn answers as that turn
+    labels the options (``prompt_answer``), so SFT targets and RL rewards agree with the prompt the model sees."""
+    chain = _text(example["chain"])
+    if check_prompt_style(style) == UPSTREAM and _text(example.get("prompt", "")):
+        answer = _text(example.get("prompt_answer", ""))
+        return chains.with_answer(chain, answer) if answer else chain
+    return chain
 
 
 # ---- one example to one row ----------------------------------------------------------------------------------
@@ -253,7 +284,8 @@ class _RowBuilder(abc.ABC):
             raise ValueError(f"{where}: min_pixels={self.config.min_pixels} needs more patches per image than "
                              f"the bucket of {self.config.patch_bucket} patches allows for {len(images)} image(s)")
         try:
-            encoded = processor.encode(user_text(example, self.config.prompt_suffix), images, answer)
+            encoded = processor.encode(user_text(example, self.config.prompt_suffix, self.config.prompt_style),
+                                       images, answer)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from e
         patches = encoded["pixel_values"].shape[0]
@@ -287,7 +319,7 @@ class SFTRow(_RowBuilder):
 
     def build(self, index: int, padding: bool) -> dict:
         example = self.source[index]
-        encoded, processor, where = self.encode(example, index, _text(example["chain"]))
+        encoded, processor, where = self.encode(example, index, chain_text(example, self.config.prompt_style))
         seq_len = self.config.seq_len
         ids, loss = encoded["input_ids"], encoded["loss_mask"]
         image_columns = np.flatnonzero(ids == processor.image_token_id)
@@ -345,7 +377,7 @@ class RLRow(_RowBuilder):
         """The reward references of the example's chain and its summed degradation intensity."""
         config = self.config
         arrays = references.chain_references(
-            _text(example["chain"]), processor.tokenizer, answer_bytes=config.reference_answer_bytes,
+            chain_text(example, config.prompt_style), processor.tokenizer, answer_bytes=config.reference_answer_bytes,
             max_names=config.reference_names, name_bytes=config.reference_name_bytes, where=where)
         values = np.asarray(example.get("degradation_intensities", []), np.float32).reshape(-1)
         names = _texts(example.get("degradation_types"))

@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from robust_r1_jax import atomic, degrade
-from robust_r1_jax.data import annotators, chain_text, chains, shapes, sources, tfds_builder
+from robust_r1_jax.data import annotators, chain_text, chains, shapes, sources, tfds_builder, type_names
 from robust_r1_jax.data.contact_sheet import contact_label, contact_sheet
 from robust_r1_jax.data.records import (
     ImageError,
@@ -139,7 +139,17 @@ def _synthesize(record, split, index, settings, annotator, keep_images) -> Synth
     loaded = record.load_image()
     clean = fit_image(loaded, settings.max_image_side)
     prebuilt = record.chain is not None and settings.keep_prebuilt_chains
+    if record.extra_image_paths and not prebuilt:
+        return Synthesized(None, error=f"{record.location} (id {record.id}): {1 + len(record.extra_image_paths)} "
+                                       f"images for one prompt are kept only with the record's own chain "
+                                       f"(synth.keep_prebuilt_chains)")
+    extra = [(image, fit_image(image, settings.max_image_side)) for image in record.load_extra_images()]
     problem = image_size_problem(clean, loaded.shape[:2], settings.max_image_side, degrades=not prebuilt)
+    for number, (original, fitted) in enumerate(extra, start=2):
+        if problem is not None:
+            break
+        extra_problem = image_size_problem(fitted, original.shape[:2], settings.max_image_side, degrades=False)
+        problem = extra_problem and f"image {number}: {extra_problem}"
     if problem is not None:
         return Synthesized(None, error=f"{record.location} (id {record.id}): {problem}")
     if prebuilt:
@@ -172,6 +182,9 @@ def _synthesize(record, split, index, settings, annotator, keep_images) -> Synth
         "degradation_seed": seed,
         "category": record.category,
         "source": record.location,
+        "prompt": record.prompt,
+        "prompt_answer": record.prompt_answer,
+        "extra_images": [encode_image(fitted, settings.image_format) for _, fitted in extra],
     }
     if keep_images:
         return Synthesized(example, clean, np.asarray(degraded, np.uint8))
@@ -200,6 +213,26 @@ def describe_source(cfg) -> str:
     return f"synth.source={cfg.source!r}" + (f" ({cfg.source_path})" if cfg.source != "shapes" else "")
 
 
+def check_source(name: str) -> str:
+    """The source name, or ``SourceError`` (one ``error:`` line from ``main``) listing the known ones."""
+    if name not in sources.SOURCE_NAMES:
+        raise SourceError(f"unknown synth.source {name!r}; known sources: {', '.join(sources.SOURCE_NAMES)}")
+    return name
+
+
+def jsonl_sources(source_path: str, image_root: str) -> list[tuple[str, str]]:
+    """(file, image folder) pairs from ``:``-separated lists, as upstream's ``--data_file_paths`` and
+    ``--image_folders`` give them (one folder serves every file); ``SourceError`` when the counts differ."""
+    paths, roots = source_path.split(":"), image_root.split(":")
+    if len(roots) == 1:
+        roots = roots * len(paths)
+    if len(roots) != len(paths):
+        raise SourceError(f"synth.source_path names {len(paths)} files but synth.image_root {len(roots)} image "
+                          f"folders; give one folder per file (':'-separated, as upstream's --image_folders) or one "
+                          f"for all")
+    return list(zip(paths, roots))
+
+
 def split_records(cfg, skipped: SkipLog | None = None) -> dict[str, list[Record]]:
     """Train and validation records of the configured source (disjoint, deterministic).
 
@@ -219,17 +252,20 @@ def split_records(cfg, skipped: SkipLog | None = None) -> dict[str, list[Record]
         }
     if not cfg.source_path:
         raise ValueError(f"synth.source={cfg.source!r} needs synth.source_path")
+    check_source(cfg.source)
     if cfg.source == "aokvqa":
         records = sources.read_aokvqa(
             cfg.source_path, cfg.image_root, split=cfg.aokvqa_split or None, on_error=cfg.on_error, skipped=skipped
         )
     elif cfg.source == "robust_r1_jsonl":
-        records = sources.read_robust_r1_jsonl(cfg.source_path, cfg.image_root, on_error=cfg.on_error,
-                                               skipped=skipped)
-    elif cfg.source == "vlmeval_tsv":
-        records = sources.read_vlmeval_tsv(cfg.source_path, on_error=cfg.on_error, skipped=skipped)
+        records = []
+        for path, image_root in jsonl_sources(cfg.source_path, cfg.image_root):
+            records += sources.read_robust_r1_jsonl(path, image_root, on_error=cfg.on_error, skipped=skipped)
+    elif cfg.source == "llamafactory":
+        records = sources.read_llamafactory(cfg.source_path, cfg.image_root, cfg.get("dataset_name", ""),
+                                            on_error=cfg.on_error, skipped=skipped)
     else:
-        raise ValueError(f"unknown synth.source {cfg.source!r}; expected one of {sources.SOURCE_NAMES}")
+        records = sources.read_vlmeval_tsv(cfg.source_path, on_error=cfg.on_error, skipped=skipped)
     if not records:
         raise SourceError(f"{describe_source(cfg)} has no usable row: {skipped.describe()}")
     wanted = cfg.num_train + cfg.num_validation
@@ -267,10 +303,16 @@ class _Stats:
         self.totals: list[float] = []
         self.reasoning_words: list[int] = []
         self.sheet_rows: list[tuple[np.ndarray, np.ndarray, str]] = []
+        self.aliased_types: collections.Counter = collections.Counter()  # "alias -> name": examples
+        self.unknown_types: collections.Counter = collections.Counter()  # name: examples
 
-    def add(self, split: str, item: Synthesized) -> None:
+    def add(self, split: str, item: Synthesized, record: Record) -> None:
         self.counts[split] += 1
         example = item.example
+        if example["degradation_seed"] < 0:  # the source's own chain was kept: its names are the dataset's
+            self.aliased_types.update({f"{alias} -> {type_names.canonical(alias)[0]}"
+                                       for alias in record.aliased_types})
+            self.unknown_types.update(set(record.unknown_types))
         self.totals.append(float(np.sum(example["degradation_intensities"])))
         reasoning = chains.extract_block(example["chain"], "REASONING") or ""
         self.reasoning_words.append(len(reasoning.split()))
@@ -315,12 +357,12 @@ def _split_examples(cfg, split, records, annotator, pool, stats, progress) -> It
         for index, record in enumerate(records)
     )
     results = _ordered_map(pool, _synthesize_job, jobs, 4 * cfg.num_workers) if pool else map(_synthesize_job, jobs)
-    for item in results:
+    for record, item in zip(records, results):
         progress.update(1)
         if item.error is not None:
             report_bad_input(ImageError(item.error), cfg.on_error, stats.skipped)
             continue
-        stats.add(split, item)
+        stats.add(split, item, record)
         yield item.example
     if stats.counts[split] == 0:
         raise SourceError(f"{describe_source(cfg)}: none of the {len(records)} {split} records is usable "
@@ -334,12 +376,16 @@ def default_config() -> ml_collections.ConfigDict:
     config.workdir = "/tmp/robust_r1_jax/synth"
 
     synth = config.synth = ml_collections.ConfigDict()
-    # Source: "shapes" | "aokvqa" | "robust_r1_jsonl" | "vlmeval_tsv".
+    # Source: "shapes" | "aokvqa" | "robust_r1_jsonl" | "llamafactory" | "vlmeval_tsv" (data/sources.py).
     synth.source = "shapes"
-    synth.source_path = ""  # A-OKVQA json, Robust-R1 JSONL or VLMEvalKit TSV
-    synth.image_root = ""  # COCO root holding {split}2017/ (aokvqa) or the JSONL's image folder
+    synth.source_path = ""  # A-OKVQA json, RL train.jsonl, LLaMA-Factory JSON/JSONL or VLMEvalKit TSV
+    # COCO root holding {split}2017/ (aokvqa); the image folder of train.jsonl (upstream's --image_folders; with
+    # several ':'-separated jsonl files in source_path, one folder each or one for all) or of the LLaMA-Factory
+    # file ("" -> the file's own folder, LLaMA-Factory's media_dir default)
+    synth.image_root = ""
     synth.aokvqa_split = ""  # "" -> taken from the json file name (train / val / test)
-    synth.keep_prebuilt_chains = True  # robust_r1_jsonl: keep its degraded images and chains
+    synth.dataset_name = ""  # llamafactory: the dataset_info.json entry ("" -> the entry naming source_path)
+    synth.keep_prebuilt_chains = True  # records whose answer turn is a chain: keep their images and chains
 
     synth.num_train = 256
     synth.num_validation = 64
@@ -375,6 +421,7 @@ def run(config) -> dict:
     """Build the dataset described by ``config.synth`` under ``config.workdir``; returns the summary."""
     cfg = config.synth
     check_on_error(cfg.on_error)
+    check_source(cfg.source)
     if not 1 <= cfg.min_degradations <= cfg.max_degradations:
         raise ValueError(f"need 1 <= min_degradations <= max_degradations, got {cfg.min_degradations}, {cfg.max_degradations}")
     workdir = os.path.abspath(config.workdir)
@@ -419,6 +466,10 @@ def run(config) -> dict:
             chain_text.spearman(stats.totals, stats.reasoning_words) if len(stats.totals) > 2 else None
         ),
         "contact_sheet": sheet_path if stats.sheet_rows else None,
+        # <TYPE> names of kept source chains: aliases rewritten to SPEC §2 names, and names that are neither
+        # (kept as written; each example was warned about when read), with how many examples hold each
+        "type_aliases_applied": dict(sorted(stats.aliased_types.items())),
+        "unknown_type_names": dict(sorted(stats.unknown_types.items())),
         "seconds": round(time.perf_counter() - started, 3),
     }
     atomic.write_text(os.path.join(workdir, SUMMARY_NAME), json.dumps(summary, indent=2, sort_keys=True))

@@ -19,7 +19,13 @@ into place with one rename: a failure leaves the previous dataset (or nothing) b
 
 Per example: ``id``, ``image`` (the degraded image), ``question``, ``options``, ``answer`` (option
 index), ``chain``, ``rationales``, ``degradation_types``, ``degradation_intensities``,
-``degradation_seed`` (-1 when the source shipped pre-degraded images), ``category``, ``source``.
+``degradation_seed`` (-1 when the source shipped pre-degraded images), ``category``, ``source``, and
+``prompt`` / ``prompt_answer``: the source's own human turn kept word for word (``<image>`` and the SPEC §1
+suffix removed) and the answer text that agrees with it (``""`` when the source has none: the prompt is then
+built from ``question`` and ``options``; see ``data/rows.py``'s ``prompt_style``). ``chain`` always answers with
+the 0-based ``answer`` index, the project's form. ``extra_images``: a prompt's second and later images, encoded
+file bytes in order (empty for one image; the model sees ``image`` first). Datasets written before these fields
+read as ``""`` and ``[]``.
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ SPLITS = ("train", "validation")
 IMAGE_FORMATS = ("png", "jpeg")
 DESCRIPTION = "Degraded multiple-choice VQA with degradation-aware reasoning chains (Robust-R1)."
 
-TEXT_FIELDS = ("id", "question", "chain", "category", "source")
+TEXT_FIELDS = ("id", "question", "chain", "category", "source", "prompt", "prompt_answer")
+OPTIONAL_TEXT_FIELDS = ("prompt", "prompt_answer")  # "" when an example leaves them out
 TEXT_LIST_FIELDS = ("options", "rationales", "degradation_types")
 
 
@@ -68,12 +75,17 @@ def features(image_format: str = "png") -> tfds.features.FeaturesDict:
         "degradation_seed": tfds.features.Scalar(np.int64),
         "category": tfds.features.Text(),
         "source": tfds.features.Text(),
+        "prompt": tfds.features.Text(),
+        "prompt_answer": tfds.features.Text(),
+        # encoded bytes kept as they are (an Image sequence would have to stack images of different sizes)
+        "extra_images": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
     })
 
 
 def validate_example(example: Mapping, where: str) -> dict:
     """The example with normalised types; ``ValueError`` naming ``where`` when malformed."""
     expected = set(features().keys())
+    example = {**{field: "" for field in OPTIONAL_TEXT_FIELDS}, "extra_images": [], **example}
     if set(example) != expected:
         raise ValueError(
             f"{where}: example fields differ from the schema: missing {sorted(expected - set(example))}, "
@@ -89,8 +101,12 @@ def validate_example(example: Mapping, where: str) -> dict:
     answer = int(example["answer"])
     if options and not 0 <= answer < len(options):
         raise ValueError(f"{where}: answer {answer} outside the {len(options)} options")
+    extra = list(example["extra_images"])
+    if not all(isinstance(image, bytes) and image for image in extra):
+        raise ValueError(f"{where}: 'extra_images' must be encoded image bytes (PNG or JPEG)")
     normalised = dict(example)
     normalised.update(
+        extra_images=extra,
         options=options,
         rationales=[str(r) for r in example["rationales"]],
         degradation_types=[str(t) for t in types],
@@ -277,9 +293,10 @@ def to_python(example: Mapping) -> dict:
     """A decoded tfds example with text as ``str`` and intensities as a float32 array."""
     out = dict(example)
     for field in TEXT_FIELDS:
-        out[field] = _text(example[field])
+        out[field] = _text(example.get(field, "")) if field in OPTIONAL_TEXT_FIELDS else _text(example[field])
     for field in TEXT_LIST_FIELDS:
         out[field] = [_text(v) for v in example[field]]
+    out["extra_images"] = [bytes(image) for image in example.get("extra_images", [])]
     out["answer"] = int(example["answer"])
     out["degradation_seed"] = int(example["degradation_seed"])
     out["degradation_intensities"] = np.asarray(example["degradation_intensities"], np.float32).reshape(-1)

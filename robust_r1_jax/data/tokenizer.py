@@ -128,18 +128,27 @@ def build_qwen2_tokenizer(vocabulary_dir: str | os.PathLike, out_dir: str | os.P
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
 
+_SPECIAL_STRING = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS_TOP) + ")")
+
+
 def _checked_texts(texts: Iterable[str]) -> list[str]:
+    """The training texts, each cut at the special-token strings a user may have typed into it.
+
+    A special token is added after training and must not also be a learned merge (it would take the merge's id,
+    not its place at the top). A question holding ``<|im_end|>`` is still user text, encoded as its characters
+    (``Processor.encode``), so such a string is kept as three separate texts, ``<|``, the name and ``|>``: the
+    tokenizer learns its pieces but never the whole string."""
     texts = list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"training text {i} is a {type(t).__name__}, expected str")
-        for special in SPECIAL_TOKENS_TOP:
-            if special in t:
-                raise ValueError(f"training text {i} contains the special token {special!r}; special tokens are "
-                                 f"added after training and must not be learned as merges")
     if not any(texts):
         raise ValueError("no training text: every text is empty")
-    return texts
+    pieces = []
+    for t in texts:
+        for k, part in enumerate(_SPECIAL_STRING.split(t)):  # text, special, text, ...
+            pieces += ["<|", part[2:-2], "|>"] if k % 2 else [part]
+    return pieces
 
 
 def _train_with_top_specials(texts: Iterable[str], vocab_size: int, pre_tokenizer, normalizer,

@@ -23,8 +23,8 @@ MCQ TSV or a JSON list::
       images/...                                    image paths in the JSON are relative to rbench_dir
 
 A JSON entry is ``{"id": "17", "image": "images/low/17.png", "question": "...", "options": ["...", ...],
-"answer": 2}``; ``answer`` is the 0-based option index or the option letter (``"C"``). The images are already
-distorted, so R-Bench rows are evaluated as they are, level by level.
+"answer": 2}``; ``answer`` is the 0-based option index, the option letter (``"C"``) or the option's text. The
+images are already distorted, so R-Bench rows are evaluated as they are, level by level.
 """
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ from typing import Iterator
 
 import numpy as np
 
+from robust_r1_jax.data import options as options_lib
 from robust_r1_jax.data import sources
 from robust_r1_jax.data.records import ImageError, Record, SourceError
-from robust_r1_jax.eval.answers import LETTERS as _LETTERS
 
 RBENCH_LEVELS = ("low", "mid", "high")
 RBENCH_REFERENCE = "ref"
@@ -157,16 +157,17 @@ def tsv_columns(path: str) -> dict[int, tuple[tuple[str, str], ...]]:
 # --------------------------------------------------------------------------- R-Bench
 
 
-def _json_answer(value, options: tuple[str, ...]) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if 0 <= value < len(options) else None
-    if isinstance(value, str) and len(value.strip()) == 1 and value.strip().upper() in _LETTERS[: len(options)]:
-        return _LETTERS.index(value.strip().upper())
-    if isinstance(value, str) and value.strip().isdigit():
-        return _json_answer(int(value.strip()), options)
-    return None
+def _json_answer(value, options: tuple[str, ...]) -> tuple[int | None, str]:
+    """(0-based index, "") or (None, why): an index, a letter (either case) or the option's text
+    (``data.options.resolve_answer``: text matching several options is ambiguous)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return None, f"answer {value!r} names none of {len(options)} options"
+    if isinstance(value, str) and len(value.strip()) == 1:
+        value = value.strip().upper()
+    try:
+        return options_lib.resolve_answer(value, options), ""
+    except options_lib.AnswerError as error:
+        return None, str(error)
 
 
 # A byte that is not UTF-8, read with errors="surrogateescape", becomes U+DC80..U+DCFF.
@@ -213,9 +214,9 @@ def read_rbench_json(path: str, image_root: str, limit: int = 0) -> list[Benchma
                 problem = f"{where}: entry {label}: 'options' must be a list of at least two strings"
             else:
                 options = tuple(str(o) for o in options)
-                answer = _json_answer(item["answer"], options)
+                answer, why = _json_answer(item["answer"], options)
                 if answer is None:
-                    problem = f"{where}: entry {label}: answer {item['answer']!r} names none of {len(options)} options"
+                    problem = f"{where}: entry {label}: {why}"
                 else:
                     record = Record(id=label, question=str(item["question"]), options=options, answer=answer,
                                     image_path=os.path.join(image_root, str(item["image"])),

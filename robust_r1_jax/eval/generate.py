@@ -65,9 +65,16 @@ def load_image(path: str) -> np.ndarray:
         raise ImageError(f"{path}: cannot read the image ({error})") from error
 
 
-def prompt_text(question: str, options: Iterable[str], use_suffix: bool) -> str:
-    """The question (and options, when there are any) followed by the SPEC §1 suffix unless ``use_suffix`` is off."""
-    return chains.format_prompt(question, tuple(options), chains.PROMPT_SUFFIX if use_suffix else "")
+def prompt_text(question: str, options: Iterable[str], use_suffix: bool,
+                prompt_style: str = chains.PROJECT_STYLE) -> str:
+    """The question (and options, when there are any) followed by the SPEC §1 suffix unless ``use_suffix`` is off.
+
+    ``prompt_style="upstream"`` (``chains.PROMPT_STYLES``): the question as typed (``<image>`` removed; options,
+    when given apart, as ``chains.format_question`` lines) with the suffix appended directly, as upstream trains."""
+    options, suffix = tuple(options), chains.PROMPT_SUFFIX if use_suffix else ""
+    if chains.check_prompt_style(prompt_style) == chains.UPSTREAM_STYLE:
+        return chains.upstream_prompt(chains.format_question(question, options) if options else question, suffix)
+    return chains.format_prompt(question, options, suffix)
 
 
 def stream_completion(model, processor, image: np.ndarray, text: str, config: gen.SamplerConfig, rng,
@@ -194,7 +201,8 @@ def batch_items(config) -> list[Item]:
     return [Item(n, os.path.join(folder, n), config.question, parse_options(config.options)) for n in names]
 
 
-def encode_item(generator: inference.Generator, item: Item, use_suffix: bool) -> dict:
+def encode_item(generator: inference.Generator, item: Item, use_suffix: bool,
+                prompt_style: str = chains.PROJECT_STYLE) -> dict:
     """The item's encoded prompt; a ``ValueError`` naming its line and image when any step fails (the line
     itself, reading the image, the processor's limits)."""
     if item.problem is not None:
@@ -204,7 +212,7 @@ def encode_item(generator: inference.Generator, item: Item, use_suffix: bool) ->
         image = load_image(item.image_path)
     except ValueError as error:
         raise ValueError(f"{prefix}{error}") from error
-    return generator.encode(prompt_text(item.question, item.options, use_suffix), image,
+    return generator.encode(prompt_text(item.question, item.options, use_suffix, prompt_style), image,
                             f"{prefix}{item.image_path}")
 
 
@@ -224,7 +232,8 @@ class Speed:
 
 
 def generate_batch(generator: inference.Generator, items: list[Item], use_suffix: bool,
-                   progress: TextIO | None = sys.stderr, speed: Speed | None = None) -> list[dict]:
+                   progress: TextIO | None = sys.stderr, speed: Speed | None = None,
+                   prompt_style: str = chains.PROJECT_STYLE) -> list[dict]:
     """One output record per item, in order; an item that cannot be used gets an ``error`` and the rest go on.
 
     ``progress``: where the one progress bar over all items goes (None: no bar).
@@ -240,7 +249,7 @@ def generate_batch(generator: inference.Generator, items: list[Item], use_suffix
                 record = item.record()
                 records.append(record)
                 try:
-                    encoded.append(encode_item(generator, item, use_suffix))
+                    encoded.append(encode_item(generator, item, use_suffix, prompt_style))
                 except ValueError as error:
                     logging.warning("skipping: %s", error)
                     record["error"] = str(error)
@@ -291,6 +300,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.checkpoint = ""  # Hugging Face dir, orbax model checkpoint or training checkpoint folder
     config.tokenizer = ""  # "" = the checkpoint's own folder
     config.suffix = True  # append the SPEC §1 instruction suffix (off for base models)
+    config.prompt_style = "project"  # "upstream": the question as typed + the suffix directly (released models)
     config.image = ""
     config.question = ""
     config.options = ()  # empty for an open question
@@ -318,6 +328,7 @@ def run(config, out: TextIO = sys.stdout, info: TextIO = sys.stderr) -> list[dic
         raise ValueError("set --config.image=<file> (one image, streamed) or --config.image_dir=<folder> (JSONL)")
     if config.image and not config.question:
         raise ValueError("--config.question=... is required with --config.image")
+    prompt_style = chains.check_prompt_style(str(config.get("prompt_style", chains.PROJECT_STYLE)))
     image = load_image(config.image) if config.image else None  # a bad file fails before the model loads
     spec = model_spec(config)
     settings, settings_line = sampling.resolve(config.sampling, sampling.shipped_settings(spec.path))
@@ -331,8 +342,9 @@ def run(config, out: TextIO = sys.stdout, info: TextIO = sys.stderr) -> list[dic
         print(settings_line, file=info)
     if config.image:
         options = parse_options(config.options)
-        completion = stream_completion(model, processor, image, prompt_text(config.question, options, spec.use_suffix),
-                                       sampler_config, jax.random.key(int(config.seed)), out, where=config.image)
+        text = prompt_text(config.question, options, spec.use_suffix, prompt_style)
+        completion = stream_completion(model, processor, image, text, sampler_config,
+                                       jax.random.key(int(config.seed)), out, where=config.image)
         if options:
             picked = answers.extract_answer(completion.text, options)
             out.write(f"answer: {'none readable' if picked is None else f'{picked} ({options[picked]})'}\n")
@@ -344,7 +356,8 @@ def run(config, out: TextIO = sys.stdout, info: TextIO = sys.stderr) -> list[dic
         patch_buckets=tuple(int(b) for b in config.patch_buckets), seed=int(config.seed))
     items = batch_items(config)
     speed = Speed()
-    records = generate_batch(generator, items, spec.use_suffix, progress=info if writer else None, speed=speed)
+    records = generate_batch(generator, items, spec.use_suffix, progress=info if writer else None, speed=speed,
+                             prompt_style=prompt_style)
     path = config.output or os.path.join(config.workdir, "generations.jsonl")
     if writer:
         atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

@@ -56,12 +56,23 @@ def vlmevalkit_mcq_prompt(question: str, options: Sequence[str], hint: str = "")
     return text
 
 
-def prompt_text(question: str, options: Sequence[str], hint: str, protocol: str, use_suffix: bool) -> str:
-    """The user text of one benchmark row under ``protocol``, with the SPEC §1 suffix when ``use_suffix``."""
+def prompt_text(question: str, options: Sequence[str], hint: str, protocol: str, use_suffix: bool,
+                prompt_style: str = chains.PROJECT_STYLE) -> str:
+    """The user text of one benchmark row under ``protocol``, with the SPEC §1 suffix when ``use_suffix``.
+
+    ``prompt_style`` (``chains.PROMPT_STYLES``) says how the suffix joins the question text: ``project`` as the
+    project trains (``vlmevalkit``: directly after VLMEvalKit's text, which ends in a newline; ``indexed``: on a
+    line of its own), ``upstream`` directly, with ``<image>`` removed, as upstream trains its released models."""
     suffix = chains.PROMPT_SUFFIX if use_suffix else ""
     if check_protocol(protocol) == VLMEVALKIT:
-        return vlmevalkit_mcq_prompt(question, options, hint) + suffix
-    return chains.format_prompt(f"{hint}\n{question}" if hint else question, options, suffix)
+        text = vlmevalkit_mcq_prompt(question, options, hint)
+    else:
+        text = chains.format_question(f"{hint}\n{question}" if hint else question, options)
+    if chains.check_prompt_style(prompt_style) == chains.UPSTREAM_STYLE:
+        return chains.upstream_prompt(text, suffix)
+    if protocol == VLMEVALKIT or not suffix:
+        return text + suffix
+    return f"{text}\n{suffix}"  # chains.format_prompt
 
 
 def read_answer(text: str, options: Sequence[str], protocol: str) -> answers.Extraction:

@@ -74,6 +74,7 @@ class Settings:
     min_pixels: int = 0  # 0: the protocol's bounds (protocols.pixel_bounds)
     max_pixels: int = 0
     eval_protocol: str = protocols.VLMEVALKIT  # prompt, image bounds and answer reading (protocols.py)
+    prompt_style: str = "project"  # how the suffix joins the question (protocols.prompt_text; chains.PROMPT_STYLES)
 
     def protocol(self) -> dict:
         return {**dataclasses.asdict(self), "levels": dict(degrade.BENCHMARK_LEVELS)}
@@ -130,9 +131,10 @@ def applied_types(row: BenchmarkRow, condition: Condition) -> list[tuple[str, fl
     return [(degrade.sample_benchmark(row.image_index), condition.intensity)]
 
 
-def question_text(row: BenchmarkRow, use_suffix: bool, protocol: str = protocols.VLMEVALKIT) -> str:
+def question_text(row: BenchmarkRow, use_suffix: bool, protocol: str = protocols.VLMEVALKIT,
+                  prompt_style: str = "project") -> str:
     record = row.record
-    return protocols.prompt_text(record.question, record.options, record.hint, protocol, use_suffix)
+    return protocols.prompt_text(record.question, record.options, record.hint, protocol, use_suffix, prompt_style)
 
 
 def condition_image(row: BenchmarkRow, condition: Condition) -> tuple[np.ndarray | None, str | None]:
@@ -151,14 +153,15 @@ def condition_image(row: BenchmarkRow, condition: Condition) -> tuple[np.ndarray
 
 
 def encoded_prompt(generator: inference.Generator, row: BenchmarkRow, condition: Condition,
-                   use_suffix: bool, protocol: str = protocols.VLMEVALKIT) -> tuple[dict | None, str | None]:
+                   use_suffix: bool, protocol: str = protocols.VLMEVALKIT,
+                   prompt_style: str = "project") -> tuple[dict | None, str | None]:
     """The row's prompt encoded at the condition's level, or why it cannot be (decode, degrade or processor)."""
     image, problem = condition_image(row, condition)
     if image is None:
         return None, problem
     try:
         where = f"{row.where} (index {row.label})"
-        return generator.encode(question_text(row, use_suffix, protocol), image, where), None
+        return generator.encode(question_text(row, use_suffix, protocol, prompt_style), image, where), None
     except ValueError as error:
         return None, str(error)
 
@@ -174,7 +177,8 @@ def _outcome(row: BenchmarkRow, condition: Condition, kind: str) -> dict:
 
 
 def evaluate_condition(generator: inference.Generator, condition: Condition, kind: str, use_suffix: bool,
-                       stream: tuple[int, ...] = (), protocol: str = protocols.VLMEVALKIT) -> list[dict]:
+                       stream: tuple[int, ...] = (), protocol: str = protocols.VLMEVALKIT,
+                       prompt_style: str = "project") -> list[dict]:
     """One outcome per row: prediction, correctness, tokens and output, or the problem that made it wrong.
 
     ``stream`` names the condition's random stream (sampled decoding only): each chunk of rows draws from
@@ -188,7 +192,7 @@ def evaluate_condition(generator: inference.Generator, condition: Condition, kin
         for row in rows:
             outcome = _outcome(row, condition, kind)
             outcomes.append(outcome)
-            prompt, problem = encoded_prompt(generator, row, condition, use_suffix, protocol)
+            prompt, problem = encoded_prompt(generator, row, condition, use_suffix, protocol, prompt_style)
             if prompt is None:
                 outcome["problem"] = problem
                 logging.warning("row counted as wrong: %s", problem)
@@ -279,7 +283,8 @@ def evaluate_model(name: str, model, processor, bench_list: Sequence[Benchmark],
         for level_number, condition in enumerate(bench.conditions):
             logging.info("%s: %s at %s (%d rows)", name, bench.name, condition.level, len(condition.rows))
             outcomes = evaluate_condition(generator, condition, bench.kind, use_suffix,
-                                          stream=(bench_number, level_number), protocol=settings.eval_protocol)
+                                          stream=(bench_number, level_number), protocol=settings.eval_protocol,
+                                          prompt_style=settings.prompt_style)
             outcomes_by_level[condition.level] = outcomes
             predictions += [{"model": name, "benchmark": bench.name, **o} for o in outcomes]
         summaries[bench.name] = summarize(bench, outcomes_by_level)
@@ -413,6 +418,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.min_pixels = 0  # 0: the protocol's bounds (vlmevalkit: 1280*28*28; indexed: preprocessor_config.json)
     config.max_pixels = 0
     config.dtype = "float32"  # "bfloat16" on accelerators
+    # "project" or "upstream": the suffix appended directly, as the released Robust-R1 models were trained
+    config.prompt_style = "project"
     return config
 
 
@@ -421,7 +428,8 @@ def settings_from_config(config) -> Settings:
                     prompt_buckets=tuple(int(b) for b in config.prompt_buckets),
                     patch_buckets=tuple(int(b) for b in config.patch_buckets), seed=int(config.seed),
                     dtype=str(config.dtype), min_pixels=int(config.min_pixels), max_pixels=int(config.max_pixels),
-                    eval_protocol=protocols.check_protocol(str(config.protocol)))
+                    eval_protocol=protocols.check_protocol(str(config.protocol)),
+                    prompt_style=chains.check_prompt_style(str(config.get("prompt_style", "project"))))
 
 
 def run_settings(config) -> Settings:

@@ -1,5 +1,11 @@
 """Qwen2.5-VL inputs on the host: image preprocessing, the chat template and tokenisation.
 
+User text is text (``Processor.encode``, the one place every mode's prompt is tokenised: the training rows,
+evaluation, ``generate`` and the playground): the template's own tokens are special tokens, while
+``<|im_end|>`` or ``<|image_pad|>`` typed inside a question, an option, a hint or a chain is encoded as the
+characters it spells. transformers' processor tokenises the rendered template whole, so there such a string
+becomes a control token; for text without special-token strings the two give the same ids.
+
 Image preprocessing reproduces transformers' ``Qwen2VLImageProcessor`` (its PIL/numpy backend) bit for bit:
 smart resize to multiples of ``patch_size * merge_size`` within the pixel bounds, PIL bicubic resampling of the
 uint8 RGB image, rescale by 1/255 (in float64, then float32), CLIP mean/std normalisation in float32, and the
@@ -25,6 +31,9 @@ IMAGE_PAD = "<|image_pad|>"
 END_OF_TEXT = "<|endoftext|>"
 SPECIAL_TOKENS = (IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, END_OF_TEXT)
 DEFAULT_SYSTEM = "You are a helpful assistant."
+# Stands for the user's text while the chat template renders (private-use code points: no tokenizer's special token
+# and no template's literal text holds them), so the template's text and the user's can be tokenised differently.
+USER_TEXT_MARKER = "\ue000user-text\ue001"
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -369,27 +378,47 @@ class Processor:
     def from_pretrained(cls, path, system: str = DEFAULT_SYSTEM, **image_overrides) -> "Processor":
         return cls(load_tokenizer(path), ImageProcessor.from_pretrained(path, **image_overrides), system)
 
-    def tokenize(self, text: str) -> list[int]:
-        # The template already holds every special token; nothing else may be added around it.
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def tokenize(self, text: str, as_text: bool = False) -> list[int]:
+        """Token ids of ``text``, nothing added around it (the template holds every special token).
+
+        ``as_text=True`` encodes special-token strings inside ``text`` (``<|im_end|>``, ``<|image_pad|>``) as the
+        ordinary text they spell (the tokenizer's ``split_special_tokens``), for text a user wrote."""
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=as_text)["input_ids"])
+
+    def prompt_ids(self, question: str, image_tokens_per_image: Sequence[int]) -> list[int]:
+        """The prompt's token ids with ``question`` encoded as text (see the module docstring).
+
+        The template is rendered once with a marker in the question's place (``prompt``); the text around the
+        marker is tokenised with its special tokens, the question with special-token splitting on. The Qwen2.5-VL
+        template puts special tokens on both sides of the user text (``<|vision_end|>`` before it, ``<|im_end|>``
+        after), where a byte-level BPE never merges across, so a question without special-token strings gets
+        exactly the ids the whole rendered prompt gets. ValueError when the template does not render the question
+        exactly once."""
+        rendered = self.prompt(USER_TEXT_MARKER, image_tokens_per_image)
+        pieces = rendered.split(USER_TEXT_MARKER)
+        if len(pieces) != 2:
+            raise ValueError(f"the chat template rendered the user text {len(pieces) - 1} times; expected once")
+        before, after = pieces
+        return self.tokenize(before) + self.tokenize(question, as_text=True) + self.tokenize(after)
 
     def encode(self, question: str, images=(), answer: str | None = None) -> dict:
         """``input_ids`` int32 [S], ``loss_mask`` int32 [S], ``pixel_values``, ``image_grid_thw``.
 
         The loss mask is 1 exactly on the answer's tokens and the closing ``<|im_end|>`` (all zeros without an
         answer). Prompt and answer are tokenised separately and concatenated, so the prompt's tokens are the
-        ones the sampler conditions on and the mask boundary never falls inside a merged token.
+        ones the sampler conditions on and the mask boundary never falls inside a merged token. ``question`` and
+        ``answer`` are text: a special-token string inside them is encoded as the characters it spells
+        (``prompt_ids``), so it can neither add image tokens nor end the turn.
         """
         if isinstance(images, (Image.Image, np.ndarray)):
             images = [images]
         vision = self.image_processor(list(images))
         merge = self.image_processor.merge_size ** 2
         tokens_per_image = [int(np.prod(g)) // merge for g in vision["image_grid_thw"]]
-        prompt = self.prompt(question, tokens_per_image)
-        input_ids = self.tokenize(prompt)
+        input_ids = self.prompt_ids(question, tokens_per_image)
         loss_mask = [0] * len(input_ids)
         if answer is not None:
-            answer_ids = self.tokenize(answer) + [self.im_end_id]
+            answer_ids = self.tokenize(answer, as_text=True) + [self.im_end_id]
             closing_ids = self.tokenize("\n")
             input_ids += answer_ids + closing_ids
             loss_mask += [1] * len(answer_ids) + [0] * len(closing_ids)

@@ -102,7 +102,8 @@ def make_loader(config, processor, per_host: int, info, kind: str = "sft"):
     from robust_r1_jax.data import pipeline, tfds_builder
     d = config.data
     source = tfds_builder.data_source(d.dataset_dir, d.split)
-    extra = {k: d[k] for k in ("reference_answer_bytes", "reference_names", "reference_name_bytes") if k in d}
+    extra = {k: d[k] for k in ("reference_answer_bytes", "reference_names", "reference_name_bytes", "prompt_style")
+             if k in d}
     pcfg = pipeline.PipelineConfig(batch_size=per_host, seq_len=d.seq_len, patch_bucket=d.patch_bucket,
                                    image_slots=d.image_slots, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
                                    seed=config.seed, shuffle=d.shuffle, num_epochs=None,

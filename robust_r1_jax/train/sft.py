@@ -28,7 +28,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         dataset_dir="", split="train", tokenizer="",   # tokenizer dir ("" -> init_from)
         global_batch_size=8, seq_len=1024, patch_bucket=256, image_slots=1,
-        min_pixels=56 * 56, max_pixels=28 * 28 * 1280, worker_count=0, shuffle=True))
+        min_pixels=56 * 56, max_pixels=28 * 28 * 1280, worker_count=0, shuffle=True,
+        prompt_style="project"))  # "upstream": the source's human turn verbatim + suffix (data/rows.py)
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.optim = ml_collections.ConfigDict(dict(
         learning_rate=1e-5, warmup_steps=0, total_steps=0,  # total_steps 0: train.steps

@@ -55,6 +55,8 @@ def path_problems(config) -> list[str]:
     for field, value in (("model.init_from", config.model.init_from), ("data.tokenizer", config.data.tokenizer)):
         if value and _is_local(value) and not os.path.exists(value):
             problems.append(f"config.{field}={value!r} does not exist")
+    if config.data.get("prompt_style", "project") not in ("project", "upstream"):  # data/rows.py PROMPT_STYLES
+        problems.append(f"config.data.prompt_style={config.data.prompt_style!r}: expected 'project' or 'upstream'")
     return problems
 
 

@@ -200,6 +200,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.checkpoint = ""  # Hugging Face dir, orbax model or training checkpoint folder; "" = the demo model
     config.tokenizer = ""  # "" = the checkpoint's own folder
     config.suffix = True  # append the SPEC §1 instruction suffix (off for base models)
+    config.prompt_style = "project"  # "upstream": the question as typed + the suffix directly (generate's setting)
     config.host = "127.0.0.1"
     config.port = 7860
     config.dtype = "float32"

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from robust_r1_jax.data import chains
 from robust_r1_jax.eval import generate as generate_mode
 from robust_r1_jax.eval import inference
 from robust_r1_jax.model import generate as gen
@@ -69,12 +70,13 @@ def parse_options(text: str) -> tuple[str, ...]:
 
 class ModelService:
     """One model, its processor and its streamer. ``name`` labels the page; ``use_suffix`` appends SPEC §1's
-    instruction suffix to every question."""
+    instruction suffix to every question, joined as ``prompt_style`` says (``eval.generate.prompt_text``)."""
 
     def __init__(self, model, processor: Processor, sampler_config, *, name: str, use_suffix: bool = True,
                  prompt_buckets: Sequence[int] = (256, 512, 1024), patch_buckets: Sequence[int] = (64, 256, 1024),
-                 seed: int = 0):
+                 seed: int = 0, prompt_style: str = "project"):
         inference.check_pairing(model, processor, name)
+        self.prompt_style = chains.check_prompt_style(prompt_style)
         self.model, self.processor, self.name, self.use_suffix = model, processor, name, use_suffix
         self.prompt_buckets, self.patch_buckets = tuple(prompt_buckets), tuple(patch_buckets)
         self.streamer = gen.Streamer(model, sampler_config)
@@ -93,11 +95,12 @@ class ModelService:
         logging.info("web: serving %s from %s", spec.name, spec.path)
         return cls(model, processor, sampler_config, name=spec.name, use_suffix=spec.use_suffix,
                    prompt_buckets=tuple(int(b) for b in config.prompt_buckets),
-                   patch_buckets=tuple(int(b) for b in config.patch_buckets), seed=int(config.seed))
+                   patch_buckets=tuple(int(b) for b in config.patch_buckets), seed=int(config.seed),
+                   prompt_style=str(config.get("prompt_style", "project")))
 
     def pack(self, question: str, options: Sequence[str], image: np.ndarray) -> dict[str, np.ndarray]:
         """The prompt as one left-padded row in its buckets (see ``eval.inference.pack_batch``)."""
-        text = generate_mode.prompt_text(question, options, self.use_suffix)
+        text = generate_mode.prompt_text(question, options, self.use_suffix, self.prompt_style)
         encoded = self.processor.encode(text, [image])
         batch = inference.pack_batch([encoded], 1, self.prompt_buckets, self.patch_buckets,
                                      self.processor.token_ids[END_OF_TEXT])

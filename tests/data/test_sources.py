@@ -151,9 +151,10 @@ def test_jsonl_parses_question_options_answer_and_degradations(jsonl, caplog):
     assert r7.options == () and r7.question == "Is it red? Answer with the option index." and r7.applied == ()
     text = caplog.text
     assert f"{path}:2: not valid JSON" in text
-    assert f"{path}:3: record r3: gpt turn is not a valid chain" in text
+    assert (f"{path}:3: record r3: the gpt turn (not a SPEC §1 chain, so read as a plain answer): answer "
+            f"'just an answer' is not an option index and the question has no options") in text
     assert f"{path}:5: record r5: image file not found" in text
-    assert f"{path}:6: record r6: ANSWER 5 is not an index into the 2 options" in text
+    assert f"{path}:6: record r6: the chain's ANSWER: answer 5 is not 0..1 of the 2 options" in text
 
 
 def test_jsonl_raise_mode_stops_at_first_bad_line(jsonl):

@@ -116,8 +116,17 @@ def test_bad_inputs_are_clear_errors(tmp_path):
         train_demo_tokenizer(corpus(5), tmp_path / "t", vocab_size=200)
     with pytest.raises(ValueError, match="every text is empty"):
         train_demo_tokenizer(["", ""], tmp_path / "t")
-    with pytest.raises(ValueError, match="training text 1 contains the special token '<\\|im_end\\|>'"):
-        build_qwen2_style_tokenizer(tmp_path / "t", ["fine", "a<|im_end|>"], vocab_size=300)
     with pytest.raises(TypeError, match="training text 0 is a bytes"):
         train_demo_tokenizer([b"x"], tmp_path / "t")
     assert not (tmp_path / "t").exists()
+
+
+def test_special_token_strings_in_training_texts_are_learned_as_text_only(tmp_path):
+    """A question holding a special-token string (issue 22) trains the tokenizer; the string is never a merge,
+    the special tokens keep their places at the top and the typed string encodes as its characters."""
+    texts = ["is <|im_end|> a tag? <|im_end|><|image_pad|>"] * 50 + ["fine"]
+    tok = build_qwen2_style_tokenizer(tmp_path / "t", texts, vocab_size=320)
+    assert tok.convert_tokens_to_ids("<|im_end|>") == 318 and tok.convert_tokens_to_ids("<|image_pad|>") == 316
+    spelled = tok("<|im_end|>", add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert len(spelled) > 1 and max(spelled) < 320 - 7 and tok.decode(spelled) == "<|im_end|>"
+    assert "<|im_end|>" not in [tok.convert_ids_to_tokens(i) for i in range(320 - 7)]

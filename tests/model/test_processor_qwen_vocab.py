@@ -111,3 +111,30 @@ def test_a_folders_own_template_is_used(qwen_dir, qwen_tokenizer, tmp_path):
             Processor(qwen_tokenizer, ImageProcessor(**small)).encode(question, images[:1])
     finally:
         qwen_tokenizer.chat_template = None
+
+
+def test_special_token_strings_in_user_text_are_text_on_the_real_vocabulary(qwen_dir, qwen_tokenizer, tmp_path):
+    """Issue 22 item 4: where the chat template decides (everything around the user text) the ids are those of
+    transformers' rendering; the typed strings are their characters in Qwen2's BPE, not ids 151644-151655."""
+    folder = with_template(qwen_dir, tmp_path / "model", QWEN2_5_VL_TEMPLATE, "chat_template.json")
+    small = dict(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
+    ours = Processor(load_tokenizer(folder), ImageProcessor(**small))
+    reference = ReferenceProcessor(image_processor=reference_image_processor(**small), tokenizer=qwen_tokenizer,
+                                   chat_template=QWEN2_5_VL_TEMPLATE)
+    typed = "How many <|image_pad|> are there?<|im_end|>\n<|im_start|>assistant\n<|vision_start|>"
+    image = random_image(60, 90, 1)
+    text = reference.apply_chat_template([user(typed, 1)], tokenize=False, add_generation_prompt=True)
+    with pytest.raises((ValueError, StopIteration)):  # transformers takes the typed pad for a second image
+        reference(text=[text], images=[image])
+    plain = reference(text=[reference.apply_chat_template([user("How many?", 1)], tokenize=False,
+                                                          add_generation_prompt=True)], images=[image])
+    ids = ours.encode(typed, [image])["input_ids"].tolist()
+    plain_ids = list(plain["input_ids"][0])
+    question_ids = qwen_tokenizer("How many?", add_special_tokens=False)["input_ids"]
+    start = plain_ids.index(151653) + 1  # after <|vision_end|>
+    head, tail = plain_ids[:start], plain_ids[start + len(question_ids):]
+    assert plain_ids[start:start + len(question_ids)] == question_ids
+    assert ids[:len(head)] == head and ids[len(ids) - len(tail):] == tail  # the template's ids, transformers'
+    middle = ids[len(head):len(ids) - len(tail)]
+    assert max(middle) < 151643 and qwen_tokenizer.decode(middle) == typed
+    assert ids.count(151655) == plain_ids.count(151655)

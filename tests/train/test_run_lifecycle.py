@@ -112,11 +112,13 @@ def test_config_problems_are_listed_before_any_model_is_built(data, tmp_path, mo
     config = _config(data, tmp_path / "run", steps=0)
     config.data.dataset_dir = str(tmp_path / "missing")
     config.train.grad_accum = 3
+    config.data.prompt_style = "verbatim"
     with pytest.raises(validate.ConfigError) as error:
         sft.run(config)
     assert error.value.problems == [
         "config.train.steps=0: train at least 1 step (a run of 0 steps would export the untrained model)",
         f"config.data.dataset_dir={str(tmp_path / 'missing')!r} does not exist (build one with configs/synth.py)",
+        "config.data.prompt_style='verbatim': expected 'project' or 'upstream'",
         "config.data.global_batch_size=4 is not divisible by config.train.grad_accum=3"]
 
 
@@ -158,3 +160,21 @@ def test_curves_png_draws_every_panel(tmp_path):
     with Image.open(path) as image:
         assert image.size == (3 * 450, 320)
         assert np.asarray(image.convert("RGB")).std() > 10
+
+
+def test_the_loader_gets_the_configs_prompt_style(monkeypatch):
+    """data.prompt_style reaches the rows (issue 22): the pipeline config the loader is built with carries it."""
+    import types
+
+    from robust_r1_jax.data import pipeline, tfds_builder
+    from robust_r1_jax.train import run as run_module
+    seen = []
+    monkeypatch.setattr(tfds_builder, "data_source", lambda path, split: [])
+    monkeypatch.setattr(pipeline, "make_sft_loader", lambda source, processor, pcfg, **hosts: seen.append(pcfg))
+    monkeypatch.setattr(pipeline, "make_rl_loader", lambda source, processor, pcfg, **hosts: seen.append(pcfg))
+    config = sft.default_config()
+    info = types.SimpleNamespace(process_index=0, process_count=1)
+    run_module.make_loader(config, None, 4, info)
+    config.data.prompt_style = "upstream"
+    run_module.make_loader(config, None, 4, info, kind="rl")
+    assert [p.prompt_style for p in seen] == ["project", "upstream"]
