@@ -79,7 +79,7 @@ def test_prompt_ids_equal_qwen3_vl_processor(qwen3_vl_folder):
     reference = ReferenceProcessor(image_processor=reference_image_processor(**bounds), tokenizer=tokenizer,
                                    chat_template=QWEN3_VL_TEMPLATE)
     images = [random_image(90, 140, 1), random_image(200, 64, 2)]
-    question = "Which picture is sharper? <think>"
+    question = "Which picture is sharper?"
     expected = reference(text=[reference.apply_chat_template([user(question, 2)], tokenize=False,
                                                              add_generation_prompt=True)], images=images)
     got = ours.encode(question, images, answer="A")
@@ -90,7 +90,7 @@ def test_prompt_ids_equal_qwen3_vl_processor(qwen3_vl_folder):
     np.testing.assert_array_equal(expected["mm_token_type_ids"][0], got["input_ids"][:prompt_length] == 151655)
     ids = got["input_ids"].tolist()
     assert ids[:3] == [151644, 872, 198]  # <|im_start|>user\n: no system turn by default
-    assert 151667 in ids  # "<think>" is one token in this vocabulary
+    assert tokenizer("<think>", add_special_tokens=False)["input_ids"] == [151667]  # Qwen3's, not Qwen2.5's
     text = ours.tokenizer.decode(ids)
-    assert text.endswith("Which picture is sharper? <think><|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n")
+    assert text.endswith("Which picture is sharper?<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n")
     assert got["loss_mask"].sum() == 2
