@@ -4,7 +4,8 @@ python -m robust_r1_jax.main --config=configs/synth.py --config.workdir=runs/syn
 python -m robust_r1_jax.main --config=configs/sft_tiny.py \
     --config.data.dataset_dir=runs/synth/tfds --config.data.tokenizer=runs/demo/tokenizer
 
-``dataset_dir`` is synth's data folder or the versioned dataset folder below it (runs/synth/tfds/robust_r1/1.0.0).
+``dataset_dir`` is synth's workdir (runs/synth), its data folder (runs/synth/tfds) or the versioned dataset folder
+(runs/synth/tfds/robust_r1/1.0.0).
 The tokenizer is the demo's; without a finished demo, a shrunk one writes one (and a tiny model) in about a
 minute; then pass --config.data.tokenizer=runs/demo_small/tokenizer:
 

@@ -22,9 +22,13 @@ TFDS shards; options numbered from 0 or 1 or lettered, and answers given as a la
 are mapped to one form whose prompt and answer agree (a record that cannot be mapped is named and skipped); the
 human turn is kept verbatim for ``data.prompt_style=upstream``; ``<TYPE>`` names go through the alias table of
 ``robust_r1_jax/data/type_names.py``. Example: ``--config.synth.source=robust_r1_jsonl
---config.synth.source_path=.../train.jsonl --config.synth.image_root=.../train_images``. A prompt's several images
-are kept (``extra_images``) when the record carries its chain; train with ``--config.data.image_slots`` >= that
-count.
+--config.synth.source_path=.../train.jsonl --config.synth.image_root=.../train_images
+--config.synth.num_train=2000 --config.synth.num_validation=100``. A file source is cut to ``num_train +
+num_validation`` records (defaults 256 + 64; a warning and ``synth_summary.json``'s ``source_records`` say how
+many were left out); a file shorter than that fills ``train`` first and needs at least one record left for
+``validation`` (or ``num_validation=0``). A prompt's several images are kept (``extra_images``) when the record
+carries its chain; train with ``--config.data.image_slots`` >= ``max_images_per_prompt`` of the summary.
+``synth_summary.json`` also lists the skipped records (file:line, id, why) and the ``<TYPE>`` aliases applied.
 """
 from robust_r1_jax.data.synth import default_config
 

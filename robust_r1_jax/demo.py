@@ -185,6 +185,11 @@ def host() -> dict:
 
 
 def run(config) -> dict:
+    from robust_r1_jax.train import validate
+    # The GRPO stage's sampling and grpo sections are checked before the minutes of synthesis and SFT.
+    from robust_r1_jax.model import sampling
+    validate.check_sampling(config, sections=(), extra=sampling.problems(config.rl.sampling, "rl.sampling")
+                            + grpo.config_problems(config.rl, prefix="rl."))
     clock = StageClock()
     with clock("total"):
         summary = _run_stages(config, clock)

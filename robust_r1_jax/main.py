@@ -30,7 +30,7 @@ MODES = {
     "eval": "robust_r1_jax.eval.robust:run",
     "generate": "robust_r1_jax.eval.generate:run",
     "convert": "robust_r1_jax.model.convert:run_convert",
-    "inspect": "robust_r1_jax.model.convert:run_inspect",
+    "inspect": "robust_r1_jax.data.inspection:run_inspect",
     "aot": "robust_r1_jax.aot:run",
     "web": "robust_r1_jax.web.app:run",
 }
@@ -69,8 +69,21 @@ def quiet_library_info() -> None:
             handler.addFilter(DropLibraryInfo())
 
 
-def unknown_key_message(error: BaseException, argv) -> str:
-    """The useful line of ml_collections' error for a misspelt ``--config.`` key: the flag and its suggestion."""
+def _fields_named(config, key: str, prefix: str = "") -> list[str]:
+    """Dotted paths of the fields called ``key`` anywhere in ``config`` (a ConfigDict or a plain mapping)."""
+    found = []
+    for name, value in (config.items() if hasattr(config, "items") else ()):
+        path = f"{prefix}{name}"
+        if name == key:
+            found.append(path)
+        if hasattr(value, "items"):
+            found += _fields_named(value, key, path + ".")
+    return found
+
+
+def unknown_key_message(error: BaseException, argv, config=None) -> str:
+    """The useful line of ml_collections' error for a misspelt ``--config.`` key: the flag and its suggestion; a
+    field of that name in a section of ``config`` (``max_new_tokens`` -> ``sampling.max_new_tokens``) is named."""
     while isinstance(error, (AttributeError, KeyError)) and error.args and isinstance(error.args[0], BaseException):
         error = error.args[0]
     text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
@@ -78,6 +91,11 @@ def unknown_key_message(error: BaseException, argv) -> str:
     key = key.strip("'\"")
     flag = next((a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")
                  and key in a.split("=", 1)[0].split(".")), f"--config.{key}")
+    elsewhere = [p for p in (_fields_named(config, key) if config is not None else ())
+                 if f"--config.{p}" != flag]
+    if elsewhere:
+        suggestion = (suggestion + " " if suggestion else "") + "The config has it as " + " or ".join(
+            f"--config.{p}" for p in elsewhere) + "."
     return f"{flag}: the config has no field {key!r}. {suggestion}".strip()
 
 
@@ -86,8 +104,23 @@ def parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:
-        print(f"error: {unknown_key_message(e, argv)}", file=sys.stderr)
+        print(f"error: {unknown_key_message(e, argv, _config_file_defaults(argv))}", file=sys.stderr)
         sys.exit(2)
+
+
+def _config_file_defaults(argv):
+    """The config ``--config=FILE[:ARG]`` names, loaded again without overrides (None when that fails): only the
+    message about a misspelt key uses it."""
+    spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+    if spec is None:
+        return None
+    path, _, arg = spec.partition(":")
+    try:
+        import runpy
+        get_config = runpy.run_path(path)["get_config"]
+        return get_config(arg) if arg else get_config()
+    except Exception:  # noqa: BLE001 - only a better message is at stake
+        return None
 
 
 def run_mode(config) -> None:

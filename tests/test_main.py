@@ -59,6 +59,24 @@ def test_misspelt_config_key_is_one_clear_line():
                                   'Did you mean "src" instead of "srcc"?')
 
 
+def test_a_key_that_lives_in_a_section_is_named_with_its_section():
+    out = _main("--config=configs/generate.py", "--config.max_new_tokens=8")
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("error: --config.max_new_tokens: the config has no field 'max_new_tokens'. "
+                                  "The config has it as --config.sampling.max_new_tokens.")
+
+
+def test_unknown_key_message_lists_each_section_holding_the_field():
+    import ml_collections
+    from robust_r1_jax.main import unknown_key_message
+    config = ml_collections.ConfigDict(dict(a=dict(steps=1), b=dict(c=dict(steps=2)), steps_x=3))
+    assert unknown_key_message(AttributeError("'steps'"), ["x", "--config.steps=4"], config) == (
+        "--config.steps: the config has no field 'steps'. The config has it as --config.a.steps or "
+        "--config.b.c.steps.")
+    assert unknown_key_message(AttributeError("'zzz'"), ["x", "--config.zzz=4"], config) == (
+        "--config.zzz: the config has no field 'zzz'.")
+
+
 def test_bad_input_that_ends_a_run_is_one_clear_line(tmp_path):
     """A generate image that is not an image (read before any model loads) and a synth source with no usable row:
     one ``error:`` line naming the file, exit 1, no traceback."""

@@ -44,8 +44,12 @@ def contact_label(example: dict) -> str:
     types = chains.format_type([(n, round(s, 2)) for n, s in applied])
     total = sum(s for _, s in applied)
     answer = example["options"][example["answer"]] if example["options"] else example["answer"]
-    seed = "pre-degraded source" if example["degradation_seed"] < 0 else f"seed {example['degradation_seed']}"
+    label = example.get("prompt_answer", "")
+    answer_line = f"A: {answer}" + (f"  (the source's turn: {label})" if label else "")
+    if example["degradation_seed"] < 0:  # a source's own chain and image: there is no clean image to show
+        return (f"{example['id']}  (pre-degraded source: its image as shipped, shown twice)\n"
+                f"the chain's <TYPE>: {types}  (sum s = {total:.2f})\nQ: {example['question']}\n{answer_line}")
     return (
-        f"{example['id']}  ({seed})\nclean | degraded: {types}  (sum s = {total:.2f})\n"
-        f"Q: {example['question']}\nA: {answer}"
+        f"{example['id']}  (seed {example['degradation_seed']})\nclean | degraded: {types}  (sum s = {total:.2f})\n"
+        f"Q: {example['question']}\n{answer_line}"
     )

@@ -12,9 +12,11 @@ style    option lines                   what a bare number in the answer means
 ``zero`` ``0. a`` ``1. b`` ...          the printed label (= the 0-based index)
 ``one``  ``1. a`` ``2. b`` ...          the printed label (``1`` is the first option)
 ``letter`` ``A. a`` / ``(A) a`` / ``A) a`` the 0-based index (SPEC §1), as without labels
+         (or ``a. a`` / ``(a) a``: one case)
 ======== ============================== =====================================
 
-and answers as a number (``2``, ``(2)``, ``2.``), a letter (``C``, ``(C)``, ``C.``) or the option's text. ``resolve_answer`` maps any of
+and answers as a number (``2``, ``(2)``, ``2.``), a letter (``C``, ``(C)``, ``C.``; ``c`` too when the options are
+lettered) or the option's text. ``resolve_answer`` maps any of
 them to the index, and raises ``AnswerError`` (the reader turns it into a per-record problem naming the file and
 line) when the answer does not name exactly one option: a number outside the labels, a letter past the last
 option, text that matches no option or several (duplicated option texts). Nothing is relabelled silently.
@@ -27,10 +29,11 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 ZERO, ONE, LETTER = "zero", "one", "letter"
 STYLES = (ZERO, ONE, LETTER)
 
-_OPTION_LINE = re.compile(r"^\s*\(?([A-Z]|\d{1,2})[.):]\)?\s+(.+?)\s*$")
+_OPTION_LINE = re.compile(r"^\s*\(?([A-Za-z]|\d{1,2})[.):]\)?\s+(.+?)\s*$")
 _OPTIONS_HEADER = re.compile(r"^\s*(options|choices)\s*:?\s*$", re.IGNORECASE)
 _NUMBER = re.compile(r"^\(?([+-]?\d+)\)?[.):]?$")  # 2, (2), 2., 2)
 _LETTER_ANSWER = re.compile(r"^\(?([A-Z])\)?[.):]?$")
+_LOWER_LETTER_ANSWER = re.compile(r"^\(?([a-z])\)?[.):]?$")  # only where the options are lettered
 
 
 class AnswerError(ValueError):
@@ -44,7 +47,8 @@ def _style(labels: list[str]) -> str | None:
         if first in (0, 1) and [int(x) for x in labels] == list(range(first, first + len(labels))):
             return ZERO if first == 0 else ONE
         return None
-    return LETTER if "".join(labels) == LETTERS[: len(labels)] else None
+    joined = "".join(labels)  # one case throughout: A, B, C or a, b, c
+    return LETTER if joined in (LETTERS[: len(labels)], LETTERS[: len(labels)].lower()) else None
 
 
 def split_labelled_options(text: str) -> tuple[str, tuple[str, ...], str | None]:
@@ -104,9 +108,9 @@ def resolve_answer(answer: str | int, options: tuple[str, ...] | list[str], styl
         return number
     if not options:
         raise AnswerError(f"answer {text!r} is not an option index and the question has no options")
-    letter = _LETTER_ANSWER.match(text)
+    letter = _LETTER_ANSWER.match(text) or (_LOWER_LETTER_ANSWER.match(text) if style == LETTER else None)
     if letter is not None and len(text) <= 4:
-        index = LETTERS.index(letter.group(1))
+        index = LETTERS.index(letter.group(1).upper())
         if index >= len(options):
             raise AnswerError(f"answer {text!r} is past the last option letter {LETTERS[len(options) - 1]}")
         return index

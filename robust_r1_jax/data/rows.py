@@ -277,7 +277,9 @@ class _RowBuilder(abc.ABC):
         where = example_name(example, index)
         images = example_images(example, where)
         if len(images) > self.config.image_slots:
-            raise ValueError(f"{where} has {len(images)} images but image_slots={self.config.image_slots}")
+            raise ValueError(f"{where} has {len(images)} images but image_slots={self.config.image_slots} (set "
+                             f"data.image_slots to the most images a prompt has, synth_summary.json's "
+                             f"max_images_per_prompt)")
         processor = self._processor_for(max(len(images), 1))
         budget = processor.image_processor
         if self.config.min_pixels > budget.max_pixels:

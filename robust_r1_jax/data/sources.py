@@ -284,7 +284,8 @@ def _jsonl_lines(path: str, on_error: str, skipped: SkipLog | None) -> Iterator[
                 report_bad_input(f"{path}:{line_number}: {text_problem}", on_error, skipped)
                 continue
             try:
-                yield line_number, json.loads(line)
+                # without its line break: an object cut short is reported at its end, not at column 1 of a next line
+                yield line_number, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as error:
                 report_bad_input(f"{path}:{line_number}: not valid JSON ({error.msg}, column {error.colno})",
                                  on_error, skipped)

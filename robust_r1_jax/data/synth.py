@@ -233,10 +233,12 @@ def jsonl_sources(source_path: str, image_root: str) -> list[tuple[str, str]]:
     return list(zip(paths, roots))
 
 
-def split_records(cfg, skipped: SkipLog | None = None) -> dict[str, list[Record]]:
+def split_records(cfg, skipped: SkipLog | None = None, usage: dict | None = None) -> dict[str, list[Record]]:
     """Train and validation records of the configured source (disjoint, deterministic).
 
-    Rows the reader skips are counted in ``skipped``; ``SourceError`` when no row is usable.
+    Rows the reader skips are counted in ``skipped``; ``SourceError`` when no row is usable. A file source holding
+    more usable records than ``num_train + num_validation`` is cut to that many, with a warning naming how many
+    are left out; ``usage`` (when given) receives ``{"usable": n, "unused": n}``.
     """
     skipped = SkipLog() if skipped is None else skipped
     if cfg.source == "shapes":
@@ -271,6 +273,12 @@ def split_records(cfg, skipped: SkipLog | None = None) -> dict[str, list[Record]
     wanted = cfg.num_train + cfg.num_validation
     if len(records) < wanted:
         logger.warning("%s holds %d usable records, fewer than the %d requested", cfg.source_path, len(records), wanted)
+    elif len(records) > wanted:
+        logger.warning("%s holds %d usable records; only synth.num_train=%d + synth.num_validation=%d of them are "
+                       "used (%d left out); raise those to use them all", cfg.source_path, len(records),
+                       cfg.num_train, cfg.num_validation, len(records) - wanted)
+    if usage is not None:
+        usage.update(usable=len(records), unused=max(0, len(records) - wanted))
     order = np.random.default_rng(cfg.seed).permutation(len(records))
     shuffled = [records[i] for i in order]
     split = {"train": shuffled[: cfg.num_train], "validation": shuffled[cfg.num_train: wanted]}
@@ -305,10 +313,13 @@ class _Stats:
         self.sheet_rows: list[tuple[np.ndarray, np.ndarray, str]] = []
         self.aliased_types: collections.Counter = collections.Counter()  # "alias -> name": examples
         self.unknown_types: collections.Counter = collections.Counter()  # name: examples
+        self.usage: dict = {}  # file sources: usable records read, and those beyond num_train + num_validation
+        self.max_images = 0  # the most images one stored example's prompt carries
 
     def add(self, split: str, item: Synthesized, record: Record) -> None:
         self.counts[split] += 1
         example = item.example
+        self.max_images = max(self.max_images, 1 + len(example.get("extra_images", ())))
         if example["degradation_seed"] < 0:  # the source's own chain was kept: its names are the dataset's
             self.aliased_types.update({f"{alias} -> {type_names.canonical(alias)[0]}"
                                        for alias in record.aliased_types})
@@ -428,7 +439,7 @@ def run(config) -> dict:
     data_dir = cfg.data_dir or os.path.join(workdir, "tfds")
     started = time.perf_counter()
     stats = _Stats()
-    records = split_records(cfg, stats.skipped)
+    records = split_records(cfg, stats.skipped, stats.usage)
     annotator = make_annotator(cfg)
     total = sum(len(r) for r in records.values())
     pool = None
@@ -470,10 +481,17 @@ def run(config) -> dict:
         # (kept as written; each example was warned about when read), with how many examples hold each
         "type_aliases_applied": dict(sorted(stats.aliased_types.items())),
         "unknown_type_names": dict(sorted(stats.unknown_types.items())),
+        # train with data.image_slots >= this (a prompt with more images than slots becomes a padding row)
+        "max_images_per_prompt": stats.max_images,
         "seconds": round(time.perf_counter() - started, 3),
     }
+    if stats.usage:
+        summary["source_records"] = stats.usage
     atomic.write_text(os.path.join(workdir, SUMMARY_NAME), json.dumps(summary, indent=2, sort_keys=True))
     logger.info("synth: wrote %s (%s), contact sheet %s", path, stats.counts, summary["contact_sheet"])
     if stats.skipped.count:
         logger.warning("synth: %s", stats.skipped.describe())
+    if stats.max_images > 1:
+        logger.info("synth: prompts carry up to %d images; train with --config.data.image_slots=%d",
+                    stats.max_images, stats.max_images)
     return summary

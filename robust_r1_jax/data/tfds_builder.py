@@ -257,17 +257,21 @@ def write_dataset(
 
 def find_dataset_dir(path: str) -> str:
     """The versioned dataset folder (the one holding ``dataset_info.json``) that ``path`` is or lies above: a
-    ``write_dataset`` data_dir (``<data_dir>/robust_r1/1.0.0``) or the dataset's name folder are accepted too.
+    ``write_dataset`` data_dir (``<data_dir>/robust_r1/1.0.0``), the dataset's name folder or synth's workdir
+    (``<workdir>/tfds/robust_r1/1.0.0``) are accepted too.
     FileNotFoundError naming ``path`` when there is none, ValueError when there are several."""
     if "://" in path or os.path.isfile(os.path.join(path, "dataset_info.json")):
         return path
     if not os.path.isdir(path):
         raise FileNotFoundError(f"dataset_dir {path} does not exist")
-    found = sorted(os.path.dirname(f) for pattern in ("*/dataset_info.json", "*/*/dataset_info.json")
-                   for f in glob.glob(os.path.join(glob.escape(path), pattern)))
+    found = []
+    for pattern in ("*/dataset_info.json", "*/*/dataset_info.json", "*/*/*/dataset_info.json"):
+        found = sorted(os.path.dirname(f) for f in glob.glob(os.path.join(glob.escape(path), pattern)))
+        if found:  # the nearest level that holds any
+            break
     if not found:
         raise FileNotFoundError(f"dataset_dir {path} holds no TFDS dataset (no dataset_info.json in it or in the "
-                                f"two folder levels below); build one with configs/synth.py")
+                                f"three folder levels below); build one with configs/synth.py")
     if len(found) > 1:
         raise ValueError(f"dataset_dir {path} holds {len(found)} datasets, name one: {', '.join(found)}")
     return found[0]
@@ -316,3 +320,48 @@ def read_examples(path: str, split: str, decode_images: bool = True) -> list[dic
 def split_sizes(path: str) -> dict[str, int]:
     builder = tfds.builder_from_directory(path)
     return {name: info.num_examples for name, info in builder.info.splits.items()}
+
+
+SUMMARY_FILE = "synth_summary.json"  # what synth writes in its workdir, beside the data folder
+
+
+def describe_dataset(path: str, num_examples: int = 3) -> str:
+    """What the ``inspect`` mode prints for a dataset synth wrote: the versioned folder, the split sizes, synth's
+    summary (skipped records, ``<TYPE>`` aliases, the most images a prompt has) when it lies beside the data folder,
+    then the first ``num_examples`` examples of each split with every text field as stored (``repr``, so a typed
+    ``<|image_pad|>`` or a newline shows as it is), the options numbered as the stored 0-based ``answer`` reads
+    them, and the image sizes."""
+    path = find_dataset_dir(path)
+    lines = [f"dataset: {path}", "splits: " + ", ".join(f"{k} {v}" for k, v in sorted(split_sizes(path).items()))]
+    summary_path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(path))), SUMMARY_FILE)
+    if os.path.isfile(summary_path):
+        import json
+        with open(summary_path, encoding="utf-8") as handle:
+            summary = json.load(handle)
+        lines.append(f"synth summary ({summary_path}):")
+        for key in ("source", "source_records", "skipped", "skipped_items", "type_aliases_applied",
+                    "unknown_type_names", "max_images_per_prompt"):
+            if key in summary:
+                lines.append(f"  {key}: {json.dumps(summary[key], ensure_ascii=False)}")
+    for split in sorted(split_sizes(path)):
+        source = data_source(path, split)
+        for index in range(min(num_examples, len(source))):
+            example = to_python(source[index])
+            image = np.asarray(example["image"])
+            lines.append(f"--- {split}[{index}] id {example['id']!r} (source {example['source']!r})")
+            lines.append(f"  image: {image.shape[1]}x{image.shape[0]} px, plus {len(example['extra_images'])} "
+                         f"extra image(s)")
+            lines.append(f"  question: {example['question']!r}")
+            options = example["options"]
+            lines += [f"  option {i}: {text!r}" + ("   <- answer" if i == example["answer"] else "")
+                      for i, text in enumerate(options)]
+            if not 0 <= example["answer"] < len(options):
+                lines.append(f"  answer: {example['answer']} (names no option)")
+            lines.append(f"  prompt (source's own turn, prompt_style=upstream): {example['prompt']!r}")
+            lines.append(f"  prompt_answer (the answer in that turn's labels): {example['prompt_answer']!r}")
+            degradations = ", ".join(f"{name}({float(s):.2f})" for name, s in
+                                     zip(example["degradation_types"], example["degradation_intensities"]))
+            lines.append(f"  degradations: {degradations or 'none'} (seed {example['degradation_seed']}; -1: the "
+                         f"source's image, degraded as shipped)")
+            lines.append(f"  chain: {example['chain']!r}")
+    return "\n".join(lines)

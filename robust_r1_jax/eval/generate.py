@@ -321,9 +321,21 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
+def shipped_problems(user_sampling, shipped: sampling.Shipped | None) -> list[str]:
+    """The impossible values that a model folder's generation_config.json would bring in (fields the user left
+    unset), one line each naming the file."""
+    if shipped is None or user_sampling.get("temperature") == 0:
+        return []
+    taken = {k: v for k, v in shipped.settings.items() if user_sampling.get(k) is None}
+    return [f"{shipped.path}: {line.removeprefix('config.sampling.')}"
+            for line in sampling.problems(ml_collections.ConfigDict(taken))]
+
+
 def run(config, out: TextIO = sys.stdout, info: TextIO = sys.stderr) -> list[dict] | Completion:
     """The ``generate`` mode (see the module docstring): generated text to ``out``; the sampling settings used,
     the speed and the folder's progress bar to ``info``."""
+    from robust_r1_jax.train import validate
+    validate.check_sampling(config)
     if not config.image and not config.image_dir:
         raise ValueError("set --config.image=<file> (one image, streamed) or --config.image_dir=<folder> (JSONL)")
     if config.image and not config.question:
@@ -331,7 +343,9 @@ def run(config, out: TextIO = sys.stdout, info: TextIO = sys.stderr) -> list[dic
     prompt_style = chains.check_prompt_style(str(config.get("prompt_style", chains.PROJECT_STYLE)))
     image = load_image(config.image) if config.image else None  # a bad file fails before the model loads
     spec = model_spec(config)
-    settings, settings_line = sampling.resolve(config.sampling, sampling.shipped_settings(spec.path))
+    shipped = sampling.shipped_settings(spec.path)
+    validate.check_sampling(config, sections=(), extra=shipped_problems(config.sampling, shipped))
+    settings, settings_line = sampling.resolve(config.sampling, shipped)
     processor = loading.load_processor(spec.tokenizer_path or spec.path, min_pixels=int(config.min_pixels),
                                        max_pixels=int(config.max_pixels), name=spec.name, field="--config.tokenizer")
     model = inference.load_model(spec.path, str(config.dtype))

@@ -144,10 +144,13 @@ def encode_prompt(processor: Processor, question: str, image: np.ndarray, where:
 
 
 def sampler_config(model, processor: Processor, *, max_new_tokens: int, temperature: float = 0.0,
-                   top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0) -> gen.SamplerConfig:
-    """One completion per prompt, stopping at ``<|im_end|>`` / ``<|endoftext|>``; greedy when temperature is 0."""
+                   top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
+                   suppress_vision_tokens: bool = True) -> gen.SamplerConfig:
+    """One completion per prompt, stopping at ``<|im_end|>`` / ``<|endoftext|>``; greedy when temperature is 0;
+    the vision special tokens never sampled unless ``suppress_vision_tokens`` is False."""
     return gen.SamplerConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                              top_p=float(top_p), top_k=int(top_k), repetition_penalty=float(repetition_penalty),
                              num_samples=1,
+                             suppress_token_ids=gen.vision_token_ids(model.config) if suppress_vision_tokens else (),
                              stop_token_ids=gen.default_stop_token_ids(model.config),
                              pad_token_id=processor.token_ids[END_OF_TEXT])

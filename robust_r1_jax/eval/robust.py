@@ -66,6 +66,7 @@ class Settings:
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
+    suppress_vision_tokens: bool = True
     batch_size: int = 8
     prompt_buckets: tuple[int, ...] = (256, 512, 1024, 2048)
     patch_buckets: tuple[int, ...] = (64, 256, 1024, 4096)
@@ -274,7 +275,8 @@ def evaluate_model(name: str, model, processor, bench_list: Sequence[Benchmark],
     generator = inference.Generator(
         model, processor,
         inference.sampler_config(model, processor, max_new_tokens=settings.max_new_tokens,
-                                 temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k),
+                                 temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
+                                 suppress_vision_tokens=settings.suppress_vision_tokens),
         batch_size=settings.batch_size, prompt_buckets=settings.prompt_buckets,
         patch_buckets=settings.patch_buckets, seed=settings.seed, generate_fn=generate_fn)
     summaries, predictions = {}, []
@@ -443,6 +445,8 @@ def run_settings(config) -> Settings:
 
 def run(config) -> dict:
     """The ``eval`` mode: evaluate, write the reports into ``config.workdir`` and print the Markdown."""
+    from robust_r1_jax.train import validate
+    validate.check_sampling(config)   # before any benchmark or model loads
     specs = model_specs(config)
     bench_list = load_benchmarks(config, using_demo=not as_list(config.checkpoints))
     workdir = config.workdir or (defaults.DEMO_EVAL_WORKDIR if not as_list(config.checkpoints) else "runs/eval")

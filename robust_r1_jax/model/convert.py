@@ -73,10 +73,11 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def default_inspect_config() -> ml_collections.ConfigDict:
-    """The ``inspect`` mode: print the model config and parameter counts of ``inspect.path``."""
+    """The ``inspect`` mode: print the model config and parameter counts of ``inspect.path``, or, for a dataset
+    folder synth wrote, its splits, summary and first ``num_examples`` examples of each split (``data.inspection.run_inspect``)."""
     c = ml_collections.ConfigDict()
     c.mode = "inspect"
-    c.inspect = ml_collections.ConfigDict(dict(path=""))
+    c.inspect = ml_collections.ConfigDict(dict(path="", num_examples=3))
     return c
 
 
@@ -90,6 +91,6 @@ def run_convert(config) -> None:
 
 def run_inspect(config) -> None:
     if not config.inspect.path:
-        raise ValueError("set --config.inspect.path=DIR: a Hugging Face directory, an exported model or a training "
-                         "checkpoint")
+        raise ValueError("set --config.inspect.path=DIR: a Hugging Face directory, an exported model, a training "
+                         "checkpoint or a dataset folder synth wrote")
     print(describe(config.inspect.path))

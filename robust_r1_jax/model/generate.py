@@ -51,9 +51,12 @@ class SamplerConfig:
     pad_token_id: int = 0
     cache_len: int | None = None  # None: prompt length + max_new_tokens
     repetition_penalty: float = 1.0  # 1 = off; transformers' RepetitionPenaltyLogitsProcessor, see below
+    # Token ids never sampled (logit -inf before everything else); see vision_token_ids.
+    suppress_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        object.__setattr__(self, "suppress_token_ids", tuple(sorted({int(t) for t in self.suppress_token_ids})))
         problems = []
         if self.max_new_tokens < 1:
             problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
@@ -75,6 +78,23 @@ class SamplerConfig:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+def vision_token_ids(model_config: ModelConfig) -> tuple[int, int, int, int]:
+    """``<|vision_start|>``, ``<|vision_end|>``, ``<|image_pad|>`` and ``<|video_pad|>``: the tokens that frame or
+    stand for image features in a prompt. As text in a completion they mean nothing the model was trained on, so
+    ``config.sampling.suppress_vision_tokens`` (on by default) keeps the sampler from emitting them."""
+    return (model_config.vision_start_token_id, model_config.vision_end_token_id, model_config.image_token_id,
+            model_config.video_token_id)
+
+
+def suppress_tokens(logits: jax.Array, token_ids: tuple[int, ...]) -> jax.Array:
+    """logits [..., V] with the entries of ``token_ids`` set to -inf (so they get probability 0 and every other
+    token's log-probability is taken over the rest, in the sampler and in the GRPO learner alike)."""
+    if not token_ids:
+        return logits
+    banned = jnp.zeros((logits.shape[-1],), bool).at[jnp.asarray(token_ids, jnp.int32)].set(True)
+    return jnp.where(banned, -jnp.inf, logits)
 
 
 def default_stop_token_ids(model_config: ModelConfig) -> tuple[int, int]:
@@ -194,8 +214,9 @@ def sample_tokens(logits: jax.Array, key: jax.Array, config: SamplerConfig,
 
     ``seen`` bool [N, V] (the prompt's and the generated tokens) is needed when ``config.repetition_penalty``
     is not 1; as in transformers, the penalty applies before temperature, top-k and top-p, greedy included.
+    ``config.suppress_token_ids`` are masked first, so the log-probs are those of the distribution without them.
     """
-    logits = logits.astype(jnp.float32)
+    logits = suppress_tokens(logits.astype(jnp.float32), config.suppress_token_ids)
     if _uses_penalty(config):
         logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
     if config.greedy:

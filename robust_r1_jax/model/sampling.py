@@ -22,24 +22,70 @@ TRANSFORMERS_DEFAULTS = dict(do_sample=False, temperature=1.0, top_p=1.0, top_k=
                              num_beams=1)
 
 
+# Not a model folder's setting: a completion is text, and the vision special tokens (<|image_pad|>, ...) written as
+# text put the model where it was never trained (and GRPO's learner would score them as text); see
+# model.generate.vision_token_ids.
+SUPPRESS_VISION_TOKENS = "suppress_vision_tokens"
+
+
 def default_config(**overrides) -> ml_collections.ConfigDict:
-    """``max_new_tokens``, ``temperature`` (0: greedy), ``top_p`` (1: off) and ``top_k`` (0: off)."""
-    c = ml_collections.ConfigDict(dict(max_new_tokens=1024, temperature=0.0, top_p=1.0, top_k=0))
+    """``max_new_tokens``, ``temperature`` (0: greedy), ``top_p`` (1: off), ``top_k`` (0: off) and
+    ``suppress_vision_tokens`` (True: the vision special tokens are never sampled)."""
+    c = ml_collections.ConfigDict(dict(max_new_tokens=1024, temperature=0.0, top_p=1.0, top_k=0,
+                                       suppress_vision_tokens=True))
     c.update(overrides)
     return c
 
 
 def unset_config() -> ml_collections.ConfigDict:
     """The ``config.sampling`` shape with every field unset (None), so :func:`resolve` can tell what the user set
-    on the command line from what the model folder or :func:`default_config` should fill in."""
+    on the command line from what the model folder or :func:`default_config` should fill in (the vision-token
+    setting is not a folder's: it is on unless the user turns it off)."""
     types = dict(max_new_tokens=int, temperature=float, top_p=float, top_k=int, repetition_penalty=float)
-    return ml_collections.ConfigDict({name: config_dict.placeholder(kind) for name, kind in types.items()})
+    c = ml_collections.ConfigDict({name: config_dict.placeholder(kind) for name, kind in types.items()})
+    c[SUPPRESS_VISION_TOKENS] = True
+    return c
 
 
 def sampler_settings(sampling) -> dict:
-    """The fields of ``config.sampling`` as the sampler's keyword arguments, with their types made exact."""
+    """The fields of ``config.sampling`` as keyword arguments of ``eval.inference.sampler_config``, with their
+    types made exact."""
     return dict(max_new_tokens=int(sampling.max_new_tokens), temperature=float(sampling.temperature),
-                top_p=float(sampling.top_p), top_k=int(sampling.top_k))
+                top_p=float(sampling.top_p), top_k=int(sampling.top_k),
+                suppress_vision_tokens=bool(sampling.get(SUPPRESS_VISION_TOKENS, True)))
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def problems(sampling, section: str = "sampling") -> list[str]:
+    """Every impossible value of a ``config.sampling`` section, one line each naming ``config.<section>.<field>``,
+    its value and what would work; unset fields (None: ``generate``'s, filled in from the model folder) pass.
+    Checked with the rest of a config before any model loads (``train.validate.sampling_problems``); the same
+    bounds as ``model.generate.SamplerConfig``, which would only refuse them after the model is loaded."""
+    out = []
+
+    def bad(field, text):
+        out.append(f"config.{section}.{field}={sampling.get(field)!r}: {text}")
+
+    rules = (
+        ("max_new_tokens", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+         "must be a whole number of tokens, at least 1"),
+        ("temperature", lambda v: _number(v) and 0 <= v < float("inf"),
+         "must be a finite number >= 0 (0 = greedy decoding)"),
+        ("top_p", lambda v: _number(v) and 0 < v <= 1,
+         "must be in (0, 1] (1 = off; 0 would keep no token)"),
+        ("top_k", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+         "must be a whole number >= 0 (0 = off)"),
+        (REPETITION_PENALTY, lambda v: _number(v) and 0 < v < float("inf"),
+         "must be a finite number > 0 (1 = off)"),
+        (SUPPRESS_VISION_TOKENS, lambda v: isinstance(v, bool), "must be True or False"),
+    )
+    for field, ok, text in rules:
+        if field in sampling and sampling[field] is not None and not ok(sampling[field]):
+            bad(field, text)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +148,7 @@ def resolve(sampling, shipped: Shipped | None) -> tuple[dict, str]:
             if name in table:
                 values[name], origin[name] = table[name], source
                 break
+    values[SUPPRESS_VISION_TOKENS] = sampling.get(SUPPRESS_VISION_TOKENS, True)
     settings = {**sampler_settings(ml_collections.ConfigDict(values)),
                 REPETITION_PENALTY: float(values[REPETITION_PENALTY])}
     shown = ([f"greedy ({origin['temperature']})"] if settings["temperature"] == 0 else

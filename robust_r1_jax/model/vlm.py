@@ -65,21 +65,24 @@ class Qwen25VL(nnx.Module):
         features, _, *deepstack = self.visual(pixel_values, image_grid_thw)
         return (features, deepstack[0]) if deepstack else features
 
-    def embed(self, input_ids, pixel_values=None, image_grid_thw=None,
-              image_features=None) -> tuple[jax.Array, jax.Array | None]:
+    def embed(self, input_ids, pixel_values=None, image_grid_thw=None, image_features=None,
+              slot_ids=None) -> tuple[jax.Array, jax.Array | None]:
         """Token embeddings [B, S, E] with image features in the image-token slots, and the DeepStack additions
         [B, D, S, E] (zero off the image tokens; None for Qwen2.5-VL or without images). ``image_features`` (from
-        ``self.image_features``) skips the vision tower, e.g. when G samples of one prompt share its image."""
+        ``self.image_features``) skips the vision tower, e.g. when G samples of one prompt share its image.
+        ``slot_ids`` (default ``input_ids``) say where the slots are: GRPO's learner passes ids whose completion
+        part holds no image token, since an ``<|image_pad|>`` the sampler wrote is text."""
         x = self.language.embed_tokens(input_ids)
         if image_features is None and pixel_values is not None:
             image_features = self.image_features(pixel_values, image_grid_thw)
         if image_features is None:
             return x, None
+        slots = input_ids if slot_ids is None else slot_ids
         deepstack = None
         if isinstance(image_features, tuple):
             image_features, levels = image_features
-            deepstack = scatter_deepstack(input_ids, levels.astype(x.dtype), self.config.image_token_id)
-        x = scatter_image_features(x, input_ids, image_features.astype(x.dtype), self.config.image_token_id)
+            deepstack = scatter_deepstack(slots, levels.astype(x.dtype), self.config.image_token_id)
+        x = scatter_image_features(x, slots, image_features.astype(x.dtype), self.config.image_token_id)
         return x, deepstack
 
     def positions(self, input_ids, attention_mask, image_grid_thw=None) -> tuple[jax.Array, jax.Array]:
@@ -94,13 +97,15 @@ class Qwen25VL(nnx.Module):
                                   spatial_merge_size=self.config.vision.spatial_merge_size)
 
     def hidden_states(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None,
-                      position_ids=None, image_features=None) -> jax.Array:
-        """Final normalised hidden states [B, S, E] (the SFT loss projects them to logits in chunks)."""
+                      position_ids=None, image_features=None, slot_ids=None) -> jax.Array:
+        """Final normalised hidden states [B, S, E] (the SFT loss projects them to logits in chunks).
+        ``slot_ids``: see ``embed``; they also decide the M-RoPE positions."""
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-        x, deepstack = self.embed(input_ids, pixel_values, image_grid_thw, image_features)
+        x, deepstack = self.embed(input_ids, pixel_values, image_grid_thw, image_features, slot_ids)
         if position_ids is None:
-            position_ids, _ = self.positions(input_ids, attention_mask, image_grid_thw)
+            slots = input_ids if slot_ids is None else slot_ids
+            position_ids, _ = self.positions(slots, attention_mask, image_grid_thw)
         hidden, _ = self.language(x, position_ids, causal_mask(attention_mask), deepstack=deepstack)
         return hidden
 

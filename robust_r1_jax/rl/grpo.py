@@ -1,14 +1,18 @@
 """On-policy GRPO for Robust-R1 (SPEC §4): ``mode = "rl"``. This file owns the loop.
 
 Per step: B prompts from the RL pipeline -> G completions each from the jitted sampler (one prefill per
-prompt) -> the jitted rewards on the completion token ids (no decoding on the host) -> group advantages
-(R - mean_G) / (std_G + 1e-4) -> ``inner_iterations`` (μ) clipped-ratio updates with a k3 KL to the frozen
-reference model. The reference model is the starting policy's *language* weights only: the vision tower is
-frozen, so policy and reference share it (and its features, computed once per prompt).
+prompt) -> the jitted rewards on the completion token ids (no decoding on the host) -> the learner's batch
+(``learner_batch``: overlong handling, dynamic sampling, advantages; by default the reference run's group
+advantages (R - mean_G) / (std_G + 1e-4)) -> ``inner_iterations`` (μ) clipped-ratio updates with a k3 KL to the
+frozen reference model. The reference model is the starting policy's *language* weights only: the vision tower is
+frozen, so policy and reference share it (and its features, computed once per prompt). The variants
+(``config.grpo``: loss aggregation, importance ratio, reward scaling, dynamic sampling, overlong handling) are the
+pure functions of ``rl.grpo_variants``.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +23,7 @@ from flax import nnx
 from robust_r1_jax.data import references
 from robust_r1_jax.model import generate as smp
 from robust_r1_jax.model import sampling
+from robust_r1_jax.rl import grpo_variants as gv
 from robust_r1_jax.rl import rewards as rw
 from robust_r1_jax.rl.token_text import token_bytes_table
 from robust_r1_jax.train import metrics as mx
@@ -27,70 +32,129 @@ from robust_r1_jax.train.run import Run
 from robust_r1_jax.train.state import ModelParts, TrainState, shardings_of
 from robust_r1_jax.train.step import guarded_update
 
-AGGREGATIONS = ("sequence_mean", "token_mean")
-STD_ESTIMATORS = ("unbiased", "biased")
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
+    """``config.grpo`` (plus what the learner takes from elsewhere: the sampling temperature, the completion
+    budget and the suppressed token ids). Defaults: the reference run (SPEC §4); WORKSPACE.md "GRPO" has the
+    variants' formulas and sources."""
     num_samples: int = 8             # G
     epsilon_low: float = 0.2
-    epsilon_high: float = 0.2
+    epsilon_high: float = 0.2        # DAPO's clip-higher: 0.28
     beta: float = 0.04               # KL weight
-    loss_aggregation: str = "sequence_mean"  # mean over sequences of the token mean (the reference run)
+    loss_aggregation: str = "sequence_mean"  # | token_mean (DAPO) | sequence_sum_constant (Dr. GRPO)
+    loss_constant: int = 0           # sequence_sum_constant's divisor; 0 = the horizon, sampling.max_new_tokens
+    importance_sampling: str = "token"       # | sequence (GSPO, with the sequence_epsilon_* below)
+    sequence_epsilon_low: float = 3e-4       # GSPO v2 §5.1
+    sequence_epsilon_high: float = 4e-4
+    scale_rewards: str = "group"     # | batch | none (Dr. GRPO)
     std_estimator: str = "unbiased"  # torch's std, as the reference run
+    dynamic_sampling: bool = False   # DAPO: train only on groups whose rewards differ
+    oversample: int = 1              # prompts drawn per step = oversample x data.global_batch_size
+    overlong: str = "none"           # | mask (truncated completions get no loss) | soft_penalty (DAPO)
+    overlong_buffer: int = 256       # soft_penalty's L_cache, in tokens
+    overlong_penalty_factor: float = 1.0
     inner_iterations: int = 1        # μ
     temperature: float = 1.0         # config.sampling.temperature: the rollouts' and the learner's
     logprob_chunk: int = 0           # completion chunk for log-probs (0 = all at once)
+    max_new_tokens: int = 0          # config.sampling.max_new_tokens (0: unknown; the completion's width is used)
+    suppress_token_ids: tuple[int, ...] = ()  # never sampled, so masked in the learner's softmax as well
 
     def __post_init__(self):
-        if self.loss_aggregation not in AGGREGATIONS:
-            raise ValueError(f"loss_aggregation must be one of {AGGREGATIONS}, got {self.loss_aggregation!r}")
-        if self.std_estimator not in STD_ESTIMATORS:
-            raise ValueError(f"std_estimator must be one of {STD_ESTIMATORS}, got {self.std_estimator!r}")
-        if self.num_samples < 2:
-            raise ValueError("GRPO needs at least 2 samples per prompt for a group baseline")
+        problems = field_problems(dataclasses.asdict(self))
+        if problems:
+            raise ValueError("invalid GRPOConfig: " + "; ".join(problems))
+
+    @property
+    def horizon_constant(self) -> int:
+        """sequence_sum_constant's divisor (0: the caller uses the completion's width)."""
+        return self.loss_constant or self.max_new_tokens
+
+
+def field_problems(g: dict, prefix: str = "") -> list[str]:
+    """Every impossible ``config.grpo`` value of ``g`` (a dict of GRPOConfig fields), one line each naming
+    ``config.<prefix>grpo.<field>``."""
+    out = []
+
+    def check(field, ok, text):
+        if field in g and not ok(g[field]):
+            out.append(f"config.{prefix}grpo.{field}={g[field]!r}: {text}")
+
+    for field, choices in (("loss_aggregation", gv.LOSS_AGGREGATIONS), ("importance_sampling",
+                           gv.IMPORTANCE_SAMPLING), ("scale_rewards", gv.REWARD_SCALINGS),
+                           ("overlong", gv.OVERLONG), ("std_estimator", gv.STD_ESTIMATORS)):
+        check(field, lambda v, c=choices: v in c, f"must be one of {', '.join(choices)}")
+    check("num_samples", lambda v: v >= 2, "GRPO needs at least 2 samples per prompt for a group baseline")
+    check("inner_iterations", lambda v: v >= 1, "must be at least 1 (optimizer updates per rollout)")
+    check("oversample", lambda v: v >= 1, "must be at least 1 (prompts drawn per step, times the batch)")
+    for field in ("epsilon_low", "sequence_epsilon_low"):
+        check(field, lambda v: 0 <= v < 1, "must be in [0, 1) (the ratio is clipped at 1 - epsilon_low)")
+    for field in ("epsilon_high", "sequence_epsilon_high", "beta", "overlong_penalty_factor", "loss_constant",
+                  "logprob_chunk"):
+        check(field, lambda v: v >= 0, "must be >= 0")
+    horizon = g.get("max_new_tokens", 0)
+    if g.get("overlong") == "soft_penalty":
+        check("overlong_buffer", lambda v: 1 <= v and (not horizon or v <= horizon),
+              f"soft_penalty needs 1 <= overlong_buffer <= sampling.max_new_tokens ({horizon or '?'})")
+    return out
+
+
+def config_problems(config, prefix: str = "") -> list[str]:
+    """The impossible values of a GRPO config's ``grpo`` section (with the completion budget of its sampling
+    section), checked with the rest of the config before any model loads; ``prefix`` names where the config sits
+    ("rl." inside the demo's)."""
+    from robust_r1_jax.model import sampling as sampling_cfg
+    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    g = {k: v for k, v in dict(config.grpo).items() if k in fields}
+    unknown = sorted(set(config.grpo) - fields)
+    out = [f"config.{prefix}grpo.{k}: not a GRPO setting" for k in unknown]
+    if not sampling_cfg.problems(config.sampling):
+        g["max_new_tokens"] = int(config.sampling.max_new_tokens)
+    return out + field_problems(g, prefix)
 
 
 # ---- pure pieces ----------------------------------------------------------------------------------------------
 def group_advantages(rewards: jax.Array, group: int, std_estimator: str = "unbiased",
                      eps: float = 1e-4) -> jax.Array:
     """(R - mean_G) / (std_G + eps) within each run of ``group`` consecutive rows (SPEC §4); a group whose rewards
-    are all equal gets exactly 0, where float32's mean would leave a residue that grows with the rewards' size."""
-    r = rewards.reshape(-1, group).astype(jnp.float32)
-    mean = r.mean(axis=1, keepdims=True)
-    std = r.std(axis=1, keepdims=True, ddof=1 if std_estimator == "unbiased" else 0)
-    uniform = jnp.all(r == r[:, :1], axis=1, keepdims=True)
-    return jnp.where(uniform, 0.0, (r - mean) / (std + eps)).reshape(-1)
+    are all equal gets exactly 0 (``grpo_variants.scaled_advantages`` with ``scale="group"``)."""
+    return gv.scaled_advantages(rewards, jnp.ones(rewards.shape, jnp.float32), group, "group", std_estimator, eps)
 
 
 def grpo_objective(logp, old_logp, ref_logp, advantages, mask, row_weight, cfg: GRPOConfig):
-    """The GRPO loss and its diagnostics. logp/old/ref/mask [N, T]; advantages and row_weight [N]."""
-    mask = mask.astype(jnp.float32) * row_weight[:, None]
+    """The GRPO loss and its diagnostics. logp/old/ref/mask [N, T] float32; advantages and row_weight [N].
+
+    Per token: the clipped surrogate of the importance ratio (per token, or GSPO's per-sequence ratio on every
+    token of its sequence, with its own epsilons) plus β times the k3 KL estimate exp(ref − π) − (ref − π) − 1 to
+    the reference; aggregated by ``cfg.loss_aggregation`` (``grpo_variants.aggregate_loss``). Diagnostics (token
+    means over the weighted tokens): ``kl``, ``clip_fraction`` (tokens whose clipped branch is active) and
+    ``policy_loss``."""
+    weights = mask.astype(jnp.float32) * row_weight[:, None]
     adv = advantages[:, None]
-    ratio = jnp.exp(logp - old_logp)
-    clipped = jnp.clip(ratio, 1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high)
-    policy = -jnp.minimum(ratio * adv, clipped * adv)
+    ratio = gv.importance_ratio(logp, old_logp, mask, cfg.importance_sampling)
+    epsilons = ((cfg.sequence_epsilon_low, cfg.sequence_epsilon_high) if cfg.importance_sampling == "sequence"
+                else (cfg.epsilon_low, cfg.epsilon_high))
+    policy, is_clipped = gv.clipped_surrogate(ratio, adv, *epsilons)
+    policy = jnp.broadcast_to(policy, logp.shape)
+    is_clipped = jnp.broadcast_to(is_clipped, logp.shape)
     delta = ref_logp - logp
     kl = jnp.exp(delta) - delta - 1.0
     per_token = policy + cfg.beta * kl
-    tokens = jnp.maximum(mask.sum(), 1.0)
-    if cfg.loss_aggregation == "sequence_mean":
-        seq = (per_token * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
-        rows = (mask.sum(axis=1) > 0).astype(jnp.float32)
-        loss = (seq * rows).sum() / jnp.maximum(rows.sum(), 1.0)
-    else:
-        loss = (per_token * mask).sum() / tokens
-    is_clipped = ((ratio < 1.0 - cfg.epsilon_low) & (adv < 0)) | ((ratio > 1.0 + cfg.epsilon_high) & (adv > 0))
-    metrics = dict(kl=(kl * mask).sum() / tokens, clip_fraction=(is_clipped * mask).sum() / tokens,
-                   policy_loss=(policy * mask).sum() / tokens)
+    loss = gv.aggregate_loss(per_token, weights, cfg.loss_aggregation, cfg.horizon_constant or logp.shape[1])
+    tokens = jnp.maximum(weights.sum(), 1.0)
+    metrics = dict(kl=(kl * weights).sum() / tokens, clip_fraction=(is_clipped * weights).sum() / tokens,
+                   policy_loss=(policy * weights).sum() / tokens)
     return loss, metrics
 
 
-def chunked_logprobs(hidden, project, targets, chunk: int, temperature: float = 1.0) -> jax.Array:
-    """log softmax(project(hidden) / temperature) at ``targets``; [N, T] float32, chunked over T."""
+def chunked_logprobs(hidden, project, targets, chunk: int, temperature: float = 1.0,
+                     suppress_token_ids: tuple[int, ...] = ()) -> jax.Array:
+    """log softmax(project(hidden) / temperature) at ``targets``; [N, T] float32, chunked over T. The
+    ``suppress_token_ids`` the sampler never draws are left out of the softmax, as in the sampler."""
     def one(h, t):
-        logits = project(h).astype(jnp.float32) / temperature
+        logits = smp.suppress_tokens(project(h).astype(jnp.float32), suppress_token_ids) / temperature
         return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), t[..., None], axis=-1)[..., 0]
     n, length, _ = hidden.shape
     if chunk <= 0 or chunk >= length or length % chunk:
@@ -102,21 +166,31 @@ def chunked_logprobs(hidden, project, targets, chunk: int, temperature: float = 
 
 def completion_logprobs(model, batch: dict, group: int, cfg: GRPOConfig) -> jax.Array:
     """Log-probs of each completion token under ``model``: prompt + completion in one forward, the image
-    features computed once per prompt and shared by its G samples."""
+    features computed once per prompt and shared by its G samples. A completion is text: an ``<|image_pad|>``
+    the sampler wrote is embedded as the token it is, takes no image feature and moves the position by one, as
+    in the sampler's decode (``completion_slot_ids``)."""
     prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
     tokens, mask = batch["tokens"], batch["mask"]
     ids = jnp.concatenate([prompt_ids, tokens], axis=1)
+    slots = completion_slot_ids(prompt_ids, tokens, model.config.image_token_id)
     attention = jnp.concatenate([prompt_mask, mask], axis=1)
     features, grid = None, None
     if batch.get("pixel_values") is not None:
         features = model.image_features(batch["pixel_values"], batch["image_grid_thw"])
         features = jax.tree.map(lambda a: jnp.repeat(a, group, axis=0), features)  # Qwen3-VL: with DeepStack
         grid = jnp.repeat(batch["image_grid_thw"], group, axis=0)
-    positions, _ = model.positions(ids, attention, grid)
-    hidden = model.hidden_states(ids, None, grid, attention, positions, image_features=features)
+    positions, _ = model.positions(slots, attention, grid)
+    hidden = model.hidden_states(ids, None, grid, attention, positions, image_features=features, slot_ids=slots)
     s = prompt_ids.shape[1]
     before = hidden[:, s - 1: s - 1 + tokens.shape[1]]
-    return chunked_logprobs(before, model.language.logits, tokens, cfg.logprob_chunk, cfg.temperature)
+    return chunked_logprobs(before, model.language.logits, tokens, cfg.logprob_chunk, cfg.temperature,
+                            cfg.suppress_token_ids)
+
+
+def completion_slot_ids(prompt_ids: jax.Array, tokens: jax.Array, image_token_id: int) -> jax.Array:
+    """int32 [N, S + T]: the prompt's ids, then the completion's with every ``image_token_id`` replaced by -1 (no
+    token), so that only the prompt's image tokens are image slots for the feature merge and M-RoPE."""
+    return jnp.concatenate([prompt_ids, jnp.where(tokens == image_token_id, -1, tokens)], axis=1)
 
 
 def score_step(parts: ModelParts, cfg: GRPOConfig, trainable, frozen, ref_trainable, batch):
@@ -135,6 +209,48 @@ def update_step(parts: ModelParts, tx, lr_schedule, cfg: GRPOConfig, state: Trai
     grads = parts.sharded_like_trainable(grads)
     new_state, metrics = guarded_update(tx, state, grads, loss)
     return new_state, dict(metrics, loss=loss, learning_rate=lr_schedule(state.step), **aux)
+
+
+def learner_batch(rollout: smp.Rollout, pixel_values, image_grid_thw, rewards: jax.Array, row_weight: jax.Array,
+                  cfg: GRPOConfig, keep: int, stop_token_ids: tuple[int, ...]) -> tuple[dict, jax.Array, dict]:
+    """From the rollout of P prompts x G samples and their total rewards [P·G] to what the learner trains on:
+    (batch of ``keep`` prompts x G rows for ``score_step`` / ``update_step``, advantages [keep·G], scalars).
+
+    In order: truncated completions (the whole budget, no stop token) are counted (``completions/clipped_ratio``,
+    over the real rows, logged in every mode); ``overlong="soft_penalty"`` adds DAPO's length penalty to the
+    reward, ``"mask"`` gives the truncated rows weight 0; ``dynamic_sampling`` keeps the first ``keep`` groups with
+    a reward spread (P = oversample x keep drawn) and pads with weight-0 groups when too few qualify (the shapes
+    never change); the advantages are then scaled by ``cfg.scale_rewards`` over the kept rows. Pure and jittable;
+    pixel_values [P, M, D] and image_grid_thw [P, I, 3] (or None) are the pipeline's batched layout.
+    """
+    group = cfg.num_samples
+    cut = gv.truncated(rollout.tokens, rollout.lengths, stop_token_ids)
+    real = (row_weight > 0).astype(jnp.float32)
+    n_real = jnp.maximum(real.sum(), 1.0)
+    stats = {"completions/clipped_ratio": (cut * real).sum() / n_real}
+    total, weight = rewards.astype(jnp.float32), row_weight.astype(jnp.float32)
+    if cfg.overlong == "soft_penalty":
+        penalty = gv.overlong_penalty(rollout.lengths, rollout.tokens.shape[1], cfg.overlong_buffer,
+                                      cfg.overlong_penalty_factor)
+        total = total + penalty
+        stats["reward/overlong_penalty"] = (penalty * real).sum() / n_real
+    elif cfg.overlong == "mask":
+        weight = weight * (~cut).astype(jnp.float32)
+    batch = dict(prompt_ids=rollout.prompt_ids, prompt_mask=rollout.prompt_mask, tokens=rollout.tokens,
+                 mask=rollout.mask, pixel_values=pixel_values, image_grid_thw=image_grid_thw)
+    if cfg.dynamic_sampling:
+        drawn = rewards.shape[0] // group
+        index, kept, qualified = gv.select_groups(total, weight, group, keep)
+        rows = gv.group_rows(index, group)
+        batch = {k: None if v is None else v[index if k in ("pixel_values", "image_grid_thw") else rows]
+                 for k, v in batch.items()}
+        total, weight = total[rows], weight[rows] * jnp.repeat(kept, group).astype(jnp.float32)
+        used = jnp.minimum(qualified, keep)
+        stats.update({"dynamic_sampling/qualified_groups": qualified, "dynamic_sampling/padding_groups": keep - used,
+                      "dynamic_sampling/kept_fraction": used / drawn})
+    batch["row_weight"] = weight
+    advantages = gv.scaled_advantages(total, weight, group, cfg.scale_rewards, cfg.std_estimator)
+    return batch, advantages, stats
 
 
 def length_intensity_correlation(lengths: np.ndarray, intensity: np.ndarray) -> float:
@@ -158,43 +274,64 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim.clip_norm = 1.0
     # The sampling temperature is also the learner's: log-probs are taken of the tempered distribution.
     c.grpo = ml_collections.ConfigDict({k: v for k, v in dataclasses.asdict(GRPOConfig()).items()
-                                        if k != "temperature"})
+                                        if k not in DERIVED})
     c.sampling = sampling.default_config(max_new_tokens=2048, temperature=GRPOConfig.temperature)
     c.rewards = ml_collections.ConfigDict(dict(variant="paper", accuracy=1.0, format=1.0, degradation=1.0,
                                                length=1.0))
     return c
 
 
-def grpo_config(config) -> GRPOConfig:
-    return GRPOConfig(**dict(config.grpo), temperature=float(config.sampling.temperature))
+# GRPOConfig fields that come from elsewhere in the config (or the model), not from config.grpo.
+DERIVED = ("temperature", "max_new_tokens", "suppress_token_ids")
+
+
+def suppressed_token_ids(config, model_cfg) -> tuple[int, ...]:
+    """The ids neither the rollouts sample nor the learner's softmax holds (``sampling.suppress_vision_tokens``)."""
+    return smp.vision_token_ids(model_cfg) if config.sampling.get("suppress_vision_tokens", True) else ()
+
+
+def grpo_config(config, model_cfg=None) -> GRPOConfig:
+    """``config.grpo`` with the sampling temperature and budget, and (given the model's config) the suppressed
+    token ids."""
+    return GRPOConfig(**dict(config.grpo), temperature=float(config.sampling.temperature),
+                      max_new_tokens=int(config.sampling.max_new_tokens),
+                      suppress_token_ids=() if model_cfg is None else suppressed_token_ids(config, model_cfg))
 
 
 def sampler_config(config, gcfg: GRPOConfig, model_cfg) -> smp.SamplerConfig:
-    return smp.SamplerConfig(**sampling.sampler_settings(config.sampling), num_samples=gcfg.num_samples,
-                             stop_token_ids=smp.default_stop_token_ids(model_cfg), pad_token_id=model_cfg.bos_token_id)
+    settings = sampling.sampler_settings(config.sampling)
+    del settings["suppress_vision_tokens"]
+    return smp.SamplerConfig(**settings, num_samples=gcfg.num_samples,
+                             stop_token_ids=smp.default_stop_token_ids(model_cfg), pad_token_id=model_cfg.bos_token_id,
+                             suppress_token_ids=suppressed_token_ids(config, model_cfg))
 
 
-def _compiled_steps(r: Run, gcfg: GRPOConfig):
-    """The jitted scoring (old policy and reference log-probs), update and advantage functions of a run."""
+def _compiled_steps(r: Run, gcfg: GRPOConfig, scfg: smp.SamplerConfig):
+    """The jitted scoring (old policy and reference log-probs), update and learner-batch functions of a run."""
     score_fn = jax.jit(lambda tr, fr, ref, b: score_step(r.parts, gcfg, tr, fr, ref, b))
     update_fn = jax.jit(lambda s, b, o, ref, a: update_step(r.parts, r.tx, r.schedule, gcfg, s, b, o, ref, a),
                         out_shardings=(shardings_of(r.state), None), donate_argnums=(0,))
-    advantage_fn = jax.jit(lambda rewards: group_advantages(rewards, gcfg.num_samples, gcfg.std_estimator))
-    return score_fn, update_fn, advantage_fn
+    keep = int(r.config.data.global_batch_size)
+    prepare_fn = jax.jit(lambda ro, px, grid, rewards, w: learner_batch(ro, px, grid, rewards, w, gcfg, keep,
+                                                                        scfg.stop_token_ids))
+    return score_fn, update_fn, prepare_fn
 
 
 def run(config) -> dict:
     """``train.steps`` GRPO steps (resuming the workdir's newest checkpoint); returns one metrics row per step
     and the run summary of ``Run.finish``."""
-    gcfg = grpo_config(config)
-    r = Run(config, "grpo", loader_kind="rl")
+    g = config.grpo
+    r = Run(config, "grpo", loader_kind="rl", problems=tuple(config_problems(config)),
+            loader_scale=int(g.oversample) if g.dynamic_sampling else 1)
+    gcfg = grpo_config(config, r.model_config)
     ref_trainable = jax.tree.map(jnp.copy, r.state.trainable)   # the frozen reference: the starting policy
     with r:
         weights = rw.RewardWeights(**{k: config.rewards[k] for k in ("accuracy", "format", "degradation", "length")})
         table = token_bytes_table(r.processor.tokenizer, vocab_size=r.model_config.text.vocab_size)
         scfg = sampler_config(config, gcfg, r.model_config)
-        score_fn, update_fn, advantage_fn = _compiled_steps(r, gcfg)
+        score_fn, update_fn, prepare_fn = _compiled_steps(r, gcfg, scfg)
         state, history, base_rng, meter, mesh = r.state, [], jax.random.key(config.seed), mx.Meter(), r.mesh
+        truncation_warned = False
         for step in r.steps():
             local = next(r.loader)
             prompts = _device_prompts(mesh, local)
@@ -203,11 +340,9 @@ def run(config) -> dict:
                                    jax.random.fold_in(base_rng, step))
             refs = _references(mesh, local, gcfg.num_samples)
             scores = rw.compute(rollout.tokens, rollout.mask, refs, table, config.rewards.variant, weights)
-            advantages = advantage_fn(scores["total"])
-            batch = dict(prompt_ids=rollout.prompt_ids, prompt_mask=rollout.prompt_mask, tokens=rollout.tokens,
-                         mask=rollout.mask, pixel_values=prompts.get("pixel_values"),
-                         image_grid_thw=prompts.get("image_grid_thw"),
-                         row_weight=_row_weights(mesh, local, gcfg.num_samples))
+            batch, advantages, shaping = prepare_fn(rollout, prompts.get("pixel_values"),
+                                                    prompts.get("image_grid_thw"), scores["total"],
+                                                    _row_weights(mesh, local, gcfg.num_samples))
             old_logp, ref_logp = score_fn(state.trainable, state.frozen, ref_trainable, batch)
             skipped = 0
             for _ in range(gcfg.inner_iterations):
@@ -216,11 +351,30 @@ def run(config) -> dict:
             intensity = mx.fetch(_global(mesh, np.asarray(local["summed_intensity"], np.float32)))
             row = _step_metrics(mx.fetch(dict(metrics, skipped=skipped)), mx.fetch(scores),
                                 mx.fetch(rollout.lengths), intensity, gcfg.num_samples, meter.tick())
+            row.update({k: float(v) for k, v in mx.fetch(shaping).items()})
+            truncation_warned = _warn_about_shaping(step + 1, row, int(config.data.global_batch_size),
+                                                    truncation_warned)
             history.append(row)
             r.step_done(step, state, row, dict(reward=f"{row['reward/total']:.3f}"),
                         lambda: _console_line(step + 1, config.train.steps, row))
         summary = r.finish(state)
     return dict(history=history, **summary)
+
+
+def _warn_about_shaping(step: int, row: dict, keep: int, truncation_warned: bool) -> bool:
+    """Warns once per run when more than half the completions were truncated (a run where every sample hits the
+    budget trains on nothing useful yet can look healthy), and at every step whose dynamic sampling padded groups;
+    returns whether the truncation warning has now been given."""
+    ratio = row["completions/clipped_ratio"]
+    if ratio > 0.5 and not truncation_warned:
+        log.warning("grpo step %d: %.0f%% of the completions hit sampling.max_new_tokens without a stop token; "
+                    "their rewards judge cut-off text (raise the budget, or see grpo.overlong)", step, 100 * ratio)
+        truncation_warned = True
+    padding = int(row.get("dynamic_sampling/padding_groups", 0))
+    if padding:
+        log.warning("grpo step %d: dynamic sampling found %d of %d groups with a reward spread; %d weight-0 padding "
+                    "groups fill the batch", step, keep - padding, keep, padding)
+    return truncation_warned
 
 
 def _console_line(step: int, total: int, row: dict) -> str:

@@ -20,15 +20,25 @@ class OptimConfig:
     b2: float = 0.999
     eps: float = 1e-8
     clip_norm: float = 1.0          # <= 0 disables clipping
+    updates_per_step: int = 1       # optimizer updates per training step (GRPO's inner_iterations, μ)
 
 
 def schedule(cfg: OptimConfig) -> optax.Schedule:
-    """Linear warmup from 0, then cosine decay to ``min_lr_ratio`` of the peak at ``total_steps``."""
-    decay_steps = max(cfg.total_steps, cfg.warmup_steps + 1)
+    """Linear warmup from 0, then cosine decay to ``min_lr_ratio`` of the peak at ``total_steps``.
+
+    ``warmup_steps`` and ``total_steps`` are training steps, as the user configures them; optax counts optimizer
+    updates, so both are multiplied by ``updates_per_step``: update u of a run sees the rate the user's schedule
+    gives at step u / updates_per_step (the first update of step s exactly the configured value at s). Counting
+    steps instead would let a GRPO run with μ = 2 reach the end of its schedule halfway through.
+    """
+    if cfg.updates_per_step < 1:
+        raise ValueError(f"updates_per_step must be at least 1, got {cfg.updates_per_step}")
+    warmup = cfg.warmup_steps * cfg.updates_per_step
+    decay_steps = max(cfg.total_steps * cfg.updates_per_step, warmup + 1)
     end = cfg.learning_rate * cfg.min_lr_ratio
-    if cfg.warmup_steps == 0:
+    if warmup == 0:
         return optax.cosine_decay_schedule(cfg.learning_rate, decay_steps, alpha=cfg.min_lr_ratio)
-    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps, decay_steps, end_value=end)
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, decay_steps, end_value=end)
 
 
 def optimizer(cfg: OptimConfig) -> optax.GradientTransformation:

@@ -91,10 +91,14 @@ def build_model(config, processor, mesh) -> Qwen25VL:
 
 
 def optim_config(config, steps: int) -> optim.OptimConfig:
+    """``config.optim`` with the schedule in training steps; a GRPO config's ``grpo.inner_iterations`` (μ
+    optimizer updates per step) sizes it in updates (``optim.schedule``)."""
     o = config.optim
+    updates = int(config.grpo.inner_iterations) if "grpo" in config else 1
     return optim.OptimConfig(learning_rate=o.learning_rate, warmup_steps=o.warmup_steps,
                              total_steps=o.total_steps or steps, min_lr_ratio=o.min_lr_ratio,
-                             weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, clip_norm=o.clip_norm)
+                             weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, clip_norm=o.clip_norm,
+                             updates_per_step=updates)
 
 
 def make_loader(config, processor, per_host: int, info, kind: str = "sft"):
@@ -127,13 +131,17 @@ def progress_bar(start: int, total: int, desc: str):
 class Run:
     """One training run's set-up and close-out; see the module docstring for the order of things."""
 
-    def __init__(self, config: ml_collections.ConfigDict, name: str, loader_kind: str = "sft"):
+    def __init__(self, config: ml_collections.ConfigDict, name: str, loader_kind: str = "sft",
+                 problems: tuple[str, ...] = (), loader_scale: int = 1):
+        """``problems``: the loop's own config problems, reported with the rest; ``loader_scale``: the loader
+        yields that many times the global batch per step (GRPO's dynamic sampling draws more prompts)."""
         self.config, self.name, self.loader_kind = config, name, loader_kind
         self.info = init_distributed(config)
         self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-        validate.check_training_config(config, self.mesh, self.info.process_count)
+        validate.check_training_config(config, self.mesh, self.info.process_count, problems)
         self.workdir = check_workdir(config.workdir)
         self.per_host = distributed.check_divisible(config.data.global_batch_size, self.info.process_count)
+        self.loader_rows = self.per_host * loader_scale
         self.processor = load_processor(config)
         model = build_model(config, self.processor, self.mesh)
         self.model_config = model.config
@@ -151,7 +159,7 @@ class Run:
             # Steps trace inside the run: scanned layers pin their activations to the batch layout of this mesh.
             opening.enter_context(jax.set_mesh(self.mesh))
             self.loader = opening.enter_context(contextlib.closing(
-                make_loader(self.config, self.processor, self.per_host, self.info, self.loader_kind)))
+                make_loader(self.config, self.processor, self.loader_rows, self.info, self.loader_kind)))
             self.checkpointer = opening.enter_context(contextlib.closing(ckpt.Checkpointer(
                 os.path.join(self.workdir, "checkpoints"), keep=self.config.train.keep,
                 async_save=self.config.train.async_checkpoint)))

@@ -46,6 +46,12 @@ def path_problems(config) -> list[str]:
         problems.append("config.data.dataset_dir is required (a robust_r1 dataset; build one with configs/synth.py)")
     elif _is_local(dataset_dir) and not os.path.isdir(dataset_dir):
         problems.append(f"config.data.dataset_dir={dataset_dir!r} does not exist (build one with configs/synth.py)")
+    elif _is_local(dataset_dir):
+        from robust_r1_jax.data import tfds_builder
+        try:
+            tfds_builder.find_dataset_dir(dataset_dir)
+        except (FileNotFoundError, ValueError) as error:
+            problems.append(f"config.data.{error}")
     from robust_r1_jax.model.config import SMALL_PRESETS  # here: validating a config needs no model otherwise
     if not config.model.init_from and config.model.preset not in SMALL_PRESETS:
         problems.append(f"config.model.init_from is required for the {config.model.preset!r} preset: a Hugging "
@@ -79,8 +85,25 @@ def batch_problems(config, mesh, process_count: int) -> list[str]:
     return problems
 
 
-def check_training_config(config, mesh, process_count: int) -> None:
-    """Raises ``ConfigError`` listing every problem of an SFT or GRPO config on this mesh."""
-    problems = schedule_problems(config) + path_problems(config) + batch_problems(config, mesh, process_count)
+def sampling_problems(config, section: str = "sampling") -> list[str]:
+    """The impossible values of ``config.<section>`` (``model.sampling.problems``); none when the config has no
+    such section (SFT)."""
+    from robust_r1_jax.model import sampling
+    return sampling.problems(config[section], section) if section in config else []
+
+
+def check_sampling(config, sections: tuple[str, ...] = ("sampling",), extra: tuple[str, ...] = ()) -> None:
+    """Raises ``ConfigError`` listing every impossible sampling setting (and the ``extra`` problems a mode found)
+    of a mode that samples (eval, generate, the playground, the demo) before any model loads."""
+    problems = [p for section in sections for p in sampling_problems(config, section)] + list(extra)
+    if problems:
+        raise ConfigError(problems)
+
+
+def check_training_config(config, mesh, process_count: int, extra: tuple[str, ...] = ()) -> None:
+    """Raises ``ConfigError`` listing every problem of an SFT or GRPO config on this mesh: the schedule, paths,
+    batch, the sampling section (GRPO's rollouts) and the ``extra`` problems of the loop (GRPO's section)."""
+    problems = (schedule_problems(config) + path_problems(config) + batch_problems(config, mesh, process_count)
+                + sampling_problems(config) + list(extra))
     if problems:
         raise ConfigError(problems)

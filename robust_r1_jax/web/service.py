@@ -87,7 +87,10 @@ class ModelService:
     @classmethod
     def from_config(cls, config) -> "ModelService":
         """The model of ``config.checkpoint`` (any folder the other modes accept), else the demo model; a
-        FileNotFoundError naming the demo command when neither exists."""
+        FileNotFoundError naming the demo command when neither exists; ``train.validate.ConfigError`` for an
+        impossible sampling setting, before the model loads."""
+        from robust_r1_jax.train import validate
+        validate.check_sampling(config)
         spec = generate_mode.model_spec(config)
         processor = inference.load_processor(spec, int(config.min_pixels), int(config.max_pixels))
         model = inference.load_model(spec.path, str(config.dtype))

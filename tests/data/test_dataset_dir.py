@@ -15,6 +15,7 @@ def test_the_data_folder_above_the_versioned_one_is_accepted(tmp_path):
     assert tfds_builder.find_dataset_dir(versioned) == versioned
     assert tfds_builder.find_dataset_dir(str(tmp_path / "tfds")) == versioned
     assert tfds_builder.find_dataset_dir(str(tmp_path / "tfds" / "robust_r1")) == versioned
+    assert tfds_builder.find_dataset_dir(str(tmp_path)) == versioned  # synth's workdir
 
 
 def test_no_dataset_or_several_are_named(tmp_path):

@@ -13,6 +13,8 @@ SHAPES = ("circle", "square", "triangle", "star")
     ("Which shape?\nChoices:\nA. circle\nB. square\nC. triangle\nD. star", "letter"),
     ("Which shape?\n(A) circle\n(B) square\n(C) triangle\n(D) star", "letter"),
     ("Which shape?\nA) circle\nB) square\nC) triangle\nD) star", "letter"),
+    ("Which shape?\na. circle\nb. square\nc. triangle\nd. star", "letter"),
+    ("Which shape?\n(a) circle\n(b) square\n(c) triangle\n(d) star", "letter"),
 ])
 def test_each_numbering_is_split_with_its_style(text, style):
     assert split_labelled_options(text) == ("Which shape?", SHAPES, style)
@@ -21,6 +23,7 @@ def test_each_numbering_is_split_with_its_style(text, style):
 def test_text_without_a_sequential_block_has_no_options():
     assert split_labelled_options("Q?\nA. x\nC. y") == ("Q?\nA. x\nC. y", (), None)
     assert split_labelled_options("Q?\n2. x\n3. y") == ("Q?\n2. x\n3. y", (), None)
+    assert split_labelled_options("Q?\nA. x\nb. y") == ("Q?\nA. x\nb. y", (), None)  # one case throughout
     assert split_labelled_options("  Just a question ") == ("Just a question", (), None)
 
 
@@ -29,6 +32,7 @@ def test_text_without_a_sequential_block_has_no_options():
     ("1", "one", 0), ("4", "one", 3), ("(2)", "one", 1), ("2.", "zero", 2),  # the issue's case: "1" means circle when options count from 1
     ("0", "letter", 0), ("2", "letter", 2), ("2", None, 2),  # a number with letters: SPEC §1's 0-based index
     ("C", "letter", 2), ("(C)", "one", 2), ("C.", "zero", 2), ("D", None, 3),
+    ("c", "letter", 2), ("(b)", "letter", 1),  # lower-case letters where the options are lettered a, b, c
     ("triangle", "one", 2), (" Triangle. ", "letter", 2), ("star", None, 3),
 ])
 def test_answers_map_to_the_index_whose_option_the_prompt_shows(answer, style, index):
@@ -41,6 +45,8 @@ def test_answers_map_to_the_index_whose_option_the_prompt_shows(answer, style, i
     ("4", "zero", "answer 4 is not 0..3 of the 4 options"),
     ("4", "letter", "answer 4 is not index 0..3 of the 4 options"),
     ("E", "letter", "answer 'E' is past the last option letter D"),
+    ("e", "letter", "answer 'e' is past the last option letter D"),
+    ("c", "one", "answer 'c' is neither an option label nor the text"),  # lower case only with lettered options
     ("hexagon", "zero", "answer 'hexagon' is neither an option label nor the text of one of the options"),
 ])
 def test_answers_naming_no_option_are_problems(answer, style, message):

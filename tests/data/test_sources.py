@@ -157,6 +157,15 @@ def test_jsonl_parses_question_options_answer_and_degradations(jsonl, caplog):
     assert f"{path}:6: record r6: the chain's ANSWER: answer 5 is not 0..1 of the 2 options" in text
 
 
+def test_a_jsonl_line_cut_short_is_reported_at_its_own_column(tmp_path, caplog):
+    path = tmp_path / "cut.jsonl"
+    path.write_text('{"id": "cut", \n')
+    with caplog.at_level(logging.WARNING):
+        assert sources.read_robust_r1_jsonl(str(path), str(tmp_path)) == []
+    assert (f"{path}:1: not valid JSON (Expecting property name enclosed in double quotes, column 15)"
+            in caplog.text)
+
+
 def test_jsonl_raise_mode_stops_at_first_bad_line(jsonl):
     path, images = jsonl
     with pytest.raises(SourceError, match=rf"robust_r1.jsonl:2: not valid JSON"):

@@ -248,6 +248,8 @@ def test_several_images_per_prompt_reach_the_dataset_and_the_rows(tmp_path):
                                       image_root=str(tmp_path)))
     examples = {e["id"]: e for e in tfds_builder.read_examples(summary["dataset_dir"], "train")}
     assert summary["skipped"] == 1 and "missing.png" in summary["skipped_items"][0]
+    assert summary["max_images_per_prompt"] == 2  # what data.image_slots must be at least
+    assert summary["source_records"] == {"usable": 2, "unused": 0}
     pair = examples["pair"]
     assert pair["image"].shape == (20, 30, 3) and len(pair["extra_images"]) == 1
     assert examples["one"]["extra_images"] == []
@@ -280,3 +282,17 @@ def test_several_jsonl_files_with_their_image_folders_as_upstream_passes_them(tm
     for name in ("a", "b"):
         np.testing.assert_array_equal(examples[name]["image"], np.asarray(Image.open(tmp_path / name / "0.png")))
 
+
+
+def test_a_file_with_more_records_than_requested_says_how_many_are_left_out(tmp_path, caplog):
+    _image(tmp_path / "0.png")
+    path = _jsonl(tmp_path / "train.jsonl", [_rl(f"r{i}", HUMAN_ONE, _chain("1")) for i in range(5)])
+    config = _synth_config(tmp_path / "work", source="robust_r1_jsonl", source_path=path, image_root=str(tmp_path))
+    config.synth.num_validation = 1
+    with caplog.at_level(logging.WARNING, logger="robust_r1_jax.data.synth"):
+        summary = synth.run(config)
+    assert summary["counts"] == {"train": 2, "validation": 1}
+    assert summary["source_records"] == {"usable": 5, "unused": 2}
+    assert summary["max_images_per_prompt"] == 1
+    assert f"{path} holds 5 usable records; only synth.num_train=2 + synth.num_validation=1 of them are used (2 " \
+           f"left out); raise those to use them all" in caplog.messages

@@ -211,7 +211,9 @@ def test_grpo_metrics_equal_the_single_process_run(runs):
             for key in GRPO_EXACT:  # same sampled tokens -> same rewards and lengths
                 np.testing.assert_allclose(mine[key], ref[key], rtol=1e-6, err_msg=f"step {step} {key}")
             for key in GRPO_CLOSE:
-                np.testing.assert_allclose(mine[key], ref[key], rtol=1e-4, atol=1e-8, err_msg=f"step {step} {key}")
+                # the on-policy losses are means of advantages that sum to 0: float32 leaves ~1e-7 of roundoff
+                atol = 1e-6 if key in ("loss", "policy_loss") else 1e-8
+                np.testing.assert_allclose(mine[key], ref[key], rtol=1e-4, atol=atol, err_msg=f"step {step} {key}")
 
 
 @pytest.mark.slow
