@@ -15,15 +15,15 @@ Variants as for SFT (v5p8: 4 chips, v6e8: 8 chips; fsdp over all). Memory per ch
   rollout KV cache: 36 layers x 2 x 8 heads x 128 x 2 B = 147 KB per token x rows
     x 2560 tokens (freed before the update)                                              12.1             6.0
   update, remat "full" (each layer's bf16 input, 184 KB per token) x rows x 2560         15.1             7.5
-  log-prob chunk of 256 tokens (v6e-8: 64): 3 x rows x chunk x 151,936 x 4 B             15.0             1.9
-  total (update): policy + remat + chunk                                             ~51 of 95       ~20 of 32
-The compiler's figures (configs/aot.py) are in WORKSPACE.md, "Scale configs".
+  log-prob chunk of 256 tokens: 3 x rows x 256 x 151,936 x 4 B                          15.0             7.5
+  total (update): 20.5 + 15.1 + 15.0                                                 ~51 of 95       ~25 of 32
+The compiler disagrees for v6e-8 (configs/aot.py, WORKSPACE.md "Qwen3-VL"): the update peaks at 30.9 of 32 GiB, over
+the 85% bound (64-token log-prob chunks only reach 30.7), so v6e8 is not yet a proven variant: it needs fewer rows
+per chip in the update (a micro-batched update or 8 prompts per step). v5p-8 was not compiled yet.
 """
 from robust_r1_jax.rl.grpo import default_config
 
 FSDP = {"": -1, "v5p8": 4, "v6e8": 8}
-# v6e-8's update at chunks of 256 peaked at 30.9 of 32 GiB (aot); 64-token chunks cut the fp32 logits it holds by 3/4.
-LOGPROB_CHUNK = {"v6e8": 64}
 
 
 def get_config(variant: str = ""):
@@ -49,7 +49,7 @@ def get_config(variant: str = ""):
     c.grpo.loss_aggregation = "sequence_mean"
     c.grpo.std_estimator = "unbiased"
     c.grpo.inner_iterations = 1
-    c.grpo.logprob_chunk = LOGPROB_CHUNK.get(variant, 256)
+    c.grpo.logprob_chunk = 256
     c.sampling.temperature = 1.0
     c.sampling.max_new_tokens = 2048
     c.optim.learning_rate = 1e-6
