@@ -115,7 +115,8 @@ def hbm_share(model, config, args, copy_gb_per_s: float) -> dict:
     prompts, _ = synthetic_prompts(config, batch, args.prompt_len, args.image_side, args.seed)
     cache_len = args.prompt_len + horizon
     sampler = lambda t: gen.SamplerConfig(max_new_tokens=t, temperature=args.temperature, num_samples=samples,
-                                          stop_token_ids=(), pad_token_id=config.bos_token_id, cache_len=cache_len)
+                                          stop_token_ids=(), pad_token_id=config.bos_token_id, cache_len=cache_len,
+                                          decode_bucket=args.decode_bucket)
     small = jax.default_backend() == "cpu"  # tiny calls on a shared CPU are noisy: the fastest of three
     _, full = measure(model, prompts, sampler(horizon), 0, 3 if small else 1, args.seed)
     _, prefill = measure(model, prompts, sampler(1), 0, 3, args.seed)
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--decode-bucket", type=int, default=gen.SamplerConfig.decode_bucket,
+                        help="SamplerConfig.decode_bucket: new tokens per length bucket (0: whole cache every step)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls after the compiling one")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls")
     parser.add_argument("--seed", type=int, default=0)
@@ -176,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     prompts, image_tokens = synthetic_prompts(config, args.batch, args.prompt_len, args.image_side, args.seed)
     sampling = gen.SamplerConfig(max_new_tokens=args.new_tokens, temperature=args.temperature,
                                  top_p=args.top_p, top_k=args.top_k, num_samples=args.samples,
-                                 stop_token_ids=(), pad_token_id=config.bos_token_id)
+                                 stop_token_ids=(), pad_token_id=config.bos_token_id,
+                                 decode_bucket=args.decode_bucket)
     first_s, seconds = measure(model, prompts, sampling, args.warmup, args.repeats, args.seed)
     median = statistics.median(seconds)
     sequences = args.batch * args.samples
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         device_count=jax.device_count(), jax=jax.__version__, dtype=dtype, attention=args.attention,
         prompts=args.batch, samples=args.samples, sequences=sequences, prompt_len=args.prompt_len,
         image_side=args.image_side, image_tokens=image_tokens, new_tokens=args.new_tokens,
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, decode_bucket=args.decode_bucket,
         init_s=init_s, first_call_s=first_s, seconds=median, seconds_all=seconds,
         gen_tokens_per_s=generated / median, compilations=gen.trace_count("generate"),
         ours_tokens_per_s=generated / median,

@@ -19,6 +19,9 @@ usage: launch/multinode_gpu.sh (--hosts H1,H2,... | --hostfile FILE | --local N)
   --workdir PATH        passed on as --config.workdir
   --remote-dir DIR      repository directory on the hosts (default: this checkout's path)
   --python PYTHON       interpreter (default python3)
+  --install             first run PYTHON -m pip install -r requirements-gpu.txt (jax[cuda12] at the jax pin)
+                        once on every host, in --remote-dir
+  --requirements FILE   the requirements file --install uses (default requirements-gpu.txt)
   --timeout SECONDS     stop every process after this long (default 600 with --local, else unlimited)
   --dry-run             print the commands instead of running them
   -h, --help            show this help
@@ -52,7 +55,8 @@ need_value() {
 }
 
 hosts_arg="" hostfile="" local_count="" per_gpu=0 gpus_per_host=8 config="" config_args="" workdir=""
-port=${ROBUST_R1_COORDINATOR_PORT:-12355} python=python3 timeout_s="" dry_run=0
+port=${ROBUST_R1_COORDINATOR_PORT:-12355} python=python3 timeout_s="" dry_run=0 install=0
+requirements="requirements-gpu.txt"
 remote_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 command=()
 
@@ -71,6 +75,8 @@ while [[ $# -gt 0 ]]; do
     --python) need_value "$@"; python=$2; shift 2 ;;
     --timeout) need_value "$@"; timeout_s=$2; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
+    --install) install=1; shift ;;
+    --requirements) need_value "$@"; requirements=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; command=("$@"); break ;;
     *) die_usage "unknown argument: $1" ;;
@@ -155,13 +161,42 @@ process_argv() {
   fi
 }
 
+# The install command for host $1 ("" = this machine), once per host.
+install_argv() {
+  local pip=("$python" -m pip install -r "$requirements")
+  if [[ -z $1 ]]; then
+    argv=("${pip[@]}")
+  else
+    argv=(ssh -o BatchMode=yes "$1" "cd $(shell_quote "$remote_dir") && $(shell_quote "${pip[@]}")")
+  fi
+}
+
+install_hosts=()
+if [[ $install == 1 ]]; then
+  for host in "${proc_hosts[@]}"; do
+    seen=0
+    for done_host in "${install_hosts[@]}"; do [[ $done_host == "$host" ]] && seen=1; done
+    [[ $seen == 0 ]] && install_hosts+=("$host")
+  done
+fi
+
 if [[ $dry_run == 1 ]]; then
+  for host in "${install_hosts[@]}"; do
+    install_argv "$host"
+    printf '%s\n' "$(shell_quote "${argv[@]}")"
+  done
   for ((k = 0; k < num_processes; k++)); do
     process_argv "$k"
     printf '%s\n' "$(shell_quote "${argv[@]}")"
   done
   exit 0
 fi
+
+for host in "${install_hosts[@]}"; do
+  install_argv "$host"
+  echo "multinode_gpu.sh: installing $requirements on ${host:-this machine}" >&2
+  "${argv[@]}" || { echo "multinode_gpu.sh: the install on ${host:-this machine} failed" >&2; exit 1; }
+done
 
 # Each process starts as its own job (own process group), so stopping one stops its whole pipeline;
 # monitor mode is switched off again afterwards so the shell does not print job notices.

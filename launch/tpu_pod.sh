@@ -186,8 +186,8 @@ install_project() {
     url=$(shell_quote "$repo")
     fetch="if [ -d $REMOTE_DIR/.git ]; then git -C $REMOTE_DIR pull --ff-only; else git clone $url $REMOTE_DIR; fi"
   fi
-  # jax[tpu] with the jax pin from requirements.txt pulls the matching libtpu.
-  run "${ssh_all[@]}" --command="set -e; $fetch; cd $REMOTE_DIR && python3 -m pip install -r requirements.txt \"jax[tpu]\" -f $JAX_TPU_RELEASES"
+  # requirements-tpu.txt: requirements.txt plus jax[tpu] at the jax pin, which pulls the matching libtpu.
+  run "${ssh_all[@]}" --command="set -e; $fetch; cd $REMOTE_DIR && python3 -m pip install -r requirements-tpu.txt -f $JAX_TPU_RELEASES"
 }
 
 start_run() {

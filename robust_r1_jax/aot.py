@@ -60,6 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.cost_estimate = True   # the loop-corrected cost model (three small extra compiles per program)
     c.hbm_limit_fraction = 1.0   # "fits" means peak <= this share of the chip's HBM (e.g. 0.85 for headroom)
     c.recipe_overrides = ()      # "dotted.key=value" strings applied to the recipe, e.g. "sampling.max_new_tokens=2048"
+    c.completion_profile = (1024, 300)   # GRPO: (longest, median) completion tokens the step summary is priced at
     return c
 
 
@@ -80,6 +81,7 @@ class Program:
     tokens: int                        # tokens processed (or generated) per run, over the whole slice
     other_resident_bytes: int          # per chip: state alive during the program but not among its arguments
     cost_parts: Callable[[model_config.ModelConfig], list[Compiled]] | None = None
+    cost_pieces: Callable[[model_config.ModelConfig], list[Compiled]] | None = None   # parts a summary prices
 
 
 # ---- abstract state -------------------------------------------------------------------------------------------
@@ -188,12 +190,13 @@ def measure(program: Program, slice_: tpu_topology.Slice, mesh, cfg, cost_estima
                tokens_per_s_per_chip=None, mfu=None, note=NOTE)
     if cost_estimate and program.cost_parts is not None:
         cost = extrapolated_cost(program.cost_parts, cfg)
-        if cost["seconds"] > 0 and cost["flops"] > 0:
+        if cost["seconds"] > 0 and (cost["flops"] > 0 or not program.model_flops):   # a copy does no math
             row["flops_per_chip"] = cost["flops"]
             seconds = cost["seconds"]
             row["cost_model_s"] = seconds
-            row["tokens_per_s_per_chip"] = program.tokens / seconds / slice_.chips
-            row["mfu"] = program.model_flops / (slice_.chips * slice_.generation.peak_bf16_flops * seconds)
+            if program.model_flops:
+                row["tokens_per_s_per_chip"] = program.tokens / seconds / slice_.chips
+                row["mfu"] = program.model_flops / (slice_.chips * slice_.generation.peak_bf16_flops * seconds)
         else:
             row["note"] = NOTE + f"; cost model gave {cost['seconds']:.3g} s: no time or MFU reported"
     return row
@@ -283,14 +286,38 @@ def run(config) -> dict:
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         programs = aot_programs.for_recipe(recipe, cfg, mesh)
         rows = [measure(p, slice_, mesh, cfg, config.cost_estimate, config.hbm_limit_fraction) for p in programs]
+        result = {"programs": rows}
+        if recipe.mode == "rl" and config.cost_estimate:
+            longest, median = (int(v) for v in config.completion_profile)
+            result["grpo"] = aot_programs.grpo_summary(recipe, cfg, mesh, slice_, programs, rows, longest, median)
     report = table(rows)
     print(report)
+    if "grpo" in result:
+        print(grpo_table(result["grpo"]))
     if config.output:
-        atomic.write_text(config.output, json.dumps({"programs": rows}, indent=1) + "\n")
+        atomic.write_text(config.output, json.dumps(result, indent=1) + "\n")
     if not all(r["fits"] for r in rows):
         too_big = ", ".join(f"{r['program']} ({r['peak_bytes'] / tpu_topology.GIB:.1f} GiB)" for r in rows
                             if not r["fits"])
         limit = config.hbm_limit_fraction * slice_.generation.hbm_bytes / tpu_topology.GIB
         print(f"does not fit {slice_.name} (limit {limit:.1f} GiB per chip): {too_big}", file=sys.stderr)
         raise SystemExit(1)
-    return {"programs": rows}
+    return result
+
+
+def grpo_table(g: dict) -> str:
+    p = g["profile"]
+    ms = lambda s: "-" if s is None else f"{1e3 * s:.3f} ms"
+    return "\n".join([
+        f"GRPO step at completions longest {p['longest']} / median {p['median']} (layout {g['layout']}, decode "
+        f"bucket {g['decode_bucket']}):",
+        f"  decode step {ms(g['decode_step_s'])} (HBM roofline {ms(g['decode_roofline_s'])}); whole cache "
+        f"{ms(g['decode_step_full_cache_s'])} (roofline {ms(g['decode_roofline_full_cache_s'])})",
+        f"  weights copy {g['rollout_weights_s']:.3f} s + rollout {g['rollout_s']:.2f} s (full horizon "
+        f"{g['rollout_full_horizon_s']:.2f} s) + score {g['score_s']:.2f} s + update {g['update_s']:.2f} s = step "
+        f"{g['step_s']:.2f} s",
+        f"  {g['samples_per_s_per_chip']:.2f} samples/s per chip, {g['samples_per_s_per_pflops']:.2f} per PFLOP/s "
+        f"of bf16 peak (EasyR1: {g['easyr1_samples_per_s_per_pflops']})",
+        f"  decode priced as one streamed read (no memory space assignment): step {ms(g['streamed']['decode_step_s'])}, "
+        f"rollout {g['streamed']['rollout_s']:.2f} s, step {g['streamed']['step_s']:.2f} s, "
+        f"{g['streamed']['samples_per_s_per_pflops']:.2f} samples/s per PFLOP/s"])

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from robust_r1_jax import parallel
+from robust_r1_jax import aot_decode, parallel
 from robust_r1_jax.aot import Compiled, Program, abstract_state, batch_spec, per_chip_bytes, replicated
 from robust_r1_jax.train import optim, run as train_run, state as train_state, step as sft_step
 
@@ -65,7 +65,7 @@ def sft_programs(recipe, cfg, mesh) -> list[Program]:
 # ---- GRPO -----------------------------------------------------------------------------------------------------
 def grpo_programs(recipe, cfg, mesh) -> list[Program]:
     from robust_r1_jax.model import generate as smp
-    from robust_r1_jax.rl import grpo
+    from robust_r1_jax.rl import grpo, rollout_weights
 
     gcfg = grpo.grpo_config(recipe)
     group, horizon = gcfg.num_samples, recipe.sampling.max_new_tokens
@@ -87,11 +87,20 @@ def grpo_programs(recipe, cfg, mesh) -> list[Program]:
 
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated(mesh))
 
+    layout = rollout_weights.check_layout(recipe.rollout.layout)
+
     def policy(model_cfg):
-        """The sampler's view: the whole model split into its graph and abstract weights, and the prompts."""
-        _, parts, state = setup(model_cfg)
-        graphdef, weights = nnx.split(parts.merge(state.trainable, state.frozen))
+        """The sampler's view: the whole model split into its graph and abstract weights (in the rollout layout:
+        the training state's, or its replicated compute-dtype copy), and the prompts."""
+        graphdef, weights = aot_decode.model_weights(recipe, model_cfg, mesh, layout)
         return graphdef, weights, prompt_batch(model_cfg), sampler_config(model_cfg)
+
+    def copy_program(model_cfg) -> Compiled:
+        """The rollout's weight copy, made once per step from the training state."""
+        _, parts, state = setup(model_cfg)
+        fn = jax.jit(lambda tr, fr: rollout_weights.cast_floating(nnx.split(parts.merge(tr, fr))[1], model_cfg.dtype),
+                     out_shardings=replicated(mesh))
+        return Compiled(fn, (state.trainable, state.frozen))
 
     def rollout(model_cfg) -> Compiled:
         graphdef, weights, p, scfg = policy(model_cfg)
@@ -99,27 +108,16 @@ def grpo_programs(recipe, cfg, mesh) -> list[Program]:
             graphdef, w, ids, mask, pix, grid, key, config=scfg, cache_len=prompt_len + horizon))
         return Compiled(fn, (weights, p["prompt_ids"], p["prompt_mask"], p["pixel_values"], p["image_grid_thw"], rng))
 
-    def rollout_parts(model_cfg) -> list[Compiled]:
-        """One prefill (with the G-fold cache repeat) and one decode step's forward, run T-1 times."""
+    def prefill_part(model_cfg) -> list[Compiled]:
+        """The rollout's prefill with the G-fold cache repeat (its decode steps: ``grpo_summary``)."""
         graphdef, weights, p, _ = policy(model_cfg)
 
         def prefill(w, ids, mask, pix, grid):
             logits, cache = nnx.merge(graphdef, w).prefill_traced(ids, pix, grid, mask, prompt_len + horizon)
             return jnp.repeat(logits, group, axis=0), cache.repeat(group)
 
-        def decode(w, last, cache):
-            # the forward alone: XLA's TPU cost model has no estimate (-1) for the sampler's random draw
-            return nnx.merge(graphdef, w).decode_traced(last, cache)
-
-        prefill_args = (weights, p["prompt_ids"], p["prompt_mask"], p["pixel_values"], p["image_grid_thw"])
-        compiled_prefill = jax.jit(prefill).lower(*prefill_args).compile()
-        # the decode step takes the cache where the prefill left it, as in the rollout's loop
-        _, cache = jax.eval_shape(prefill, *prefill_args)
-        cache = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), cache,
-                             compiled_prefill.output_shardings[1])
-        last = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=parallel.batch_sharding(mesh, 1))
-        return [Compiled(None, prefill_args, executable=compiled_prefill),
-                Compiled(jax.jit(decode), (weights, last, cache), weight=horizon - 1)]
+        return [Compiled(jax.jit(prefill), (weights, p["prompt_ids"], p["prompt_mask"], p["pixel_values"],
+                                            p["image_grid_thw"]))]
 
     def learner_batch(model_cfg):
         shapes = {"prompt_ids": ((rows, prompt_len), jnp.int32), "prompt_mask": ((rows, prompt_len), jnp.int32),
@@ -152,12 +150,108 @@ def grpo_programs(recipe, cfg, mesh) -> list[Program]:
     n = train_state.count(state.trainable)
     policy_only = per_chip_bytes(state.opt_state) + per_chip_bytes(state.trainable)   # optimizer + reference copy
     learner_tokens = rows * (prompt_len + horizon)
-    return [
+    # with a copy, the rollout's weights are the copy and the whole training state stays resident beside it
+    beside_rollout = policy_only + (per_chip_bytes(state.trainable) + per_chip_bytes(state.frozen)
+                                    if layout == "replicated" else 0)
+    copy = [Program("rollout_weights", copy_program(cfg), 0.0, 0, policy_only,
+                    cost_parts=lambda v: [copy_program(v)])] if layout == "replicated" else []
+    return copy + [
+        # the rollout's time is put together by grpo_summary: prefill + decode steps by length bucket
         Program("rollout", rollout(cfg), 2.0 * n * rows * horizon + 2.0 * n * prompts * prompt_len, rows * horizon,
-                policy_only, cost_parts=rollout_parts),
+                beside_rollout, cost_parts=None, cost_pieces=prefill_part),
         Program("score", score(cfg), 2 * 2.0 * n * learner_tokens, learner_tokens,
                 per_chip_bytes(state.opt_state), cost_parts=lambda v: [score(v, loop_free=True)]),
         Program("update", update(cfg), gcfg.inner_iterations * 6.0 * n * learner_tokens,
                 gcfg.inner_iterations * learner_tokens, per_chip_bytes(state.trainable),
                 cost_parts=lambda v: [dataclasses.replace(update(v, loop_free=True), weight=gcfg.inner_iterations)]),
     ]
+
+
+# ---- the GRPO step by the cost model at a completion profile (issue 24) ----------------------------------------
+EASYR1_SAMPLES_PER_S_PER_PFLOPS = 2.7   # EasyR1's Qwen2.5-VL-3B GRPO baseline: ~21 samples/s on 8 x H100 (issue 24)
+
+
+def decode_attends(prompt_len: int, horizon: int, cache_len: int, bucket: int, steps: int) -> list[int]:
+    """The cache slots each of the first ``steps`` decode steps (t = 1 .. steps) reads, by
+    ``generate.decode_buckets``."""
+    from robust_r1_jax.model.generate import decode_buckets
+    buckets = decode_buckets(prompt_len, horizon, cache_len, bucket)
+    return [next(attend for end, attend in buckets if t < end) for t in range(1, steps + 1)]
+
+
+def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[dict], longest: int,
+                 median: int) -> dict:
+    """Rollout, scoring and update seconds of one GRPO step by the cost model at a completion profile (the longest
+    completion sets the decode steps: every row decodes until the last stops; ``median`` is reported, and sets
+    nothing while finished rows are not dropped), and the samples/s per chip and per PFLOP/s of peak. Fills in the
+    rollout row's full-horizon time and MFU.
+
+    Decode steps: the per-chip cost of one step (``aot_decode.case_cost``, compiled without cross-program
+    prefetch and depth-extrapolated) at the smallest and largest slot counts the buckets read, linear in
+    between, plus the token draw (``sampling_s``; left out where the cost model gives no estimate). The copy of
+    the weights counts once per step.
+    """
+    from robust_r1_jax import aot
+    gen = slice_.generation
+    prompt_len, horizon = recipe.data.seq_len, recipe.sampling.max_new_tokens
+    cache_len, bucket = prompt_len + horizon, int(recipe.rollout.decode_bucket)
+    layout = recipe.rollout.layout
+    if longest < 1 or median < 1:
+        raise ValueError(f"completion profile ({longest}, {median}): lengths must be >= 1")
+    longest = min(longest, horizon)   # a profile past the recipe's horizon is the full horizon
+    median = min(median, longest)
+    full = decode_attends(prompt_len, horizon, cache_len, bucket, horizon - 1)
+    lo, hi = min(full), max(full)
+    costs = {a: aot_decode.case_cost(recipe, cfg, mesh, aot_decode.DecodeCase(f"attend {a}", layout, attend=a))
+             for a in sorted({lo, hi})}
+    need = {a: sum(aot_decode.roofline_bytes(recipe, cfg, mesh, aot_decode.DecodeCase("", layout, attend=a)).values())
+            for a in costs}
+
+    def per_step(a, table):
+        if lo == hi:
+            return table[lo]
+        return table[lo] + (a - lo) / (hi - lo) * (table[hi] - table[lo])
+    draw = aot_decode.case_cost(recipe, cfg, mesh, aot_decode.DecodeCase("draw", sampling_only=True))["seconds"]
+    draw = max(draw, 0.0)   # <= 0: the cost model's "no estimate" for the random draw, left out (noted)
+    step_s = {a: c["seconds"] + draw for a, c in costs.items()}
+    streamed = {a: aot_decode.case_cost(recipe, cfg, mesh, aot_decode.DecodeCase(f"attend {a}", layout, attend=a),
+                                        aot_decode.STREAMED_COMPILER_OPTIONS)["seconds"] + draw for a in costs}
+    pricing = "default"
+    if any(c["seconds"] <= 0 for c in costs.values()):   # the default compile has no estimate (seen on v6e)
+        step_s, pricing = dict(streamed), "streamed (the default compile gave no estimate)"
+    rollout = next(p for p in programs if p.name == "rollout")
+    prefill = aot.extrapolated_cost(rollout.cost_pieces, cfg)["seconds"]
+    by_name = {r["program"]: r for r in rows}
+    copy_s = (by_name["rollout_weights"]["cost_model_s"] or 0.0) if "rollout_weights" in by_name else 0.0
+
+    def rollout_s(steps, table=step_s):
+        return prefill + sum(per_step(a, table) for a in decode_attends(prompt_len, horizon, cache_len, bucket, steps))
+    profile = decode_attends(prompt_len, horizon, cache_len, bucket, longest - 1)
+    full_s = rollout_s(horizon - 1)
+    row = by_name["rollout"]
+    row["cost_model_s"] = full_s
+    row["tokens_per_s_per_chip"] = rollout.tokens / full_s / slice_.chips
+    row["mfu"] = rollout.model_flops / (slice_.chips * gen.peak_bf16_flops * full_s)
+    learner = sum(by_name[k]["cost_model_s"] or float("nan") for k in ("score", "update"))
+    samples = recipe.data.global_batch_size * recipe.grpo.num_samples
+    step = copy_s + rollout_s(longest - 1) + learner
+    step_streamed = copy_s + rollout_s(longest - 1, streamed) + learner
+    mean = lambda xs: sum(xs) / max(len(xs), 1)
+    return dict(
+        profile=dict(longest=longest, median=median, decode_steps=longest - 1,
+                     note="every row decodes until the longest stops (finished rows are not dropped: see WORKSPACE.md)"),
+        layout=layout, decode_bucket=bucket, decode_pricing=pricing, prefill_s=prefill, rollout_weights_s=copy_s, sampling_s=draw,
+        decode_step_s=mean([per_step(a, step_s) for a in profile]) if profile else None,
+        decode_roofline_s=mean([per_step(a, need) for a in profile]) / gen.hbm_bytes_per_s if profile else None,
+        decode_step_full_cache_s=step_s[hi], decode_roofline_full_cache_s=need[hi] / gen.hbm_bytes_per_s,
+        rollout_s=rollout_s(longest - 1), rollout_full_horizon_s=full_s,
+        score_s=by_name["score"]["cost_model_s"], update_s=by_name["update"]["cost_model_s"], step_s=step,
+        samples_per_step=samples, samples_per_s_per_chip=samples / step / slice_.chips,
+        samples_per_s_per_pflops=samples / step / (slice_.chips * gen.peak_bf16_flops / 1e15),
+        easyr1_samples_per_s_per_pflops=EASYR1_SAMPLES_PER_S_PER_PFLOPS,
+        streamed=dict(decode_step_s=mean([per_step(a, streamed) for a in profile]) if profile else None,
+                      decode_step_full_cache_s=streamed[hi], rollout_s=rollout_s(longest - 1, streamed),
+                      rollout_full_horizon_s=rollout_s(horizon - 1, streamed), step_s=step_streamed,
+                      samples_per_s_per_pflops=samples / step_streamed / (slice_.chips * gen.peak_bf16_flops / 1e15),
+                      note="decode steps compiled without memory space assignment (aot_decode)"),
+        note="XLA's TPU cost model, not a measurement; the scoring and update are the full-horizon programs")

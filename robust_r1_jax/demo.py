@@ -196,7 +196,17 @@ def run(config) -> dict:
     summary["timings"] = dict(wall=clock.wall, cpu=clock.cpu, cpu_cores=os.cpu_count())
     summary["host"] = host()
     print(demo_report.write(summary, summary["workdir"]))
+    print(closing_line(summary), flush=True)
     return summary
+
+
+def closing_line(summary: dict) -> str:
+    """The demo's last line: where its models and its report went."""
+    models = [stage["model_dir"] for stage in (summary.get("sft"), summary.get("rl"))
+              if stage and stage.get("model_dir")]
+    workdir = os.path.abspath(summary["workdir"])
+    return (f"demo: models in {', '.join(models) or 'none'}; report in {os.path.join(workdir, 'report.md')} and "
+            f"summary.json; evaluate them with configs/eval_robust.py")
 
 
 def _run_stages(config, clock: StageClock) -> dict:

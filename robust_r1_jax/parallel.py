@@ -106,3 +106,8 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     if mesh.empty:
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, mesh))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every dimension on every device: the GRPO sampler's "replicated" weight layout (rl/rollout_weights.py)."""
+    return NamedSharding(mesh, PartitionSpec())

@@ -26,12 +26,16 @@ class Generation:
     cores_per_chip: int      # TensorCores a slice name counts per chip
     dims: int                # torus dimensions
     single_host_chips: int   # chips of the largest one-host slice
+    hbm_bytes_per_s: float = 0.0   # per chip, HBM bandwidth
+    ici_bytes_per_s: float = 0.0   # per chip, inter-chip interconnect bandwidth (all links together)
 
 
+# HBM bandwidth and ICI bandwidth per chip from the same pages: v5e 819 GB/s, 1,600 Gbit/s; v5p 2,765 GB/s,
+# 4,800 Gbit/s; v6e 1,640 GB/s, 3,584 Gbit/s (decimal units).
 GENERATIONS = {
-    "v5e": Generation("v5e", 16 * GIB, 197e12, 1, 2, 8),
-    "v5p": Generation("v5p", 95 * GIB, 459e12, 2, 3, 4),
-    "v6e": Generation("v6e", 32 * GIB, 918e12, 1, 2, 8),
+    "v5e": Generation("v5e", 16 * GIB, 197e12, 1, 2, 8, 819e9, 1600e9 / 8),
+    "v5p": Generation("v5p", 95 * GIB, 459e12, 2, 3, 4, 2765e9, 4800e9 / 8),
+    "v6e": Generation("v6e", 32 * GIB, 918e12, 1, 2, 8, 1640e9, 3584e9 / 8),
 }
 
 

@@ -49,6 +49,7 @@ RECIPES = {
             c.mesh.data, c.mesh.fsdp = 1, -1
             c.grpo.num_samples, c.grpo.logprob_chunk = 2, 8
             c.sampling.max_new_tokens = 16
+            c.rollout.decode_bucket = 4
             return c
     """,
 }
@@ -87,16 +88,29 @@ def test_sft_step_compiles_for_v5p_with_memory_and_cost(tmp_path):
 
 
 def test_grpo_programs_compile_for_v5p_and_a_program_that_does_not_fit_fails(tmp_path):
-    proc, out = _aot(tmp_path, "grpo", "--config.hbm_limit_fraction=1e-9")
+    proc, out = _aot(tmp_path, "grpo", "--config.hbm_limit_fraction=1e-9", "--config.completion_profile=(12, 5)")
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "does not fit v5p-8" in proc.stderr
-    rows = {r["program"]: r for r in json.loads(out.read_text())["programs"]}
-    assert set(rows) == {"rollout", "score", "update"}
+    report = json.loads(out.read_text())
+    rows = {r["program"]: r for r in report["programs"]}
+    assert set(rows) == {"rollout_weights", "rollout", "score", "update"}
     for row in rows.values():
         row["fits"] = True   # every one is over a 1e-9 limit; the rest of the row is what a real limit gives
         _check_common(row)
-    # the optimizer state and the reference copy stay resident beside the rollout's arguments
+    # the rollout decodes on its replicated copy (an argument) while the whole training state, the optimizer state
+    # and the reference copy stay resident; the copy is made from the training state by its own program
     assert rows["rollout"]["other_resident_bytes"] > rows["update"]["other_resident_bytes"] > 0
+    copy_bytes = rows["rollout_weights"]["output_bytes"]
+    assert copy_bytes > 0 and rows["rollout"]["argument_bytes"] >= copy_bytes
+    assert rows["rollout_weights"]["cost_model_s"] > 0
+    g = report["grpo"]
+    assert g["layout"] == "replicated" and g["profile"]["longest"] == 12 and g["profile"]["median"] == 5
+    assert 0 < g["decode_roofline_s"] and 0 < g["decode_step_s"] and g["prefill_s"] > 0
+    assert g["rollout_s"] == pytest.approx(g["prefill_s"] + 11 * g["decode_step_s"])
+    assert g["rollout_full_horizon_s"] > g["rollout_s"] and g["rollout_full_horizon_s"] == rows["rollout"]["cost_model_s"]
+    assert g["step_s"] == pytest.approx(g["rollout_weights_s"] + g["rollout_s"] + g["score_s"] + g["update_s"])
+    assert g["samples_per_s_per_pflops"] == pytest.approx(8 / g["step_s"] / (4 * 0.459))
+    assert "per PFLOP/s" in proc.stdout
     # every program, the rollout's decode step included, has a cost-model time (the decode step's was -1 while the
     # token lookup's bounds mask was gathered across chips through a TPU custom call the model cannot cost)
     assert rows["rollout"]["mfu"] > 0 and rows["rollout"]["cost_model_s"] > 0
@@ -297,3 +311,23 @@ def test_recipe_overrides_set_typed_fields_and_refuse_unknown_keys():
     for bad in ("sampling.max_new_token=1", "sampling.max_new_tokens=many", "no_equals_sign"):
         with pytest.raises(ValueError, match="recipe override"):
             aot.apply_overrides(recipe, (bad,))
+
+
+def test_collective_bytes_reads_result_shapes_of_each_collective_once():
+    from robust_r1_jax import aot_decode
+    hlo = "\n".join([
+        "  %all-reduce.1 = bf16[128,16,128]{2,0,1} all-reduce(%x), channel_id=1",
+        "  %ag = (bf16[4,8]{1,0}, f32[2]{0}) all-gather(%a, %b), dimensions={0}",
+        "  %ars = bf16[32,2,128]{2,1,0} fusion(%y), kind=kCustom, calls=%all-reduce-scatter",   # not an op itself
+        "  %rs-start = f32[10]{0} reduce-scatter-start(%z)",
+        "  %add = f32[10]{0} add(%p, %q)"])
+    assert aot_decode.collective_bytes(hlo) == {"all-reduce": 128 * 16 * 128 * 2, "all-gather": 4 * 8 * 2 + 2 * 4,
+                                                "reduce-scatter": 40}
+
+
+def test_decode_attends_follow_the_length_buckets():
+    from robust_r1_jax.aot_programs import decode_attends
+    assert decode_attends(512, 2048, 2560, 256, 5) == [768] * 5
+    attends = decode_attends(512, 2048, 2560, 256, 1023)
+    assert attends[254] == 768 and attends[255] == 1024 and attends[-1] == 1536 and len(attends) == 1023
+    assert decode_attends(512, 2048, 2560, 0, 3) == [2560] * 3

@@ -13,6 +13,9 @@ Entry points (the SFT trainer and the GRPO loop call exactly these)::
     loader.set_state(state)                    # the next batch is the one after the saved state
     loader.close()                             # stops worker processes (also a context manager)
 
+Worker processes (``worker_count > 0``) end with this process however it ends, kill -9 included
+(``data/worker_exit.py``), so no orphan keeps memory or the batches' shared memory.
+
 ``process_index`` / ``process_count`` default to ``jax.process_index()`` / ``jax.process_count()``.
 ``loader.num_batches`` is the number of batches this host yields (None when ``num_epochs`` is None).
 The prompt, the rows of the SFT and RL batches and the image budget are described in ``data/rows.py``.
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,6 +41,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from robust_r1_jax.data import worker_exit
 from robust_r1_jax.data.rows import PipelineConfig, RLRow, SFTRow
 from robust_r1_jax.model.processor import Processor
 
@@ -155,7 +160,8 @@ class BatchIterator:
         if config.worker_count > 0:
             _allow_unparsed_absl_flags()
             dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-                num_workers=config.worker_count, per_worker_buffer_size=max(1, config.prefetch_batches)))
+                num_workers=config.worker_count, per_worker_buffer_size=max(1, config.prefetch_batches)),
+                worker_init_fn=functools.partial(worker_exit.die_with_parent, os.getpid()))
         return iter(dataset)
 
     def __iter__(self):

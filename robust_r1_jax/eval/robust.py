@@ -20,9 +20,10 @@ chain format and the share with no readable answer. ``report.py`` writes JSON, M
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections import defaultdict
-from typing import Sequence
+from typing import Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -32,6 +33,7 @@ from robust_r1_jax import degrade
 from robust_r1_jax.data import chains
 from robust_r1_jax.data.records import MissingInput
 from robust_r1_jax.eval import benchmarks, chain_metrics, defaults, inference, protocols, report
+from robust_r1_jax.eval import finished as finished_levels
 from robust_r1_jax.eval.benchmarks import BenchmarkRow
 from robust_r1_jax.eval.inference import ModelSpec
 from robust_r1_jax.model import sampling
@@ -179,11 +181,13 @@ def _outcome(row: BenchmarkRow, condition: Condition, kind: str) -> dict:
 
 def evaluate_condition(generator: inference.Generator, condition: Condition, kind: str, use_suffix: bool,
                        stream: tuple[int, ...] = (), protocol: str = protocols.VLMEVALKIT,
-                       prompt_style: str = "project") -> list[dict]:
+                       prompt_style: str = "project",
+                       on_rows: Callable[[int], object] | None = None) -> list[dict]:
     """One outcome per row: prediction, correctness, tokens and output, or the problem that made it wrong.
 
     ``stream`` names the condition's random stream (sampled decoding only): each chunk of rows draws from
-    (stream, chunk number), so results do not depend on what was evaluated before.
+    (stream, chunk number), so results do not depend on what was evaluated before. ``on_rows(n)`` is called after
+    each chunk with its number of rows (the progress bar).
     """
     outcomes = []
     size = generator.batch_size
@@ -206,6 +210,8 @@ def evaluate_condition(generator: inference.Generator, condition: Condition, kin
                 predicted = protocols.read_answer(completion.text, row.record.options, protocol).index
                 outcome.update(predicted=predicted, correct=predicted == row.record.answer,
                                tokens=completion.num_tokens, output=completion.text)
+        if on_rows is not None:
+            on_rows(len(rows))
         logging.log_every_n_seconds(logging.INFO, "%s: %d / %d rows", 30, condition.level, len(outcomes),
                                     len(condition.rows))
     failed = sum(o["problem"] is not None for o in outcomes)
@@ -268,42 +274,97 @@ def summarize(benchmark: Benchmark, outcomes_by_level: dict[str, list[dict]]) ->
     return summary
 
 
+def progress_bar(name: str, bench: Benchmark, condition: Condition):
+    """A tqdm bar of one level's rows (rate and ETA), on the writing process only; None elsewhere."""
+    if not report.is_writer():
+        return None
+    from tqdm import tqdm
+    return tqdm(total=len(condition.rows), desc=f"{name} {bench.name} {condition.level}", unit="row",
+                dynamic_ncols=True)
+
+
 def evaluate_model(name: str, model, processor, bench_list: Sequence[Benchmark], settings: Settings,
-                   use_suffix: bool = True, generate_fn=None) -> tuple[dict, list[dict]]:
-    """({benchmark: summary}, prediction records) of one loaded model."""
-    inference.check_pairing(model, processor, name)
-    generator = inference.Generator(
-        model, processor,
-        inference.sampler_config(model, processor, max_new_tokens=settings.max_new_tokens,
-                                 temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-                                 suppress_vision_tokens=settings.suppress_vision_tokens),
-        batch_size=settings.batch_size, prompt_buckets=settings.prompt_buckets,
-        patch_buckets=settings.patch_buckets, seed=settings.seed, generate_fn=generate_fn)
+                   use_suffix: bool = True, generate_fn=None, finished: dict | None = None,
+                   on_finished: Callable[[Benchmark, Condition, list[dict]], list[dict]] | None = None
+                   ) -> tuple[dict, list[dict]]:
+    """({benchmark: summary}, prediction records) of one loaded model.
+
+    ``finished``: {(benchmark name, level): outcomes} done in an earlier run, used instead of generating;
+    ``on_finished(benchmark, condition, outcomes)`` is called as each other level completes and returns the
+    outcomes to report (``evaluate`` saves them there and reports them as saved).
+    """
+    finished = finished or {}
+    generator = None if model is None else _generator(model, processor, settings, name, generate_fn)
     summaries, predictions = {}, []
     for bench_number, bench in enumerate(bench_list):
         outcomes_by_level = {}
         for level_number, condition in enumerate(bench.conditions):
-            logging.info("%s: %s at %s (%d rows)", name, bench.name, condition.level, len(condition.rows))
-            outcomes = evaluate_condition(generator, condition, bench.kind, use_suffix,
-                                          stream=(bench_number, level_number), protocol=settings.eval_protocol,
-                                          prompt_style=settings.prompt_style)
+            outcomes = finished.get((bench.name, condition.level))
+            if outcomes is None:
+                logging.info("%s: %s at %s (%d rows)", name, bench.name, condition.level, len(condition.rows))
+                bar = progress_bar(name, bench, condition)
+                try:
+                    outcomes = evaluate_condition(generator, condition, bench.kind, use_suffix,
+                                                  stream=(bench_number, level_number),
+                                                  protocol=settings.eval_protocol,
+                                                  prompt_style=settings.prompt_style,
+                                                  on_rows=None if bar is None else bar.update)
+                finally:
+                    if bar is not None:
+                        bar.close()
+                if on_finished is not None:
+                    outcomes = on_finished(bench, condition, outcomes)
             outcomes_by_level[condition.level] = outcomes
             predictions += [{"model": name, "benchmark": bench.name, **o} for o in outcomes]
         summaries[bench.name] = summarize(bench, outcomes_by_level)
     return summaries, predictions
 
 
+def _generator(model, processor, settings: Settings, name: str, generate_fn) -> inference.Generator:
+    inference.check_pairing(model, processor, name)
+    return inference.Generator(
+        model, processor,
+        inference.sampler_config(model, processor, max_new_tokens=settings.max_new_tokens,
+                                 temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
+                                 suppress_vision_tokens=settings.suppress_vision_tokens),
+        batch_size=settings.batch_size, prompt_buckets=settings.prompt_buckets,
+        patch_buckets=settings.patch_buckets, seed=settings.seed, generate_fn=generate_fn)
+
+
 def evaluate(specs: Sequence[ModelSpec], bench_list: Sequence[Benchmark], settings: Settings,
-             generate_fn=None) -> tuple[dict, list[dict]]:
-    """(results, prediction records) of every model on every benchmark; models are loaded one at a time."""
+             generate_fn=None, store: finished_levels.FinishedLevels | None = None) -> tuple[dict, list[dict]]:
+    """(results, prediction records) of every model on every benchmark; models are loaded one at a time.
+
+    With a ``store`` (``eval/finished.py``) each (model, benchmark, level) is saved as it completes, and levels
+    saved by an earlier run under the same key are reused; a model whose levels are all saved is not loaded."""
     results = {"protocol": settings.protocol(), "models": {}}
     predictions: list[dict] = []
     for spec in specs:
-        processor = inference.load_processor(
-            spec, *protocols.pixel_bounds(settings.eval_protocol, settings.min_pixels, settings.max_pixels))
-        model = inference.load_model(spec.path, settings.dtype)
+        keys = {(b.name, c.level): finished_levels.level_key(spec, b, c, settings)
+                for b in bench_list for c in b.conditions}
+        done = {}
+        if store is not None:
+            done = {where: outcomes for where, key in keys.items()
+                    if (outcomes := store.load(key)) is not None}
+            for bench_name, level in done:
+                logging.info("%s: %s at %s: finished in an earlier run (%s), reused", spec.name, bench_name,
+                             level, store.path(keys[bench_name, level]))
+
+        def on_finished(bench, condition, outcomes, keys=keys):
+            if store is None:
+                return outcomes
+            # reported as a resumed run will read them back, so both report sets are the same bytes
+            outcomes = json.loads(json.dumps(outcomes))
+            store.save(keys[bench.name, condition.level], outcomes)
+            return outcomes
+
+        processor = model = None
+        if len(done) < len(keys):
+            processor = inference.load_processor(
+                spec, *protocols.pixel_bounds(settings.eval_protocol, settings.min_pixels, settings.max_pixels))
+            model = inference.load_model(spec.path, settings.dtype)
         summaries, records = evaluate_model(spec.name, model, processor, bench_list, settings, spec.use_suffix,
-                                            generate_fn)
+                                            generate_fn, finished=done, on_finished=on_finished)
         results["models"][spec.name] = {"path": spec.path, "tokenizer": spec.tokenizer_path or spec.path,
                                         "prompt_suffix": spec.use_suffix, "benchmarks": summaries}
         predictions += records
@@ -450,9 +511,12 @@ def run(config) -> dict:
     specs = model_specs(config)
     bench_list = load_benchmarks(config, using_demo=not as_list(config.checkpoints))
     workdir = config.workdir or (defaults.DEMO_EVAL_WORKDIR if not as_list(config.checkpoints) else "runs/eval")
-    results, predictions = evaluate(specs, bench_list, run_settings(config))
+    store = finished_levels.FinishedLevels(workdir, writer=report.is_writer())
+    results, predictions = evaluate(specs, bench_list, run_settings(config), store=store)
     paths = report.write_reports(results, predictions, workdir, bench_list)
     if report.is_writer():
         print(report.markdown(results))
-        print("wrote " + ", ".join(paths.values()))
+        names = ", ".join(os.path.basename(p) for p in paths.values())
+        print(f"eval: reports in {os.path.abspath(workdir)} ({names}); finished levels kept in {store.directory} "
+              f"(a rerun of the same command reuses them)")
     return results

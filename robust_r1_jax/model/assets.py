@@ -85,21 +85,25 @@ def preprocessor_config(image_processor, base: dict | None = None) -> dict:
     return settings
 
 
-def carry_over(dst: str, sources: Sequence[str], config: ModelConfig, image_processor=None) -> list[str]:
+def carry_over(dst: str, sources: Sequence[str], config: ModelConfig, image_processor=None,
+               processor_source: str = "") -> list[str]:
     """Writes the non-weight files into the (staging) folder ``dst``; returns their names.
 
     ``sources``: local folders in order of preference (empty entries and non-folders are skipped): the tokenizer
     files come from the first that has a tokenizer, the processor files and the generation config each from the
     first that has them. ``image_processor``: the image settings the model was trained at, written over the
     source's ``preprocessor_config.json`` (the source's, or transformers' defaults, otherwise).
+    ``processor_source``: a folder whose processor files win over ``sources``' (a training run's ``init_from``:
+    the exported model keeps the pixel bounds of the model it started from, as released).
     """
     sources = [s for s in sources if s and "://" not in s and os.path.isdir(s)]
+    processor_sources = [s for s in (processor_source,) if s and "://" not in s and os.path.isdir(s)] + sources
     written = _copy_group(_first_with(sources, has_tokenizer), TOKENIZER_FILES, dst)
     if written and not has_chat_template(dst):
         with open(os.path.join(dst, CHAT_TEMPLATE_FILE), "w", encoding="utf-8") as f:
             f.write(QWEN2_5_VL_CHAT_TEMPLATE)
         written.append(CHAT_TEMPLATE_FILE)
-    written += _copy_group(_first_with(sources, _holds(PREPROCESSOR_FILE)), PROCESSOR_FILES, dst)
+    written += _copy_group(_first_with(processor_sources, _holds(PREPROCESSOR_FILE)), PROCESSOR_FILES, dst)
     if image_processor is not None:
         path = os.path.join(dst, PREPROCESSOR_FILE)
         base = None

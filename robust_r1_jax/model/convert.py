@@ -12,14 +12,24 @@ from flax import nnx
 from robust_r1_jax.model import assets, hf, loading, orbax_io
 
 
+def default_dtype(src: str) -> str | None:
+    """The stored dtype ``convert`` gives ``dst`` when none is asked for: a Hugging Face folder's own (None), and
+    for an orbax model or training checkpoint its model's compute dtype (``ModelConfig.dtype``): a run with bf16
+    compute and fp32 master weights exports bf16, as the upstream release ships (fp32 would double the files)."""
+    if loading.is_hf_dir(src):
+        return None
+    return loading.read_config(src).dtype
+
+
 def convert(src: str, dst: str, dtype: str = "") -> str:
     """HF -> orbax, or orbax (a model or training checkpoint) -> HF, decided by what ``src`` holds. ``dtype``
-    ("": the dtype ``src`` stores) is the stored dtype of ``dst``. Either way ``dst`` is a complete model folder:
+    is the stored dtype of ``dst`` ("": ``default_dtype(src)``; ``float32`` keeps a run's fp32 master weights).
+    Either way ``dst`` is a complete model folder:
     the tokenizer, chat template, processor and generation configs are carried over (``loading.asset_sources``),
     and an existing ``dst`` is replaced only once the new folder is complete. Returns the direction taken."""
     if not src or not dst:
         raise ValueError("convert needs both config.convert.src and config.convert.dst")
-    model = loading.load_model(src, dtype=dtype or None)
+    model = loading.load_model(src, dtype=dtype or default_dtype(src))
     sources = loading.asset_sources(src)
     if loading.is_hf_dir(src):
         orbax_io.save(model, dst, asset_sources=sources)
@@ -65,7 +75,8 @@ def _build(config):
 
 def default_config() -> ml_collections.ConfigDict:
     """The ``convert`` mode: ``src`` (HF directory, orbax model or training checkpoint) -> ``dst``, stored in
-    ``dtype`` ("" keeps the source's, e.g. bfloat16 for the released Qwen2.5-VL weights)."""
+    ``dtype`` ("": a Hugging Face source's own, e.g. bfloat16 for the released Qwen2.5-VL weights; a training run's
+    compute dtype, bfloat16 for the recipes; ``float32`` keeps fp32 master weights)."""
     c = ml_collections.ConfigDict()
     c.mode = "convert"
     c.convert = ml_collections.ConfigDict(dict(src="", dst="", dtype=""))

@@ -53,6 +53,9 @@ class SamplerConfig:
     repetition_penalty: float = 1.0  # 1 = off; transformers' RepetitionPenaltyLogitsProcessor, see below
     # Token ids never sampled (logit -inf before everything else); see vision_token_ids.
     suppress_token_ids: tuple[int, ...] = ()
+    # Decode steps run in length buckets of this many new tokens, each its own while loop whose attention reads
+    # only the cache slots filled by the bucket's end (0: one loop over the whole cache, the old behaviour).
+    decode_bucket: int = 256
 
     def __post_init__(self):
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
@@ -70,6 +73,8 @@ class SamplerConfig:
             problems.append(f"num_samples must be >= 1, got {self.num_samples}")
         if not self.repetition_penalty > 0:
             problems.append(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+        if self.decode_bucket < 0:
+            problems.append(f"decode_bucket must be >= 0 (0 = off), got {self.decode_bucket}")
         if self.cache_len is not None and self.cache_len < 1:
             problems.append(f"cache_len must be positive or None, got {self.cache_len}")
         if problems:
@@ -238,6 +243,16 @@ def _is_stop(tokens: jax.Array, stop_token_ids: tuple[int, ...]) -> jax.Array:
 
 
 # ---- the compiled rollout -------------------------------------------------------------------------------------
+def decode_buckets(prompt_len: int, horizon: int, cache_len: int, bucket: int) -> list[tuple[int, int]]:
+    """The rollout's decode loops as (end, attend): steps ``t < end`` (t = 1 .. horizon - 1; step t feeds token
+    t - 1 into slot ``prompt_len + t - 1``) attend over the first ``attend = min(cache_len, prompt_len + end)``
+    slots, which hold every slot written by then. ``bucket`` 0 (or >= horizon): one loop over the whole cache."""
+    if bucket <= 0 or bucket >= horizon:
+        return [(horizon, cache_len)]
+    ends = list(range(bucket, horizon, bucket)) + [horizon]
+    return [(end, min(cache_len, prompt_len + end)) for end in ends]
+
+
 @dataclasses.dataclass
 class _Progress:
     """While-loop state. ``done`` marks rows whose stop token is already written."""
@@ -299,17 +314,22 @@ def rollout(graphdef, state, prompt_ids, prompt_mask, pixel_values, image_grid_t
     first, first_logprobs = sample_tokens(logits, jax.random.fold_in(rng, 0), config, progress.seen)
     progress = _write(progress, first, first_logprobs, config)
 
-    def unfinished(p: _Progress):
-        return (p.step < horizon) & ~jnp.all(p.done)
+    def decode_until(end: int, attend: int):
+        def unfinished(p: _Progress):
+            return (p.step < end) & ~jnp.all(p.done)
 
-    def decode_one(p: _Progress) -> _Progress:
-        _record_trace("decode", p.last.shape)
-        step_logits, next_cache = model.decode_traced(p.last, p.cache)
-        sampled, logprobs = sample_tokens(step_logits, jax.random.fold_in(rng, p.step), config, p.seen)
-        return _write(dataclasses.replace(p, cache=next_cache), sampled, logprobs, config)
+        def decode_one(p: _Progress) -> _Progress:
+            _record_trace("decode", p.last.shape)
+            step_logits, next_cache = model.decode_traced(p.last, p.cache, attend=attend)
+            sampled, logprobs = sample_tokens(step_logits, jax.random.fold_in(rng, p.step), config, p.seen)
+            return _write(dataclasses.replace(p, cache=next_cache), sampled, logprobs, config)
+        return unfinished, decode_one
 
-    # The cache is loop state: XLA updates it in place, one buffer for the whole rollout.
-    progress = jax.lax.while_loop(unfinished, decode_one, progress)
+    # The cache is loop state: XLA updates it in place, one buffer for the whole rollout. Each length bucket is
+    # a while loop of its own whose attention reads the first ``attend`` slots, so a step costs the filled part
+    # of the cache; a bucket whose loop finds every row done (or the horizon reached) runs no step.
+    for end, attend in decode_buckets(prompt_len, horizon, cache.max_len, config.decode_bucket):
+        progress = jax.lax.while_loop(*decode_until(end, attend), progress)
     mask = (jnp.arange(horizon)[None, :] < progress.lengths[:, None]).astype(jnp.int32)
     return Rollout(tokens=progress.tokens, logprobs=progress.logprobs, mask=mask, lengths=progress.lengths,
                    prompt_ids=jnp.repeat(prompt_ids, group, axis=0),

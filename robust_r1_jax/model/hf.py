@@ -363,6 +363,13 @@ def hf_name_for(ours: str, rules: Sequence[Rule] = RULES) -> str:
     raise KeyError(f"no Hugging Face name for parameter {ours}")
 
 
+# The transformers release whose Qwen2.5-VL config.json layout ``ModelConfig.to_hf`` writes and whose loaders the
+# exports are tested against (requirements.txt pins it; tests/model/test_export.py checks the two agree). It goes
+# into config.json as ``save_pretrained`` does: without it transformers >= 5 takes a local tokenizer for one with
+# Mistral's broken pre-tokenizer regex and warns, advising ``fix_mistral_regex=True``, which would change Qwen's
+# tokenisation.
+TRANSFORMERS_VERSION = "5.17.0"
+
 # transformers' save_pretrained shards at 50GB since v5; the hub's own default (and most hub checkpoints, the
 # Qwen2.5-VL ones included) at 5GB, which also keeps single files under object stores' upload limits.
 MAX_SHARD_SIZE = "5GB"
@@ -374,7 +381,8 @@ def save(model: Qwen25VL, path: str, *, max_shard_size: int | str = MAX_SHARD_SI
     ``model.safetensors`` or, above ``max_shard_size`` (bytes or "5GB"), shards plus
     ``model.safetensors.index.json`` split as ``save_pretrained`` splits them (huggingface_hub's splitter), and the
     tokenizer, chat template, processor and generation configs carried over from ``asset_sources``
-    (``model.assets.carry_over``). ``dtype`` (None: the model's parameter dtype) is the stored dtype.
+    (``model.assets.carry_over``). ``dtype`` (None: the model's parameter dtype) is the stored dtype;
+    ``config.json`` also names ``transformers_version`` (``TRANSFORMERS_VERSION``).
 
     The folder is filled beside ``path`` and renamed into place (``atomic.replace_dir``): an existing folder stays
     whole and loadable until the new one is complete. Files get the modes ``open()`` gives (0644 under umask 022).
@@ -392,7 +400,8 @@ def save(model: Qwen25VL, path: str, *, max_shard_size: int | str = MAX_SHARD_SI
             index = {"metadata": {**split.metadata, "total_size": sum(a.nbytes for a in tensors.values())},
                      "weight_map": dict(sorted(split.tensor_to_filename.items()))}
             _write_json(os.path.join(tmp, "model.safetensors.index.json"), index)
-        _write_json(os.path.join(tmp, "config.json"), {**model.config.to_hf(), "dtype": out_dtype.name})
+        _write_json(os.path.join(tmp, "config.json"), {**model.config.to_hf(), "dtype": out_dtype.name,
+                                                       "transformers_version": TRANSFORMERS_VERSION})
         assets.carry_over(tmp, asset_sources, model.config, image_processor)
         atomic.share_tree(tmp)  # safetensors writes 0600: an exported model is for every reader
 

@@ -16,13 +16,15 @@ from flax import nnx
 
 from robust_r1_jax.model import stacking
 from robust_r1_jax.model.config import TextConfig
-from robust_r1_jax.model.layers import Dense, GatedMLP, RMSNorm, apply_rotary, attention, param
+from robust_r1_jax.model.layers import Dense, GatedMLP, RMSNorm, apply_rotary, attention, cached_attention, param
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Keys/values for every layer, [layers, batch, max_len, kv_heads, head_dim].
+    """Keys/values for every layer, [layers, batch, kv_heads, max_len, head_dim]: heads-major, so a layer's
+    [max_len, head_dim] slab per head is what TPU's (8, 128) tiles hold and the decode's products read the cache
+    as it lies (length-major with 2 KV heads, XLA relaid the whole cache out at every step).
 
     ``valid`` marks written, non-padding slots; ``index`` is the next slot to write (shared by the batch,
     prompts are left-padded to a common length); ``next_position`` is each row's next rotary position.
@@ -35,14 +37,14 @@ class KVCache:
 
     @classmethod
     def empty(cls, cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> "KVCache":
-        shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+        shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
         return cls(keys=jnp.zeros(shape, dtype), values=jnp.zeros(shape, dtype),
                    valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32),
                    next_position=jnp.zeros((batch,), jnp.int32))
 
     @property
     def max_len(self) -> int:
-        return self.keys.shape[2]
+        return self.keys.shape[3]
 
     def repeat(self, times: int) -> "KVCache":
         """Each row ``times`` times in a row: G samples share one prefill."""
@@ -97,23 +99,26 @@ class Attention(nnx.Module):
         self.k_norm = RMSNorm(d, "head_dim", eps=cfg.rms_norm_eps, **kw) if cfg.qk_norm else None
 
     def __call__(self, x, cos, sin, mask, implementation, kv_state=None):
-        """kv_state: None (attend within x) or (all layers' keys, values, this layer, write index).
+        """kv_state: None (attend within x, no cache), or (this layer's cached keys, values [B, KV, attend, D] or
+        None, and a prompt flag).
 
-        The new keys/values are written into the whole-cache buffers with one dynamic_update_slice each, so
-        XLA updates the cache in place instead of re-stacking every layer at every decode step.
+        Returns the output and this call's new keys/values [B, S, KV, D] (the caller writes them into the cache).
+        One new token per row (decode) attends over the cached slots ``mask`` [B, 1, 1, attend] allows and over
+        itself, reading the cache in its dtype through ``cached_attention``; a prompt (S > 1 tokens into an empty
+        cache) attends within itself by ``mask`` through the configured implementation.
         """
         q, k, v = self.q(x), self.k(x), self.v(x)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if kv_state is not None:
-            keys, values, layer, index = kv_state
-            start = (layer, 0, index, 0, 0)
-            keys = jax.lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), start)
-            values = jax.lax.dynamic_update_slice(values, v[None].astype(values.dtype), start)
-            k, v = keys[layer].astype(q.dtype), values[layer].astype(q.dtype)
-            kv_state = (keys, values)
-        return self.o(attention(q, k, v, mask, implementation=implementation)), kv_state
+        if kv_state is None:
+            return self.o(attention(q, k, v, mask, implementation=implementation)), None
+        cached_k, cached_v = kv_state
+        if cached_k is None:
+            out = attention(q, k, v, mask, implementation=implementation)
+        else:
+            out = cached_attention(q, cached_k, cached_v, mask, new=(k, v), implementation=implementation)
+        return self.o(out), (k, v)
 
 
 class DecoderLayer(nnx.Module):
@@ -172,32 +177,63 @@ class LanguageModel(nnx.Module):
         return jnp.einsum("bse,ve->bsv", hidden, self.embed.value.astype(self.dtype)).astype(jnp.float32)
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
-                 cache: KVCache | None = None, deepstack: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
-        """x [B, S, E] input embeddings, positions [3, B, S], mask bool [B, 1, S, K] -> final hidden states.
+                 cache: KVCache | None = None, attend: int | None = None,
+                 deepstack: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+        """x [B, S, E] input embeddings, positions [3, B, S], mask bool -> final hidden states (and the cache).
 
-        With a cache, the S new tokens are written at ``cache.index`` and attend over all K = max_len slots.
+        Without a cache, ``mask`` is [B, 1, S, S]. With a cache the S new tokens' keys and values are written at
+        ``cache.index`` after the last layer (one in-place write per step: inside the layer loop the cache is
+        only read, so XLA keeps it in the layout its reads want):
+        - S == 1 (decode): the token attends over the first ``attend`` cache slots (static, default ``max_len``)
+          as ``mask`` [B, 1, 1, attend] allows, plus itself; ``mask`` must leave out the slot being written.
+        - S > 1 (a prompt into an empty cache, the prefill): the tokens attend within themselves by ``mask``
+          [B, 1, S, S]; the cache is not read.
         ``deepstack`` [B, D, S, E] (Qwen3-VL; zero off the image tokens): level i is added to the output of
         decoder layer i, for i < D (``Qwen3VLTextModel._deepstack_process``).
+        Raises ValueError for an ``attend`` outside [1, max_len].
         """
         cos, sin = mrope_cos_sin(positions, self.cfg)
-        keys, values = (None, None) if cache is None else (cache.keys, cache.values)
+        layers = np.arange(self.cfg.num_hidden_layers)
+
+        def with_deepstack(x, index):
+            added = None if deepstack is None else _deepstack_level(deepstack, index)
+            return x if added is None else x + added.astype(x.dtype)
+
+        if cache is None:
+            def step(layer, carry, index):
+                return with_deepstack(layer(carry, cos, sin, mask, self.attention_impl)[0], index)
+            policy = _REMAT_POLICIES[self.remat] if self.remat != "none" else None
+            x = stacking.run_layers(self.layers, step, x, layers, stacked=self.scan_layers, policy=policy)
+            return self.norm(x), None
+
+        attend = cache.max_len if attend is None else attend
+        if not 1 <= attend <= cache.max_len:
+            raise ValueError(f"attend={attend} must be in [1, {cache.max_len}] (the cache length)")
+        decoding = x.shape[1] == 1
+        b, s = x.shape[:2]
+        t = self.cfg
+        new_shape = (t.num_hidden_layers, b, t.num_key_value_heads, s, t.head_dim)
+
+        def read(stacked, index):
+            # one slice of exactly the slots read, so XLA fuses it into the products
+            return jax.lax.dynamic_slice(stacked, (index, 0, 0, 0, 0),
+                                         (1, *stacked.shape[1:3], attend, stacked.shape[4]))[0]
 
         def step(layer, carry, index):
-            x, keys, values = carry
-            # The whole cache travels as the carry and each layer writes its slot in place: scanned, ``index``
-            # is the loop counter; unrolled, a Python int.
-            kv_state = None if keys is None else (keys, values, index, cache.index)
-            x, kv_state = layer(x, cos, sin, mask, self.attention_impl, kv_state)
-            added = None if deepstack is None else _deepstack_level(deepstack, index)
-            if added is not None:
-                x = x + added.astype(x.dtype)
-            return (x, None, None) if kv_state is None else (x, *kv_state)
+            # scanned, ``index`` is the loop counter; unrolled, a Python int
+            x, new_k, new_v = carry
+            state = (read(cache.keys, index), read(cache.values, index)) if decoding else (None, None)
+            x, (k, v) = layer(x, cos, sin, mask, self.attention_impl, state)
+            x = with_deepstack(x, index)
+            heads_major = lambda a: jnp.swapaxes(a, 1, 2)[None].astype(cache.keys.dtype)   # [1, B, KV, S, D]
+            new_k = jax.lax.dynamic_update_slice(new_k, heads_major(k), (index, 0, 0, 0, 0))
+            new_v = jax.lax.dynamic_update_slice(new_v, heads_major(v), (index, 0, 0, 0, 0))
+            return x, new_k, new_v
 
-        policy = _REMAT_POLICIES[self.remat] if self.remat != "none" and cache is None else None
-        x, keys, values = stacking.run_layers(self.layers, step, (x, keys, values),
-                                              np.arange(self.cfg.num_hidden_layers), stacked=self.scan_layers,
-                                              policy=policy)
-        x = self.norm(x)
-        if cache is not None:
-            cache = dataclasses.replace(cache, keys=keys, values=values)
-        return x, cache
+        empty = jnp.zeros(new_shape, cache.keys.dtype)
+        x, new_k, new_v = stacking.run_layers(self.layers, step, (x, empty, empty), layers,
+                                              stacked=self.scan_layers)
+        start = (0, 0, 0, cache.index, 0)
+        cache = dataclasses.replace(cache, keys=jax.lax.dynamic_update_slice(cache.keys, new_k, start),
+                                    values=jax.lax.dynamic_update_slice(cache.values, new_v, start))
+        return self.norm(x), cache

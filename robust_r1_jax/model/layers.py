@@ -181,6 +181,49 @@ def resolve_implementation(implementation: str, dtype, mask) -> str:
     return implementation
 
 
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
+                     new: tuple[jax.Array, jax.Array] | None = None, implementation: str = "xla") -> jax.Array:
+    """Attention of a few new queries over KV-cache slots (and, with ``new``, over the new tokens' own keys),
+    reading the cache in its own dtype.
+
+    q [B, Q, H, D]; k, v [B, KV, K, D] (heads-major, the cache's layout and dtype, e.g. bfloat16); mask bool
+    broadcastable to [B, 1, Q, K] over the cached slots; ``new`` = (keys, values) [B, Q, KV, D] of the Q new
+    tokens, each of which every query sees (decode: Q = 1, the token itself). Both products accumulate in float32
+    (``preferred_element_type``) and the softmax runs in float32, so no float32 copy of the cache is made; the
+    probabilities enter the second product in the cache's dtype, as flash-attention kernels do (FlashAttention-2,
+    Dao 2023). In float32 it is the softmax attention of ``attention(..., implementation="xla")`` over the
+    cached and new keys. Returns [B, Q, H, D] in q's dtype.
+
+    XLA:CPU cannot run a 16-bit batched product into float32, so on a CPU backend (unless the model is traced for
+    TPU, ``implementation="splash"``, as the aot mode does) the operands are widened first: a CPU has no
+    bandwidth to save.
+    """
+    b, nq, h, d = q.shape
+    kv = k.shape[1]
+    if k.dtype != jnp.float32 and jax.default_backend() == "cpu" and implementation != "splash":
+        k, v = k.astype(jnp.float32), v.astype(jnp.float32)
+    qg = q.reshape(b, nq, kv, h // kv, d).astype(k.dtype)
+    product = lambda spec, x, y: jnp.einsum(spec, x, y, preferred_element_type=jnp.float32)
+    logits = product("bqkgd,bksd->bkgqs", qg, k) / math.sqrt(d)
+    m = jnp.broadcast_to(mask, (b, 1, nq, k.shape[2]))[:, :, None]
+    logits = jnp.where(m, logits, jnp.finfo(jnp.float32).min)
+    if new is None:
+        probs = jax.nn.softmax(logits, axis=-1)
+        out = product("bkgqs,bksd->bqkgd", probs.astype(v.dtype), v)
+        return out.reshape(b, nq, h, d).astype(q.dtype)
+    # the new tokens' scores join the softmax without concatenating them to the cache's (a concatenation made
+    # XLA re-lay out the score arrays): one shared maximum and denominator
+    new_k, new_v = (a.astype(k.dtype) for a in new)
+    fresh = product("bqkgd,bskd->bkgqs", qg, new_k) / math.sqrt(d)
+    top = jnp.maximum(logits.max(axis=-1, keepdims=True), fresh.max(axis=-1, keepdims=True))
+    weights, fresh_weights = jnp.exp(logits - top), jnp.exp(fresh - top)
+    total = weights.sum(axis=-1) + fresh_weights.sum(axis=-1)   # [b, k, g, q]
+    out = product("bkgqs,bksd->bqkgd", weights.astype(v.dtype), v) \
+        + product("bkgqs,bskd->bqkgd", fresh_weights.astype(v.dtype), new_v)
+    out = out / jnp.moveaxis(total, -1, 1)[..., None]
+    return out.reshape(b, nq, h, d).astype(q.dtype)
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask | jax.Array | None, *,
               implementation: str = "xla") -> jax.Array:
     """Scaled dot-product attention, the one place a fused kernel plugs in.

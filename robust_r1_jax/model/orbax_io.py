@@ -9,6 +9,7 @@ import os
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
@@ -26,10 +27,13 @@ def _path(path: str) -> epath.Path:
     return epath.Path(path if "://" in str(path) else os.path.abspath(path))
 
 
-def save(model: Qwen25VL, path: str, *, asset_sources: Sequence[str] = (), image_processor=None) -> None:
+def save(model: Qwen25VL, path: str, *, asset_sources: Sequence[str] = (), image_processor=None, dtype=None,
+         processor_source: str = "") -> None:
     """Writes the model folder ``path``: ``params/`` (orbax, every process takes part), ``model_config.json`` and
     the tokenizer, processor and generation configs carried over from ``asset_sources``
-    (``model.assets.carry_over``; process 0 writes the small files).
+    (``model.assets.carry_over``, which takes the processor files from ``processor_source`` first; process 0
+    writes the small files). ``dtype`` (None: the model's ``param_dtype``) is the stored dtype of the parameters,
+    and ``model_config.json``'s ``param_dtype`` names it.
 
     A local folder is filled under a staging name beside ``path`` and renamed into place when complete, so an
     existing model there stays whole and loadable until then (a kill mid-export leaves the old one). An object
@@ -37,7 +41,7 @@ def save(model: Qwen25VL, path: str, *, asset_sources: Sequence[str] = (), image
     """
     root = _path(path)
     if "://" in str(root):
-        _fill(root, model, asset_sources, image_processor)
+        _fill(root, model, asset_sources, image_processor, dtype, processor_source)
         return
     staging = root.parent / f".{root.name}.staging"  # one name every process agrees on
     if jax.process_index() == 0:
@@ -47,7 +51,7 @@ def save(model: Qwen25VL, path: str, *, asset_sources: Sequence[str] = (), image
         staging.mkdir()
     _sync(f"orbax_io.save staging {path}")
     try:
-        _fill(staging, model, asset_sources, image_processor)
+        _fill(staging, model, asset_sources, image_processor, dtype, processor_source)
     except BaseException:
         if jax.process_count() == 1:  # alone, nobody else is still writing into it
             staging.rmtree(missing_ok=True)
@@ -59,15 +63,20 @@ def save(model: Qwen25VL, path: str, *, asset_sources: Sequence[str] = (), image
     _sync(f"orbax_io.save {path}")  # no process reads the model before it is in place
 
 
-def _fill(root: epath.Path, model: Qwen25VL, asset_sources: Sequence[str], image_processor) -> None:
+def _fill(root: epath.Path, model: Qwen25VL, asset_sources: Sequence[str], image_processor, dtype,
+          processor_source: str) -> None:
     root.mkdir(parents=True, exist_ok=True)
     _, state = nnx.split(model, nnx.Param)
+    params, config = nnx.to_pure_dict(state), model.config
+    if dtype is not None and jnp.dtype(dtype) != jnp.dtype(config.param_dtype):
+        params = jax.tree.map(lambda x: x.astype(dtype), params)  # sharded arrays stay sharded
+        config = config.replace(param_dtype=jnp.dtype(dtype).name)
     with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(root / "params", nnx.to_pure_dict(state), force=True)
+        ckpt.save(root / "params", params, force=True)
     if jax.process_index() == 0:  # one writer: the others would only write the same bytes again
-        _write_config(root, json.dumps(model.config.to_dict(), indent=2))
+        _write_config(root, json.dumps(config.to_dict(), indent=2))
         if "://" not in str(root):
-            assets.carry_over(str(root), asset_sources, model.config, image_processor)
+            assets.carry_over(str(root), asset_sources, config, image_processor, processor_source)
 
 
 def _sync(tag: str) -> None:

@@ -120,18 +120,25 @@ class Qwen25VL(nnx.Module):
         positions, next_position = self.positions(input_ids, attention_mask, image_grid_thw)
         cache = KVCache.empty(self.config.text, b, max_len, x.dtype)
         valid = jnp.zeros((b, max_len), bool).at[:, :s].set(attention_mask.astype(bool))
-        mask = _with_self(valid[:, None, None, :] & _causal(s, max_len)[None, None], s, max_len)
+        # the prompt attends over its own s slots: the empty rest of the cache is never read
+        mask = _with_self(valid[:, None, None, :s] & _causal(s, s)[None, None], s, s)
         cache = dataclasses.replace(cache, valid=valid)
-        hidden, cache = self.language(x, positions, mask, cache, deepstack=deepstack)
+        hidden, cache = self.language(x, positions, mask, cache, attend=s, deepstack=deepstack)
         cache = dataclasses.replace(cache, index=jnp.asarray(s, jnp.int32), next_position=next_position)
         return self.language.logits(hidden[:, -1:])[:, 0], cache
 
-    def decode_traced(self, tokens, cache: KVCache):
+    def decode_traced(self, tokens, cache: KVCache, attend: int | None = None):
+        """One token per row [B] -> logits [B, vocab] float32 and the cache. ``attend`` (static): the token
+        attends over the first ``attend`` cache slots only (default all), which must include slot
+        ``cache.index``; the rollout passes the end of its current length bucket."""
         x = self.language.embed_tokens(tokens[:, None])
         positions = jnp.broadcast_to(cache.next_position[None, :, None], (3, tokens.shape[0], 1))
+        attend = cache.max_len if attend is None else attend
+        # the slots written before this step; the token sees itself through its own new key
+        hidden, cache = self.language(x, positions, cache.valid[:, None, None, :attend], cache, attend=attend)
         valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, jnp.ones((tokens.shape[0], 1), bool),
                                                     cache.index, axis=1)
-        hidden, cache = self.language(x, positions, valid[:, None, None, :], dataclasses.replace(cache, valid=valid))
+        cache = dataclasses.replace(cache, valid=valid)
         cache = dataclasses.replace(cache, index=cache.index + 1, next_position=cache.next_position + 1)
         return self.language.logits(hidden)[:, 0], cache
 

@@ -25,6 +25,7 @@ from robust_r1_jax.model import generate as smp
 from robust_r1_jax.model import sampling
 from robust_r1_jax.rl import grpo_variants as gv
 from robust_r1_jax.rl import rewards as rw
+from robust_r1_jax.rl import rollout_weights
 from robust_r1_jax.rl.token_text import token_bytes_table
 from robust_r1_jax.train import metrics as mx
 from robust_r1_jax.train import sft
@@ -278,6 +279,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.sampling = sampling.default_config(max_new_tokens=2048, temperature=GRPOConfig.temperature)
     c.rewards = ml_collections.ConfigDict(dict(variant="paper", accuracy=1.0, format=1.0, degradation=1.0,
                                                length=1.0))
+    # the sampler's weight layout and decode length buckets (rl/rollout_weights.py, SamplerConfig.decode_bucket)
+    c.rollout = ml_collections.ConfigDict(dict(layout="replicated", decode_bucket=256))
     return c
 
 
@@ -303,7 +306,8 @@ def sampler_config(config, gcfg: GRPOConfig, model_cfg) -> smp.SamplerConfig:
     del settings["suppress_vision_tokens"]
     return smp.SamplerConfig(**settings, num_samples=gcfg.num_samples,
                              stop_token_ids=smp.default_stop_token_ids(model_cfg), pad_token_id=model_cfg.bos_token_id,
-                             suppress_token_ids=suppressed_token_ids(config, model_cfg))
+                             suppress_token_ids=suppressed_token_ids(config, model_cfg),
+                             decode_bucket=int(config.rollout.decode_bucket))
 
 
 def _compiled_steps(r: Run, gcfg: GRPOConfig, scfg: smp.SamplerConfig):
@@ -330,14 +334,16 @@ def run(config) -> dict:
         table = token_bytes_table(r.processor.tokenizer, vocab_size=r.model_config.text.vocab_size)
         scfg = sampler_config(config, gcfg, r.model_config)
         score_fn, update_fn, prepare_fn = _compiled_steps(r, gcfg, scfg)
+        policy = rollout_weights.decode_copy(r.parts, r.mesh, config.rollout.layout, r.model_config.dtype)
         state, history, base_rng, meter, mesh = r.state, [], jax.random.key(config.seed), mx.Meter(), r.mesh
         truncation_warned = False
         for step in r.steps():
             local = next(r.loader)
             prompts = _device_prompts(mesh, local)
-            rollout = smp.generate(r.model(state), prompts["prompt_ids"], prompts["prompt_mask"],
-                                   prompts.get("pixel_values"), prompts.get("image_grid_thw"), scfg,
-                                   jax.random.fold_in(base_rng, step))
+            # the rollout's copy of the weights lives only in this call: freed before scoring and the update
+            rollout = smp.generate(policy(state.trainable, state.frozen), prompts["prompt_ids"],
+                                   prompts["prompt_mask"], prompts.get("pixel_values"), prompts.get("image_grid_thw"),
+                                   scfg, jax.random.fold_in(base_rng, step))
             refs = _references(mesh, local, gcfg.num_samples)
             scores = rw.compute(rollout.tokens, rollout.mask, refs, table, config.rewards.variant, weights)
             batch, advantages, shaping = prepare_fn(rollout, prompts.get("pixel_values"),

@@ -25,13 +25,13 @@ import ml_collections
 from flax import nnx
 
 from robust_r1_jax import distributed, parallel
-from robust_r1_jax.model import config as model_config, loading, orbax_io
+from robust_r1_jax.model import assets, config as model_config, loading, orbax_io
 from robust_r1_jax.model.vlm import Qwen25VL
 from robust_r1_jax.train import checkpoint as ckpt
 from robust_r1_jax.train import curves
 from robust_r1_jax.train import metrics as mx
 from robust_r1_jax.train import optim, state as train_state
-from robust_r1_jax.train import stops, validate
+from robust_r1_jax.train import memory, stops, validate
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,47 @@ def check_workdir(workdir: str) -> str:
     except OSError as e:
         raise PermissionError(f"workdir {path} is not writable: {e}") from e
     return path
+
+
+def build_mesh(config) -> jax.sharding.Mesh:
+    """The recipe's (data, fsdp, tensor) mesh over every device; a mesh the devices cannot form is one
+    ``validate.ConfigError`` line naming what JAX sees (only CPU devices usually means the accelerator build of jax
+    is not installed: requirements-gpu.txt / requirements-tpu.txt)."""
+    m = config.mesh
+    try:
+        return parallel.make_mesh(m.data, m.fsdp, m.tensor)
+    except ValueError as error:
+        devices = jax.devices()
+        seen = f"JAX sees {len(devices)} {devices[0].platform} device{'s' if len(devices) > 1 else ''}"
+        hint = ("; on NVIDIA GPUs install requirements-gpu.txt, on TPU VMs requirements-tpu.txt (WORKSPACE.md "
+                "\"Run\")" if devices[0].platform == "cpu" else "")
+        raise validate.ConfigError([f"config.mesh (data={m.data}, fsdp={m.fsdp}, tensor={m.tensor}): {error}; "
+                                    f"{seen}{hint}"]) from error
+
+
+def planned_model_config(config) -> model_config.ModelConfig:
+    """The model config the run will build, read without any weight: ``model.init_from``'s own (its config.json,
+    model_config.json or training checkpoint meta), else the preset, with the recipe's runtime settings."""
+    m = config.model
+    runtime = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention_impl=m.attention_impl,
+                   scan_layers=m.get("scan_layers", False))
+    if m.init_from:
+        return loading.read_config(m.init_from).replace(**runtime)
+    extra = {"vocab_size": m.vocab_size} if m.get("vocab_size") else {}
+    return model_config.preset(m.preset, **extra, **runtime)
+
+
+def check_model_fits(config, mesh, kind: str) -> None:
+    """Before any weight is read: the model in ``init_from`` is the size the recipe was written for
+    (``validate.model_size_problems``) and its per-device memory estimate (``train.memory``) fits the devices;
+    otherwise ``validate.ConfigError`` with one line. ``train.memory_check=False`` skips the memory part."""
+    planned = planned_model_config(config)
+    problems = validate.model_size_problems(config, planned, kind)
+    if problems:
+        raise validate.ConfigError(problems)
+    if config.train.get("memory_check", True):
+        estimate = memory.check_fits(config, planned, mesh, kind)
+        log.info("memory: about %s", estimate.describe())
 
 
 def load_processor(config):
@@ -127,6 +168,31 @@ def progress_bar(start: int, total: int, desc: str):
     return tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
 
 
+def export_dtype(config) -> str:
+    """The stored dtype of a run's ``model/``: ``train.export_dtype``, or ("") the compute dtype ``model.dtype``
+    (bf16 for the recipes, whose fp32 master weights stay in the checkpoints), as the upstream release ships."""
+    return config.train.get("export_dtype", "") or config.model.dtype
+
+
+def started_processor(init_from: str) -> str:
+    """The folder holding the image processor config of the model a run started from ("" when it has none: a
+    model trained from scratch, or a remote path)."""
+    if not init_from or "://" in init_from or not os.path.isdir(init_from):
+        return ""
+    holds = lambda d: os.path.isfile(os.path.join(d, assets.PREPROCESSOR_FILE))
+    return next((d for d in loading.asset_sources(init_from) if os.path.isdir(d) and holds(d)), "")
+
+
+def export(config, model: Qwen25VL, model_dir: str, image_processor) -> None:
+    """The run's ``model/``: parameters in ``export_dtype``, the tokenizer, and the image processor config of the
+    model the run started from (its pixel bounds, not the training data's); a model trained from scratch gets the
+    training ``image_processor``'s."""
+    source = started_processor(config.model.init_from)
+    orbax_io.save(model, model_dir, asset_sources=(config.data.tokenizer, config.model.init_from),
+                  image_processor=None if source else image_processor, processor_source=source,
+                  dtype=export_dtype(config))
+
+
 # ---- the scaffold -------------------------------------------------------------------------------------------------
 class Run:
     """One training run's set-up and close-out; see the module docstring for the order of things."""
@@ -137,8 +203,9 @@ class Run:
         yields that many times the global batch per step (GRPO's dynamic sampling draws more prompts)."""
         self.config, self.name, self.loader_kind = config, name, loader_kind
         self.info = init_distributed(config)
-        self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+        self.mesh = build_mesh(config)
         validate.check_training_config(config, self.mesh, self.info.process_count, problems)
+        check_model_fits(config, self.mesh, loader_kind)
         self.workdir = check_workdir(config.workdir)
         self.per_host = distributed.check_divisible(config.data.global_batch_size, self.info.process_count)
         self.loader_rows = self.per_host * loader_scale
@@ -245,6 +312,14 @@ class Run:
                                  f"train.max_consecutive_skips={limit}; stopping without export. Last good "
                                  f"checkpoint: {self._last_checkpoint()}")
 
+    def closing_line(self) -> str:
+        """The run's last line: where its model, logs (metrics, curves, TensorBoard) and checkpoints are."""
+        model = (f"model in {self.model_dir} ({export_dtype(self.config)})" if self.model_dir
+                 else "no model exported (train.export_model=False)")
+        return (f"{self.name}: finished step {self.config.train.steps}; {model}; logs in "
+                f"{os.path.join(self.workdir, 'logs')} (metrics.jsonl, curves.png, TensorBoard); checkpoints in "
+                f"{os.path.join(self.workdir, 'checkpoints')}")
+
     def _last_checkpoint(self) -> str:
         step = self.checkpointer.latest_step()
         if step is None:
@@ -252,12 +327,14 @@ class Run:
         return f"step {step} in {self.checkpointer.directory}"
 
     def finish(self, state) -> dict:
-        """Waits for the last save, exports the model (``train.export_model``) and returns the run's summary."""
+        """Waits for the last save, exports the model (``train.export_model``, see ``export``) and returns the
+        run's summary."""
         self.checkpointer.wait()
         self.writer.write_curves()
         if self.config.train.export_model:
             self.model_dir = os.path.join(self.workdir, "model")
-            orbax_io.save(self.model(state), self.model_dir, image_processor=self.processor.image_processor,
-                          asset_sources=(self.config.data.tokenizer, self.config.model.init_from))
+            export(self.config, self.model(state), self.model_dir, self.processor.image_processor)
+        if distributed.is_primary():
+            print(self.closing_line(), flush=True)
         return dict(start_step=self.start, final_step=self.config.train.steps, workdir=self.workdir,
                     model_dir=self.model_dir)

@@ -37,6 +37,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         steps=100, grad_accum=1, ce_chunk=0, freeze=("^visual\\.",), log_every=10,
         checkpoint_every=100, keep=3, async_checkpoint=True, export_model=True,
+        memory_check=True,           # stop before loading when the memory estimate exceeds a device
+        export_dtype="",             # model/'s stored dtype; "": model.dtype (bf16 recipes export bf16)
         max_consecutive_skips=10))   # skipped updates in a row that stop the run (0: never stop)
     c.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=0, process_id=-1,
                                                    timeout_s=300.0))

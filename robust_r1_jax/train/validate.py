@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+from robust_r1_jax.model import config as model_config
+
 
 class ConfigError(ValueError):
     """One or more config problems; ``problems`` holds one line each."""
@@ -107,3 +109,26 @@ def check_training_config(config, mesh, process_count: int, extra: tuple[str, ..
                 + sampling_problems(config) + list(extra))
     if problems:
         raise ConfigError(problems)
+
+
+def _size(cfg) -> tuple[int, int, int]:
+    return cfg.text.num_hidden_layers, cfg.text.hidden_size, cfg.text.intermediate_size
+
+
+def model_size_problems(config, planned, kind: str) -> list[str]:
+    """A Qwen2.5-VL recipe (``model.preset`` "3b" / "7b") whose ``model.init_from`` holds a model of another size:
+    its batch, mesh and memory plan were written for the preset, so the run stops and names the recipe to use.
+    ``planned`` is the model config read from ``init_from`` (``train.run.planned_model_config``); ``kind`` "sft"
+    or "rl" picks the recipe named. A size no preset has is left to the memory check."""
+    preset = config.model.preset
+    if not config.model.init_from or preset not in ("3b", "7b") or _size(planned) == _size(model_config.preset(preset)):
+        return []
+    layers, hidden, _ = _size(planned)
+    size = next((name for name in ("3b", "7b") if _size(model_config.preset(name)) == _size(planned)), None)
+    stage = "sft" if kind == "sft" else "grpo"
+    held = f"a Qwen2.5-VL-{size.upper()} model" if size else "a model"
+    advice = (f"use configs/{stage}_qwen2_5_vl_{size}.py" if size else
+              "no recipe here is written for that size: copy one and size its mesh and batch for it")
+    return [f"config.model.init_from={config.model.init_from!r} holds {held} ({layers} layers x {hidden}), but this "
+            f"recipe is written for the {preset!r} preset ({_size(model_config.preset(preset))[0]} layers x "
+            f"{_size(model_config.preset(preset))[1]}): {advice}"]

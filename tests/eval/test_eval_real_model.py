@@ -127,6 +127,14 @@ def test_main_eval_with_checkpoints(setup, tokenizer_dir, evaluated, tmp_path):
     got = results["models"]["tiny"]["benchmarks"]["shapes_eval"]
     assert got == json.loads(json.dumps(evaluated[0]["shapes_eval"]))
     assert "| tiny |" in out.stdout and (tmp_path / "accuracy.png").is_file()
+    assert out.stdout.splitlines()[-1].startswith(f"eval: reports in {tmp_path} (results.json, results.md, ")
+    assert sorted(os.listdir(tmp_path / "levels" / "tiny" / "shapes_eval")) == [
+        "100.json", "25.json", "50.json", "clean.json"]
+    again = _main(["--config=configs/eval_robust.py", f"--config.checkpoints={setup['model_dir']}",
+                   f"--config.tokenizers={tokenizer_dir}", f"--config.tsvs={setup['tsv']}", "--config.names=tiny",
+                   f"--config.workdir={tmp_path}", *FLAGS])   # every level reused: same results, nothing generated
+    assert again.returncode == 0 and json.loads((tmp_path / "results.json").read_text()) == results
+    assert again.stderr.count("finished in an earlier run") == 4
 
 
 def test_main_eval_without_checkpoint_uses_the_demo(setup, tokenizer_dir, tmp_path):

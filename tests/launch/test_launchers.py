@@ -35,7 +35,7 @@ def printed_commands(stdout: str) -> list[list[str]]:
 TPU_BASE = ["--name", "r1", "--zone", "us-east5-a", "--project", "my-proj",
             "--accelerator-type", "v6e-8", "--version", "v2-alpha-tpuv6e", "--dry-run"]
 LOC = ["--zone=us-east5-a", "--project=my-proj"]
-INSTALL_TAIL = ("cd robust_r1_jax && python3 -m pip install -r requirements.txt \"jax[tpu]\" "
+INSTALL_TAIL = ("cd robust_r1_jax && python3 -m pip install -r requirements-tpu.txt "
                 "-f https://storage.googleapis.com/jax-releases/libtpu_releases.html")
 STREAM = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "r1", *LOC, "--worker=0",
           '--command=tail -n +1 --pid="$(cat robust_r1_jax.pid)" -F robust_r1_jax.log']
@@ -166,6 +166,7 @@ def test_missing_gcloud_is_a_clear_error(tmp_path):
 # ------------------------------------------------------------------------------------ slurm_gpu.sbatch
 
 FAKE_SRUN = """#!/usr/bin/env bash
+echo "$*" >> "$FAKE_LOG.calls"
 { printf '%s\\n' "$@"; echo "--env"; env | grep -E '^(JAX_|ROBUST_R1_|SRUN_)' | sort; echo "--pwd $PWD"; } > "$FAKE_LOG"
 """
 FAKE_SCONTROL = """#!/usr/bin/env bash
@@ -376,6 +377,13 @@ def test_shellcheck_clean():
     ("sft_qwen2_5_vl_3b.py:8xh100", 8, "runs/sft_qwen2_5_vl_3b_8xh100", None),
     ("grpo_qwen2_5_vl_3b.py:v5p8", 4, "runs/grpo_qwen2_5_vl_3b_v5p8", 2048),
     ("grpo_qwen2_5_vl_3b.py:v6e8", 8, "runs/grpo_qwen2_5_vl_3b_v6e8", 2048),
+    ("sft_qwen2_5_vl_7b.py", -1, "runs/sft_qwen2_5_vl_7b", None),
+    ("sft_qwen2_5_vl_7b.py:v5p16", 8, "runs/sft_qwen2_5_vl_7b_v5p16", None),
+    ("sft_qwen2_5_vl_7b.py:v6e16", 16, "runs/sft_qwen2_5_vl_7b_v6e16", None),
+    ("sft_qwen2_5_vl_7b.py:8xh100", 8, "runs/sft_qwen2_5_vl_7b_8xh100", None),
+    ("grpo_qwen2_5_vl_7b.py:v5p16", 8, "runs/grpo_qwen2_5_vl_7b_v5p16", 2048),
+    ("grpo_qwen2_5_vl_7b.py:v6e16", 16, "runs/grpo_qwen2_5_vl_7b_v6e16", 2048),
+    ("grpo_qwen2_5_vl_7b.py:8xh100", 8, "runs/grpo_qwen2_5_vl_7b_8xh100", 2048),
 ])
 def test_scale_variants_are_picked_after_a_colon(spec, fsdp, workdir, max_new_tokens):
     """``--config=configs/FILE.py:VARIANT`` as the launchers pass it on: config_flags hands VARIANT to get_config."""
@@ -400,3 +408,71 @@ def test_an_unknown_scale_variant_is_named():
     config_flags.DEFINE_config_file("config", None, "", flag_values=values)
     with pytest.raises(Exception, match="unknown variant 'v4-8'; this config knows v5p8, v6e8, 8xh100"):
         values(["main", f"--config={REPO / 'configs' / 'sft_qwen2_5_vl_3b.py'}:v4-8"])
+
+
+# ------------------------------------------------------------------------------- installs per platform
+
+def _pins(path: Path) -> dict[str, str]:
+    """name (with extras) -> version of the ``name==version`` lines of a requirements file."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            name, version = line.split("==")
+            pins[name.strip()] = version.strip()
+    return pins
+
+
+@pytest.mark.parametrize("file, extra", [("requirements-gpu.txt", "cuda12"), ("requirements-tpu.txt", "tpu")])
+def test_the_platform_installs_pin_jaxs_extra_to_the_jax_pin(file, extra):
+    """Read from the files and the installed jax's own metadata: no network."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    base = _pins(REPO / "requirements.txt")
+    text = (REPO / file).read_text()
+    assert "-r requirements.txt" in text.splitlines()
+    assert _pins(REPO / file)[f"jax[{extra}]"] == base["jax"] == base["jaxlib"]
+    assert metadata.version("jax") == base["jax"]  # so the metadata read below is the pinned release's
+    assert extra in metadata.metadata("jax").get_all("Provides-Extra")
+    needs = [Requirement(r) for r in metadata.requires("jax") if Requirement(r).marker
+             and Requirement(r).marker.evaluate({"extra": extra})]
+    assert needs, f"jax {base['jax']} has no requirements for its {extra!r} extra"
+    for need in needs:  # every package the extra adds accepts what the pins say
+        if need.name in ("jaxlib", "libtpu"):
+            assert need.specifier.contains(base[need.name], prereleases=True), (need, base[need.name])
+        elif need.name.startswith("jax-cuda"):
+            assert need.specifier.contains(base["jax"]), need  # the plugin is released with jax
+
+
+def test_the_launchers_and_docs_name_the_platform_installs():
+    assert "pip install -r requirements-tpu.txt" in (LAUNCH / "tpu_pod.sh").read_text().replace("python3 -m ", "")
+    assert "requirements-gpu.txt" in (LAUNCH / "slurm_gpu.sbatch").read_text()
+    assert "requirements-gpu.txt" in (LAUNCH / "multinode_gpu.sh").read_text()
+    workspace = (REPO / "WORKSPACE.md").read_text()
+    assert "pip install -r requirements-gpu.txt" in workspace and "pip install -r requirements-tpu.txt" in workspace
+
+
+def test_slurm_script_installs_on_every_node_first_when_asked(fake_slurm):
+    env, log, submit = fake_slurm
+    (submit / "requirements-gpu.txt").write_text("-r requirements.txt\njax[cuda12]==0.10.2\n")
+    env.update(ROBUST_R1_INSTALL="1")
+    done = run_script("slurm_gpu.sbatch", "configs/sft.py", env=env, inherit=False)
+    assert done.returncode == 0, done.stderr
+    calls = Path(f"{log}.calls").read_text().splitlines()
+    assert calls == ["--nodes=2 --ntasks=2 --ntasks-per-node=1 python -m pip install -r requirements-gpu.txt",
+                     "--kill-on-bad-exit=1 python -m robust_r1_jax.main --config=configs/sft.py"]
+    (submit / "requirements-gpu.txt").unlink()
+    log.unlink()
+    done = run_script("slurm_gpu.sbatch", "configs/sft.py", env=env, inherit=False)
+    assert done.returncode == 2 and "cannot read requirements-gpu.txt" in done.stderr and not log.exists()
+
+
+def test_multinode_installs_once_per_host_before_the_run():
+    done = run_script("multinode_gpu.sh", "--hosts", "h1,h2", "--per-gpu", "--gpus-per-host", "2", "--install",
+                      "--remote-dir", "/srv/r1", "--config", "configs/sft.py", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    commands = printed_commands(done.stdout)
+    assert commands[:2] == [["ssh", "-o", "BatchMode=yes", host,
+                             "cd /srv/r1 && python3 -m pip install -r requirements-gpu.txt"] for host in ("h1", "h2")]
+    assert len(commands) == 6 and all("robust_r1_jax.main" in c[-1] for c in commands[2:])

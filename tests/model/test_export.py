@@ -6,6 +6,7 @@ import os
 import stat
 import sys
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -237,3 +238,76 @@ def test_inspect_and_convert_read_a_training_checkpoint_folder(source, tmp_path)
     assert convert.convert(str(workdir / "checkpoints"), str(tmp_path / "hf")) == "orbax->hf"
     assert len(AutoTokenizer.from_pretrained(str(tmp_path / "hf"))) == len(AutoTokenizer.from_pretrained(src))
     assert json.load(open(tmp_path / "hf" / "config.json"))["dtype"] == "float32"
+
+
+def test_a_run_trained_in_bf16_converts_to_bf16_unless_asked_for_fp32(source, tmp_path):
+    """A training checkpoint keeps fp32 master weights; the release is stored in the run's compute dtype."""
+    _, _, src, _ = source
+    model = loading.with_runtime_settings(loading.load_model(src, "float32"), dtype="bfloat16")
+    assert model.config.param_dtype == "float32"
+    checkpoints = str(tmp_path / "run" / "checkpoints")
+    training_checkpoint(model, checkpoints, {"data": {"tokenizer": src}, "model": {"init_from": src}})
+    convert.convert(checkpoints, str(tmp_path / "bf16"))
+    convert.convert(checkpoints, str(tmp_path / "fp32"), "float32")
+    for name, want, kind in (("bf16", "bfloat16", "BF16"), ("fp32", "float32", "F32")):
+        assert json.load(open(tmp_path / name / "config.json"))["dtype"] == want
+        with safe_open(str(tmp_path / name / "model.safetensors"), "numpy") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {kind}
+
+
+def test_a_runs_model_folder_is_stored_in_its_compute_dtype_with_the_started_models_pixel_bounds(source, tmp_path):
+    from robust_r1_jax.model.processor import ImageProcessor
+    from robust_r1_jax.train import run, sft
+    _, _, src, _ = source
+    model = loading.with_runtime_settings(loading.load_model(src, "float32"), dtype="bfloat16")
+    config = sft.default_config()
+    config.model.init_from, config.model.dtype = src, "bfloat16"
+    training_bounds = ImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 16)
+    run.export(config, model, str(tmp_path / "model"), training_bounds)
+    saved = json.load(open(tmp_path / "model" / orbax_io.CONFIG_FILE))
+    assert saved["param_dtype"] == "bfloat16"
+    assert {str(x.dtype) for x in jax.tree.leaves(nnx.state(orbax_io.restore(str(tmp_path / "model")),
+                                                             nnx.Param))} == {"bfloat16"}
+    processor = json.load(open(tmp_path / "model" / "preprocessor_config.json"))
+    assert (processor["min_pixels"], processor["max_pixels"]) == (3136, 50176)  # the source's, not the training's
+    config.train.export_dtype = "float32"
+    run.export(config, model, str(tmp_path / "fp32"), training_bounds)
+    assert json.load(open(tmp_path / "fp32" / orbax_io.CONFIG_FILE))["param_dtype"] == "float32"
+    config.model.init_from = ""   # trained from scratch: the only bounds there are are the training data's
+    run.export(config, model, str(tmp_path / "scratch"), training_bounds)
+    processor = json.load(open(tmp_path / "scratch" / "preprocessor_config.json"))
+    assert processor["max_pixels"] == 28 * 28 * 16
+
+
+def test_transformers_loads_the_export_without_the_regex_warning_and_tokenises_as_the_source(
+        source, tmp_path, qwen2_vocabulary_dir):
+    """transformers >= 5 takes a local folder whose config.json lacks ``transformers_version`` for a Mistral one
+    with a broken pre-tokenizer regex; its advice (``fix_mistral_regex=True``) would change Qwen's tokenisation."""
+    import logging
+    from transformers import AutoTokenizer
+    from robust_r1_jax.data.tokenizer import build_qwen2_tokenizer
+    _, _, src, _ = source
+    tokenizer_dir = str(tmp_path / "qwen2")
+    build_qwen2_tokenizer(qwen2_vocabulary_dir, tokenizer_dir)
+    hf.save(loading.load_model(src, None), str(tmp_path / "hf"), asset_sources=(tokenizer_dir,))
+    assert json.load(open(tmp_path / "hf" / "config.json"))["transformers_version"] == hf.TRANSFORMERS_VERSION
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        exported = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if "regex" in r.getMessage()], [r.getMessage() for r in records]
+    text = "iPhone McDonald"
+    want = AutoTokenizer.from_pretrained(tokenizer_dir)(text)["input_ids"]
+    assert exported(text)["input_ids"] == want and exported.decode(want) == text
+
+
+def test_the_recorded_transformers_version_is_the_pinned_one():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    pins = dict(line.split("#")[0].strip().split("==") for line in open(os.path.join(root, "requirements.txt"))
+                if "==" in line)
+    assert pins["transformers"] == hf.TRANSFORMERS_VERSION

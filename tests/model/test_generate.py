@@ -314,3 +314,75 @@ def test_bad_configs_and_prompts_are_clear_errors(model, cfg):
         gen.generate(model, ids, mask, pixels, smaller, _greedy(cfg), jax.random.key(0))
     with pytest.raises(ValueError, match="one prompt and num_samples=1"):
         next(gen.stream(model, ids, mask, pixels, grid, _greedy(cfg), jax.random.key(0)))
+
+
+# ---- length buckets: the decode reads only the filled part of the cache ------------------------------------------
+def test_decode_buckets_cover_every_step_and_every_written_slot():
+    assert gen.decode_buckets(10, 6, 16, 0) == [(6, 16)]
+    assert gen.decode_buckets(10, 6, 16, 6) == [(6, 16)]
+    buckets = gen.decode_buckets(10, 7, 17, 3)
+    assert buckets == [(3, 13), (6, 16), (7, 17)]
+    for t in range(1, 7):   # step t writes slot 10 + t - 1 and must attend over it
+        end, attend = next(b for b in buckets if t < b[0])
+        assert 10 + t - 1 < attend <= 17
+
+
+def test_decode_over_the_filled_slots_equals_decode_over_the_whole_cache(model, cfg):
+    """The cache read in a bucket (``attend`` < max_len) gives today's logits: the whole-cache decode, float32,
+    within 1e-5 of max |logit|; and the prefill's cache is the same either way."""
+    ids, mask, pixels, grid = _prompts(cfg, seed=3)
+    logits, cache = model.prefill(ids, mask, pixels, grid, max_len=ids.shape[1] + 8)
+    token = jnp.argmax(logits, -1).astype(jnp.int32)
+    whole, whole_cache = model.decode_traced(token, cache)
+    part, part_cache = model.decode_traced(token, cache, attend=ids.shape[1] + 1)
+    scale = max(1.0, float(jnp.max(jnp.abs(whole))))
+    np.testing.assert_allclose(np.asarray(part), np.asarray(whole), rtol=0, atol=1e-5 * scale)
+    np.testing.assert_array_equal(np.asarray(part_cache.keys), np.asarray(whole_cache.keys))
+    with pytest.raises(ValueError, match="attend=0"):
+        model.decode_traced(token, cache, attend=0)
+
+
+def test_bucketed_rollouts_equal_the_whole_cache_rollout(model, cfg, greedy_rollout):
+    """Buckets of 2 new tokens (three loops over 6 tokens): greedy token-identical to the one whole-cache loop,
+    log-probs within 1e-5 relative; sampled rollouts draw the same tokens."""
+    prompts, _ = greedy_rollout
+    whole = gen.generate(model, *prompts, _greedy(cfg, decode_bucket=0, num_samples=2), jax.random.key(0))
+    bucketed = gen.generate(model, *prompts, _greedy(cfg, decode_bucket=2, num_samples=2), jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(bucketed.tokens), np.asarray(whole.tokens))
+    np.testing.assert_allclose(np.asarray(bucketed.logprobs), np.asarray(whole.logprobs), rtol=1e-5, atol=1e-6)
+    assert int(bucketed.steps) == int(whole.steps) == NEW_TOKENS
+    sampled = [gen.generate(model, *prompts, dataclasses.replace(_sampling(cfg), decode_bucket=b),
+                            jax.random.key(5)) for b in (0, 2)]
+    np.testing.assert_array_equal(np.asarray(sampled[0].tokens), np.asarray(sampled[1].tokens))
+
+
+def test_a_bucketed_rollout_stops_in_the_bucket_where_every_row_is_done(model, cfg, greedy_rollout):
+    prompts, single = greedy_rollout
+    stop = int(np.asarray(single.tokens)[0, 2])   # row 0 stops at its third token
+    config = _greedy(cfg, decode_bucket=2, stop_token_ids=(stop,))
+    rollout = gen.generate(model, *prompts, config, jax.random.key(0))
+    reference = gen.generate(model, *prompts, dataclasses.replace(config, decode_bucket=0), jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(rollout.tokens), np.asarray(reference.tokens))
+    np.testing.assert_array_equal(np.asarray(rollout.lengths), np.asarray(reference.lengths))
+    assert int(rollout.steps) == int(reference.steps)
+
+
+def test_cached_attention_reads_bfloat16_and_accumulates_in_float32():
+    from robust_r1_jax.model import layers
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.normal(size=s).astype(np.float32) for s in ((2, 1, 4, 8), (2, 2, 5, 8), (2, 2, 5, 8)))
+    mask = np.array([[1, 1, 0, 1, 1], [0, 1, 1, 1, 1]], bool)[:, None, None, :]
+    length_major = lambda a: np.swapaxes(a, 1, 2)   # the cache is heads-major, attention() takes [B, K, KV, D]
+    exact = layers.attention(q, length_major(k), length_major(v), mask, implementation="xla")
+    np.testing.assert_allclose(np.asarray(layers.cached_attention(q, k, v, mask)), np.asarray(exact),
+                               rtol=1e-6, atol=1e-6)
+    bf = lambda a: jnp.asarray(a, jnp.bfloat16)
+    low = layers.cached_attention(bf(q), bf(k), bf(v), mask)   # on this CPU: widened first (XLA:CPU)
+    assert low.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(low, np.float32), np.asarray(exact), atol=3e-2)
+    # as traced for TPU (the aot mode's "splash" models): bf16 operands, float32 accumulation, no f32 cache copy
+    tpu = lambda *a: layers.cached_attention(*a, implementation="splash")
+    jaxpr = str(jax.make_jaxpr(tpu)(bf(q), bf(k), bf(v), mask))
+    assert "preferred_element_type=float32" in jaxpr
+    assert "f32[2,2,5,8]" not in jaxpr
+    assert "f32[2,2,5,8]" in str(jax.make_jaxpr(layers.cached_attention)(bf(q), bf(k), bf(v), mask))

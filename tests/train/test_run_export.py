@@ -14,7 +14,7 @@ from robust_r1_jax.train import sft  # noqa: E402
 
 
 @pytest.mark.slow
-def test_the_exported_model_folder_carries_tokenizer_and_configs(tmp_path):
+def test_the_exported_model_folder_carries_tokenizer_and_configs(tmp_path, capsys):
     data = sft_data.build(str(tmp_path / "data"), num_train=8, vocab_size=1024)
     c = sft.default_config()
     c.workdir = str(tmp_path / "run")
@@ -24,6 +24,9 @@ def test_the_exported_model_folder_carries_tokenizer_and_configs(tmp_path):
     c.data.max_pixels = 28 * 28 * 16
     c.train.steps, c.train.checkpoint_every = 1, 1
     model_dir = sft.run(c)["model_dir"]
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"sft: finished step 1; model in {model_dir} (float32); logs in {c.workdir}/logs (metrics.jsonl, curves.png, "
+        f"TensorBoard); checkpoints in {c.workdir}/checkpoints")
     held = set(os.listdir(model_dir))
     assert {"tokenizer.json", "tokenizer_config.json", "preprocessor_config.json", "generation_config.json",
             "model_config.json", "params"} <= held
