@@ -147,13 +147,20 @@ def _compile(c: Compiled):
 
 
 def depth_variants(cfg: model_config.ModelConfig) -> list[model_config.ModelConfig]:
-    """(language layers, vision blocks) = (1, 1), (2, 1), (1, 2); the last vision block keeps full attention.
+    """(language layers, vision blocks) = (1, 1), (2, 1), (1, 2); the last vision block keeps full attention (and
+    feeds Qwen3-VL's DeepStack mergers).
     Unrolled even when the recipe scans its layers: the cost model counts a loop body once. Attention stays the
     recipe's (splash on TPU, priced through ``aot_splash_cost``)."""
     def at(layers: int, blocks: int):
         return cfg.replace(scan_layers=False,
                            text=dataclasses.replace(cfg.text, num_hidden_layers=layers),
-                           vision=dataclasses.replace(cfg.vision, depth=blocks, fullatt_block_indexes=(blocks - 1,)))
+                           vision=dataclasses.replace(cfg.vision, depth=blocks, fullatt_block_indexes=(blocks - 1,),
+                                                      deepstack_visual_indexes=deepstack(blocks)))
+
+    def deepstack(blocks: int) -> tuple[int, ...]:
+        # Qwen3-VL: as many DeepStack mergers as the recipe, all fed by the last block, so their cost is counted
+        # once in every variant (a constant, like the patch merger's) and the blocks' cost stays linear.
+        return (blocks - 1,) * len(cfg.vision.deepstack_visual_indexes)
     return [at(1, 1), at(2, 1), at(1, 2)]
 
 
@@ -234,7 +241,7 @@ def recipe_model_config(recipe, platform: str = "tpu") -> model_config.ModelConf
     impl = "splash" if m.attention_impl == "auto" and platform == "tpu" else m.attention_impl
     kw = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention_impl=impl,
               scan_layers=m.get("scan_layers", False))
-    if m.preset in ("tiny", "demo"):
+    if m.preset in model_config.SMALL_PRESETS:
         kw["vocab_size"] = m.vocab_size or 512
     return model_config.preset(m.preset, **kw)
 

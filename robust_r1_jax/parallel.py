@@ -31,6 +31,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("vision_heads", "tensor"),
     ("vision_patch", None),
     ("vision_merge", "fsdp"),
+    ("vision_positions", None),
     ("layers", None),
 )
 

@@ -1,4 +1,10 @@
-"""Qwen2.5-VL configuration as plain frozen dataclasses, with presets and Hugging Face conversion."""
+"""Model configuration as plain frozen dataclasses, with presets and Hugging Face conversion.
+
+Two model families share these dataclasses, told apart by ``ModelConfig.model_type`` (``config.json``'s
+``model_type``): ``"qwen2_5_vl"`` (Qwen2.5-VL) and ``"qwen3_vl"`` (Qwen3-VL, dense). A field only one family reads
+says so; ``model/qwen3_vl.py`` holds what Qwen3-VL does differently. Qwen3-VL's mixture-of-experts variants
+(``qwen3_vl_moe``: 30B-A3B, 235B-A22B) are not supported: their ``config.json`` is refused with that reason.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -39,6 +45,11 @@ class VisionConfig:
     rms_norm_eps: float = 1e-6
     tokens_per_second: int = 2
     initializer_range: float = 0.02   # std of freshly initialised kernels (transformers' field)
+    # Qwen3-VL only: a learned position table of num_position_embeddings (a square) resampled to each grid,
+    # DeepStack mergers after the blocks listed in deepstack_visual_indexes, the MLP's activation.
+    num_position_embeddings: int = 0
+    deepstack_visual_indexes: tuple[int, ...] = ()
+    hidden_act: str = "silu"
 
     @property
     def head_dim(self) -> int:
@@ -71,10 +82,18 @@ class TextConfig:
     mrope_section: tuple[int, int, int] = (16, 24, 24)
     max_position_embeddings: int = 128000
     tie_word_embeddings: bool = True
+    # Qwen3 sets head_dim independently of hidden_size / heads (config.json's ``head_dim``); None derives it.
+    explicit_head_dim: int | None = None
+    # Biases on the q/k/v projections (Qwen2: yes; Qwen3: config.json's attention_bias, False when released).
+    attention_bias: bool = True
+    # Qwen3: RMSNorm over head_dim on queries and keys before the rotary embedding.
+    qk_norm: bool = False
+    # Qwen3-VL: frequencies assigned to (t, h, w) round-robin (``mrope_interleaved``) instead of in blocks.
+    mrope_interleaved: bool = False
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        return self.explicit_head_dim or self.hidden_size // self.num_attention_heads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +116,12 @@ class ModelConfig:
     # Decoder layers and vision blocks stacked ([layers, ...] parameters) and run under lax.scan, so a compile
     # does not grow with depth; False keeps one module per layer. Not part of the HF config.json.
     scan_layers: bool = False
+    # The model family, as config.json names it: "qwen2_5_vl" or "qwen3_vl" (FAMILIES).
+    model_type: str = "qwen2_5_vl"
+
+    def __post_init__(self):
+        if self.model_type not in FAMILIES:
+            raise ValueError(f"unknown model_type {self.model_type!r}; expected one of {FAMILIES}")
 
     def replace(self, **kw) -> "ModelConfig":
         return dataclasses.replace(self, **kw)
@@ -118,9 +143,17 @@ class ModelConfig:
     # ---- Hugging Face ``config.json`` -------------------------------------------------------------
     @classmethod
     def from_hf(cls, hf: dict, **overrides) -> "ModelConfig":
-        """From a Qwen2.5-VL ``config.json`` dict (transformers 4.x flat or 5.x nested layout)."""
-        if hf.get("model_type") not in (None, "qwen2_5_vl"):
-            raise ValueError(f"config.json has model_type {hf.get('model_type')!r}, expected 'qwen2_5_vl'")
+        """From a ``config.json`` dict, the family chosen by its ``model_type`` (none: Qwen2.5-VL).
+
+        ValueError for a family this package does not implement (Qwen3-VL MoE names itself as such)."""
+        kind = hf.get("model_type")
+        if kind == "qwen3_vl":
+            from robust_r1_jax.model import qwen3_vl
+            return qwen3_vl.config_from_hf(hf, **overrides)
+        if kind in UNSUPPORTED_FAMILIES:
+            raise ValueError(f"config.json has model_type {kind!r}: {UNSUPPORTED_FAMILIES[kind]}")
+        if kind not in (None, "qwen2_5_vl"):
+            raise ValueError(f"config.json has model_type {kind!r}, expected one of {FAMILIES}")
         t = dict(hf.get("text_config") or {})
         for k, v in hf.items():  # 4.x keeps the text fields at the top level
             t.setdefault(k, v)
@@ -158,7 +191,10 @@ class ModelConfig:
                    eos_token_id=eos[0] if isinstance(eos, (list, tuple)) else eos, **overrides)
 
     def to_hf(self) -> dict:
-        """A ``config.json`` dict that transformers' ``Qwen2_5_VLConfig`` reads back."""
+        """A ``config.json`` dict that transformers' config class of this family reads back."""
+        if self.model_type == "qwen3_vl":
+            from robust_r1_jax.model import qwen3_vl
+            return qwen3_vl.config_to_hf(self)
         t, v = self.text, self.vision
         text = dict(
             vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
@@ -183,6 +219,13 @@ class ModelConfig:
                     image_token_id=self.image_token_id, video_token_id=self.video_token_id,
                     vision_start_token_id=self.vision_start_token_id,
                     vision_end_token_id=self.vision_end_token_id)
+
+
+FAMILIES = ("qwen2_5_vl", "qwen3_vl")
+UNSUPPORTED_FAMILIES = {
+    "qwen3_vl_moe": "Qwen3-VL mixture-of-experts models (30B-A3B, 235B-A22B) are out of scope; use a dense "
+                    "Qwen3-VL (2B, 4B, 8B, 32B) or Qwen2.5-VL",
+}
 
 
 def _tuples(d: dict) -> dict:
@@ -225,7 +268,58 @@ def qwen2_5_vl_7b(**kw) -> ModelConfig:
     return ModelConfig(text=text, vision=VisionConfig(out_hidden_size=3584), **kw)
 
 
-PRESETS = {"tiny": tiny, "demo": demo, "3b": qwen2_5_vl_3b, "7b": qwen2_5_vl_7b}
+def qwen3_vl_tiny(vocab_size: int = 512, **kw) -> ModelConfig:
+    """``tiny``'s sizes in the Qwen3-VL family: q/k norm, head_dim set apart from hidden / heads, interleaved
+    M-RoPE, 16-px patches with a 4 x 4 learned position table, DeepStack after vision blocks 0 and 1."""
+    base = tiny(vocab_size=vocab_size, **kw)
+    text = dataclasses.replace(base.text, explicit_head_dim=24, mrope_section=(4, 4, 4), attention_bias=False,
+                               qk_norm=True, mrope_interleaved=True, rope_theta=5_000_000.0)
+    vision = dataclasses.replace(base.vision, patch_size=16, fullatt_block_indexes=(), window_size=0,
+                                 num_position_embeddings=16, deepstack_visual_indexes=(0, 1),
+                                 hidden_act="gelu_pytorch_tanh")
+    return base.replace(text=text, vision=vision, model_type="qwen3_vl")
+
+
+def _qwen3_vl(text: dict, vision: dict, **kw) -> ModelConfig:
+    """A released Qwen3-VL's shapes: Qwen3 text (head_dim 128, rope_theta 5e6, interleaved M-RoPE 24/20/20,
+    262144 positions) and the SigLIP-2-style tower (16-px patches, 48 x 48 learned positions)."""
+    text = TextConfig(vocab_size=151936, explicit_head_dim=128, rope_theta=5_000_000.0, mrope_section=(24, 20, 20),
+                      max_position_embeddings=262144, attention_bias=False, qk_norm=True, mrope_interleaved=True,
+                      **text)
+    vision = VisionConfig(num_heads=16, patch_size=16, num_position_embeddings=2304, fullatt_block_indexes=(),
+                          window_size=0, hidden_act="gelu_pytorch_tanh", out_hidden_size=text.hidden_size, **vision)
+    return ModelConfig(text=text, vision=vision, model_type="qwen3_vl", **kw)
+
+
+# Shapes from the released Qwen/Qwen3-VL-{2B,4B,8B}-Instruct config.json files (as transcribed in public
+# repositories; checked offline against those copies, not against the Hub).
+def qwen3_vl_2b(**kw) -> ModelConfig:
+    return _qwen3_vl(dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+                          num_key_value_heads=8, tie_word_embeddings=True),
+                     dict(depth=24, hidden_size=1024, intermediate_size=4096, deepstack_visual_indexes=(5, 11, 17)),
+                     **kw)
+
+
+def qwen3_vl_4b(**kw) -> ModelConfig:
+    return _qwen3_vl(dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+                          num_key_value_heads=8, tie_word_embeddings=True),
+                     dict(depth=24, hidden_size=1024, intermediate_size=4096, deepstack_visual_indexes=(5, 11, 17)),
+                     **kw)
+
+
+def qwen3_vl_8b(**kw) -> ModelConfig:
+    return _qwen3_vl(dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                          num_key_value_heads=8, tie_word_embeddings=False),
+                     dict(depth=27, hidden_size=1152, intermediate_size=4304, deepstack_visual_indexes=(8, 16, 24)),
+                     **kw)
+
+
+# Presets small enough to initialise from scratch on a CPU; they take their vocabulary size and special token ids
+# from the run's tokenizer.
+SMALL_PRESETS = ("tiny", "demo", "qwen3_vl_tiny")
+
+PRESETS = {"tiny": tiny, "demo": demo, "3b": qwen2_5_vl_3b, "7b": qwen2_5_vl_7b, "qwen3_vl_tiny": qwen3_vl_tiny,
+           "qwen3_vl_2b": qwen3_vl_2b, "qwen3_vl_4b": qwen3_vl_4b, "qwen3_vl_8b": qwen3_vl_8b}
 
 
 def preset(name: str, **kw) -> ModelConfig:

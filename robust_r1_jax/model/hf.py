@@ -2,7 +2,8 @@
 
 ``load`` streams tensor by tensor into an abstract (shape-only) model, each tensor converted to the target
 dtype and, when a mesh is given, placed straight into its sharding; no full fp32 copy of the model is ever
-held on the host. ``save`` writes the layout transformers writes (``visual.*``, ``model.*``, ``lm_head``)
+held on the host. ``save`` writes the layout transformers writes (Qwen2.5-VL: ``visual.*``, ``model.*``, ``lm_head``;
+Qwen3-VL: ``model.visual.*``, ``model.language_model.*``, ``lm_head``; ``RULES_BY_FAMILY`` maps the names both ways)
 with the source's tokenizer, processor and generation configs, to a temporary directory renamed into place.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from robust_r1_jax import atomic, parallel
-from robust_r1_jax.model import assets, stacking
+from robust_r1_jax.model import assets, qwen3_vl, stacking
 from robust_r1_jax.model.config import ModelConfig, resolve_dtype
 from robust_r1_jax.model.vlm import Qwen25VL
 
@@ -88,6 +89,50 @@ _kv = _heads(lambda c: c.text.num_key_value_heads, lambda c: c.text.head_dim)
 _o = _out_heads(lambda c: c.text.num_attention_heads, lambda c: c.text.head_dim)
 _vproj = _out_heads(lambda c: c.vision.num_heads, lambda c: c.vision.head_dim)
 
+_TEXT = [
+    (r"model\.embed_tokens\.weight", "language.embed", _same),
+    (r"model\.norm\.weight", "language.norm.scale", _same),
+    (r"lm_head\.weight", "language.lm_head.kernel", _lin),
+    (r"model\.layers\.(\d+)\.input_layernorm\.weight", "language.layers.{0}.input_norm.scale", _same),
+    (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight",
+     "language.layers.{0}.post_attention_norm.scale", _same),
+    (r"model\.layers\.(\d+)\.self_attn\.q_proj\.(?:weight|bias)", None, _q),
+    (r"model\.layers\.(\d+)\.self_attn\.[kv]_proj\.(?:weight|bias)", None, _kv),
+    (r"model\.layers\.(\d+)\.self_attn\.o_proj\.weight", "language.layers.{0}.attn.o.kernel", _o),
+    *[(rf"model\.layers\.(\d+)\.mlp\.{n}_proj\.weight", f"language.layers.{{0}}.mlp.{n}.kernel", _lin)
+      for n in ("gate", "up", "down")],
+]
+
+
+def _merger(hf: str, ours: str) -> list:
+    """A Qwen3-VL patch merger (LayerNorm, linear_fc1, linear_fc2) at ``hf`` <-> ours at ``ours``."""
+    return [(rf"{hf}\.norm\.weight", f"{ours}.norm.scale", _same), (rf"{hf}\.norm\.bias", f"{ours}.norm.bias", _same),
+            *[(rf"{hf}\.linear_fc{i}\.weight", f"{ours}.mlp.fc{i}.kernel", _lin) for i in (1, 2)],
+            *[(rf"{hf}\.linear_fc{i}\.bias", f"{ours}.mlp.fc{i}.bias", _same) for i in (1, 2)]]
+
+
+# Qwen3-VL: the tower of model/qwen3_vl.py, the Qwen2 text names plus q/k norms (no attention biases).
+QWEN3_VL_RULES: tuple[Rule, ...] = tuple(Rule(h, o, *fns) for h, o, fns in [
+    (r"visual\.patch_embed\.proj\.weight", "visual.patch_embed.kernel", _patch()),
+    (r"visual\.patch_embed\.proj\.bias", "visual.patch_embed.bias", _same),
+    (r"visual\.pos_embed\.weight", "visual.pos_embed", _same),
+    *[(rf"visual\.blocks\.(\d+)\.{n}\.weight", f"visual.blocks.{{0}}.{n}.scale", _same) for n in ("norm1", "norm2")],
+    *[(rf"visual\.blocks\.(\d+)\.{n}\.bias", f"visual.blocks.{{0}}.{n}.bias", _same) for n in ("norm1", "norm2")],
+    (r"visual\.blocks\.(\d+)\.attn\.qkv\.weight", "visual.blocks.{0}.attn.qkv.kernel", _qkv()),
+    (r"visual\.blocks\.(\d+)\.attn\.qkv\.bias", "visual.blocks.{0}.attn.qkv.bias", _qkv()),
+    (r"visual\.blocks\.(\d+)\.attn\.proj\.weight", "visual.blocks.{0}.attn.proj.kernel", _vproj),
+    (r"visual\.blocks\.(\d+)\.attn\.proj\.bias", "visual.blocks.{0}.attn.proj.bias", _same),
+    *[(rf"visual\.blocks\.(\d+)\.mlp\.linear_fc{i}\.weight", f"visual.blocks.{{0}}.mlp.fc{i}.kernel", _lin)
+      for i in (1, 2)],
+    *[(rf"visual\.blocks\.(\d+)\.mlp\.linear_fc{i}\.bias", f"visual.blocks.{{0}}.mlp.fc{i}.bias", _same)
+      for i in (1, 2)],
+    *_merger(r"visual\.merger", "visual.merger"),
+    *_merger(r"visual\.deepstack_merger_list\.(\d+)", "visual.deepstack_mergers.{0}"),
+    *_TEXT,
+    *[(rf"model\.layers\.(\d+)\.self_attn\.{n}_norm\.weight", f"language.layers.{{0}}.attn.{n}_norm.scale", _same)
+      for n in ("q", "k")],
+])
+
 RULES: tuple[Rule, ...] = tuple(Rule(h, o, *fns) for h, o, fns in [
     (r"visual\.patch_embed\.proj\.weight", "visual.patch_embed.kernel", _patch()),
     (r"visual\.blocks\.(\d+)\.norm1\.weight", "visual.blocks.{0}.norm1.scale", _same),
@@ -105,18 +150,10 @@ RULES: tuple[Rule, ...] = tuple(Rule(h, o, *fns) for h, o, fns in [
     (r"visual\.merger\.mlp\.0\.bias", "visual.merger.fc1.bias", _same),
     (r"visual\.merger\.mlp\.2\.weight", "visual.merger.fc2.kernel", _lin),
     (r"visual\.merger\.mlp\.2\.bias", "visual.merger.fc2.bias", _same),
-    (r"model\.embed_tokens\.weight", "language.embed", _same),
-    (r"model\.norm\.weight", "language.norm.scale", _same),
-    (r"lm_head\.weight", "language.lm_head.kernel", _lin),
-    (r"model\.layers\.(\d+)\.input_layernorm\.weight", "language.layers.{0}.input_norm.scale", _same),
-    (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight",
-     "language.layers.{0}.post_attention_norm.scale", _same),
-    (r"model\.layers\.(\d+)\.self_attn\.q_proj\.(?:weight|bias)", None, _q),
-    (r"model\.layers\.(\d+)\.self_attn\.[kv]_proj\.(?:weight|bias)", None, _kv),
-    (r"model\.layers\.(\d+)\.self_attn\.o_proj\.weight", "language.layers.{0}.attn.o.kernel", _o),
-    *[(rf"model\.layers\.(\d+)\.mlp\.{n}_proj\.weight", f"language.layers.{{0}}.mlp.{n}.kernel", _lin)
-      for n in ("gate", "up", "down")],
+    *_TEXT,
 ])
+
+RULES_BY_FAMILY = {"qwen2_5_vl": RULES, "qwen3_vl": QWEN3_VL_RULES}
 
 
 def normalise_name(name: str) -> str:
@@ -136,9 +173,9 @@ def _our_path(rule: Rule, match: re.Match, hf_name: str) -> str:
     return f"language.layers.{match.group(1)}.attn.{proj.group(1)}.{leaf}"
 
 
-def match_rule(hf_name: str) -> tuple[Rule, str] | None:
+def match_rule(hf_name: str, rules: Sequence[Rule] = RULES) -> tuple[Rule, str] | None:
     name = normalise_name(hf_name)
-    for rule in RULES:
+    for rule in rules:
         m = re.fullmatch(rule.hf, name)
         if m:
             return rule, _our_path(rule, m, name)
@@ -193,6 +230,7 @@ _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF
 
 
 def abstract_model(config: ModelConfig) -> Qwen25VL:
+    """The model ``config`` describes (either family), shapes only (``nnx.eval_shape``)."""
     return nnx.eval_shape(lambda: Qwen25VL(config, rngs=nnx.Rngs(0)))
 
 
@@ -217,7 +255,7 @@ def load(path: str, dtype=jnp.float32, *, mesh: jax.sharding.Mesh | None = None,
     for file, names in sorted(by_file.items()):
         with safe_open(file, framework="numpy") as f:
             for name in sorted(names):
-                hit = match_rule(name)
+                hit = match_rule(name, RULES_BY_FAMILY[config.model_type])
                 if hit is None:
                     unexpected.append(name)
                     continue
@@ -249,7 +287,7 @@ def load(path: str, dtype=jnp.float32, *, mesh: jax.sharding.Mesh | None = None,
                     _place(var, np.stack([layers.pop(i) for i in range(len(layers))]), mesh)
     missing = sorted(set(targets) - seen)
     if missing or unexpected or problems:
-        lines = [f"checkpoint {path} does not match the Qwen2.5-VL model built from its config.json:"]
+        lines = [f"checkpoint {path} does not match the {config.model_type} model built from its config.json:"]
         if missing:
             lines.append(f"  missing ({len(missing)}): {', '.join(missing)}")
         if unexpected:
@@ -295,14 +333,17 @@ def hf_tensors(model: Qwen25VL):
 
 
 def _hf_tensor(ours: str, value: jax.Array, config: ModelConfig) -> tuple[str, np.ndarray]:
-    name = hf_name_for(ours)
-    rule, _ = match_rule(name)
+    rules = RULES_BY_FAMILY[config.model_type]
+    name = hf_name_for(ours, rules)
+    rule, _ = match_rule(name, rules)
+    if config.model_type == qwen3_vl.MODEL_TYPE:
+        name = qwen3_vl.checkpoint_name(name)
     return name, rule.to_hf(np.asarray(jax.device_get(value)), config)
 
 
-def hf_name_for(ours: str) -> str:
-    """Our parameter path -> the HF tensor name (the rules read backwards)."""
-    for rule in RULES:
+def hf_name_for(ours: str, rules: Sequence[Rule] = RULES) -> str:
+    """Our parameter path -> the normalised HF tensor name (the rules read backwards)."""
+    for rule in rules:
         template = rule.ours or "language.layers.{0}.attn.{proj}.{leaf}"
         pattern = re.escape(template).replace(r"\{0\}", r"(\d+)").replace(r"\{proj\}", "([qkv])") \
             .replace(r"\{leaf\}", "(kernel|bias)")

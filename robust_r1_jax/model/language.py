@@ -1,4 +1,6 @@
-"""The Qwen2 decoder of Qwen2.5-VL: grouped-query attention with qkv biases, M-RoPE, SwiGLU, RMSNorm.
+"""The decoder of both families: grouped-query attention, M-RoPE, SwiGLU, RMSNorm. Qwen2 (Qwen2.5-VL) has qkv
+biases and blocked M-RoPE sections; Qwen3 (Qwen3-VL) has q/k RMSNorm, no biases, interleaved M-RoPE and DeepStack
+visual features added to the first layers' outputs (``TextConfig`` flags, no second copy of the layers).
 
 The KV cache is a pytree of fixed-size arrays (one slot per position up to ``max_len``), so prefill and
 single-token decode are each one compiled program and the cache can be donated between steps.
@@ -51,18 +53,33 @@ class KVCache:
                        jnp.array(self.index, copy=True), rep(self.next_position, 0))
 
 
-def mrope_cos_sin(positions: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:
-    """positions [3, B, S] (t, h, w) -> cos/sin [B, S, head_dim].
+def mrope_axes(cfg: TextConfig) -> np.ndarray:
+    """Which position row (0 t, 1 h, 2 w) rotates each of the head_dim / 2 frequencies; int [head_dim / 2].
 
-    Frequency j of the rotary half rotates with axis a(j): the first mrope_section[0] with t, the next
-    mrope_section[1] with h, the last with w.
+    Blocked (Qwen2.5-VL, ``Qwen2_5_VLRotaryEmbedding``): the first mrope_section[0] frequencies with t, the next
+    mrope_section[1] with h, the last with w. Interleaved (Qwen3-VL, ``Qwen3VLTextRotaryEmbedding.
+    recomposition_frequencies``): frequency j goes to h when j % 3 == 1 and j < 3 * mrope_section[1], to w when
+    j % 3 == 2 and j < 3 * mrope_section[2], to t otherwise. ValueError when the sections do not sum to half.
     """
     half = cfg.head_dim // 2
     if sum(cfg.mrope_section) != half:
         raise ValueError(f"mrope_section {cfg.mrope_section} must sum to head_dim/2 = {half}")
+    if not cfg.mrope_interleaved:
+        return np.repeat(np.arange(3), cfg.mrope_section)
+    j = np.arange(half)
+    axes = np.zeros(half, np.int32)
+    axes[(j % 3 == 1) & (j < 3 * cfg.mrope_section[1])] = 1
+    axes[(j % 3 == 2) & (j < 3 * cfg.mrope_section[2])] = 2
+    return axes
+
+
+def mrope_cos_sin(positions: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:
+    """positions [3, B, S] (t, h, w) -> cos/sin [B, S, head_dim], float32.
+
+    Frequency j of the rotary half rotates with the position row ``mrope_axes(cfg)[j]``.
+    """
     inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim))
-    axis_of = jnp.repeat(jnp.arange(3), jnp.asarray(cfg.mrope_section), total_repeat_length=half)
-    pos = positions.astype(jnp.float32)[axis_of]  # [half, B, S]
+    pos = positions.astype(jnp.float32)[mrope_axes(cfg)]  # [half, B, S]
     freqs = jnp.moveaxis(pos, 0, -1) * inv_freq
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
@@ -72,10 +89,14 @@ class Attention(nnx.Module):
     def __init__(self, cfg: TextConfig, *, rngs, dtype, param_dtype):
         h, kv, d, e = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-        self.q = Dense((e,), (h, d), ("embed",), ("heads", "head_dim"), use_bias=True, **kw)
-        self.k = Dense((e,), (kv, d), ("embed",), ("kv_heads", "head_dim"), use_bias=True, **kw)
-        self.v = Dense((e,), (kv, d), ("embed",), ("kv_heads", "head_dim"), use_bias=True, **kw)
+        bias = cfg.attention_bias
+        self.q = Dense((e,), (h, d), ("embed",), ("heads", "head_dim"), use_bias=bias, **kw)
+        self.k = Dense((e,), (kv, d), ("embed",), ("kv_heads", "head_dim"), use_bias=bias, **kw)
+        self.v = Dense((e,), (kv, d), ("embed",), ("kv_heads", "head_dim"), use_bias=bias, **kw)
         self.o = Dense((h, d), (e,), ("heads", "head_dim"), ("embed",), use_bias=False, **kw)
+        # Qwen3: one RMSNorm over head_dim shared by all query heads, one by all key heads.
+        self.q_norm = RMSNorm(d, "head_dim", eps=cfg.rms_norm_eps, **kw) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(d, "head_dim", eps=cfg.rms_norm_eps, **kw) if cfg.qk_norm else None
 
     def __call__(self, x, cos, sin, mask, implementation, kv_state=None):
         """kv_state: None (attend within x, no cache), or (this layer's cached keys, values [B, KV, attend, D] or
@@ -87,6 +108,8 @@ class Attention(nnx.Module):
         cache) attends within itself by ``mask`` through the configured implementation.
         """
         q, k, v = self.q(x), self.k(x), self.v(x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_state is None:
             return self.o(attention(q, k, v, mask, implementation=implementation)), None
@@ -110,6 +133,16 @@ class DecoderLayer(nnx.Module):
         h, kv_state = self.attn(self.input_norm(x), cos, sin, mask, implementation, kv_state)
         x = x + h
         return x + self.mlp(self.post_attention_norm(x)), kv_state
+
+
+def _deepstack_level(deepstack: jax.Array, layer) -> jax.Array:
+    """What layer ``layer`` adds: level ``layer`` of deepstack [B, D, S, E]; from layer D on nothing (None) when the
+    layers are unrolled (``layer`` a Python / NumPy int), zeros under scan (``layer`` traced)."""
+    levels = deepstack.shape[1]
+    if isinstance(layer, (int, np.integer)):
+        return deepstack[:, int(layer)] if layer < levels else None
+    picked = jax.lax.dynamic_index_in_dim(deepstack, jnp.minimum(layer, levels - 1), axis=1, keepdims=False)
+    return jnp.where(layer < levels, picked, jnp.zeros_like(picked))
 
 
 _REMAT_POLICIES = {
@@ -144,7 +177,8 @@ class LanguageModel(nnx.Module):
         return jnp.einsum("bse,ve->bsv", hidden, self.embed.value.astype(self.dtype)).astype(jnp.float32)
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
-                 cache: KVCache | None = None, attend: int | None = None) -> tuple[jax.Array, KVCache | None]:
+                 cache: KVCache | None = None, attend: int | None = None,
+                 deepstack: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
         """x [B, S, E] input embeddings, positions [3, B, S], mask bool -> final hidden states (and the cache).
 
         Without a cache, ``mask`` is [B, 1, S, S]. With a cache the S new tokens' keys and values are written at
@@ -154,13 +188,20 @@ class LanguageModel(nnx.Module):
           as ``mask`` [B, 1, 1, attend] allows, plus itself; ``mask`` must leave out the slot being written.
         - S > 1 (a prompt into an empty cache, the prefill): the tokens attend within themselves by ``mask``
           [B, 1, S, S]; the cache is not read.
+        ``deepstack`` [B, D, S, E] (Qwen3-VL; zero off the image tokens): level i is added to the output of
+        decoder layer i, for i < D (``Qwen3VLTextModel._deepstack_process``).
         Raises ValueError for an ``attend`` outside [1, max_len].
         """
         cos, sin = mrope_cos_sin(positions, self.cfg)
         layers = np.arange(self.cfg.num_hidden_layers)
+
+        def with_deepstack(x, index):
+            added = None if deepstack is None else _deepstack_level(deepstack, index)
+            return x if added is None else x + added.astype(x.dtype)
+
         if cache is None:
             def step(layer, carry, index):
-                return layer(carry, cos, sin, mask, self.attention_impl)[0]
+                return with_deepstack(layer(carry, cos, sin, mask, self.attention_impl)[0], index)
             policy = _REMAT_POLICIES[self.remat] if self.remat != "none" else None
             x = stacking.run_layers(self.layers, step, x, layers, stacked=self.scan_layers, policy=policy)
             return self.norm(x), None
@@ -183,6 +224,7 @@ class LanguageModel(nnx.Module):
             x, new_k, new_v = carry
             state = (read(cache.keys, index), read(cache.values, index)) if decoding else (None, None)
             x, (k, v) = layer(x, cos, sin, mask, self.attention_impl, state)
+            x = with_deepstack(x, index)
             heads_major = lambda a: jnp.swapaxes(a, 1, 2)[None].astype(cache.keys.dtype)   # [1, B, KV, S, D]
             new_k = jax.lax.dynamic_update_slice(new_k, heads_major(k), (index, 0, 0, 0, 0))
             new_v = jax.lax.dynamic_update_slice(new_v, heads_major(v), (index, 0, 0, 0, 0))

@@ -70,6 +70,53 @@ class RMSNorm(nnx.Module):
         return self.scale.value.astype(self.dtype) * xf.astype(self.dtype)
 
 
+class LayerNorm(nnx.Module):
+    """torch.nn.LayerNorm over the last axis (scale and bias), statistics in float32; the Qwen3-VL tower's norm."""
+
+    def __init__(self, dim: int, axis_name: str, *, eps: float, rngs: nnx.Rngs, dtype=jnp.float32,
+                 param_dtype=jnp.float32):
+        del rngs
+        self.eps, self.dtype = eps, dtype
+        self.scale = param(None, (dim,), (axis_name,), value=1.0, dtype=param_dtype)
+        self.bias = param(None, (dim,), (axis_name,), value=0.0, dtype=param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        mean = jnp.mean(xf, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)).astype(self.dtype)
+
+
+# transformers' ACT2FN names -> functions ("gelu" is the exact erf form, "gelu_pytorch_tanh" the tanh one).
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+}
+
+
+def activation(name: str):
+    """The activation transformers calls ``name``; ValueError naming the known ones otherwise."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class MLP(nnx.Module):
+    """fc2(act(fc1(x))) with biases: the plain two-layer MLP of ViT-style blocks and patch mergers."""
+
+    def __init__(self, dim: int, hidden: int, out: int, in_axis: str, mlp_axis: str, out_axis: str, *,
+                 act: str, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32, std: float = 0.02):
+        kw = dict(use_bias=True, rngs=rngs, dtype=dtype, param_dtype=param_dtype, std=std)
+        self.act = act
+        self.fc1 = Dense((dim,), (hidden,), (in_axis,), (mlp_axis,), **kw)
+        self.fc2 = Dense((hidden,), (out,), (mlp_axis,), (out_axis,), **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(activation(self.act)(self.fc1(x)))
+
+
 class GatedMLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 

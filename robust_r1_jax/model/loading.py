@@ -207,6 +207,13 @@ def check_pairing(model, processor: Processor, name: str = "") -> None:
     if processor.image_token_id != config.image_token_id:
         problems.append(f"<|image_pad|> is {processor.image_token_id} in the tokenizer but "
                         f"{config.image_token_id} in the model")
+    image, vision = processor.image_processor, config.vision
+    ours = (image.patch_size, image.temporal_patch_size, image.merge_size)
+    theirs = (vision.patch_size, vision.temporal_patch_size, vision.spatial_merge_size)
+    if ours != theirs:
+        # e.g. a Qwen3-VL model (16-px patches) read with a folder that lacks its preprocessor_config.json
+        problems.append(f"the image processor cuts (patch, temporal patch, merge) = {ours} but the model's vision "
+                        f"tower takes {theirs} (set them in the tokenizer folder's preprocessor_config.json)")
     if len(processor.tokenizer) > config.text.vocab_size:
         problems.append(f"the tokenizer has {len(processor.tokenizer)} tokens, the model's vocabulary only "
                         f"{config.text.vocab_size}")

@@ -20,7 +20,8 @@ _WINDOW_STRIDE = 1 << 20  # window ids of different images never collide
 
 
 def patch_layout(grid_thw: jax.Array, num_patches: int, cfg: VisionConfig) -> dict[str, jax.Array]:
-    """Per-patch metadata from the image grids, jittable: row/column, window and frame ids, validity.
+    """Per-patch metadata from the image grids, jittable: row/column, its image's patch grid height/width, window
+    and frame ids, validity.
 
     Patches follow the processor's order: image by image, frame by frame, then 2x2 merge blocks row-major
     over the merged grid, each block's four patches row-major.
@@ -42,16 +43,25 @@ def patch_layout(grid_thw: jax.Array, num_patches: int, cfg: VisionConfig) -> di
     block_row, block_col = block // merged_w, block % merged_w
     row = block_row * m + within // m
     col = block_col * m + within % m
-    ws = cfg.window_merged
+    ws = max(cfg.window_merged, 1)  # Qwen3-VL has no windows (window_size 0); its tower ignores the ids
     windows_w = (merged_w + ws - 1) // ws
     windows_h = (hh // m + ws - 1) // ws
     window = (frame * windows_h + block_row // ws) * windows_w + block_col // ws
     invalid_id = -1
     return dict(
-        row=row, col=col, valid=valid,
+        row=row, col=col, valid=valid, height=hh, width=ww,
         window_segment=jnp.where(valid, image * _WINDOW_STRIDE + window, invalid_id),
         frame_segment=jnp.where(valid, image * _WINDOW_STRIDE + frame, invalid_id),
     )
+
+
+def batched_layout(pixel_values: jax.Array, grid_thw: jax.Array, cfg: VisionConfig) -> dict[str, jax.Array]:
+    """``patch_layout`` of every row of the batched layout (pixel_values [B, N, D], grid_thw [B, I, 3]): [B, N]
+    arrays. ValueError when the bucket N is not a whole number of merge groups."""
+    n = pixel_values.shape[1]
+    if n % cfg.merge_unit:
+        raise ValueError(f"the patch bucket ({n}) must be a multiple of {cfg.merge_unit}")
+    return jax.vmap(lambda g: patch_layout(g, n, cfg))(grid_thw)
 
 
 def vision_rotary(row: jax.Array, col: jax.Array, cfg: VisionConfig) -> tuple[jax.Array, jax.Array]:
@@ -142,10 +152,7 @@ class VisionTower(nnx.Module):
         if pixel_values.ndim == 4:
             return self._image_major(pixel_values, grid_thw)
         cfg = self.cfg
-        n = pixel_values.shape[1]
-        if n % cfg.merge_unit:
-            raise ValueError(f"the patch bucket ({n}) must be a multiple of {cfg.merge_unit}")
-        layout = jax.vmap(lambda g: patch_layout(g, n, cfg))(grid_thw)
+        layout = batched_layout(pixel_values, grid_thw, cfg)
         cos, sin = vision_rotary(layout["row"], layout["col"], cfg)
         window_mask = _segment_mask(layout["window_segment"])
         full_mask = _segment_mask(layout["frame_segment"])

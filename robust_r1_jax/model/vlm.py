@@ -1,5 +1,7 @@
-"""Qwen2.5-VL for conditional generation: vision tower + Qwen2 decoder, image features scattered into the
-``<|image_pad|>`` positions, M-RoPE positions computed on the device.
+"""Qwen2.5-VL and Qwen3-VL for conditional generation: vision tower + decoder, image features scattered into the
+``<|image_pad|>`` positions (Qwen3-VL: DeepStack features too, added after the first decoder layers), M-RoPE
+positions computed on the device. ``config.model_type`` picks the family's tower (``vision.VisionTower`` or
+``qwen3_vl.VisionTower``); everything else is one code path.
 
 Stable API::
 
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from robust_r1_jax.model import qwen3_vl
 from robust_r1_jax.model.config import ModelConfig, resolve_dtype
 from robust_r1_jax.model.language import KVCache, LanguageModel
 from robust_r1_jax.model.layers import AttentionMask
@@ -28,7 +31,8 @@ class Qwen25VL(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
         dtype, param_dtype = resolve_dtype(config.dtype), resolve_dtype(config.param_dtype)
-        self.visual = VisionTower(config.vision, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+        tower = qwen3_vl.VisionTower if config.model_type == qwen3_vl.MODEL_TYPE else VisionTower
+        self.visual = tower(config.vision, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
                                   attention_impl=config.attention_impl, scan_layers=config.scan_layers)
         self.language = LanguageModel(config.text, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
                                       attention_impl=config.attention_impl, remat=config.remat,
@@ -54,19 +58,32 @@ class Qwen25VL(nnx.Module):
         return _jit_decode(self, jnp.asarray(tokens, jnp.int32), cache)
 
     # ---- traceable building blocks (used inside the SFT / RL steps) -------------------------------------------
+    def image_features(self, pixel_values, image_grid_thw):
+        """The tower's output the decoder reads: Qwen2.5-VL features [..., M, E]; Qwen3-VL (features, deepstack
+        [..., D, M, E]). Flat or batched layout as ``self.visual`` takes it; in the batched layout every leaf is
+        batch-major, so G samples of a prompt share it by repeating each leaf along axis 0."""
+        features, _, *deepstack = self.visual(pixel_values, image_grid_thw)
+        return (features, deepstack[0]) if deepstack else features
+
     def embed(self, input_ids, pixel_values=None, image_grid_thw=None, image_features=None,
-              slot_ids=None) -> jax.Array:
-        """Token embeddings with image features in the image-token slots; ``image_features`` (from
-        ``self.visual``) skips the vision tower, e.g. when G samples of one prompt share its image. ``slot_ids``
-        (default ``input_ids``) say where the slots are: GRPO's learner passes ids whose completion part holds no
-        image token, since an ``<|image_pad|>`` the sampler wrote is text."""
+              slot_ids=None) -> tuple[jax.Array, jax.Array | None]:
+        """Token embeddings [B, S, E] with image features in the image-token slots, and the DeepStack additions
+        [B, D, S, E] (zero off the image tokens; None for Qwen2.5-VL or without images). ``image_features`` (from
+        ``self.image_features``) skips the vision tower, e.g. when G samples of one prompt share its image.
+        ``slot_ids`` (default ``input_ids``) say where the slots are: GRPO's learner passes ids whose completion
+        part holds no image token, since an ``<|image_pad|>`` the sampler wrote is text."""
         x = self.language.embed_tokens(input_ids)
         if image_features is None and pixel_values is not None:
-            image_features, _ = self.visual(pixel_values, image_grid_thw)
+            image_features = self.image_features(pixel_values, image_grid_thw)
         if image_features is None:
-            return x
+            return x, None
         slots = input_ids if slot_ids is None else slot_ids
-        return scatter_image_features(x, slots, image_features.astype(x.dtype), self.config.image_token_id)
+        deepstack = None
+        if isinstance(image_features, tuple):
+            image_features, levels = image_features
+            deepstack = scatter_deepstack(slots, levels.astype(x.dtype), self.config.image_token_id)
+        x = scatter_image_features(x, slots, image_features.astype(x.dtype), self.config.image_token_id)
+        return x, deepstack
 
     def positions(self, input_ids, attention_mask, image_grid_thw=None) -> tuple[jax.Array, jax.Array]:
         """M-RoPE positions [3, B, S] and each row's next position [B]."""
@@ -88,11 +105,11 @@ class Qwen25VL(nnx.Module):
         ``data/rows.py`` builds them). ``slot_ids``: see ``embed``; they also decide the M-RoPE positions."""
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-        x = self.embed(input_ids, pixel_values, image_grid_thw, image_features, slot_ids)
+        x, deepstack = self.embed(input_ids, pixel_values, image_grid_thw, image_features, slot_ids)
         if position_ids is None:
             slots = input_ids if slot_ids is None else slot_ids
             position_ids, _ = self.positions(slots, attention_mask, image_grid_thw)
-        hidden, _ = self.language(x, position_ids, causal_mask(attention_mask))
+        hidden, _ = self.language(x, position_ids, causal_mask(attention_mask), deepstack=deepstack)
         return hidden
 
     def logits(self, *args, **kw) -> jax.Array:
@@ -102,14 +119,14 @@ class Qwen25VL(nnx.Module):
         b, s = input_ids.shape
         if s > max_len:
             raise ValueError(f"prompt length {s} exceeds the cache length {max_len}")
-        x = self.embed(input_ids, pixel_values, image_grid_thw)
+        x, deepstack = self.embed(input_ids, pixel_values, image_grid_thw)
         positions, next_position = self.positions(input_ids, attention_mask, image_grid_thw)
         cache = KVCache.empty(self.config.text, b, max_len, x.dtype)
         valid = jnp.zeros((b, max_len), bool).at[:, :s].set(attention_mask.astype(bool))
         # the prompt attends over its own s slots: the empty rest of the cache is never read
         mask = _with_self(valid[:, None, None, :s] & _causal(s, s)[None, None], s, s)
         cache = dataclasses.replace(cache, valid=valid)
-        hidden, cache = self.language(x, positions, mask, cache, attend=s)
+        hidden, cache = self.language(x, positions, mask, cache, attend=s, deepstack=deepstack)
         cache = dataclasses.replace(cache, index=jnp.asarray(s, jnp.int32), next_position=next_position)
         return self.language.logits(hidden[:, -1:])[:, 0], cache
 
@@ -168,6 +185,19 @@ def scatter_image_features(x: jax.Array, input_ids: jax.Array, features: jax.Arr
     rank = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)
     picked = jnp.take_along_axis(features, rank[..., None], axis=1)
     return jnp.where(is_image[..., None], picked, x)
+
+
+def scatter_deepstack(input_ids: jax.Array, levels: jax.Array, image_token_id: int) -> jax.Array:
+    """DeepStack features placed at the image tokens, zeros elsewhere: [B, D, S, E].
+
+    ``levels`` flat [D, M, E] (the k-th image token of the batch, row-major, takes row k of each level) or batched
+    [B, D, M, E] (the k-th image token of row b takes levels[b, :, k]); see ``scatter_image_features``.
+    """
+    zeros = jnp.zeros((*input_ids.shape, levels.shape[-1]), levels.dtype)
+    level = (lambda d: levels[d]) if levels.ndim == 3 else (lambda d: levels[:, d])
+    count = levels.shape[0] if levels.ndim == 3 else levels.shape[1]
+    return jnp.stack([scatter_image_features(zeros, input_ids, level(d), image_token_id) for d in range(count)],
+                     axis=1)
 
 
 def check_image_tokens(config: ModelConfig, input_ids, image_grid_thw, pixel_values) -> None:

@@ -178,8 +178,8 @@ def completion_logprobs(model, batch: dict, group: int, cfg: GRPOConfig) -> jax.
     attention = jnp.concatenate([prompt_mask, mask], axis=1)
     features, grid = None, None
     if batch.get("pixel_values") is not None:
-        features, _ = model.visual(batch["pixel_values"], batch["image_grid_thw"])
-        features = jnp.repeat(features, group, axis=0)
+        features = model.image_features(batch["pixel_values"], batch["image_grid_thw"])
+        features = jax.tree.map(lambda a: jnp.repeat(a, group, axis=0), features)  # Qwen3-VL: with DeepStack
         grid = jnp.repeat(batch["image_grid_thw"], group, axis=0)
     positions, _ = model.positions(slots, attention, grid)
     hidden = model.hidden_states(ids, None, grid, attention, positions, image_features=features, slot_ids=slots)

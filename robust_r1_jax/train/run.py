@@ -102,7 +102,7 @@ def check_model_fits(config, mesh, kind: str) -> None:
 def load_processor(config):
     """The run's tokenizer (``data.tokenizer``, else the ``model.init_from`` directory) at the data's pixel bounds."""
     path = config.data.tokenizer or config.model.init_from
-    if not path and config.model.preset not in ("tiny", "demo"):
+    if not path and config.model.preset not in model_config.SMALL_PRESETS:
         raise ValueError(f"config.model.init_from is required for the {config.model.preset!r} preset: a Hugging Face "
                          f"directory, an exported model or a training checkpoint to start from")
     if not path:
@@ -119,7 +119,7 @@ def build_model(config, processor, mesh) -> Qwen25VL:
                    scan_layers=m.get("scan_layers", False))
     if m.init_from:
         model = loading.with_runtime_settings(loading.load_model(m.init_from, m.param_dtype, mesh=mesh), **runtime)
-    elif m.preset in ("tiny", "demo"):
+    elif m.preset in model_config.SMALL_PRESETS:
         vocab = m.vocab_size or len(processor.tokenizer)
         cfg = model_config.preset(m.preset, vocab_size=vocab, param_dtype=m.param_dtype, **runtime,
                                   **loading.token_fields(processor))

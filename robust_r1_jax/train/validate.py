@@ -54,7 +54,8 @@ def path_problems(config) -> list[str]:
             tfds_builder.find_dataset_dir(dataset_dir)
         except (FileNotFoundError, ValueError) as error:
             problems.append(f"config.data.{error}")
-    if not config.model.init_from and config.model.preset not in ("tiny", "demo"):
+    from robust_r1_jax.model.config import SMALL_PRESETS  # here: validating a config needs no model otherwise
+    if not config.model.init_from and config.model.preset not in SMALL_PRESETS:
         problems.append(f"config.model.init_from is required for the {config.model.preset!r} preset: a Hugging "
                         f"Face directory, an exported model or a training checkpoint to start from")
     elif not config.model.init_from and not config.data.tokenizer:

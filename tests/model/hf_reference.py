@@ -21,7 +21,7 @@ def unit_scale_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
             elif p.ndim == 1:
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-            elif "embed_tokens" in name:
+            elif "embed_tokens" in name or "pos_embed" in name:
                 p.copy_(torch.randn(p.shape, generator=gen))
             else:
                 fan_in = int(np.prod(p.shape[1:]))
@@ -29,11 +29,18 @@ def unit_scale_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def qwen3_vl_tiny_config(**kw):
+    return model_config.qwen3_vl_tiny(**kw)
+
+
 def hf_model(cfg, seed: int = 0, tie: bool | None = None):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    hf_cfg = cfg.to_hf()
+    """transformers' model of ``cfg``'s family (Qwen2.5-VL or Qwen3-VL) with unit-scale random weights."""
+    import transformers
+    family = {"qwen2_5_vl": ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration"),
+              "qwen3_vl": ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration")}[cfg.model_type]
+    config_class, model_class = (getattr(transformers, name) for name in family)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**hf_cfg)).eval()
+    model = model_class(config_class(**cfg.to_hf())).eval()
     return unit_scale_(model, seed)
 
 

@@ -26,12 +26,21 @@ def test_7b_counts():
     assert counts == {"language": 7_615_616_512, "visual": 676_550_144}
 
 
+@pytest.mark.parametrize("name,total", [("qwen3_vl_2b", 2.13), ("qwen3_vl_4b", 4.44), ("qwen3_vl_8b", 8.77)])
+def test_qwen3_vl_counts(name, total):
+    # the sizes the released Qwen3-VL-*-Instruct checkpoints state (2.13B / 4.44B / 8.77B, transcribed)
+    counts = _counts(model_config.preset(name))
+    assert round(sum(counts.values()) / 1e9, 2) == total
+
+
 @pytest.mark.parametrize("name", sorted(model_config.PRESETS))
 def test_hf_config_round_trip(name):
-    from transformers import Qwen2_5_VLConfig
+    import transformers
     cfg = model_config.preset(name)
-    back = model_config.ModelConfig.from_hf(Qwen2_5_VLConfig(**cfg.to_hf()).to_dict())
+    config_class = {"qwen2_5_vl": transformers.Qwen2_5_VLConfig, "qwen3_vl": transformers.Qwen3VLConfig}
+    back = model_config.ModelConfig.from_hf(config_class[cfg.model_type](**cfg.to_hf()).to_dict())
     assert back.text == cfg.text and back.vision == cfg.vision and back.image_token_id == cfg.image_token_id
+    assert back.model_type == cfg.model_type
 
 
 def test_unknown_preset_and_keys():

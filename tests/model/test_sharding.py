@@ -11,13 +11,17 @@ SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from flax import nnx
     sys.path.insert(0, os.path.join(os.getcwd(), "tests", "model"))
-    from hf_reference import image_tokens_prompt, tiny_config
+    from hf_reference import image_tokens_prompt, qwen3_vl_tiny_config, tiny_config
     from robust_r1_jax import parallel
     from robust_r1_jax.model.vlm import Qwen25VL
     assert jax.device_count() == 8, jax.devices()
     scan = sys.argv[1] == "scanned"
-    cfg = tiny_config(scan_layers=scan)
+    cfg = (qwen3_vl_tiny_config if sys.argv[2] == "qwen3_vl" else tiny_config)(scan_layers=scan)
     model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
+    known = {name for name, _ in parallel.LOGICAL_AXIS_RULES}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):  # every parameter named on every axis
+        axes = var.get_metadata().get("logical_axes")
+        assert axes is not None and len(axes) == var.value.ndim and set(axes) <= known, (path, axes)
     rng = np.random.default_rng(0)
     grids = [(1, 4, 8), (1, 4, 8)]
     rows = [image_tokens_prompt(rng, cfg, grids[:1], [3, 4]) for _ in range(4)]
@@ -45,11 +49,12 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("layout", ["unrolled", "scanned"])
-def test_sharded_forward_equals_single_device(layout):
+@pytest.mark.parametrize("layout,family", [("unrolled", "qwen2_5_vl"), ("scanned", "qwen2_5_vl"),
+                                           ("scanned", "qwen3_vl")])
+def test_sharded_forward_equals_single_device(layout, family):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", SCRIPT, layout], cwd=root, env=env, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run([sys.executable, "-c", SCRIPT, layout, family], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "ERR" in out.stdout

@@ -1,0 +1,62 @@
+"""The paper's GRPO stage (configs/grpo_qwen2_5_vl_3b.py, SPEC §4) on Qwen3-VL-4B, from its SFT model.
+
+The same method: 16 prompts x G = 8 samples of up to 2048 new tokens per step, the same rewards, clipping, KL and
+constant 1e-6 rate; the vision tower and its mergers frozen. The sampler, the learner and the rewards run the
+Qwen3-VL model unchanged (its DeepStack features are computed once per prompt and shared by the G samples).
+
+    python -m robust_r1_jax.main --config=configs/grpo_qwen3_vl_4b.py:v5p8 \\
+        --config.model.init_from=runs/sft_qwen3_vl_4b_v5p8/model \\
+        --config.data.tokenizer=/models/Qwen3-VL-4B-Instruct --config.data.dataset_dir=/data/robust_r1_tfds
+
+Variants as for SFT (v5p8: 4 chips, v6e8: 8 chips; fsdp over all). Memory per chip, estimated (GB = 1e9 bytes):
+                                                                               v5p-8 (32 rows)  v6e-8 (16 rows)
+  policy LM 4.02B x 16 B + reference LM 4.02B x 4 B + frozen vision 0.41B x 4 B
+    = 82.0 / chips                                                                     20.5            10.3
+  rollout KV cache: 36 layers x 2 x 8 heads x 128 x 2 B = 147 KB per token x rows
+    x 2560 tokens (freed before the update)                                              12.1             6.0
+  update, remat "full" (each layer's bf16 input, 184 KB per token) x rows x 2560         15.1             7.5
+  log-prob chunk of 256 tokens: 3 x rows x 256 x 151,936 x 4 B                          15.0             7.5
+  total (update): 20.5 + 15.1 + 15.0                                                 ~51 of 95       ~25 of 32
+The compiler disagrees for v6e-8 (configs/aot.py, WORKSPACE.md "Qwen3-VL"): the update peaks at 30.9 of 32 GiB, over
+the 85% bound (64-token log-prob chunks only reach 30.7), so v6e8 is not yet a proven variant: it needs fewer rows
+per chip in the update (a micro-batched update or 8 prompts per step). v5p-8 was not compiled yet.
+"""
+from robust_r1_jax.rl.grpo import default_config
+
+FSDP = {"": -1, "v5p8": 4, "v6e8": 8}
+
+
+def get_config(variant: str = ""):
+    if variant not in FSDP:
+        raise ValueError(f"unknown variant {variant!r}; this config knows {', '.join(v for v in FSDP if v)}")
+    c = default_config()
+    c.workdir = "runs/grpo_qwen3_vl_4b" + (f"_{variant}" if variant else "")
+    c.model.preset = "qwen3_vl_4b"
+    c.model.init_from = ""  # required: the SFT model (orbax model dir, training checkpoint or HF dir)
+    c.model.dtype, c.model.param_dtype = "bfloat16", "float32"
+    c.model.remat, c.model.attention_impl = ("full" if variant else "dots"), "auto"
+    c.model.scan_layers = True
+    c.data.tokenizer = ""   # required: the Qwen3-VL folder (tokenizer, chat template, preprocessor_config.json)
+    c.data.global_batch_size = 16
+    c.data.seq_len = 512            # prompt bucket: 196 image tokens + question + instruction
+    c.data.patch_bucket = 1024
+    c.data.max_pixels = 448 * 448
+    c.data.worker_count = 4
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, FSDP[variant], 1
+    c.grpo.num_samples = 8
+    c.grpo.epsilon_low = c.grpo.epsilon_high = 0.2
+    c.grpo.beta = 0.04
+    c.grpo.loss_aggregation = "sequence_mean"
+    c.grpo.std_estimator = "unbiased"
+    c.grpo.inner_iterations = 1
+    c.grpo.logprob_chunk = 256
+    c.sampling.temperature = 1.0
+    c.sampling.max_new_tokens = 2048
+    c.optim.learning_rate = 1e-6
+    c.optim.warmup_steps = 0
+    c.optim.min_lr_ratio = 1.0
+    c.train.steps = 7500 // 16
+    c.train.freeze = ("^visual\\.",)
+    c.train.checkpoint_every = 50
+    c.rewards.variant = "paper"
+    return c
