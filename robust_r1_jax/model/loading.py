@@ -63,7 +63,9 @@ def read_config(path: str) -> ModelConfig:
         return ModelConfig.from_hf(hf.read_config(path), param_dtype=stored, dtype=stored)
     if is_training_checkpoint(path):
         return _training_meta(path)[0]
-    return orbax_io.read_config(path)
+    if is_orbax_model(path):
+        return orbax_io.read_config(path)
+    raise _no_model(path)
 
 
 def asset_sources(path: str) -> tuple[str, ...]:
@@ -108,8 +110,14 @@ def load_model(path: str, dtype: str | None = "float32", *, mesh: jax.sharding.M
         return orbax_io.restore(path, mesh=mesh, **overrides)
     if is_training_checkpoint(path):
         return _restore_training_model(path, step, mesh, overrides)
-    raise FileNotFoundError(f"{path} holds neither a Hugging Face checkpoint (config.json), an orbax model "
-                            f"checkpoint ({orbax_io.CONFIG_FILE}) nor a training checkpoint folder")
+    raise _no_model(path)
+
+
+def _no_model(path: str) -> FileNotFoundError:
+    if not os.path.isdir(path):
+        return FileNotFoundError(f"model directory not found: {path}")
+    return FileNotFoundError(f"{path} holds neither a Hugging Face checkpoint (config.json), an orbax model "
+                             f"checkpoint ({orbax_io.CONFIG_FILE}) nor a training checkpoint folder")
 
 
 def _saved_meta(manager: ocp.CheckpointManager, step: int | None, path: str) -> dict:

@@ -1,6 +1,7 @@
 """model/loading.py: one loader for the three checkpoint layouts, the tokenizer + image settings, their pairing."""
 import os
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -56,16 +57,23 @@ def test_runtime_settings_keep_the_weights(hf_dir):
 
 
 class _Processor:
-    def __init__(self, image_token_id, size):
-        self.image_token_id, self.tokenizer = image_token_id, [0] * size
+    def __init__(self, image_token_id, size, image_processor):
+        self.image_token_id, self.tokenizer, self.image_processor = image_token_id, [0] * size, image_processor
 
 
 def test_a_tokenizer_of_another_model_is_refused(hf_dir):
     model = loading.load_model(hf_dir)
     config = model.config
-    loading.check_pairing(model, _Processor(config.image_token_id, config.text.vocab_size))
+    v = config.vision
+    cuts = types.SimpleNamespace(patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
+                                 merge_size=v.spatial_merge_size)
+    loading.check_pairing(model, _Processor(config.image_token_id, config.text.vocab_size, cuts))
     with pytest.raises(ValueError, match=r"model 'x': .*<\|image_pad\|> is 1 in the tokenizer.*vocabulary only"):
-        loading.check_pairing(model, _Processor(1, config.text.vocab_size + 1), "x")
+        loading.check_pairing(model, _Processor(1, config.text.vocab_size + 1, cuts), "x")
+    sixteen = types.SimpleNamespace(patch_size=16, temporal_patch_size=v.temporal_patch_size,
+                                    merge_size=v.spatial_merge_size)
+    with pytest.raises(ValueError, match=r"image processor cuts \(patch, temporal patch, merge\) = \(16,"):
+        loading.check_pairing(model, _Processor(config.image_token_id, config.text.vocab_size, sixteen))
 
 
 @pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
