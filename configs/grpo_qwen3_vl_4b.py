@@ -21,42 +21,19 @@ The compiler disagrees for v6e-8 (configs/aot.py, WORKSPACE.md "Qwen3-VL"): the 
 the 85% bound (64-token log-prob chunks only reach 30.7), so v6e8 is not yet a proven variant: it needs fewer rows
 per chip in the update (a micro-batched update or 8 prompts per step). v5p-8 was not compiled yet.
 """
-from robust_r1_jax.rl.grpo import default_config
+import os
 
-FSDP = {"": -1, "v5p8": 4, "v6e8": 8}
+from robust_r1_jax.aot import load_recipe
+
+VARIANTS = ("", "v5p8", "v6e8")
+# the paper's settings and the slices' meshes, kept from the 3B recipe
+PAPER_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpo_qwen2_5_vl_3b.py")
 
 
 def get_config(variant: str = ""):
-    if variant not in FSDP:
-        raise ValueError(f"unknown variant {variant!r}; this config knows {', '.join(v for v in FSDP if v)}")
-    c = default_config()
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; this config knows {', '.join(v for v in VARIANTS if v)}")
+    c = load_recipe(PAPER_RECIPE + (f":{variant}" if variant else ""))
     c.workdir = "runs/grpo_qwen3_vl_4b" + (f"_{variant}" if variant else "")
-    c.model.preset = "qwen3_vl_4b"
-    c.model.init_from = ""  # required: the SFT model (orbax model dir, training checkpoint or HF dir)
-    c.model.dtype, c.model.param_dtype = "bfloat16", "float32"
-    c.model.remat, c.model.attention_impl = ("full" if variant else "dots"), "auto"
-    c.model.scan_layers = True
-    c.data.tokenizer = ""   # required: the Qwen3-VL folder (tokenizer, chat template, preprocessor_config.json)
-    c.data.global_batch_size = 16
-    c.data.seq_len = 512            # prompt bucket: 196 image tokens + question + instruction
-    c.data.patch_bucket = 1024
-    c.data.max_pixels = 448 * 448
-    c.data.worker_count = 4
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, FSDP[variant], 1
-    c.grpo.num_samples = 8
-    c.grpo.epsilon_low = c.grpo.epsilon_high = 0.2
-    c.grpo.beta = 0.04
-    c.grpo.loss_aggregation = "sequence_mean"
-    c.grpo.std_estimator = "unbiased"
-    c.grpo.inner_iterations = 1
-    c.grpo.logprob_chunk = 256
-    c.sampling.temperature = 1.0
-    c.sampling.max_new_tokens = 2048
-    c.optim.learning_rate = 1e-6
-    c.optim.warmup_steps = 0
-    c.optim.min_lr_ratio = 1.0
-    c.train.steps = 7500 // 16
-    c.train.freeze = ("^visual\\.",)
-    c.train.checkpoint_every = 50
-    c.rewards.variant = "paper"
+    c.model.preset = "qwen3_vl_4b"   # init_from must hold a Qwen3-VL-4B model (checked before loading)
     return c

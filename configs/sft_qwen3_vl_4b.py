@@ -25,33 +25,20 @@ estimated (GB = 1e9 bytes):                                                    v
   total                                                                              ~44 of 95       ~22 of 32
 The compiler's figures (configs/aot.py) are in WORKSPACE.md, "Scale configs".
 """
-from robust_r1_jax.train.sft import default_config
+import os
 
-FSDP = {"": -1, "v5p8": 4, "v6e8": 8}
+from robust_r1_jax.aot import load_recipe
+
+VARIANTS = ("", "v5p8", "v6e8")
+# the paper's settings and the slices' meshes, kept from the 3B recipe
+PAPER_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sft_qwen2_5_vl_3b.py")
 
 
 def get_config(variant: str = ""):
-    if variant not in FSDP:
-        raise ValueError(f"unknown variant {variant!r}; this config knows {', '.join(v for v in FSDP if v)}")
-    c = default_config()
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; this config knows {', '.join(v for v in VARIANTS if v)}")
+    c = load_recipe(PAPER_RECIPE + (f":{variant}" if variant else ""))
     c.workdir = "runs/sft_qwen3_vl_4b" + (f"_{variant}" if variant else "")
-    c.model.preset = "qwen3_vl_4b"
-    c.model.init_from = ""  # required: a local Qwen3-VL-4B-Instruct directory
-    c.model.dtype, c.model.param_dtype = "bfloat16", "float32"
-    c.model.remat, c.model.attention_impl = "dots", "auto"
-    c.model.scan_layers = True
-    c.data.global_batch_size = 16
-    c.data.seq_len = 2048
-    c.data.patch_bucket = 1024
-    c.data.max_pixels = 448 * 448
-    c.data.worker_count = 8
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, FSDP[variant], 1
-    c.optim.learning_rate = 1e-5
-    c.optim.warmup_steps = 10
-    c.optim.min_lr_ratio = 0.1
-    c.optim.weight_decay = 0.0
-    c.train.steps = 2 * 2500 // 16
-    c.train.freeze = ("^visual\\.",)
-    c.train.ce_chunk = 512
-    c.train.checkpoint_every = 50
+    c.model.preset = "qwen3_vl_4b"   # init_from must hold a Qwen3-VL-4B model (checked before loading)
+    c.model.remat = "dots"   # the 3B recipe keeps none on v5p-8; 4B needs dots there too
     return c
