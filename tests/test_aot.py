@@ -54,6 +54,14 @@ RECIPES = {
     """,
 }
 
+# Qwen3-VL's tiny preset (16-px patches, learned positions, DeepStack), packed rows: image-major vision input
+# (16 patches per image slot); a length profile of 18-28-token rows with one 4-token image, 2-3 to a 64-token row
+RECIPES["sft_qwen3_vl_packed"] = RECIPES["sft"].replace("return c", """c.model.preset = "qwen3_vl_tiny"
+            c.data.packing, c.data.image_slots = True, 4
+            c.data.length_profile = dict(template_tokens=(4, 4), image_tokens=(4, 4), images=1,
+                                         question_tokens=(4, 8), suffix_tokens=(0, 0), chain_tokens=(6, 12))
+            return c""")
+
 
 def _aot(tmp_path, kind: str, *extra: str):
     recipe = tmp_path / f"{kind}_recipe.py"
@@ -88,6 +96,25 @@ def test_sft_step_compiles_for_v5p_with_memory_and_cost(tmp_path):
     # SPEC §8's rows (644-974 tokens) cut to 64: every slot holds a real token
     assert row["padding_fraction"] == 0 and row["useful_mfu"] == pytest.approx(row["mfu"])
     assert "useful MFU" in proc.stdout
+
+
+@pytest.mark.slow
+def test_packed_qwen3_vl_sft_step_compiles_for_v5p_with_memory_and_cost(tmp_path):
+    """Issue 27 item 3: a Qwen3-VL recipe through the aot mode, on packed rows (the tower's image-major input)."""
+    proc, out = _aot(tmp_path, "sft_qwen3_vl_packed")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["programs"]
+    assert row["program"] == "sft_step"
+    _check_common(row)
+    assert row["cost_model_s"] > 0 and row["flops_per_chip"] > 0 and 0 < row["mfu"] < 1
+    assert row["tokens_per_s_per_chip"] == pytest.approx(8 * 64 / row["cost_model_s"] / 4)
+    # 2-3 rows of 18-28 tokens to a 64-token row: 12-45% padding
+    assert 0.1 < row["padding_fraction"] < 0.5 and row["useful_mfu"] == pytest.approx(
+        row["mfu"] * (1 - row["padding_fraction"]))
+    assert "sft_step" in proc.stdout and "useful MFU" in proc.stdout
+    from robust_r1_jax import aot
+    cfg = aot.recipe_model_config(aot.load_recipe(str(tmp_path / "sft_qwen3_vl_packed_recipe.py")))
+    assert cfg.model_type == "qwen3_vl" and cfg.vision.patch_dim == 3 * 2 * 16 * 16
 
 
 def test_useful_share_of_sft_rows_at_the_robust_r1_profile():
