@@ -82,36 +82,34 @@ def _check_common(row):
     assert "cost model" in row["note"]
 
 
-def test_sft_step_compiles_for_v5p_with_memory_and_cost(tmp_path):
-    proc, out = _aot(tmp_path, "sft")
+def _sft_step_row(tmp_path, kind: str) -> dict:
+    """The one program row of an SFT recipe's aot run (8 rows of 64 tokens), checked as every SFT row is."""
+    proc, out = _aot(tmp_path, kind)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     (row,) = json.loads(out.read_text())["programs"]
     assert row["program"] == "sft_step"
     _check_common(row)
-    # donated state: the AdamW moments and parameters come back in place
-    assert row["alias_bytes"] > 0.5 * row["argument_bytes"]
     assert row["cost_model_s"] > 0 and row["flops_per_chip"] > 0 and 0 < row["mfu"] < 1
     assert row["tokens_per_s_per_chip"] == pytest.approx(8 * 64 / row["cost_model_s"] / 4)
-    assert "sft_step" in proc.stdout and "MFU" in proc.stdout
+    assert "sft_step" in proc.stdout and "MFU" in proc.stdout and "useful MFU" in proc.stdout
+    return row
+
+
+def test_sft_step_compiles_for_v5p_with_memory_and_cost(tmp_path):
+    row = _sft_step_row(tmp_path, "sft")
+    # donated state: the AdamW moments and parameters come back in place
+    assert row["alias_bytes"] > 0.5 * row["argument_bytes"]
     # SPEC §8's rows (644-974 tokens) cut to 64: every slot holds a real token
     assert row["padding_fraction"] == 0 and row["useful_mfu"] == pytest.approx(row["mfu"])
-    assert "useful MFU" in proc.stdout
 
 
 @pytest.mark.slow
 def test_packed_qwen3_vl_sft_step_compiles_for_v5p_with_memory_and_cost(tmp_path):
     """Issue 27 item 3: a Qwen3-VL recipe through the aot mode, on packed rows (the tower's image-major input)."""
-    proc, out = _aot(tmp_path, "sft_qwen3_vl_packed")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    (row,) = json.loads(out.read_text())["programs"]
-    assert row["program"] == "sft_step"
-    _check_common(row)
-    assert row["cost_model_s"] > 0 and row["flops_per_chip"] > 0 and 0 < row["mfu"] < 1
-    assert row["tokens_per_s_per_chip"] == pytest.approx(8 * 64 / row["cost_model_s"] / 4)
-    # 2-3 rows of 18-28 tokens to a 64-token row: 12-45% padding
+    row = _sft_step_row(tmp_path, "sft_qwen3_vl_packed")
+    # two or three examples of 18-28 tokens to a 64-token row: 12-45% padding
     assert 0.1 < row["padding_fraction"] < 0.5 and row["useful_mfu"] == pytest.approx(
         row["mfu"] * (1 - row["padding_fraction"]))
-    assert "sft_step" in proc.stdout and "useful MFU" in proc.stdout
     from robust_r1_jax import aot
     cfg = aot.recipe_model_config(aot.load_recipe(str(tmp_path / "sft_qwen3_vl_packed_recipe.py")))
     assert cfg.model_type == "qwen3_vl" and cfg.vision.patch_dim == 3 * 2 * 16 * 16

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "train"))
+import qwen3_vl_folder  # noqa: E402
 import sft_data  # noqa: E402
 
 from robust_r1_jax import demo  # noqa: E402
@@ -22,9 +23,7 @@ from robust_r1_jax.train import sft  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-PREPROCESSOR = {"size": {"shortest_edge": 32 * 32, "longest_edge": 64 * 64}, "patch_size": 16,
-                "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
-                "processor_class": "Qwen3VLProcessor", "image_processor_type": "Qwen2VLImageProcessor"}
+PREPROCESSOR = qwen3_vl_folder.preprocessor_config(32 * 32, 64 * 64)
 
 
 @pytest.fixture(scope="module")
