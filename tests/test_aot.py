@@ -161,6 +161,21 @@ def test_grpo_programs_compile_for_v5p_and_a_program_that_does_not_fit_fails(tmp
     assert rows["update"]["mfu"] > 0 and rows["score"]["cost_model_s"] > 0
 
 
+@pytest.mark.slow
+def test_qwen3_vl_grpo_programs_compile_for_v5p(tmp_path):
+    """Issue 27 item 3: GRPO on a tiny Qwen3-VL through the aot mode: the rollout's copy of the weights (q/k norms,
+    DeepStack mergers, the position table), its prefill and decode, the learner's score and update all fit."""
+    RECIPES["grpo_qwen3_vl"] = RECIPES["grpo"].replace("return c", 'c.model.preset = "qwen3_vl_tiny"\n' + 12 * " "
+                                                      + "return c")
+    proc, out = _aot(tmp_path, "grpo_qwen3_vl", "--config.cost_estimate=False")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = {r["program"]: r for r in json.loads(out.read_text())["programs"]}
+    assert set(rows) == {"rollout_weights", "rollout", "score", "update"}
+    for row in rows.values():
+        _check_common(row)
+    assert rows["rollout"]["argument_bytes"] >= rows["rollout_weights"]["output_bytes"] > 0
+
+
 def test_grpo_learner_compiles_at_the_completion_bucket_of_the_step(tmp_path):
     """A step whose longest completion is 3 tokens: score and update compile for the 4-token bucket (prompt 48 +
     4 columns per row instead of 48 + 16), and only the programs asked for are compiled."""
