@@ -54,9 +54,11 @@ RECIPES = {
     """,
 }
 
-# Qwen3-VL's tiny preset (16-px patches, learned positions, DeepStack), packed rows: image-major vision input
-# (16 patches per image slot); a length profile of 18-28-token rows with one 4-token image, 2-3 to a 64-token row
+# Qwen3-VL's tiny preset (16-px patches, learned positions, DeepStack), scanned as the 4B recipes are, packed rows:
+# image-major vision input (16 patches per image slot); a length profile of 18-28-token rows with one 4-token image,
+# 2-3 to a 64-token row
 RECIPES["sft_qwen3_vl_packed"] = RECIPES["sft"].replace("return c", """c.model.preset = "qwen3_vl_tiny"
+            c.model.scan_layers = True
             c.data.packing, c.data.image_slots = True, 4
             c.data.length_profile = dict(template_tokens=(4, 4), image_tokens=(4, 4), images=1,
                                          question_tokens=(4, 8), suffix_tokens=(0, 0), chain_tokens=(6, 12))
@@ -112,7 +114,7 @@ def test_packed_qwen3_vl_sft_step_compiles_for_v5p_with_memory_and_cost(tmp_path
         row["mfu"] * (1 - row["padding_fraction"]))
     from robust_r1_jax import aot
     cfg = aot.recipe_model_config(aot.load_recipe(str(tmp_path / "sft_qwen3_vl_packed_recipe.py")))
-    assert cfg.model_type == "qwen3_vl" and cfg.vision.patch_dim == 3 * 2 * 16 * 16
+    assert cfg.model_type == "qwen3_vl" and cfg.scan_layers and cfg.vision.patch_dim == 3 * 2 * 16 * 16
 
 
 def test_useful_share_of_sft_rows_at_the_robust_r1_profile():
