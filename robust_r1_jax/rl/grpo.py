@@ -196,9 +196,16 @@ def completion_slot_ids(prompt_ids: jax.Array, tokens: jax.Array, image_token_id
 
 
 def score_step(parts: ModelParts, cfg: GRPOConfig, trainable, frozen, ref_trainable, batch):
-    """Old-policy and reference log-probs, both without gradient."""
-    old = completion_logprobs(parts.merge_for_compute(trainable, frozen), batch, cfg.num_samples, cfg)
+    """(old-policy log-probs or None, reference log-probs) [N, T] float32, without gradient.
+
+    With μ = 1 (``inner_iterations``) the one update runs on the parameters that sampled, so π_old is the
+    update's own forward: ``update_step`` takes its log-probs, detached, as π_old (as TRL's GRPOTrainer does for
+    ``num_iterations=1``) and the old-policy forward here is skipped (None), one forward fewer per step. With
+    μ > 1 the later updates need π_old as it was before the first, so it is scored here."""
     ref = completion_logprobs(parts.merge_for_compute(ref_trainable, frozen), batch, cfg.num_samples, cfg)
+    if cfg.inner_iterations == 1:
+        return None, jax.lax.stop_gradient(ref)
+    old = completion_logprobs(parts.merge_for_compute(trainable, frozen), batch, cfg.num_samples, cfg)
     return jax.lax.stop_gradient(old), jax.lax.stop_gradient(ref)
 
 
@@ -206,7 +213,8 @@ def update_step(parts: ModelParts, tx, lr_schedule, cfg: GRPOConfig, state: Trai
                 ref_logp, advantages):
     def loss_fn(trainable):
         logp = completion_logprobs(parts.merge_for_compute(trainable, state.frozen), batch, cfg.num_samples, cfg)
-        return grpo_objective(logp, old_logp, ref_logp, advantages, batch["mask"], batch["row_weight"], cfg)
+        old = jax.lax.stop_gradient(logp) if old_logp is None else old_logp   # μ = 1: π_old is this forward
+        return grpo_objective(logp, old, ref_logp, advantages, batch["mask"], batch["row_weight"], cfg)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
     grads = parts.sharded_like_trainable(grads)
     new_state, metrics = guarded_update(tx, state, grads, loss)
