@@ -86,15 +86,19 @@ def test_a_slice_too_small_for_any_setting_names_the_recipes_slices():
 
 
 @pytest.mark.slow
-def test_grpo_overrides_shrink_the_log_prob_chunk_before_the_completions():
+def test_grpo_overrides_shrink_the_log_prob_chunk_and_micro_batch_before_the_completions():
     config = recipe("grpo_qwen2_5_vl_3b.py:v6e8")
     cfg = aot.recipe_model_config(config)
     full = memory.estimate(config, cfg, abstract_mesh(8), "rl", "tpu").total
     flags = memory.fitting_overrides(config, cfg, abstract_mesh(8), "rl", int(full * 0.8), "tpu")
     assert flags == ["--config.grpo.logprob_chunk=64"]   # remat is "full" already; the numbers do not change
+    # then the update in micro-batches of whole prompt groups (2 per chip here: at most 2), the loss unchanged
     flags = memory.fitting_overrides(config, cfg, abstract_mesh(8), "rl", int(full * 0.6), "tpu")
-    assert flags[:1] == ["--config.grpo.logprob_chunk=64"] and flags[1].startswith("--config.sampling.max_new_tokens=")
-    assert int(flags[1].split("=")[1]) < config.sampling.max_new_tokens
+    assert flags == ["--config.grpo.logprob_chunk=64", "--config.grpo.update_microbatches=2"]
+    flags = memory.fitting_overrides(config, cfg, abstract_mesh(8), "rl", int(full * 0.55), "tpu")
+    assert flags[:2] == ["--config.grpo.logprob_chunk=64", "--config.grpo.update_microbatches=2"]
+    assert flags[2].startswith("--config.sampling.max_new_tokens=")
+    assert int(flags[2].split("=")[1]) < config.sampling.max_new_tokens
 
 
 def test_a_7b_model_under_the_3b_recipe_stops_naming_the_7b_recipe():
