@@ -169,6 +169,11 @@ def group_advantages(rewards: jax.Array, group: int, std_estimator: str = "unbia
     return gv.scaled_advantages(rewards, jnp.ones(rewards.shape, jnp.float32), group, "group", std_estimator, eps)
 
 
+def token_weights(mask, row_weight) -> jax.Array:
+    """w [N, T] float32: the completion mask [N, T] times each row's weight [N] (0 for a padding row)."""
+    return mask.astype(jnp.float32) * row_weight[:, None]
+
+
 def grpo_objective(logp, old_logp, ref_logp, advantages, mask, row_weight, cfg: GRPOConfig,
                    batch: gv.Normalisers | None = None):
     """The GRPO loss and its diagnostics. logp/old/ref/mask [N, T] float32; advantages and row_weight [N].
@@ -179,7 +184,7 @@ def grpo_objective(logp, old_logp, ref_logp, advantages, mask, row_weight, cfg: 
     means over the weighted tokens): ``kl``, ``clip_fraction`` (tokens whose clipped branch is active) and
     ``policy_loss``. ``batch``: the whole batch's denominators when these rows are one micro-batch of it (loss and
     diagnostics then add up over the micro-batches); default: these rows'."""
-    weights = mask.astype(jnp.float32) * row_weight[:, None]
+    weights = token_weights(mask, row_weight)
     adv = advantages[:, None]
     ratio = gv.importance_ratio(logp, old_logp, mask, cfg.importance_sampling)
     epsilons = ((cfg.sequence_epsilon_low, cfg.sequence_epsilon_high) if cfg.importance_sampling == "sequence"
@@ -268,7 +273,7 @@ def update_step(parts: ModelParts, tx, lr_schedule, cfg: GRPOConfig, state: Trai
     if cfg.update_microbatches == 1:
         (loss, aux), grads = grad_fn(state.trainable, rows, None)
     else:
-        whole = gv.normalisers(batch["mask"].astype(jnp.float32) * batch["row_weight"][:, None])
+        whole = gv.normalisers(token_weights(batch["mask"], batch["row_weight"]))
 
         def accumulate(total, micro):
             (value, scalars), g = grad_fn(state.trainable, micro, whole)
