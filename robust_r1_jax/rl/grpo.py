@@ -119,9 +119,9 @@ def config_problems(config, prefix: str = "") -> list[str]:
     if not sampling_cfg.problems(config.sampling):
         g["max_new_tokens"] = int(config.sampling.max_new_tokens)
     out += field_problems(g, prefix)
-    if not any(".update_microbatches=" in line for line in out):
-        out += microbatch_problems(int(config.data.global_batch_size), batch_shards(config.mesh),
-                                   g.get("update_microbatches", 1), prefix)
+    micro = g.get("update_microbatches", 1)
+    if micro != 1 and not any(".update_microbatches=" in line for line in out):
+        out += microbatch_problems(int(config.data.global_batch_size), batch_shards(config.mesh), micro, prefix)
     return out
 
 
