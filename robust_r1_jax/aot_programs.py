@@ -174,7 +174,11 @@ def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Progra
         return batch_spec(mesh, shapes), batch_spec(mesh, logp)
 
     def chunked(loop_free: bool):
-        return dataclasses.replace(gcfg, logprob_chunk=0 if loop_free else gcfg.logprob_chunk)
+        """The recipe's learner settings; loop-free for the cost variants: log-probs in one piece and the update's
+        micro-batches as one batch (the same work, which XLA would count once per loop body)."""
+        if not loop_free:
+            return gcfg
+        return dataclasses.replace(gcfg, logprob_chunk=0, update_microbatches=1)
 
     def score(model_cfg, loop_free: bool = False) -> Compiled:
         _, parts, state = setup(model_cfg)

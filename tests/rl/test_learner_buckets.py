@@ -119,12 +119,18 @@ def test_with_one_update_per_rollout_pi_old_is_the_update_forward(setup):
     advantages = jnp.asarray([1.0, -1.0, 0.5, -0.5])
     fused_state, fused = update(setup["state"](), batch, None, ref, advantages)
     scored_state, scored = update(setup["state"](), batch, old, ref, advantages)
+    # and in two micro-batches, where each takes its own rows' detached log-probs
+    _, micro_update = grpo.learner_programs(setup["parts"], setup["tx"], optax.constant_schedule(1.0),
+                                            dataclasses.replace(gcfg, update_microbatches=2))
+    micro_state, micro = micro_update(setup["state"](), batch, None, ref, advantages)
     for key in ("loss", "grad_norm", "update_norm", "kl", "clip_fraction", "policy_loss"):
-        np.testing.assert_allclose(float(fused[key]), float(scored[key]), rtol=1e-5, atol=1e-6, err_msg=key)
+        for got in (fused, micro):
+            np.testing.assert_allclose(float(got[key]), float(scored[key]), rtol=1e-5, atol=1e-6, err_msg=key)
     assert float(fused["clip_fraction"]) == 0.0 and float(fused["grad_norm"]) > 0
     start = jax.tree.leaves(setup["trainable"])
     deltas = [[np.asarray(w) - np.asarray(p) for w, p in zip(jax.tree.leaves(s.trainable), start)]
-              for s in (fused_state, scored_state)]
-    scale = max(float(np.max(np.abs(d))) for d in deltas[1])
-    for got, want in zip(*deltas):
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
+              for s in (fused_state, micro_state, scored_state)]
+    scale = max(float(np.max(np.abs(d))) for d in deltas[2])
+    for fused_delta, micro_delta, want in zip(*deltas):
+        np.testing.assert_allclose(fused_delta, want, rtol=0, atol=1e-5 * scale)
+        np.testing.assert_allclose(micro_delta, want, rtol=0, atol=1e-5 * scale)
