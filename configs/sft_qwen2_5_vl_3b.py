@@ -26,8 +26,13 @@ Slices assumed (each is ONE host, so one process and no coordinator; a JAX devic
         --config-args "--config.model.init_from=/data/Qwen2.5-VL-3B-Instruct --config.data.dataset_dir=/data/tfds"
 
 Mesh (data 1, fsdp = chips, tensor 1): every parameter, gradient and Adam moment is split over all chips;
-tensor parallelism buys nothing at this size (2 KV heads cap it at 2). Global batch 16 sequences of 2048
-tokens (the recipe: 2 epochs of 2.5K chains = 312 steps), 16 / chips per chip, no gradient accumulation.
+tensor parallelism buys nothing at this size (2 KV heads cap it at 2). Examples are packed (data/packing.py): a
+global batch of 8 rows of 4096 tokens, ~4.77 examples of SPEC §8's 644-974 tokens per row (6% padding; one
+example per 2048-token row was 60%), 2 epochs of 2.5K chains = 131 steps, 8 / chips rows per chip, no gradient
+accumulation. The compiler's figures for the packed step: v5p-8 64.2 of 95 GiB per chip (remat "none"), v6e-8
+15.6 of 32 GiB (remat "dots"); XLA's cost model on v5p-8: 52.8% MFU, 49.8% on real tokens (WORKSPACE.md).
+The sizing below was made for the former unpacked batch of 16 sequences of 2048 tokens (the same tokens per
+chip; the compiler's packed figures above are within 1 GiB of the unpacked ones).
 Memory per chip, estimated (GB = 1e9 bytes):                                  v5p-8 (4 seqs)   v6e-8 (2 seqs)
   trained LM 3.086B x 16 B (fp32 weights, grads, two Adam moments) = 49.4 / chips      12.3             6.2
   frozen vision 0.669B x 4 B (fp32) = 2.7 / chips                                       0.7             0.3
