@@ -183,6 +183,12 @@ COST_COMPILER_OPTIONS = {"xla_max_cross_program_prefetches": 0}
 STREAMED_COMPILER_OPTIONS = dict(COST_COMPILER_OPTIONS, xla_msa_enable=False)
 
 
+def streamed_seconds(compiled) -> float:
+    """The cost-model seconds of an ``aot.Compiled`` program compiled with ``STREAMED_COMPILER_OPTIONS`` (<= 0: no
+    estimate); for a loop-free program such as the rollout copy, whose default compile gets no estimate on v6e."""
+    return _measure(compiled.fn.lower(*compiled.args).compile(compiler_options=STREAMED_COMPILER_OPTIONS))["seconds"]
+
+
 def compile_case(recipe, model_cfg, mesh, case: DecodeCase, options: dict | None = None):
     """The compiled decode-step variant (a TPU executable); ``options``: XLA compiler options (default
     ``COST_COMPILER_OPTIONS``)."""

@@ -246,7 +246,8 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
     Decode steps: the per-chip cost of one step (``aot_decode.case_cost``, compiled without cross-program
     prefetch and depth-extrapolated) at the smallest and largest slot counts the buckets read, linear in
     between, plus the token draw (``sampling_s``; left out where the cost model gives no estimate). The copy of
-    the weights counts once per step.
+    the weights counts once per step (priced without memory space assignment where the default compile gives no
+    estimate, as on v6e).
     """
     from robust_r1_jax import aot
     gen = slice_.generation
@@ -280,6 +281,9 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
     prefill = aot.extrapolated_cost(rollout.cost_pieces, cfg)["seconds"]
     by_name = {r["program"]: r for r in rows}
     copy_s = (by_name["rollout_weights"]["cost_model_s"] or 0.0) if "rollout_weights" in by_name else 0.0
+    copy_program = next((p for p in programs if p.name == "rollout_weights"), None)
+    if copy_program is not None and copy_s <= 0:   # the default compile has no estimate (seen on v6e): streamed
+        copy_s = max(aot_decode.streamed_seconds(copy_program.compiled), 0.0)
 
     def rollout_s(steps, table=step_s):
         return prefill + sum(per_step(a, table) for a in decode_attends(prompt_len, horizon, cache_len, bucket, steps))

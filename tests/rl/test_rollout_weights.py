@@ -186,3 +186,25 @@ def test_bad_tensor_parallel_is_named_before_the_model_loads():
     assert "expected a positive integer" in zero
     (name,) = rollout_weights.layout_problems(rollout(layout="pipeline"), devices=8)
     assert "config.rollout.layout='pipeline'" in name
+
+
+def test_a_grpo_run_refuses_a_bad_tensor_parallel_before_the_model_loads(tmp_path, monkeypatch):
+    """One ConfigError naming both problems (the tiny model's 2 KV heads, the one CPU device), before any
+    tokenizer or weight is read."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "train"))
+    import sft_data
+    from robust_r1_jax.rl import grpo
+    from robust_r1_jax.train import run as train_run, validate
+
+    def loaded(*_):
+        raise AssertionError("the model was loaded before the rollout section was checked")
+    monkeypatch.setattr(train_run, "build_model", loaded)
+    monkeypatch.setattr(train_run, "load_processor", loaded)
+    data = dict(dataset_dir=str(tmp_path / "absent"), tokenizer=str(tmp_path / "absent"), vocab_size=1024)
+    config = sft_data.tiny_grpo_config(data, tmp_path / "run", steps=1)
+    config.rollout.layout, config.rollout.tensor_parallel = "tensor", 4
+    with pytest.raises(validate.ConfigError) as refused:
+        grpo.run(config)
+    problems = "\n".join(refused.value.problems)
+    assert "config.rollout.tensor_parallel=4 does not divide the 1 devices" in problems
+    assert "config.rollout.tensor_parallel=4 does not divide the model's 2 KV heads" in problems
