@@ -13,10 +13,11 @@ from robust_r1_jax.rl import rollout_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-SCRIPT = textwrap.dedent("""
-    import dataclasses, os, sys
+SETUP = textwrap.dedent("""
+    import dataclasses, logging, os, sys
     import jax, jax.numpy as jnp, numpy as np
     from flax import nnx
+    from jax.sharding import PartitionSpec as P
     sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
     sys.path.insert(0, os.path.join(os.getcwd(), "tests", "model"))
     from unit_scale_model import unit_scale_model
@@ -25,14 +26,17 @@ SCRIPT = textwrap.dedent("""
     from robust_r1_jax.model import config as model_config, generate as gen
     from robust_r1_jax.rl import rollout_weights
     from robust_r1_jax.train import state as train_state
-    assert jax.device_count() == 4, jax.devices()
-    dtype = sys.argv[1]
+    dtype, devices = sys.argv[1], int(sys.argv[2])
+    assert jax.device_count() == devices, jax.devices()
     tiny = model_config.tiny(dtype=dtype, param_dtype="float32", scan_layers=True)
     cfg = tiny.replace(vision=dataclasses.replace(tiny.vision, depth=1, fullatt_block_indexes=(0,)))
     model, _ = unit_scale_model(cfg, 0)
-    mesh = parallel.make_mesh(data=1, fsdp=4, tensor=1)
+    mesh = parallel.make_mesh(data=1, fsdp=devices, tensor=1)
     parallel.shard_module(model, mesh)
     parts, trainable, frozen = train_state.split_model(model, ("^visual\\\\.",))
+""")
+
+SCRIPT = SETUP + textwrap.dedent("""
     sharded = [x for x in jax.tree.leaves(trainable) if not x.sharding.is_fully_replicated]
     assert sharded, "the training state should be split over fsdp"
     policy = rollout_weights.decode_copy(parts, mesh, "replicated", jnp.dtype(dtype))
@@ -70,33 +74,13 @@ def test_the_replicated_copy_decodes_as_the_sharded_training_state(dtype):
     """float32: token-identical rollouts (greedy and sampled), log-probs within 1e-5; bfloat16: the copy holds
     the very bf16 values the layers compute with, and greedy rollouts are token-identical."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", SCRIPT, dtype], cwd=ROOT, env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", SCRIPT, dtype, "4"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "OK" in out.stdout
 
 
-TENSOR_SCRIPT = textwrap.dedent("""
-    import dataclasses, logging, os, sys
-    import jax, jax.numpy as jnp, numpy as np
-    from flax import nnx
-    from jax.sharding import PartitionSpec as P
-    sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
-    sys.path.insert(0, os.path.join(os.getcwd(), "tests", "model"))
-    from unit_scale_model import unit_scale_model
-    from test_generate import _prompts
-    from robust_r1_jax import parallel
-    from robust_r1_jax.model import config as model_config, generate as gen
-    from robust_r1_jax.rl import rollout_weights
-    from robust_r1_jax.train import state as train_state
-    assert jax.device_count() == 8, jax.devices()
-    dtype = sys.argv[1]
-    tiny = model_config.tiny(dtype=dtype, param_dtype="float32", scan_layers=True)
-    cfg = tiny.replace(vision=dataclasses.replace(tiny.vision, depth=1, fullatt_block_indexes=(0,)))
-    model, _ = unit_scale_model(cfg, 0)
-    mesh = parallel.make_mesh(data=1, fsdp=8, tensor=1)
-    parallel.shard_module(model, mesh)
-    parts, trainable, frozen = train_state.split_model(model, ("^visual\\\\.",))
+TENSOR_SCRIPT = SETUP + textwrap.dedent("""
     policy = rollout_weights.decode_copy(parts, mesh, "tensor", jnp.dtype(dtype), tensor_parallel=2)
     assert dict(policy.mesh.shape) == dict(data=4, fsdp=1, tensor=2), policy.mesh.shape
     assert list(policy.mesh.devices.flat) == list(mesh.devices.flat)   # the training mesh's devices, reshaped
@@ -161,7 +145,7 @@ def test_the_tensor_parallel_copy_decodes_as_the_sharded_training_state(dtype):
     the compute dtype; float32 rollouts are token-identical to the training state's (greedy and sampled),
     log-probs within 1e-5; bfloat16 greedy rollouts token-identical; a second step compiles nothing."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", TENSOR_SCRIPT, dtype], cwd=ROOT, env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", TENSOR_SCRIPT, dtype, "8"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "OK" in out.stdout
