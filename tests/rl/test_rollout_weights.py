@@ -192,3 +192,39 @@ def test_a_grpo_run_refuses_a_bad_tensor_parallel_before_the_model_loads(tmp_pat
     problems = "\n".join(refused.value.problems)
     assert "config.rollout.tensor_parallel=4 does not divide the 1 devices" in problems
     assert "config.rollout.tensor_parallel=4 does not divide the model's 2 KV heads" in problems
+
+
+RUN_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, os.path.join(os.getcwd(), "tests", "train"))
+    import jax
+    import sft_data
+    from robust_r1_jax.model import generate as gen
+    from robust_r1_jax.rl import grpo
+    assert jax.device_count() == 2, jax.devices()
+    tmp = sys.argv[1]
+    data = sft_data.build(os.path.join(tmp, "data"), num_train=16, vocab_size=1024)
+    for layout in ("replicated", "tensor"):
+        config = sft_data.tiny_grpo_config(data, os.path.join(tmp, layout), steps=2)
+        config.rollout.layout = layout
+        before = gen.compiled_cache_size()
+        out = grpo.run(config)
+        rows = [{k: row[k] for k in ("reward/total", "completion_length", "loss", "kl")} for row in out["history"]]
+        print(json.dumps(dict(layout=layout, programs=gen.compiled_cache_size() - before, rows=rows)))
+""")
+
+
+@pytest.mark.slow   # two 2-step GRPO runs of the tiny preset on 2 simulated devices: ~1.5 min on 2 cores
+def test_a_grpo_run_on_the_tensor_layout_matches_the_replicated_one(tmp_path):
+    """grpo.run end to end on 2 devices (training mesh fsdp 2, rollout mesh data 1 x tensor 2), float32: the same
+    rewards, completion lengths and losses as with the replicated copy, and one rollout program for both steps."""
+    import json
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", RUN_SCRIPT, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs = {r["layout"]: r for r in (json.loads(line) for line in out.stdout.splitlines() if line.startswith("{"))}
+    assert runs["tensor"]["programs"] == runs["replicated"]["programs"] == 1
+    assert len(runs["tensor"]["rows"]) == 2
+    for tensor, replicated in zip(runs["tensor"]["rows"], runs["replicated"]["rows"]):
+        assert tensor == pytest.approx(replicated, rel=1e-5, abs=1e-6)
