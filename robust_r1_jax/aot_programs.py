@@ -123,7 +123,10 @@ def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Progra
         parts, state = abstract_state(model_cfg, tx, tuple(recipe.train.freeze), mesh)
         return (tx, schedule), parts, state
 
-    layout = rollout_weights.check_layout(recipe.rollout.layout)
+    problems = rollout_weights.layout_problems(recipe.rollout, mesh.devices.size, cfg.text.num_key_value_heads)
+    if problems:
+        raise ValueError("; ".join(problems))
+    layout = recipe.rollout.layout
     sampler_mesh = aot_decode.decode_mesh(recipe, mesh, layout)   # the rollout mesh for "tensor"
     on_sampler_mesh = ((lambda fn: aot_decode.OnMesh(fn, sampler_mesh)) if sampler_mesh is not mesh
                        else (lambda fn: fn))

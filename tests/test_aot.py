@@ -386,6 +386,11 @@ with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         print(name, need["weights"], need["kv"], coll.get("all-reduce", 0), coll.get("all-gather", 0),
               sum(coll.values()))
 print("cfg", cfg.text.hidden_size, cfg.text.num_hidden_layers, cfg.text.vocab_size, np.dtype(cfg.dtype).itemsize)
+from robust_r1_jax import aot_programs
+try:
+    aot_programs.grpo_programs(aot.apply_overrides(recipe, ("rollout.tensor_parallel=4",)), cfg, mesh)
+except ValueError as refused:
+    print("refused", refused)
 """
 
 
@@ -394,13 +399,15 @@ def test_tensor_rollout_layout_halves_the_weights_read_for_two_all_reduces_per_l
     holds half of the language weights (norms whole: ratio 0.5015 on this model) and the same KV bytes (twice the
     rows, half the KV heads); its collectives are exactly the Megatron pair per layer plus the vocab-split
     embedding lookup, all-reduces of [4, hidden], and one all-gather of the [4, vocab] logits, never of the
-    head's weights; the replicated copy has none; with the vocabulary whole there is no gather."""
+    head's weights; the replicated copy has none; with the vocabulary whole there is no gather. A tensor axis
+    the KV heads cannot split is refused before anything compiles."""
     recipe = tmp_path / "grpo_recipe.py"
     recipe.write_text(textwrap.dedent(RECIPES["grpo"]))
     proc = subprocess.run([sys.executable, "-c", TENSOR_DECODE_CHECK, str(recipe)], cwd=ROOT, capture_output=True,
                           text=True, timeout=900, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    rows = {r[0]: [int(v) for v in r[1:]] for r in (line.split() for line in proc.stdout.splitlines()) if r}
+    rows = {r[0]: [int(v) for v in r[1:]] for r in (line.split() for line in proc.stdout.splitlines())
+            if r and r[0] != "refused"}
     hidden, layers, vocab, itemsize = rows["cfg"]
     (rep_w, rep_kv, *rep_coll), (ten_w, ten_kv, reduce, gather, total) = rows["replicated"], rows["tensor"]
     assert rep_coll == [0, 0, 0]
@@ -408,6 +415,7 @@ def test_tensor_rollout_layout_halves_the_weights_read_for_two_all_reduces_per_l
     per_shard = 4
     assert reduce == (2 * layers + 1) * per_shard * hidden * itemsize
     assert gather == per_shard * vocab * 4 and total == reduce + gather   # float32 logits, nothing else moved
+    assert "refused config.rollout.tensor_parallel=4 does not divide the model's 2 KV heads" in proc.stdout
     whole_w, _, whole_reduce, whole_gather, _ = rows["whole"]
     assert whole_w > ten_w and whole_reduce == 2 * layers * per_shard * hidden * itemsize and whole_gather == 0
 
