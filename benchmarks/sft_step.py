@@ -25,6 +25,7 @@ shape, one run; ``packed_vs_padded`` is the ratio of real tokens/s:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -112,6 +113,26 @@ def profile_batches(cfg, profile: dict, rows: int, seqlen: int, image_slots: int
     return {"padded": padded, "packed": packed}
 
 
+def sliced_preset(cfg, layers: int, vision_layers: int, vocab: int):
+    """``cfg`` with ``layers`` language layers, ``vision_layers`` vision blocks and a ``vocab``-token vocabulary
+    (each 0: unchanged), widths untouched. With the 3B preset, ``--layers 1 --vision-layers 1 --vocab 4221``
+    (151,936 / 36) keeps one layer's matmuls, attention and lm-head share per token as in the whole model, so the
+    padded-vs-packed ratio on a CPU weighs attention and the vision tower as the 3B step does (the tiny presets'
+    64-wide layers make attention at 4096 tokens most of a step). Special tokens move to the top of a cut
+    vocabulary, as the tiny presets place them."""
+    text, vision, ids = cfg.text, cfg.vision, {}
+    if layers:
+        text = dataclasses.replace(text, num_hidden_layers=layers)
+    if vision_layers:
+        vision = dataclasses.replace(vision, depth=vision_layers, fullatt_block_indexes=tuple(
+            i for i in vision.fullatt_block_indexes if i < vision_layers))
+    if vocab:
+        text = dataclasses.replace(text, vocab_size=vocab)
+        ids = dict(bos_token_id=vocab - 7, vision_start_token_id=vocab - 6, vision_end_token_id=vocab - 5,
+                   image_token_id=vocab - 4, video_token_id=vocab - 3, eos_token_id=vocab - 2)
+    return cfg.replace(text=text, vision=vision, **ids)
+
+
 def peak_memory_gib() -> float:
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
@@ -142,12 +163,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image-slots", type=int, default=5, help="images per packed row (--length-profile)")
     p.add_argument("--packed-seqlen", type=int, default=0,
                    help="packed rows' length (--length-profile; default --seqlen), same token slots per step")
+    p.add_argument("--layers", type=int, default=0,
+                   help="keep this many of the preset's language layers (0: all): a slice of a big model that "
+                        "keeps its per-token FLOP mix at CPU cost (see sliced_preset)")
+    p.add_argument("--vision-layers", type=int, default=0, help="vision blocks kept with --layers (0: all)")
+    p.add_argument("--vocab", type=int, default=0, help="vocabulary size with --layers (0: the preset's)")
     args = p.parse_args(argv)
 
     on_cpu = jax.default_backend() == "cpu"
     dtype = args.dtype or ("float32" if on_cpu else "bfloat16")
     cfg = model_config.preset(args.preset, dtype=dtype, param_dtype="float32", remat=args.remat,
                               attention_impl=args.attention)
+    cfg = sliced_preset(cfg, args.layers, args.vision_layers, args.vocab)
     mesh = parallel.make_mesh(data=1, fsdp=args.fsdp, tensor=1)
     model = _materialise(cfg, mesh)
     torch_model = None

@@ -13,9 +13,9 @@ Pallas kernel only by the ``CostEstimate`` it declares and jax's splash kernels 
 variants are traced with ``aot_splash_cost.splash_cost_estimates()`` open, which gives them one (tile-level
 FLOPs, exps and HBM bytes; see that module): the estimate prices the program's own splash attention. XLA
 counts a loop body once, so the cost is taken from loop-free variants of each
-program (no chunked cross-entropy, no gradient accumulation; the rollout as one prefill plus T-1 single-token
-decode steps) compiled at two small depths of the language model and of the vision tower and extrapolated
-linearly to the real depths. Where that estimate is not positive, no time or MFU is printed.
+program (no chunked cross-entropy, no gradient accumulation or update micro-batches; the rollout as one prefill
+plus T-1 single-token decode steps) compiled at two small depths of the language model and of the vision tower
+and extrapolated linearly to the real depths. Where that estimate is not positive, no time or MFU is printed.
 
 MFU = model FLOPs / (chips x peak bf16 FLOP/s x cost-model seconds), model FLOPs = 6 N tokens for a training
 update and 2 N tokens per forward (scoring runs two: policy and reference; the rollout one per prompt and

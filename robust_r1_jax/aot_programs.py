@@ -183,7 +183,11 @@ def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Progra
         return batch_spec(mesh, shapes), batch_spec(mesh, logp)
 
     def chunked(loop_free: bool):
-        return dataclasses.replace(gcfg, logprob_chunk=0 if loop_free else gcfg.logprob_chunk)
+        """The recipe's learner settings; loop-free for the cost variants: log-probs in one piece and the update's
+        micro-batches as one batch (the same work, which XLA would count once per loop body)."""
+        if not loop_free:
+            return gcfg
+        return dataclasses.replace(gcfg, logprob_chunk=0, update_microbatches=1)
 
     def score(model_cfg, loop_free: bool = False) -> Compiled:
         _, parts, state = setup(model_cfg)
@@ -199,7 +203,8 @@ def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Progra
         state_sh = jax.tree.map(lambda x: x.sharding, state)
         fn = jax.jit(lambda s, b, o, r, a: grpo.update_step(parts, tx, schedule, g, s, b, o, r, a),
                      out_shardings=(state_sh, None), donate_argnums=(0,))
-        return Compiled(fn, (state, batch, logp["old"], logp["ref"], logp["advantages"]))
+        old = logp["old"] if gcfg.inner_iterations > 1 else None   # μ = 1: π_old is the update's own forward
+        return Compiled(fn, (state, batch, old, logp["ref"], logp["advantages"]))
 
     _, _, state = setup(cfg)
     n = train_state.count(state.trainable)
@@ -217,7 +222,8 @@ def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Progra
         Program("rollout", rollout(cfg), 2.0 * n * rows * horizon + 2.0 * n * prompts * prompt_len, rows * horizon,
                 beside_rollout, cost_parts=None, cost_pieces=prefill_part,
                 useful_tokens=rows * grpo_real_lengths(recipe, cfg, horizon)[1]),
-        Program("score", score(cfg), 2 * 2.0 * n * learner_tokens, learner_tokens,
+        # the reference forward, and the old policy's only when μ > 1 (grpo.score_step)
+        Program("score", score(cfg), (1 + (gcfg.inner_iterations > 1)) * 2.0 * n * learner_tokens, learner_tokens,
                 per_chip_bytes(state.opt_state), cost_parts=lambda v: [score(v, loop_free=True)],
                 useful_tokens=useful),
         Program("update", update(cfg), gcfg.inner_iterations * 6.0 * n * learner_tokens,

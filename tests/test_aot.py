@@ -54,6 +54,16 @@ RECIPES = {
     """,
 }
 
+# Qwen3-VL's tiny preset (16-px patches, learned positions, DeepStack), scanned as the 4B recipes are, packed rows:
+# image-major vision input (16 patches per image slot); a length profile of 18-28-token rows with one 4-token image,
+# 2-3 to a 64-token row
+RECIPES["sft_qwen3_vl_packed"] = RECIPES["sft"].replace("return c", """c.model.preset = "qwen3_vl_tiny"
+            c.model.scan_layers = True
+            c.data.packing, c.data.image_slots = True, 4
+            c.data.length_profile = dict(template_tokens=(4, 4), image_tokens=(4, 4), images=1,
+                                         question_tokens=(4, 8), suffix_tokens=(0, 0), chain_tokens=(6, 12))
+            return c""")
+
 
 def _aot(tmp_path, kind: str, *extra: str):
     recipe = tmp_path / f"{kind}_recipe.py"
@@ -74,20 +84,37 @@ def _check_common(row):
     assert "cost model" in row["note"]
 
 
-def test_sft_step_compiles_for_v5p_with_memory_and_cost(tmp_path):
-    proc, out = _aot(tmp_path, "sft")
+def _sft_step_row(tmp_path, kind: str) -> dict:
+    """The one program row of an SFT recipe's aot run (8 rows of 64 tokens), checked as every SFT row is."""
+    proc, out = _aot(tmp_path, kind)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     (row,) = json.loads(out.read_text())["programs"]
     assert row["program"] == "sft_step"
     _check_common(row)
-    # donated state: the AdamW moments and parameters come back in place
-    assert row["alias_bytes"] > 0.5 * row["argument_bytes"]
     assert row["cost_model_s"] > 0 and row["flops_per_chip"] > 0 and 0 < row["mfu"] < 1
     assert row["tokens_per_s_per_chip"] == pytest.approx(8 * 64 / row["cost_model_s"] / 4)
-    assert "sft_step" in proc.stdout and "MFU" in proc.stdout
+    assert "sft_step" in proc.stdout and "MFU" in proc.stdout and "useful MFU" in proc.stdout
+    return row
+
+
+def test_sft_step_compiles_for_v5p_with_memory_and_cost(tmp_path):
+    row = _sft_step_row(tmp_path, "sft")
+    # donated state: the AdamW moments and parameters come back in place
+    assert row["alias_bytes"] > 0.5 * row["argument_bytes"]
     # SPEC §8's rows (644-974 tokens) cut to 64: every slot holds a real token
     assert row["padding_fraction"] == 0 and row["useful_mfu"] == pytest.approx(row["mfu"])
-    assert "useful MFU" in proc.stdout
+
+
+@pytest.mark.slow
+def test_packed_qwen3_vl_sft_step_compiles_for_v5p_with_memory_and_cost(tmp_path):
+    """Issue 27 item 3: a Qwen3-VL recipe through the aot mode, on packed rows (the tower's image-major input)."""
+    row = _sft_step_row(tmp_path, "sft_qwen3_vl_packed")
+    # two or three examples of 18-28 tokens to a 64-token row: 12-45% padding
+    assert 0.1 < row["padding_fraction"] < 0.5 and row["useful_mfu"] == pytest.approx(
+        row["mfu"] * (1 - row["padding_fraction"]))
+    from robust_r1_jax import aot
+    cfg = aot.recipe_model_config(aot.load_recipe(str(tmp_path / "sft_qwen3_vl_packed_recipe.py")))
+    assert cfg.model_type == "qwen3_vl" and cfg.scan_layers and cfg.vision.patch_dim == 3 * 2 * 16 * 16
 
 
 def test_useful_share_of_sft_rows_at_the_robust_r1_profile():
@@ -136,6 +163,21 @@ def test_grpo_programs_compile_for_v5p_and_a_program_that_does_not_fit_fails(tmp
     assert rows["update"]["mfu"] > 0 and rows["score"]["cost_model_s"] > 0
 
 
+@pytest.mark.slow
+def test_qwen3_vl_grpo_programs_compile_for_v5p(tmp_path):
+    """Issue 27 item 3: GRPO on a tiny Qwen3-VL through the aot mode: the rollout's copy of the weights (q/k norms,
+    DeepStack mergers, the position table), its prefill and decode, the learner's score and update all fit."""
+    RECIPES["grpo_qwen3_vl"] = RECIPES["grpo"].replace("return c", 'c.model.preset = "qwen3_vl_tiny"\n' + 12 * " "
+                                                      + "return c")
+    proc, out = _aot(tmp_path, "grpo_qwen3_vl", "--config.cost_estimate=False")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = {r["program"]: r for r in json.loads(out.read_text())["programs"]}
+    assert set(rows) == {"rollout_weights", "rollout", "score", "update"}
+    for row in rows.values():
+        _check_common(row)
+    assert rows["rollout"]["argument_bytes"] >= rows["rollout_weights"]["output_bytes"] > 0
+
+
 def test_grpo_learner_compiles_at_the_completion_bucket_of_the_step(tmp_path):
     """A step whose longest completion is 3 tokens: score and update compile for the 4-token bucket (prompt 48 +
     4 columns per row instead of 48 + 16), and only the programs asked for are compiled."""
@@ -151,6 +193,25 @@ def test_grpo_learner_compiles_at_the_completion_bucket_of_the_step(tmp_path):
     assert rows["score"]["padding_fraction"] == pytest.approx(0.0)
     for row in rows.values():
         _check_common(row)
+
+
+@pytest.mark.slow   # two compiles of the update for v5p-8: ~1.5 min on this project's loaded CPU machine
+def test_a_micro_batched_update_holds_one_micro_batchs_activations(tmp_path):
+    """16 prompts x 4 samples of 48 + 256 tokens on 4 chips (4 prompt groups per chip): with
+    grpo.update_microbatches = 2 the compiler's temporaries fall by more than half, so each micro-batch stays
+    spread over every chip (rl/grpo.py update_step)."""
+    sizes = "'grpo.num_samples=4', 'sampling.max_new_tokens=256', 'data.global_batch_size=16'"
+    rows = {}
+    for count in (1, 2):
+        proc, out = _aot(tmp_path, "grpo", "--config.programs=('update',)", "--config.cost_estimate=False",
+                         f"--config.recipe_overrides=({sizes}, 'grpo.update_microbatches={count}')")
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        (rows[count],) = json.loads(out.read_text())["programs"]
+        _check_common(rows[count])
+    # measured 2026-12-06 (libtpu 0.0.42.1): 101.3 and 44.1 MB (M = 4: 26.8); the fp32 gradient accumulator is a
+    # few MB at this size
+    assert rows[2]["temp_bytes"] < 0.55 * rows[1]["temp_bytes"], (rows[1]["temp_bytes"], rows[2]["temp_bytes"])
+    assert rows[1]["argument_bytes"] == rows[2]["argument_bytes"]
 
 
 SPLASH_CHECK = """

@@ -1,6 +1,7 @@
 """SFT, then GRPO from the SFT model, then the robustness evaluation of the GRPO model, all on a random tiny Qwen3-VL
 (16-px patches, DeepStack, q/k norm, interleaved M-RoPE) and a tokenizer folder whose preprocessor_config.json
-sets Qwen3-VL's patching. Slow: every stage compiles."""
+sets Qwen3-VL's patching; and packed SFT (several examples per row, images image-major) on the same model.
+Slow: every stage compiles."""
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "train"))
+import qwen3_vl_folder  # noqa: E402
 import sft_data  # noqa: E402
 
 from robust_r1_jax import demo  # noqa: E402
@@ -21,9 +23,7 @@ from robust_r1_jax.train import sft  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-PREPROCESSOR = {"size": {"shortest_edge": 32 * 32, "longest_edge": 64 * 64}, "patch_size": 16,
-                "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
-                "processor_class": "Qwen3VLProcessor", "image_processor_type": "Qwen2VLImageProcessor"}
+PREPROCESSOR = qwen3_vl_folder.preprocessor_config(32 * 32, 64 * 64)
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +63,15 @@ def test_sft_then_grpo_then_eval_on_a_random_qwen3_vl(data, tmp_path):
                                                    [robust.synthetic_benchmark(tsv, ["clean", "50%"])], settings)
     assert len(predictions) == 8 and set(summaries) == {"shapes"}
     assert all(p["problem"] is None and isinstance(p["output"], str) for p in predictions)
+
+
+def test_packed_sft_on_a_random_qwen3_vl(data, tmp_path):
+    c = sft_data.tiny_sft_config(data, tmp_path / "packed", steps=2)
+    c.model.preset = "qwen3_vl_tiny"
+    # rows of 1536 tokens, four 16-patch image slots: three or four of the 400-680-token examples per row
+    c.data.seq_len, c.data.packing, c.data.image_slots, c.data.patch_bucket = 1536, True, 4, 64
+    out = sft.run(c)
+    assert len(out["losses"]) == 2 and np.isfinite(out["losses"]).all()
+    rows = [json.loads(line) for line in open(tmp_path / "packed" / "logs" / "metrics.jsonl")]
+    assert all(r["examples"] >= 8 and r["tokens/padded"] == 4 * 1536 and r["tokens/padding_fraction"] < 0.3
+               for r in rows), rows

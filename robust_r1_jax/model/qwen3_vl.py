@@ -22,7 +22,7 @@ from flax import nnx
 from robust_r1_jax.model import stacking
 from robust_r1_jax.model.config import ModelConfig, TextConfig, VisionConfig, resolve_dtype
 from robust_r1_jax.model.layers import MLP, Dense, LayerNorm, param
-from robust_r1_jax.model.vision import VisionAttention, _segment_mask, batched_layout, vision_rotary
+from robust_r1_jax.model.vision import VisionAttention, _segment_mask, batched_layout, image_major, vision_rotary
 
 MODEL_TYPE = "qwen3_vl"
 LAYER_NORM_EPS = 1e-6  # the tower's nn.LayerNorm(eps=1e-6) everywhere (not a config field)
@@ -203,9 +203,14 @@ class VisionTower(nnx.Module):
         Flat layout (transformers'): pixel_values [N, patch_dim], grid_thw [I, 3] -> ([N / 4, out], [N / 4],
         [D, N / 4, out]). Batched layout: [B, N, patch_dim], [B, I, 3] -> ([B, N / 4, out], [B, N / 4],
         [B, D, N / 4, out]), D = len(deepstack_visual_indexes), level d from block deepstack_visual_indexes[d].
+        Image-major layout (packed rows): [B, I, N / I, patch_dim], [B, I, 3] -> the batched layout's result,
+        each row's features and DeepStack features in image order at its front; the tower runs image by image
+        (``vision.image_major``, as Qwen2.5-VL's does).
         """
         if pixel_values.ndim == 2:
             return tuple(out[0] for out in self(pixel_values[None], grid_thw[None]))
+        if pixel_values.ndim == 4:
+            return image_major(self, pixel_values, grid_thw)
         cfg = self.cfg
         layout = batched_layout(pixel_values, grid_thw, cfg)
         cos, sin = vision_rotary(layout["row"], layout["col"], cfg)

@@ -150,7 +150,7 @@ class VisionTower(nnx.Module):
             features, valid = self(pixel_values[None], grid_thw[None])
             return features[0], valid[0]
         if pixel_values.ndim == 4:
-            return self._image_major(pixel_values, grid_thw)
+            return image_major(self, pixel_values, grid_thw)
         cfg = self.cfg
         layout = batched_layout(pixel_values, grid_thw, cfg)
         cos, sin = vision_rotary(layout["row"], layout["col"], cfg)
@@ -167,17 +167,36 @@ class VisionTower(nnx.Module):
         return self.merger(x), layout["valid"][:, :: cfg.merge_unit]
 
 
-    def _image_major(self, pixel_values: jax.Array, grid_thw: jax.Array) -> tuple[jax.Array, jax.Array]:
-        b, slots, per_image, d = pixel_values.shape
-        if grid_thw.shape[:2] != (b, slots):
-            raise ValueError(f"image-major pixel_values {pixel_values.shape} need image_grid_thw [{b}, {slots}, 3], "
-                             f"got {grid_thw.shape}")
-        features, valid = self(pixel_values.reshape(b * slots, per_image, d), grid_thw.reshape(b * slots, 1, 3))
-        features = features.reshape(b, slots * features.shape[1], features.shape[2])
-        valid = valid.reshape(b, -1)
-        # each row's valid features to its front, in order (a stable sort on the validity)
-        order = jnp.argsort(~valid, axis=1, stable=True)
-        return jnp.take_along_axis(features, order[..., None], axis=1), jnp.take_along_axis(valid, order, axis=1)
+def image_major(tower, pixel_values: jax.Array, grid_thw: jax.Array) -> tuple[jax.Array, ...]:
+    """A tower's outputs for the image-major layout of packed rows, computed image by image (both families).
+
+    pixel_values [B, I, P, patch_dim] (image i of row b in slot [b, i], P = bucket / I) and grid_thw [B, I, 3]
+    run through ``tower``'s batched layout as B * I rows of one image each, so attention spans one image's P
+    patches. The tower returns (features, valid, *more): valid bool [B * I, P / 4] and every other output
+    [B * I, *lead, P / 4, E] (features: no lead axis; Qwen3-VL's DeepStack levels: [B * I, D, P / 4, E]). They
+    come back in the batched layout's form, valid [B, I * P / 4] and the others [B, *lead, I * P / 4, E]: each
+    row's valid merged patches at its front in image order, the padding after them, as
+    ``vlm.scatter_image_features`` reads a row. ValueError when grid_thw is not [B, I, 3].
+    """
+    b, slots, per_image, d = pixel_values.shape
+    if grid_thw.shape != (b, slots, 3):
+        raise ValueError(f"image-major pixel_values {pixel_values.shape} need image_grid_thw [{b}, {slots}, 3], "
+                         f"got {grid_thw.shape}")
+    features, valid, *more = tower(pixel_values.reshape(b * slots, per_image, d), grid_thw.reshape(b * slots, 1, 3))
+    valid = valid.reshape(b, -1)
+    # each row's valid features to its front, in order (a stable sort on the validity)
+    order = jnp.argsort(~valid, axis=1, stable=True)
+    gather = lambda x: _row_major(x, b, order)
+    return (gather(features), jnp.take_along_axis(valid, order, axis=1), *map(gather, more))
+
+
+def _row_major(x: jax.Array, b: int, order: jax.Array) -> jax.Array:
+    """[B * I, *lead, M, E] -> [B, *lead, I * M, E], the patch axis gathered by ``order`` [B, I * M]."""
+    x = x.reshape(b, -1, *x.shape[1:])
+    x = jnp.moveaxis(x, 1, -3)   # the slot axis next to the patch axis: [B, *lead, I, M, E]
+    x = x.reshape(*x.shape[:-3], -1, x.shape[-1])
+    index = order.reshape(b, *([1] * (x.ndim - 3)), -1, 1)
+    return jnp.take_along_axis(x, index, axis=-2)
 
 
 def _choose(full_attention, full, window):

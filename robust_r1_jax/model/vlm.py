@@ -60,8 +60,9 @@ class Qwen25VL(nnx.Module):
     # ---- traceable building blocks (used inside the SFT / RL steps) -------------------------------------------
     def image_features(self, pixel_values, image_grid_thw):
         """The tower's output the decoder reads: Qwen2.5-VL features [..., M, E]; Qwen3-VL (features, deepstack
-        [..., D, M, E]). Flat or batched layout as ``self.visual`` takes it; in the batched layout every leaf is
-        batch-major, so G samples of a prompt share it by repeating each leaf along axis 0."""
+        [..., D, M, E]). Flat, batched or packed rows' image-major layout as ``self.visual`` takes it; the last two
+        give the batched result, every leaf batch-major, so G samples of a prompt share it by repeating each leaf
+        along axis 0."""
         features, _, *deepstack = self.visual(pixel_values, image_grid_thw)
         return (features, deepstack[0]) if deepstack else features
 

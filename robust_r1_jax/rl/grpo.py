@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from robust_r1_jax import parallel
 from robust_r1_jax.data import references
 from robust_r1_jax.model import generate as smp
 from robust_r1_jax.model import sampling
@@ -61,6 +62,7 @@ class GRPOConfig:
     inner_iterations: int = 1        # μ
     temperature: float = 1.0         # config.sampling.temperature: the rollouts' and the learner's
     logprob_chunk: int = 0           # completion chunk for log-probs (0 = all at once)
+    update_microbatches: int = 1     # the update's forward + backward in M micro-batches of whole prompt groups
     max_new_tokens: int = 0          # config.sampling.max_new_tokens (0: unknown; the completion's width is used)
     suppress_token_ids: tuple[int, ...] = ()  # never sampled, so masked in the learner's softmax as well
 
@@ -91,6 +93,8 @@ def field_problems(g: dict, prefix: str = "") -> list[str]:
     check("num_samples", lambda v: v >= 2, "GRPO needs at least 2 samples per prompt for a group baseline")
     check("inner_iterations", lambda v: v >= 1, "must be at least 1 (optimizer updates per rollout)")
     check("oversample", lambda v: v >= 1, "must be at least 1 (prompts drawn per step, times the batch)")
+    check("update_microbatches", lambda v: isinstance(v, int) and v >= 1,
+          "must be an integer >= 1 (the update's micro-batches; 1 = the whole batch in one backward pass)")
     for field in ("epsilon_low", "sequence_epsilon_low"):
         check(field, lambda v: 0 <= v < 1, "must be in [0, 1) (the ratio is clipped at 1 - epsilon_low)")
     for field in ("epsilon_high", "sequence_epsilon_high", "beta", "overlong_penalty_factor", "loss_constant",
@@ -114,7 +118,47 @@ def config_problems(config, prefix: str = "") -> list[str]:
     out = [f"config.{prefix}grpo.{k}: not a GRPO setting" for k in unknown]
     if not sampling_cfg.problems(config.sampling):
         g["max_new_tokens"] = int(config.sampling.max_new_tokens)
-    return out + field_problems(g, prefix)
+    out += field_problems(g, prefix)
+    micro = g.get("update_microbatches", 1)
+    if micro != 1 and not any(".update_microbatches=" in line for line in out):
+        out += microbatch_problems(int(config.data.global_batch_size), batch_shards(config.mesh), micro, prefix)
+    return out
+
+
+def batch_shards(mesh_config) -> int | None:
+    """The batch shards (data x fsdp) the mesh section ``mesh_config`` forms on this process's devices, as
+    ``parallel.make_mesh`` resolves a size of -1; None when the devices cannot form it (the run reports that)."""
+    sizes = [int(mesh_config[k]) for k in ("data", "fsdp", "tensor")]
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if sizes.count(-1) > 1 or known < 1:
+        return None
+    if -1 in sizes:
+        if jax.device_count() % known:
+            return None
+        sizes[sizes.index(-1)] = jax.device_count() // known
+    return sizes[0] * sizes[1]
+
+
+def microbatch_problems(prompts: int, shards: int | None, microbatches: int, prefix: str = "") -> list[str]:
+    """``update_microbatches`` must split the ``prompts`` of a step into whole prompt groups on every device: it
+    divides the prompt groups each of the ``shards`` batch shards holds (``update_step``'s strided split then keeps
+    every micro-batch on all devices). One line, or none; a batch the shards do not divide is reported elsewhere
+    (``validate.batch_problems``), so then only the step's prompts are checked."""
+    if microbatches == 1:
+        return []
+    field = f"config.{prefix}grpo.update_microbatches={microbatches}"
+    divisors = lambda n: ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+    if shards and prompts % shards == 0:
+        per_device = prompts // shards
+        if per_device % microbatches:
+            return [f"{field}: must divide the {per_device} prompt group{'s' if per_device > 1 else ''} each device "
+                    f"trains on (data.global_batch_size={prompts} prompts over {shards} batch shards, data x fsdp), "
+                    f"so that every micro-batch is whole prompts spread over every device: use one of "
+                    f"{divisors(per_device)}"]
+    elif prompts % microbatches:
+        return [f"{field}: must divide the {prompts} prompt groups of a step (data.global_batch_size): use one of "
+                f"{divisors(prompts)}"]
+    return []
 
 
 def rollout_problems(config, mesh) -> list[str]:
@@ -138,15 +182,22 @@ def group_advantages(rewards: jax.Array, group: int, std_estimator: str = "unbia
     return gv.scaled_advantages(rewards, jnp.ones(rewards.shape, jnp.float32), group, "group", std_estimator, eps)
 
 
-def grpo_objective(logp, old_logp, ref_logp, advantages, mask, row_weight, cfg: GRPOConfig):
+def token_weights(mask, row_weight) -> jax.Array:
+    """w [N, T] float32: the completion mask [N, T] times each row's weight [N] (0 for a padding row)."""
+    return mask.astype(jnp.float32) * row_weight[:, None]
+
+
+def grpo_objective(logp, old_logp, ref_logp, advantages, mask, row_weight, cfg: GRPOConfig,
+                   batch: gv.Normalisers | None = None):
     """The GRPO loss and its diagnostics. logp/old/ref/mask [N, T] float32; advantages and row_weight [N].
 
     Per token: the clipped surrogate of the importance ratio (per token, or GSPO's per-sequence ratio on every
     token of its sequence, with its own epsilons) plus β times the k3 KL estimate exp(ref − π) − (ref − π) − 1 to
     the reference; aggregated by ``cfg.loss_aggregation`` (``grpo_variants.aggregate_loss``). Diagnostics (token
     means over the weighted tokens): ``kl``, ``clip_fraction`` (tokens whose clipped branch is active) and
-    ``policy_loss``."""
-    weights = mask.astype(jnp.float32) * row_weight[:, None]
+    ``policy_loss``. ``batch``: the whole batch's denominators when these rows are one micro-batch of it (loss and
+    diagnostics then add up over the micro-batches); default: these rows'."""
+    weights = token_weights(mask, row_weight)
     adv = advantages[:, None]
     ratio = gv.importance_ratio(logp, old_logp, mask, cfg.importance_sampling)
     epsilons = ((cfg.sequence_epsilon_low, cfg.sequence_epsilon_high) if cfg.importance_sampling == "sequence"
@@ -157,8 +208,8 @@ def grpo_objective(logp, old_logp, ref_logp, advantages, mask, row_weight, cfg: 
     delta = ref_logp - logp
     kl = jnp.exp(delta) - delta - 1.0
     per_token = policy + cfg.beta * kl
-    loss = gv.aggregate_loss(per_token, weights, cfg.loss_aggregation, cfg.horizon_constant or logp.shape[1])
-    tokens = jnp.maximum(weights.sum(), 1.0)
+    loss = gv.aggregate_loss(per_token, weights, cfg.loss_aggregation, cfg.horizon_constant or logp.shape[1], batch)
+    tokens = jnp.maximum(weights.sum() if batch is None else batch.tokens, 1.0)
     metrics = dict(kl=(kl * weights).sum() / tokens, clip_fraction=(is_clipped * weights).sum() / tokens,
                    policy_loss=(policy * weights).sum() / tokens)
     return loss, metrics
@@ -209,21 +260,81 @@ def completion_slot_ids(prompt_ids: jax.Array, tokens: jax.Array, image_token_id
 
 
 def score_step(parts: ModelParts, cfg: GRPOConfig, trainable, frozen, ref_trainable, batch):
-    """Old-policy and reference log-probs, both without gradient."""
-    old = completion_logprobs(parts.merge_for_compute(trainable, frozen), batch, cfg.num_samples, cfg)
+    """(old-policy log-probs or None, reference log-probs) [N, T] float32, without gradient.
+
+    With μ = 1 (``inner_iterations``) the one update runs on the parameters that sampled, so π_old is the
+    update's own forward: ``update_step`` takes its log-probs, detached, as π_old (as TRL's GRPOTrainer does for
+    ``num_iterations=1``) and the old-policy forward here is skipped (None), one forward fewer per step. With
+    μ > 1 the later updates need π_old as it was before the first, so it is scored here."""
     ref = completion_logprobs(parts.merge_for_compute(ref_trainable, frozen), batch, cfg.num_samples, cfg)
+    if cfg.inner_iterations == 1:
+        return None, jax.lax.stop_gradient(ref)
+    old = completion_logprobs(parts.merge_for_compute(trainable, frozen), batch, cfg.num_samples, cfg)
     return jax.lax.stop_gradient(old), jax.lax.stop_gradient(ref)
 
 
 def update_step(parts: ModelParts, tx, lr_schedule, cfg: GRPOConfig, state: TrainState, batch, old_logp,
                 ref_logp, advantages):
-    def loss_fn(trainable):
-        logp = completion_logprobs(parts.merge_for_compute(trainable, state.frozen), batch, cfg.num_samples, cfg)
-        return grpo_objective(logp, old_logp, ref_logp, advantages, batch["mask"], batch["row_weight"], cfg)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
+    """One optimizer update (``guarded_update``) on the learner batch: rows [P·G, ...] of ``batch``, ``old_logp``
+    (None with μ = 1: this forward's log-probs, detached) and ``ref_logp`` [P·G, T], ``advantages`` [P·G];
+    pixel_values / image_grid_thw per prompt [P, ...].
+
+    ``cfg.update_microbatches`` = M > 1 runs the forward and backward over M micro-batches of whole prompt groups
+    (``microbatches``) in a ``lax.scan``, their gradients summed in float32 laid out as the trained parameters, so
+    one micro-batch's activations are alive at a time. The loss's denominators are the whole batch's
+    (``grpo_variants.normalisers``), so loss, diagnostics and gradient are the single pass's up to the order of
+    float32 sums (tests/rl/test_grpo_microbatches.py)."""
+    rows = dict(batch, old_logp=old_logp, ref_logp=ref_logp, advantages=advantages)
+
+    def loss_fn(trainable, rows, normalisers):
+        logp = completion_logprobs(parts.merge_for_compute(trainable, state.frozen), rows, cfg.num_samples, cfg)
+        old = rows.get("old_logp")
+        old = jax.lax.stop_gradient(logp) if old is None else old   # μ = 1: π_old is this forward (score_step)
+        return grpo_objective(logp, old, rows["ref_logp"], rows["advantages"], rows["mask"], rows["row_weight"],
+                              cfg, normalisers)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if cfg.update_microbatches == 1:
+        (loss, aux), grads = grad_fn(state.trainable, rows, None)
+    else:
+        whole = gv.normalisers(token_weights(batch["mask"], batch["row_weight"]))
+
+        def accumulate(total, micro):
+            (value, scalars), g = grad_fn(state.trainable, micro, whole)
+            total = jax.tree.map(lambda t, x: t + x.astype(jnp.float32), total, g)
+            return parts.sharded_like_trainable(total), (value, scalars)
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.trainable)
+        grads, (losses, aux) = jax.lax.scan(accumulate, parts.sharded_like_trainable(zeros),
+                                            microbatches(rows, cfg.update_microbatches, cfg.num_samples))
+        loss, aux = losses.sum(), jax.tree.map(jnp.sum, aux)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.trainable)
     grads = parts.sharded_like_trainable(grads)
     new_state, metrics = guarded_update(tx, state, grads, loss)
     return new_state, dict(metrics, loss=loss, learning_rate=lr_schedule(state.step), **aux)
+
+
+# learner arrays with one entry per prompt (its image); every other one has a row per completion (P·G)
+PROMPT_KEYS = ("pixel_values", "image_grid_thw")
+
+
+def microbatches(batch: dict, count: int, group: int) -> dict:
+    """The learner ``batch`` as ``count`` micro-batches of whole prompt groups on a new leading axis: micro-batch m
+    holds prompts m, m + count, m + 2·count, ... with their ``group`` rows each. Rows [P·G, ...] become
+    [count, P/count·G, ...], the per-prompt ``PROMPT_KEYS`` [P, ...] become [count, P/count, ...]; None values
+    are left out. Strided, not contiguous, because a device holds a contiguous block of prompts
+    (``parallel.batch_sharding``): each block splits locally into its part of every micro-batch, so no data moves
+    and every micro-batch is spread over all devices (pinned so on the mesh in context, the new axis unsharded).
+    ValueError when ``count`` does not divide P."""
+    prompts = batch["prompt_ids"].shape[0] // group
+    if prompts % count:
+        raise ValueError(f"update_microbatches={count} does not divide the {prompts} prompt groups of the batch")
+
+    def split(key, x):
+        per_prompt = 1 if key in PROMPT_KEYS else group
+        x = x.reshape(prompts // count, count, per_prompt, *x.shape[1:])
+        x = jnp.moveaxis(x, 1, 0).reshape(count, prompts // count * per_prompt, *x.shape[3:])
+        return parallel.constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
+    return {k: split(k, v) for k, v in batch.items() if v is not None}
 
 
 def learner_batch(rollout: smp.Rollout, pixel_values, image_grid_thw, rewards: jax.Array, row_weight: jax.Array,
@@ -487,7 +598,6 @@ def _console_line(step: int, total: int, row: dict) -> str:
 
 
 def _global(mesh, array: np.ndarray):
-    from robust_r1_jax import parallel
     return jax.make_array_from_process_local_data(parallel.batch_sharding(mesh, array.ndim), np.asarray(array))
 
 

@@ -14,6 +14,8 @@ names.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -25,44 +27,69 @@ STD_ESTIMATORS = ("unbiased", "biased")
 
 
 # ---- loss aggregation -----------------------------------------------------------------------------------------
+class Normalisers(NamedTuple):
+    """The batch-wide denominators of the loss and its diagnostics (float32 scalars): ``rows``, the rows with a
+    weighted token (``sequence_mean``, ``sequence_sum_constant``), and ``tokens``, the weight sum (``token_mean``
+    and the diagnostics' token means). A batch split into micro-batches (``rl/grpo.py`` ``update_step``) takes them
+    from the whole batch, so the micro-batches' losses add up to the batch's."""
+    rows: jax.Array
+    tokens: jax.Array
+
+
+def normalisers(weights: jax.Array) -> Normalisers:
+    """The ``Normalisers`` of ``weights`` [N, T] float32 (the whole batch's)."""
+    counts = weights.sum(axis=1)
+    return Normalisers(rows=(counts > 0).astype(jnp.float32).sum(), tokens=weights.sum())
+
+
 def _row_sums(per_token: jax.Array, weights: jax.Array):
     """Per row: the weighted token sum, the weight sum, and 1.0 where the row has a weighted token."""
     counts = weights.sum(axis=1)
     return (per_token * weights).sum(axis=1), counts, (counts > 0).astype(jnp.float32)
 
 
-def sequence_mean_loss(per_token: jax.Array, weights: jax.Array) -> jax.Array:
+def sequence_mean_loss(per_token: jax.Array, weights: jax.Array, rows: jax.Array | None = None) -> jax.Array:
     """GRPO as Shao et al. 2024 (arXiv:2402.03300) and the reference run: (1/|rows|) Σ_i (Σ_t w_it l_it /
-    Σ_t w_it) over the rows with a weighted token; each sequence counts once, whatever its length."""
+    Σ_t w_it) over the rows with a weighted token; each sequence counts once, whatever its length. ``rows``:
+    |rows| of the whole batch when these are some of its rows (default: counted here)."""
     sums, counts, live = _row_sums(per_token, weights)
-    return (sums / jnp.maximum(counts, 1.0) * live).sum() / jnp.maximum(live.sum(), 1.0)
+    rows = live.sum() if rows is None else rows
+    return (sums / jnp.maximum(counts, 1.0) * live).sum() / jnp.maximum(rows, 1.0)
 
 
-def token_mean_loss(per_token: jax.Array, weights: jax.Array) -> jax.Array:
+def token_mean_loss(per_token: jax.Array, weights: jax.Array, tokens: jax.Array | None = None) -> jax.Array:
     """DAPO §3.3, the "token-level policy gradient loss" (arXiv:2503.14476): Σ_it w_it l_it / Σ_it w_it;
-    each token counts once, so long completions weigh in proportion to their length."""
+    each token counts once, so long completions weigh in proportion to their length. ``tokens``: Σ_it w_it of the
+    whole batch when these are some of its rows (default: summed here)."""
     sums, counts, _ = _row_sums(per_token, weights)
-    return sums.sum() / jnp.maximum(counts.sum(), 1.0)
+    tokens = counts.sum() if tokens is None else tokens
+    return sums.sum() / jnp.maximum(tokens, 1.0)
 
 
-def sequence_sum_constant_loss(per_token: jax.Array, weights: jax.Array, constant: float) -> jax.Array:
+def sequence_sum_constant_loss(per_token: jax.Array, weights: jax.Array, constant: float,
+                               rows: jax.Array | None = None) -> jax.Array:
     """Dr. GRPO §3.1 (arXiv:2503.20783): Σ_i Σ_t w_it l_it / (|rows| · C), each sequence's token sum over a
     constant C (the horizon, max_new_tokens, by default) instead of its own length, which biased GRPO towards
-    long wrong answers; |rows| counts the rows with a weighted token."""
+    long wrong answers; |rows| counts the rows with a weighted token (``rows``: the whole batch's, as above)."""
     sums, _, live = _row_sums(per_token, weights)
-    return sums.sum() / (jnp.maximum(live.sum(), 1.0) * constant)
+    rows = live.sum() if rows is None else rows
+    return sums.sum() / (jnp.maximum(rows, 1.0) * constant)
 
 
-def aggregate_loss(per_token: jax.Array, weights: jax.Array, aggregation: str, constant: float) -> jax.Array:
+def aggregate_loss(per_token: jax.Array, weights: jax.Array, aggregation: str, constant: float,
+                   batch: Normalisers | None = None) -> jax.Array:
     """The scalar loss from per-token losses [N, T] (float32) and ``weights`` [N, T] by ``aggregation``
     (``sequence_mean`` | ``token_mean`` | ``sequence_sum_constant``, the functions above; ``constant`` is the
-    last one's C); a batch without a weighted token gives 0. ValueError for another name."""
+    last one's C); a batch without a weighted token gives 0. ``batch``: the denominators of the whole batch when
+    these rows are one of its micro-batches (the sum over the micro-batches is then the batch's loss); default:
+    these rows' own. ValueError for another name."""
+    rows, tokens = (None, None) if batch is None else batch
     if aggregation == "sequence_mean":
-        return sequence_mean_loss(per_token, weights)
+        return sequence_mean_loss(per_token, weights, rows)
     if aggregation == "token_mean":
-        return token_mean_loss(per_token, weights)
+        return token_mean_loss(per_token, weights, tokens)
     if aggregation == "sequence_sum_constant":
-        return sequence_sum_constant_loss(per_token, weights, constant)
+        return sequence_sum_constant_loss(per_token, weights, constant, rows)
     raise ValueError(f"loss_aggregation must be one of {LOSS_AGGREGATIONS}, got {aggregation!r}")
 
 

@@ -21,7 +21,9 @@ largest of its three phases: rollout, scoring, update):
 * the peak is at the start of the backward pass (activations + transient) or at its end (every gradient, the
   activations freed), whichever is larger; GRPO's rollout holds the **KV cache** (layers x 2 x kv heads x head
   dim x compute bytes per token) and the sampler's logits, its scoring two log-prob chunks (policy, reference),
-  its update the differentiated layer's working set beside the log-prob chunk.
+  its update the differentiated layer's working set beside the log-prob chunk; a micro-batched update
+  (``grpo.update_microbatches`` = M) holds one micro-batch's activations, layer and chunk (rows / M) beside a
+  float32 gradient accumulator.
 
 The terms are the tensors the program holds; the totals were checked against the TPU compiler's own per-chip
 figures for the shipped recipes (``configs/aot.py``, WORKSPACE.md "Scale configs": SFT within +9%, GRPO 2-19%
@@ -200,6 +202,12 @@ def estimate(config, cfg: ModelConfig, mesh, kind: str = "sft", platform: str | 
     length = d.seq_len + config.sampling.max_new_tokens
     tokens = rows * length
     chunk = config.grpo.get("logprob_chunk", 0) or length
+    # a micro-batched update (rl/grpo.py update_step) holds one micro-batch's activations beside a float32
+    # gradient accumulator
+    micro = max(1, int(config.grpo.get("update_microbatches", 1)))
+    update_rows = -(-rows // micro)
+    update_tokens = update_rows * length
+    accumulator = {"gradient accumulator (fp32)": n["trained"] * 4} if micro > 1 else {}
     kv_cache = rows * length * layers * 2 * t.num_key_value_heads * t.head_dim * compute
     phases = {
         "rollout": {**base, "KV cache": kv_cache, "sampler logits": 2 * rows * vocab * 4,
@@ -208,10 +216,11 @@ def estimate(config, cfg: ModelConfig, mesh, kind: str = "sft", platform: str | 
         "scoring": {**base, "forward layer": _layer_working_bytes(cfg, tokens, compute),
                     "log-prob chunks (policy, reference)": 2 * rows * chunk * vocab * 4},
         # the layer's working set stays beside the log-prob chunk here (the compiler's GRPO figures hold both)
-        "update": _peak(base, {f"activations (remat {cfg.remat})": tokens * saved,
-                               "one layer's backward": _layer_working_bytes(cfg, tokens, compute)},
-                        {"log-prob chunk": LOGIT_BYTES * rows * chunk * vocab,
-                         "attention scores": _attention_scores_bytes(cfg, rows, length, attention)},
+        "update": _peak({**base, **accumulator},
+                        {f"activations (remat {cfg.remat})": update_tokens * saved,
+                         "one layer's backward": _layer_working_bytes(cfg, update_tokens, compute)},
+                        {"log-prob chunk": LOGIT_BYTES * update_rows * chunk * vocab,
+                         "attention scores": _attention_scores_bytes(cfg, update_rows, length, attention)},
                         gradients),
     }
     phase = max(phases, key=lambda p: sum(phases[p].values()))
@@ -253,8 +262,9 @@ def device_memory_bytes(devices=None) -> tuple[int | None, str]:
 def fitting_overrides(config, cfg: ModelConfig, mesh, kind: str, limit: int, platform: str) -> list[str]:
     """Overrides (command-line flags) that bring the estimate under ``limit``, tried in this order, each keeping
     the ones before: the next remat policy ("none" -> "dots" -> "full"), a smaller cross-entropy / log-prob chunk
-    (the numbers do not change), then for SFT gradient accumulation and for GRPO shorter completions (these two
-    change the recipe). Empty when none of them fits."""
+    (the numbers do not change), then for SFT gradient accumulation and for GRPO more update micro-batches (whole
+    prompt groups per device; the loss is the same) or else shorter completions (which change the recipe). Empty
+    when none of them fits."""
     chunk_key = "train.ce_chunk" if kind == "sft" else "grpo.logprob_chunk"
     section, field = chunk_key.split(".")
 
@@ -284,6 +294,13 @@ def fitting_overrides(config, cfg: ModelConfig, mesh, kind: str, limit: int, pla
             if (found := fits({**tried, "train.grad_accum": accum})):
                 return found
         return []
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    groups = -(-config.data.global_batch_size // shards)   # prompt groups per device
+    micro = int(config.grpo.get("update_microbatches", 1))
+    for count in (m for m in range(micro + 1, groups + 1) if groups % m == 0):
+        tried = {**tried, "grpo.update_microbatches": count}
+        if (found := fits(tried)):
+            return found
     new = config.sampling.max_new_tokens
     while new > 256:
         new //= 2

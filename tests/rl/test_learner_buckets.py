@@ -51,7 +51,7 @@ def setup():
                  pixel_values=rng.normal(size=(2, 16, cfg.vision.patch_dim)).astype(np.float32),
                  image_grid_thw=np.array([[GRID], [GRID]], np.int32))
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
-    gcfg = grpo.GRPOConfig(num_samples=GROUP, beta=0.04)
+    gcfg = grpo.GRPOConfig(num_samples=GROUP, beta=0.04, inner_iterations=2)   # μ > 1: score gives π_old
     tx = optax.sgd(1.0)   # the update is then minus the gradient, compared as such (Adam would magnify noise)
     programs = grpo.learner_programs(parts, tx, optax.constant_schedule(1.0), gcfg)
     copy = lambda tree: jax.tree.map(jnp.copy, tree)   # the update donates its state
@@ -60,7 +60,7 @@ def setup():
     # a reference a little away from the policy, so the KL term is not zero
     reference = jax.tree.map(lambda x: x * 1.01, trainable)
     return dict(batch=batch, programs=programs, state=state, frozen=frozen, trainable=trainable,
-                reference=reference)
+                reference=reference, parts=parts, tx=tx, gcfg=gcfg)
 
 
 def _run(setup, prompt_bucket, completion_bucket):
@@ -103,3 +103,34 @@ def test_a_seen_bucket_never_compiles_again(setup):
     # at most one compile per program and bucket (none where an earlier test compiled the bucket)
     assert all(v == 1 for v in new.values()) and set(new) <= {(p, 24, t) for p in ("score", "update") for t in (4, 8)}
     assert grpo.LEARNER_TRACES[("score", 24, 4)] >= 1 and grpo.LEARNER_TRACES[("update", 24, 8)] >= 1
+
+
+@pytest.mark.slow
+def test_with_one_update_per_rollout_pi_old_is_the_update_forward(setup):
+    """μ = 1: score skips the old-policy forward and the update takes its own log-probs, detached, as π_old; the
+    loss, diagnostics and update equal those of the update given the separately scored π_old."""
+    gcfg = dataclasses.replace(setup["gcfg"], inner_iterations=1)
+    score, update = grpo.learner_programs(setup["parts"], setup["tx"], optax.constant_schedule(1.0), gcfg)
+    batch = grpo.learner_view(setup["batch"], 24, 8)
+    old, ref = setup["programs"][0](setup["trainable"], setup["frozen"], setup["reference"], batch)   # μ = 2
+    none, ref_1 = score(setup["trainable"], setup["frozen"], setup["reference"], batch)
+    assert none is None
+    np.testing.assert_array_equal(np.asarray(ref_1), np.asarray(ref))
+    advantages = jnp.asarray([1.0, -1.0, 0.5, -0.5])
+    fused_state, fused = update(setup["state"](), batch, None, ref, advantages)
+    scored_state, scored = update(setup["state"](), batch, old, ref, advantages)
+    # and in two micro-batches, where each takes its own rows' detached log-probs
+    _, micro_update = grpo.learner_programs(setup["parts"], setup["tx"], optax.constant_schedule(1.0),
+                                            dataclasses.replace(gcfg, update_microbatches=2))
+    micro_state, micro = micro_update(setup["state"](), batch, None, ref, advantages)
+    for key in ("loss", "grad_norm", "update_norm", "kl", "clip_fraction", "policy_loss"):
+        for got in (fused, micro):
+            np.testing.assert_allclose(float(got[key]), float(scored[key]), rtol=1e-5, atol=1e-6, err_msg=key)
+    assert float(fused["clip_fraction"]) == 0.0 and float(fused["grad_norm"]) > 0
+    start = jax.tree.leaves(setup["trainable"])
+    deltas = [[np.asarray(w) - np.asarray(p) for w, p in zip(jax.tree.leaves(s.trainable), start)]
+              for s in (fused_state, micro_state, scored_state)]
+    scale = max(float(np.max(np.abs(d))) for d in deltas[2])
+    for fused_delta, micro_delta, want in zip(*deltas):
+        np.testing.assert_allclose(fused_delta, want, rtol=0, atol=1e-5 * scale)
+        np.testing.assert_allclose(micro_delta, want, rtol=0, atol=1e-5 * scale)

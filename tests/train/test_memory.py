@@ -86,15 +86,19 @@ def test_a_slice_too_small_for_any_setting_names_the_recipes_slices():
 
 
 @pytest.mark.slow
-def test_grpo_overrides_shrink_the_log_prob_chunk_before_the_completions():
+def test_grpo_overrides_shrink_the_log_prob_chunk_and_micro_batch_before_the_completions():
     config = recipe("grpo_qwen2_5_vl_3b.py:v6e8")
     cfg = aot.recipe_model_config(config)
     full = memory.estimate(config, cfg, abstract_mesh(8), "rl", "tpu").total
     flags = memory.fitting_overrides(config, cfg, abstract_mesh(8), "rl", int(full * 0.8), "tpu")
     assert flags == ["--config.grpo.logprob_chunk=64"]   # remat is "full" already; the numbers do not change
+    # then the update in micro-batches of whole prompt groups (2 per chip here: at most 2), the loss unchanged
     flags = memory.fitting_overrides(config, cfg, abstract_mesh(8), "rl", int(full * 0.6), "tpu")
-    assert flags[:1] == ["--config.grpo.logprob_chunk=64"] and flags[1].startswith("--config.sampling.max_new_tokens=")
-    assert int(flags[1].split("=")[1]) < config.sampling.max_new_tokens
+    assert flags == ["--config.grpo.logprob_chunk=64", "--config.grpo.update_microbatches=2"]
+    flags = memory.fitting_overrides(config, cfg, abstract_mesh(8), "rl", int(full * 0.55), "tpu")
+    assert flags[:2] == ["--config.grpo.logprob_chunk=64", "--config.grpo.update_microbatches=2"]
+    assert flags[2].startswith("--config.sampling.max_new_tokens=")
+    assert int(flags[2].split("=")[1]) < config.sampling.max_new_tokens
 
 
 def test_a_7b_model_under_the_3b_recipe_stops_naming_the_7b_recipe():
@@ -175,6 +179,30 @@ def test_the_tiny_estimate_counts_every_part_of_the_step(tmp_path):
     accumulated.train.grad_accum = 2
     assert memory.estimate(accumulated, cfg, abstract_mesh(1), "sft", "cpu").total < est.total
     assert sft.default_config().train.memory_check is True
+
+
+def test_update_micro_batches_divide_the_updates_activations():
+    """grpo.update_microbatches = M: one micro-batch's activations, layer and log-prob chunk (rows / M) beside a
+    float32 gradient accumulator; the rest of the step unchanged."""
+    from robust_r1_jax.rl import grpo
+    config = grpo.default_config()
+    config.data.global_batch_size, config.data.seq_len, config.data.patch_bucket = 4, 64, 16
+    config.grpo.num_samples, config.sampling.max_new_tokens = 2, 64
+    cfg = run.planned_model_config(config)
+    whole = memory.estimate(config, cfg, abstract_mesh(1), "rl", "cpu")
+    config.grpo.update_microbatches = 2
+    half = memory.estimate(config, cfg, abstract_mesh(1), "rl", "cpu")
+    assert whole.phase == half.phase == "update"
+    n = memory.parameter_elements(cfg, config.train.freeze, abstract_mesh(1))
+    assert whole.parts["activations (remat none)"] == 8 * 128 * cfg.text.num_hidden_layers * 4 * (
+        13 * cfg.text.hidden_size + 6 * cfg.text.intermediate_size)   # 4 prompts x 2 rows of 64 + 64 tokens, fp32
+    for part in ("activations (remat none)", "one layer's backward", "log-prob chunk"):
+        assert half.parts[part] * 2 == whole.parts[part], part
+    assert half.parts["gradient accumulator (fp32)"] == 4 * n["trained"]
+    assert "gradient accumulator (fp32)" not in whole.parts
+    assert {k: v for k, v in half.parts.items() if k in whole.parts and "activations" not in k and "backward" not in k
+            and "chunk" not in k} == {k: v for k, v in whole.parts.items() if "activations" not in k
+                                      and "backward" not in k and "chunk" not in k}
 
 
 def test_a_mesh_the_devices_cannot_form_names_what_jax_sees_and_the_installs(tmp_path):

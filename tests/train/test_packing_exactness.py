@@ -1,7 +1,8 @@
 """Packed SFT rows compute exactly what the same examples compute alone (issue 23, item 2), in float32 on a
-unit-scale random model: per-example logits inside a packed row (2-4 examples holding 0, 1 and 2 images), and the
-loss and gradients of one packed batch against the unpacked batch of the same examples; splash attention (Pallas
-interpret mode) keeps examples apart through the segment ids as the dense mask does."""
+unit-scale random model of each family (Qwen2.5-VL; Qwen3-VL with its DeepStack features): per-example logits
+inside a packed row (2-4 examples holding 0, 1 and 2 images), and the loss and gradients of one packed batch
+against the unpacked batch of the same examples; splash attention (Pallas interpret mode) keeps examples apart
+through the segment ids as the dense mask does."""
 import dataclasses
 import functools
 
@@ -28,8 +29,12 @@ ROWS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def cfg():
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def cfg(request):
+    if request.param == "qwen3_vl":
+        # 16-px patches, learned positions resampled to each grid, DeepStack features from both vision blocks
+        tiny = model_config.qwen3_vl_tiny()
+        return tiny.replace(vision=dataclasses.replace(tiny.vision, depth=2, deepstack_visual_indexes=(0, 1)))
     tiny = model_config.tiny()
     # window blocks and a full-attention block, with a 4x4-patch window so the 8-patch sides span windows
     return tiny.replace(vision=dataclasses.replace(tiny.vision, depth=2, fullatt_block_indexes=(1,),
@@ -103,10 +108,32 @@ def test_each_example_in_a_packed_row_has_its_logits_alone(cfg, model, examples)
             scale = float(np.max(np.abs(want)))
             np.testing.assert_allclose(got[r, column:column + length], want, rtol=0, atol=1e-5 * scale)
             column, i = column + length, i + 1
+    if cfg.model_type == "qwen3_vl":
+        _check_deepstack_lands_on_each_examples_image_tokens(model, packed, examples)
     # without segment ids the later examples would see the earlier ones: the test can tell
     crossing = _logits(model, dict(packed, segment_ids=packed["attention_mask"]), segments=True)
     second = len(examples[0][0].input_ids)
     assert np.max(np.abs(crossing[0, second:second + 4] - got[0, second:second + 4])) > 1e-3
+
+
+def _check_deepstack_lands_on_each_examples_image_tokens(model, packed, examples):
+    """Qwen3-VL: the DeepStack additions [B, D, S, E] of a packed row are, column for column, those of each example
+    run alone (the image-major tower's levels in the row's image order), and zero off the image tokens."""
+    embed = jax.jit(lambda ids, pix, grid: model.embed(ids, pix, grid)[1])
+    got = np.asarray(embed(packed["input_ids"], packed["pixel_values"], packed["image_grid_thw"]))
+    image = packed["input_ids"] == model.config.image_token_id
+    by_token = got.transpose(0, 2, 1, 3)   # [B, S, D, E]
+    assert np.all(by_token[~image] == 0) and np.all(np.abs(by_token[image]).sum(-1) > 0)
+    for r, row in enumerate(examples):
+        column = 0
+        for ex in row:
+            length = len(ex.input_ids)
+            if len(ex.image_grid_thw):
+                alone = _batch(model.config, [[ex]], image_major=False)
+                want = np.asarray(embed(alone["input_ids"], alone["pixel_values"], alone["image_grid_thw"]))
+                np.testing.assert_allclose(got[r, :, column:column + length], want[0, :, :length], rtol=0,
+                                           atol=1e-5 * float(np.max(np.abs(want))))
+            column += length
 
 
 @pytest.mark.slow
