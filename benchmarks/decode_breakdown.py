@@ -5,7 +5,8 @@
 
 For each variant of ``robust_r1_jax.aot_decode.breakdown_cases`` (the layout and attention before issue 24, with
 attention off, half the cache, bf16 cache reads, the replicated bf16 rollout copy, half the rows, the token draw
-alone) it prints the cost-model time of one decode step per chip next to its HBM roofline (the bytes the step must
+alone; the "tensor" rollout copy on the rollout mesh (data = chips / rollout.tensor_parallel x tensor), with the
+vocabulary split or whole, and its token draw; ``--only tensor`` runs just those) it prints the cost-model time of one decode step per chip next to its HBM roofline (the bytes the step must
 read over HBM bandwidth), the roofline of XLA's own byte count, the FLOP roofline and the ICI roofline of the
 compiled collectives. Each variant is compiled at one and two language layers and extrapolated to the real depth
 (about 10-20 s per compile on a 2-core CPU). Not a measurement: XLA's TPU cost model.

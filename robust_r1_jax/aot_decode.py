@@ -12,7 +12,10 @@ model counts a loop body once, so the layers are unrolled). Next to the cost-mod
 
 Weight layouts (``DecodeCase.layout``): "training" decodes on the training state as it lies (fp32, fsdp-sharded,
 what the rollout did before issue 24); "replicated" on a bf16 copy of the whole model on every chip
-(``rollout_weights``), which leaves the step batch-parallel with no collective. ``attention="fp32_copy"`` traces
+(``rollout_weights``), which leaves the step batch-parallel with no collective; "tensor" on a bf16 copy split
+Megatron style over the tensor axis of the rollout mesh (``parallel.rollout_mesh``, ``ROLLOUT_AXIS_RULES``: the
+same chips as data = chips / ``rollout.tensor_parallel`` by tensor), which halves the weight bytes per chip at
+2-way for two all-reduces of [rows, hidden] per layer and one all-gather of the logits. ``attention="fp32_copy"`` traces
 the decode attention as it was before issue 24 (the cache cast to float32 and the XLA reference attention).
 """
 from __future__ import annotations
@@ -31,7 +34,7 @@ from robust_r1_jax.model import config as model_config
 from robust_r1_jax.model import language
 from robust_r1_jax.model.language import KVCache
 
-LAYOUTS = ("training", "replicated")
+LAYOUTS = ("training", "replicated", "tensor")
 ATTENTION = ("cached", "fp32_copy", "none")
 
 
@@ -39,7 +42,11 @@ ATTENTION = ("cached", "fp32_copy", "none")
 class DecodeCase:
     """One decode-step variant. ``attend``: cache slots read (None: the whole cache); ``rows``: global rows (None:
     the recipe's prompts x G); ``cache_len``: None = prompt + horizon; ``sampling_only``: the token draw alone on
-    [rows, vocab] float32 logits (no forward)."""
+    [rows, vocab] float32 logits (no forward); ``vocab_split``: see ``VOCAB_WHOLE_RULES``."""
+
+    @property
+    def rules(self):
+        return parallel.ROLLOUT_AXIS_RULES if self.vocab_split else VOCAB_WHOLE_RULES
     name: str
     layout: str = "replicated"
     attention: str = "cached"
@@ -47,6 +54,7 @@ class DecodeCase:
     rows: int | None = None
     cache_len: int | None = None
     sampling_only: bool = False
+    vocab_split: bool = True   # "tensor": the vocabulary over the tensor axis (False: whole on every chip)
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -55,13 +63,56 @@ class DecodeCase:
             raise ValueError(f"unknown decode attention {self.attention!r}; expected one of {ATTENTION}")
 
 
-def rollout_weights(weights, mesh, dtype):
-    """Abstract weights of the "replicated" layout: every floating leaf in ``dtype`` on every chip (integer
-    leaves keep their dtype)."""
-    def copy(x):
-        d = dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype
-        return jax.ShapeDtypeStruct(x.shape, d, sharding=replicated(mesh))
-    return jax.tree.map(copy, weights)
+def decode_mesh(recipe, mesh, layout: str):
+    """The mesh the decode of ``layout`` runs on: the rollout mesh for "tensor", else the training ``mesh``."""
+    if layout == "tensor":
+        return parallel.rollout_mesh(mesh, int(recipe.rollout.get("tensor_parallel", 2)))
+    return mesh
+
+
+def copy_shardings(weights, mesh, layout: str, rules=parallel.ROLLOUT_AXIS_RULES):
+    """Where the rollout copy of ``weights`` (an ``nnx.State``) lives: every chip of ``mesh`` for "replicated";
+    for "tensor" (``mesh`` the rollout mesh) each Variable by its logical axes under ``rules``."""
+    if layout == "tensor":
+        return parallel.state_shardings(weights, mesh, rules)
+    return replicated(mesh)
+
+
+# The "tensor" layout with the vocabulary whole on every chip: the alternative to splitting it that
+# ``DecodeCase.vocab_split=False`` prices (the embedding table and tied head read whole, no logits all-gather).
+VOCAB_WHOLE_RULES = tuple((name, None if name == "vocab" else axis) for name, axis in parallel.ROLLOUT_AXIS_RULES)
+
+
+def rollout_weights(weights, mesh, dtype, layout: str = "replicated", rules=parallel.ROLLOUT_AXIS_RULES):
+    """Abstract weights of a rollout copy (``layout`` "replicated" or "tensor", ``mesh`` the one it lives on):
+    every floating leaf in ``dtype`` (integer leaves keep their dtype), laid out by ``copy_shardings``."""
+    shardings = copy_shardings(weights, mesh, layout, rules)
+
+    def copy(variable, sharding):
+        def leaf(x):
+            d = dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype
+            return jax.ShapeDtypeStruct(x.shape, d, sharding=sharding)
+        return jax.tree.map(leaf, variable)
+    if layout != "tensor":
+        return jax.tree.map(lambda v: copy(v, shardings), weights, is_leaf=_is_variable)
+    return jax.tree.map(copy, weights, shardings, is_leaf=_is_variable)
+
+
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+class OnMesh:
+    """A jitted function lowered with ``mesh``'s abstract mesh and ``rules`` in context (the "tensor" rollout
+    traces on the rollout mesh by ``ROLLOUT_AXIS_RULES`` while the aot mode holds the training mesh): what
+    ``aot.Compiled.fn`` needs of it."""
+
+    def __init__(self, fn, mesh, rules=parallel.ROLLOUT_AXIS_RULES):
+        self.fn, self.mesh, self.rules = fn, mesh, rules
+
+    def lower(self, *args):
+        with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh), parallel.axis_rules(self.rules):
+            return self.fn.lower(*args)
 
 
 @contextlib.contextmanager
@@ -96,9 +147,10 @@ def _shape(recipe, case: DecodeCase) -> tuple[int, int, int]:
 
 
 def abstract_cache(text_cfg, mesh, rows: int, cache_len: int, dtype) -> KVCache:
-    """A KV cache of ShapeDtypeStructs, rows over the batch axes as the rollout's prefill leaves it."""
+    """A KV cache of ShapeDtypeStructs laid out as the rollout's prefill leaves it (``generate.laid_out_cache``):
+    rows over the batch axes, KV heads over "tensor"."""
     shape = (text_cfg.num_hidden_layers, rows, text_cfg.num_key_value_heads, cache_len, text_cfg.head_dim)
-    kv_sh = parallel.named_sharding(mesh, (None, "batch", None, None, None), shape)
+    kv_sh = parallel.named_sharding(mesh, (None, "batch", "kv_heads", None, None), shape)
     row_sh = lambda ndim: parallel.named_sharding(mesh, ("batch",) + (None,) * (ndim - 1), (rows,) * ndim)
     return KVCache(keys=jax.ShapeDtypeStruct(shape, dtype, sharding=kv_sh),
                    values=jax.ShapeDtypeStruct(shape, dtype, sharding=kv_sh),
@@ -107,14 +159,15 @@ def abstract_cache(text_cfg, mesh, rows: int, cache_len: int, dtype) -> KVCache:
                    next_position=jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=row_sh(1)))
 
 
-def model_weights(recipe, model_cfg, mesh, layout: str):
-    """(graphdef, abstract weights) of the whole model in the layout the decode reads."""
+def model_weights(recipe, model_cfg, mesh, layout: str, rules=parallel.ROLLOUT_AXIS_RULES):
+    """(graphdef, abstract weights) of the whole model in the layout the decode reads (``rules``: the "tensor"
+    layout's table)."""
     from robust_r1_jax.aot_programs import _optimizer
     tx, _ = _optimizer(recipe)
     parts, state = abstract_state(model_cfg, tx, tuple(recipe.train.freeze), mesh)
     graphdef, weights = nnx.split(parts.merge(state.trainable, state.frozen))
-    if layout == "replicated":
-        weights = rollout_weights(weights, mesh, model_cfg.dtype)
+    if layout in ("replicated", "tensor"):
+        weights = rollout_weights(weights, decode_mesh(recipe, mesh, layout), model_cfg.dtype, layout, rules)
     return graphdef, weights
 
 
@@ -130,15 +183,28 @@ COST_COMPILER_OPTIONS = {"xla_max_cross_program_prefetches": 0}
 STREAMED_COMPILER_OPTIONS = dict(COST_COMPILER_OPTIONS, xla_msa_enable=False)
 
 
+def streamed_seconds(compiled) -> float:
+    """The cost-model seconds of an ``aot.Compiled`` program compiled with ``STREAMED_COMPILER_OPTIONS`` (<= 0: no
+    estimate); for a loop-free program such as the rollout copy, whose default compile gets no estimate on v6e."""
+    return _measure(compiled.fn.lower(*compiled.args).compile(compiler_options=STREAMED_COMPILER_OPTIONS))["seconds"]
+
+
 def compile_case(recipe, model_cfg, mesh, case: DecodeCase, options: dict | None = None):
     """The compiled decode-step variant (a TPU executable); ``options``: XLA compiler options (default
     ``COST_COMPILER_OPTIONS``)."""
     options = COST_COMPILER_OPTIONS if options is None else options
+    mesh = decode_mesh(recipe, mesh, case.layout)
+    rules = case.rules if case.layout == "tensor" else parallel.LOGICAL_AXIS_RULES
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), parallel.axis_rules(rules):
+        return _compile_case(recipe, model_cfg, mesh, case, options)
+
+
+def _compile_case(recipe, model_cfg, mesh, case: DecodeCase, options: dict):
+    from robust_r1_jax.model import generate as smp
     from robust_r1_jax.rl import grpo
     rows, cache_len, attend = _shape(recipe, case)
     row_sharding = parallel.named_sharding(mesh, ("batch",), (rows,))
     if case.sampling_only:
-        from robust_r1_jax.model import generate as smp
         scfg = grpo.sampler_config(recipe, grpo.grpo_config(recipe), model_cfg)
         logits = jax.ShapeDtypeStruct((rows, model_cfg.text.vocab_size), jnp.float32,
                                       sharding=parallel.named_sharding(mesh, ("batch", None),
@@ -146,12 +212,12 @@ def compile_case(recipe, model_cfg, mesh, case: DecodeCase, options: dict | None
         key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated(mesh))
         return jax.jit(lambda lg, k: smp.sample_tokens(lg, k, scfg)).lower(logits, key).compile(
             compiler_options=options)
-    graphdef, weights = model_weights(recipe, model_cfg, mesh, case.layout)
+    graphdef, weights = model_weights(recipe, model_cfg, mesh, case.layout, case.rules)
     cache = abstract_cache(model_cfg.text, mesh, rows, cache_len, model_cfg.dtype)
     last = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=row_sharding)
 
-    def decode(w, tokens, c):
-        return nnx.merge(graphdef, w).decode_traced(tokens, c, attend=attend)
+    def decode(w, tokens, c):   # as the rollout's loop runs it: logits rows first, the cache laid out
+        return smp.decode_step(nnx.merge(graphdef, w), tokens, c, attend=attend)
 
     # the cache donated: the rollout's loop updates it in place, so no copy of it belongs to a step's cost
     with _decode_attention(case.attention):
@@ -207,24 +273,27 @@ def case_cost(recipe, model_cfg, mesh, case: DecodeCase, options: dict | None = 
 
 def roofline_bytes(recipe, model_cfg, mesh, case: DecodeCase) -> dict:
     """The bytes one chip must read for a decode step: its language weights as laid out (the vision tower is not
-    read by a decode step) and its rows' attended KV slots (keys and values, every layer)."""
+    read by a decode step) and its rows' attended KV slots (keys and values, every layer; its share of the KV
+    heads on a tensor axis)."""
     rows, _, attend = _shape(recipe, case)
+    on = decode_mesh(recipe, mesh, case.layout)
+    per_chip_rows = -(-rows // (on.shape["data"] * on.shape["fsdp"]))
     if case.sampling_only:
-        per_chip_rows = -(-rows // (mesh.shape["data"] * mesh.shape["fsdp"]))
         return {"weights": 0, "kv": 0, "logits": per_chip_rows * model_cfg.text.vocab_size * 4}
-    _, weights = model_weights(recipe, model_cfg, mesh, case.layout)
+    _, weights = model_weights(recipe, model_cfg, mesh, case.layout, case.rules)
     language_bytes = per_chip_bytes(weights["language"])
     t = model_cfg.text
-    per_chip_rows = -(-rows // (mesh.shape["data"] * mesh.shape["fsdp"]))
-    kv = 0 if case.attention == "none" else (per_chip_rows * attend * t.num_hidden_layers * 2
-                                             * t.num_key_value_heads * t.head_dim
-                                             * jnp.dtype(model_cfg.dtype).itemsize)
+    tensor = on.shape["tensor"]
+    kv_heads = t.num_key_value_heads // tensor if t.num_key_value_heads % tensor == 0 else t.num_key_value_heads
+    kv = 0 if case.attention == "none" else (per_chip_rows * attend * t.num_hidden_layers * 2 * kv_heads
+                                             * t.head_dim * jnp.dtype(model_cfg.dtype).itemsize)
     return {"weights": language_bytes, "kv": kv, "logits": 0}
 
 
 def breakdown_cases(recipe) -> list[DecodeCase]:
     """The variants that isolate the parts of the step: before issue 24 and after, attention off, half the cache,
-    half the rows (what dropping finished rows could save), the token draw alone."""
+    half the rows (what dropping finished rows could save), the token draw alone; the "tensor" layout with the
+    vocabulary split and whole, and its token draw (rows per data shard)."""
     prompt, horizon = recipe.data.seq_len, recipe.sampling.max_new_tokens
     rows = recipe.data.global_batch_size * recipe.grpo.num_samples
     half_cache = prompt + horizon // 2
@@ -237,6 +306,12 @@ def breakdown_cases(recipe) -> list[DecodeCase]:
         DecodeCase("replicated bf16, half the cache read", "replicated", "cached", attend=half_cache),
         DecodeCase("replicated bf16, half the rows", "replicated", "cached", rows=rows // 2),
         DecodeCase("sampling alone", sampling_only=True),
+        DecodeCase("tensor bf16, whole cache", "tensor", "cached"),
+        DecodeCase("tensor bf16, no attention", "tensor", "none"),
+        DecodeCase("tensor bf16, half the cache read", "tensor", "cached", attend=half_cache),
+        DecodeCase("tensor bf16, vocab whole, whole cache", "tensor", "cached", vocab_split=False),
+        DecodeCase("tensor bf16, vocab whole, no attention", "tensor", "none", vocab_split=False),
+        DecodeCase("tensor: sampling alone", "tensor", sampling_only=True),
     ]
 
 

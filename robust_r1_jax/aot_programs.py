@@ -123,35 +123,44 @@ def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Progra
         parts, state = abstract_state(model_cfg, tx, tuple(recipe.train.freeze), mesh)
         return (tx, schedule), parts, state
 
-    def prompt_batch(model_cfg):
-        return batch_spec(mesh, {"prompt_ids": ((prompts, prompt_len), jnp.int32),
+    problems = rollout_weights.layout_problems(recipe.rollout, mesh.devices.size, cfg.text.num_key_value_heads)
+    if problems:
+        raise ValueError("; ".join(problems))
+    layout = recipe.rollout.layout
+    sampler_mesh = aot_decode.decode_mesh(recipe, mesh, layout)   # the rollout mesh for "tensor"
+    on_sampler_mesh = ((lambda fn: aot_decode.OnMesh(fn, sampler_mesh)) if sampler_mesh is not mesh
+                       else (lambda fn: fn))
+
+    def prompt_batch(model_cfg, on=mesh):
+        return batch_spec(on, {"prompt_ids": ((prompts, prompt_len), jnp.int32),
                                  "prompt_mask": ((prompts, prompt_len), jnp.int32),
                                  **_image_shapes(recipe, model_cfg, prompts)})
 
     def sampler_config(model_cfg):
         return grpo.sampler_config(recipe, gcfg, model_cfg)
 
-    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated(mesh))
-
-    layout = rollout_weights.check_layout(recipe.rollout.layout)
+    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated(sampler_mesh))
 
     def policy(model_cfg):
         """The sampler's view: the whole model split into its graph and abstract weights (in the rollout layout:
-        the training state's, or its replicated compute-dtype copy), and the prompts."""
+        the training state's, or its compute-dtype copy, replicated or tensor-split on the rollout mesh), and the
+        prompts on the sampler's mesh."""
         graphdef, weights = aot_decode.model_weights(recipe, model_cfg, mesh, layout)
-        return graphdef, weights, prompt_batch(model_cfg), sampler_config(model_cfg)
+        return graphdef, weights, prompt_batch(model_cfg, sampler_mesh), sampler_config(model_cfg)
 
     def copy_program(model_cfg) -> Compiled:
-        """The rollout's weight copy, made once per step from the training state."""
+        """The rollout's weight copy, made once per step from the training state (a cast + all-gather for
+        "replicated", a cast + reshard onto the rollout mesh for "tensor")."""
         _, parts, state = setup(model_cfg)
+        weights = nnx.split(parts.merge(state.trainable, state.frozen))[1]
         fn = jax.jit(lambda tr, fr: rollout_weights.cast_floating(nnx.split(parts.merge(tr, fr))[1], model_cfg.dtype),
-                     out_shardings=replicated(mesh))
+                     out_shardings=aot_decode.copy_shardings(weights, sampler_mesh, layout))
         return Compiled(fn, (state.trainable, state.frozen))
 
     def rollout(model_cfg) -> Compiled:
         graphdef, weights, p, scfg = policy(model_cfg)
-        fn = jax.jit(lambda w, ids, mask, pix, grid, key: smp.rollout(
-            graphdef, w, ids, mask, pix, grid, key, config=scfg, cache_len=prompt_len + horizon))
+        fn = on_sampler_mesh(jax.jit(lambda w, ids, mask, pix, grid, key: smp.rollout(
+            graphdef, w, ids, mask, pix, grid, key, config=scfg, cache_len=prompt_len + horizon)))
         return Compiled(fn, (weights, p["prompt_ids"], p["prompt_mask"], p["pixel_values"], p["image_grid_thw"], rng))
 
     def prefill_part(model_cfg) -> list[Compiled]:
@@ -162,7 +171,7 @@ def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Progra
             logits, cache = nnx.merge(graphdef, w).prefill_traced(ids, pix, grid, mask, prompt_len + horizon)
             return jnp.repeat(logits, group, axis=0), cache.repeat(group)
 
-        return [Compiled(jax.jit(prefill), (weights, p["prompt_ids"], p["prompt_mask"], p["pixel_values"],
+        return [Compiled(on_sampler_mesh(jax.jit(prefill)), (weights, p["prompt_ids"], p["prompt_mask"], p["pixel_values"],
                                             p["image_grid_thw"]))]
 
     def learner_batch(model_cfg):
@@ -205,9 +214,9 @@ def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Progra
     useful = rows * (real_prompt + real_completion)
     # with a copy, the rollout's weights are the copy and the whole training state stays resident beside it
     beside_rollout = policy_only + (per_chip_bytes(state.trainable) + per_chip_bytes(state.frozen)
-                                    if layout == "replicated" else 0)
+                                    if layout != "training" else 0)
     copy = [Program("rollout_weights", copy_program(cfg), 0.0, 0, policy_only,
-                    cost_parts=lambda v: [copy_program(v)])] if layout == "replicated" else []
+                    cost_parts=lambda v: [copy_program(v)])] if layout != "training" else []
     return copy + [
         # the rollout's time is put together by grpo_summary: prefill + decode steps by length bucket
         Program("rollout", rollout(cfg), 2.0 * n * rows * horizon + 2.0 * n * prompts * prompt_len, rows * horizon,
@@ -246,7 +255,8 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
     Decode steps: the per-chip cost of one step (``aot_decode.case_cost``, compiled without cross-program
     prefetch and depth-extrapolated) at the smallest and largest slot counts the buckets read, linear in
     between, plus the token draw (``sampling_s``; left out where the cost model gives no estimate). The copy of
-    the weights counts once per step.
+    the weights counts once per step (priced without memory space assignment where the default compile gives no
+    estimate, as on v6e).
     """
     from robust_r1_jax import aot
     gen = slice_.generation
@@ -268,7 +278,7 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
         if lo == hi:
             return table[lo]
         return table[lo] + (a - lo) / (hi - lo) * (table[hi] - table[lo])
-    draw = aot_decode.case_cost(recipe, cfg, mesh, aot_decode.DecodeCase("draw", sampling_only=True))["seconds"]
+    draw = aot_decode.case_cost(recipe, cfg, mesh, aot_decode.DecodeCase("draw", layout, sampling_only=True))["seconds"]
     draw = max(draw, 0.0)   # <= 0: the cost model's "no estimate" for the random draw, left out (noted)
     step_s = {a: c["seconds"] + draw for a, c in costs.items()}
     streamed = {a: aot_decode.case_cost(recipe, cfg, mesh, aot_decode.DecodeCase(f"attend {a}", layout, attend=a),
@@ -280,6 +290,9 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
     prefill = aot.extrapolated_cost(rollout.cost_pieces, cfg)["seconds"]
     by_name = {r["program"]: r for r in rows}
     copy_s = (by_name["rollout_weights"]["cost_model_s"] or 0.0) if "rollout_weights" in by_name else 0.0
+    copy_program = next((p for p in programs if p.name == "rollout_weights"), None)
+    if copy_program is not None and copy_s <= 0:   # the default compile has no estimate (seen on v6e): streamed
+        copy_s = max(aot_decode.streamed_seconds(copy_program.compiled), 0.0)
 
     def rollout_s(steps, table=step_s):
         return prefill + sum(per_step(a, table) for a in decode_attends(prompt_len, horizon, cache_len, bucket, steps))

@@ -428,3 +428,75 @@ def test_decode_attends_follow_the_length_buckets():
     attends = decode_attends(512, 2048, 2560, 256, 1023)
     assert attends[254] == 768 and attends[255] == 1024 and attends[-1] == 1536 and len(attends) == 1023
     assert decode_attends(512, 2048, 2560, 0, 3) == [2560] * 3
+
+
+TENSOR_DECODE_CHECK = """
+import sys
+import jax, numpy as np
+from robust_r1_jax import aot, aot_decode, tpu_topology
+recipe = aot.apply_overrides(aot.load_recipe(sys.argv[1]), ("rollout.layout=tensor",))
+slice_ = tpu_topology.parse_slice("v5p-8")
+mesh = aot.mesh_for(recipe, tpu_topology.devices(slice_))
+cfg = aot.recipe_model_config(recipe, "tpu")
+with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+    for name, case in dict(replicated=aot_decode.DecodeCase("r", "replicated"),
+                           tensor=aot_decode.DecodeCase("t", "tensor"),
+                           whole=aot_decode.DecodeCase("w", "tensor", vocab_split=False)).items():
+        need = aot_decode.roofline_bytes(recipe, cfg, mesh, case)
+        coll = aot_decode.collective_bytes(aot_decode.compile_case(recipe, cfg, mesh, case).as_text())
+        print(name, need["weights"], need["kv"], coll.get("all-reduce", 0), coll.get("all-gather", 0),
+              sum(coll.values()))
+print("cfg", cfg.text.hidden_size, cfg.text.num_hidden_layers, cfg.text.vocab_size, np.dtype(cfg.dtype).itemsize)
+from robust_r1_jax import aot_programs
+try:
+    aot_programs.grpo_programs(aot.apply_overrides(recipe, ("rollout.tensor_parallel=4",)), cfg, mesh)
+except ValueError as refused:
+    print("refused", refused)
+"""
+
+
+def test_tensor_rollout_layout_halves_the_weights_read_for_two_all_reduces_per_layer(tmp_path):
+    """The "tensor" decode step on v5p-8 (rollout mesh data 2 x tensor 2, 8 rows, 4 per data shard): each chip
+    holds half of the language weights (norms whole: ratio 0.5015 on this model) and the same KV bytes (twice the
+    rows, half the KV heads); its collectives are exactly the Megatron pair per layer plus the vocab-split
+    embedding lookup, all-reduces of [4, hidden], and one all-gather of the [4, vocab] logits, never of the
+    head's weights; the replicated copy has none; with the vocabulary whole there is no gather. A tensor axis
+    the KV heads cannot split is refused before anything compiles."""
+    recipe = tmp_path / "grpo_recipe.py"
+    recipe.write_text(textwrap.dedent(RECIPES["grpo"]))
+    proc = subprocess.run([sys.executable, "-c", TENSOR_DECODE_CHECK, str(recipe)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = {r[0]: [int(v) for v in r[1:]] for r in (line.split() for line in proc.stdout.splitlines())
+            if r and r[0] != "refused"}
+    hidden, layers, vocab, itemsize = rows["cfg"]
+    (rep_w, rep_kv, *rep_coll), (ten_w, ten_kv, reduce, gather, total) = rows["replicated"], rows["tensor"]
+    assert rep_coll == [0, 0, 0]
+    assert 0.5 < ten_w / rep_w < 0.502 and ten_kv == rep_kv > 0
+    per_shard = 4
+    assert reduce == (2 * layers + 1) * per_shard * hidden * itemsize
+    assert gather == per_shard * vocab * 4 and total == reduce + gather   # float32 logits, nothing else moved
+    assert "refused config.rollout.tensor_parallel=4 does not divide the model's 2 KV heads" in proc.stdout
+    whole_w, _, whole_reduce, whole_gather, _ = rows["whole"]
+    assert whole_w > ten_w and whole_reduce == 2 * layers * per_shard * hidden * itemsize and whole_gather == 0
+
+
+@pytest.mark.slow   # the GRPO programs compiled for v5p-8: ~1.5 min on 2 cores
+def test_grpo_programs_compile_with_the_tensor_rollout_layout(tmp_path):
+    """rollout.layout="tensor": the copy program reshards the state onto the rollout mesh (half the language
+    weights per chip), the rollout and its prefill compile on that mesh, and the GRPO summary prices the copy
+    once per step."""
+    proc, out = _aot(tmp_path, "grpo", "--config.completion_profile=(12, 5)",
+                     "--config.recipe_overrides=('rollout.layout=tensor',)")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {r["program"]: r for r in report["programs"]}
+    assert set(rows) == {"rollout_weights", "rollout", "score", "update"}
+    for row in rows.values():
+        _check_common(row)
+    copy_bytes = rows["rollout_weights"]["output_bytes"]
+    assert 0 < copy_bytes <= rows["rollout"]["argument_bytes"] and rows["rollout_weights"]["cost_model_s"] > 0
+    g = report["grpo"]
+    assert g["layout"] == "tensor" and g["rollout_weights_s"] == rows["rollout_weights"]["cost_model_s"]
+    assert g["step_s"] == pytest.approx(g["rollout_weights_s"] + g["rollout_s"] + g["score_s"] + g["update_s"])
+    assert g["rollout_s"] == pytest.approx(g["prefill_s"] + 11 * g["decode_step_s"])

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from robust_r1_jax import parallel
 from robust_r1_jax.model.config import ModelConfig
 from robust_r1_jax.model.language import KVCache
 from robust_r1_jax.model.vlm import check_image_tokens
@@ -253,6 +254,29 @@ def decode_buckets(prompt_len: int, horizon: int, cache_len: int, bucket: int) -
     return [(end, min(cache_len, prompt_len + end)) for end in ends]
 
 
+def rows_first(logits: jax.Array) -> jax.Array:
+    """logits [rows, vocab] pinned to whole vocabulary rows split over the batch axes of the mesh in context (no
+    mesh: unchanged), so the token draw needs no collective. Where the rules in context split the vocabulary (the
+    "tensor" rollout layout) the head's output is first pinned to its own vocab-split layout, so the step gathers
+    the logits ([rows, vocab] float32) rather than the [vocab, hidden] head, which the partitioner otherwise picks."""
+    return parallel.constrain(parallel.constrain(logits, ("batch", "vocab")), ("batch", None))
+
+
+def laid_out_cache(cache: KVCache) -> KVCache:
+    """The cache's keys and values pinned to rows over the batch axes and KV heads over "tensor" of the mesh in
+    context (the layout the decode's attention reads; no mesh: unchanged). It is made inside the prefill as a
+    zeros array, which the partitioner would otherwise lay out as it pleases."""
+    pin = lambda a: parallel.constrain(a, (None, "batch", "kv_heads", None, None))
+    return dataclasses.replace(cache, keys=pin(cache.keys), values=pin(cache.values))
+
+
+def decode_step(model, tokens: jax.Array, cache: KVCache, attend: int | None = None) -> tuple[jax.Array, KVCache]:
+    """One decode step of the rollout: tokens int32 [rows] -> (logits float32 [rows, vocab], rows first; the
+    cache with the tokens' keys and values written). ``attend`` as ``decode_traced``'s."""
+    logits, cache = model.decode_traced(tokens, cache, attend=attend)
+    return rows_first(logits), laid_out_cache(cache)
+
+
 @dataclasses.dataclass
 class _Progress:
     """While-loop state. ``done`` marks rows whose stop token is already written."""
@@ -303,6 +327,7 @@ def rollout(graphdef, state, prompt_ids, prompt_mask, pixel_values, image_grid_t
     logits, cache = model.prefill_traced(prompt_ids, pixel_values, image_grid_thw, prompt_mask, cache_len)
     if group > 1:
         logits, cache = jnp.repeat(logits, group, axis=0), cache.repeat(group)
+    logits, cache = rows_first(logits), laid_out_cache(cache)
 
     progress = _Progress(
         step=jnp.zeros((), jnp.int32), last=jnp.zeros((rows,), jnp.int32), done=jnp.zeros((rows,), bool),
@@ -320,7 +345,7 @@ def rollout(graphdef, state, prompt_ids, prompt_mask, pixel_values, image_grid_t
 
         def decode_one(p: _Progress) -> _Progress:
             _record_trace("decode", p.last.shape)
-            step_logits, next_cache = model.decode_traced(p.last, p.cache, attend=attend)
+            step_logits, next_cache = decode_step(model, p.last, p.cache, attend=attend)
             sampled, logprobs = sample_tokens(step_logits, jax.random.fold_in(rng, p.step), config, p.seen)
             return _write(dataclasses.replace(p, cache=next_cache), sampled, logprobs, config)
         return unfinished, decode_one

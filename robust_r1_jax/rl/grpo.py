@@ -31,7 +31,7 @@ from robust_r1_jax.rl import rollout_weights
 from robust_r1_jax.rl.token_text import token_bytes_table
 from robust_r1_jax.train import metrics as mx
 from robust_r1_jax.train import sft
-from robust_r1_jax.train.run import Run
+from robust_r1_jax.train.run import Run, planned_model_config
 from robust_r1_jax.train.state import ModelParts, TrainState, shardings_of
 from robust_r1_jax.train.step import guarded_update
 
@@ -159,6 +159,19 @@ def microbatch_problems(prompts: int, shards: int | None, microbatches: int, pre
         return [f"{field}: must divide the {prompts} prompt groups of a step (data.global_batch_size): use one of "
                 f"{divisors(prompts)}"]
     return []
+
+
+def rollout_problems(config, mesh) -> list[str]:
+    """The impossible values of a GRPO config's ``rollout`` section on ``mesh`` (``rollout_weights.layout_problems``),
+    checked before any weight is read: the KV heads come from ``model.init_from``'s own config (or the preset); an
+    unreadable ``init_from`` is left to the path checks, which name it."""
+    kv_heads = None
+    if config.rollout.get("layout") == "tensor":
+        try:
+            kv_heads = planned_model_config(config).text.num_key_value_heads
+        except (OSError, ValueError):
+            kv_heads = None
+    return rollout_weights.layout_problems(config.rollout, int(mesh.devices.size), kv_heads)
 
 
 # ---- pure pieces ----------------------------------------------------------------------------------------------
@@ -435,8 +448,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.sampling = sampling.default_config(max_new_tokens=2048, temperature=GRPOConfig.temperature)
     c.rewards = ml_collections.ConfigDict(dict(variant="paper", accuracy=1.0, format=1.0, degradation=1.0,
                                                length=1.0))
-    # the sampler's weight layout and decode length buckets (rl/rollout_weights.py, SamplerConfig.decode_bucket)
-    c.rollout = ml_collections.ConfigDict(dict(layout="replicated", decode_bucket=256))
+    # the sampler's weight layout ("tensor": its tensor axis) and decode length buckets (rl/rollout_weights.py,
+    # SamplerConfig.decode_bucket)
+    c.rollout = ml_collections.ConfigDict(dict(layout="replicated", tensor_parallel=2, decode_bucket=256))
     # the learner's prompt and completion buckets (each list capped by the prompt length / sampling horizon)
     c.learner = ml_collections.ConfigDict(dict(prompt_buckets=LEARNER_BUCKETS, completion_buckets=LEARNER_BUCKETS))
     del c.data["packing"]   # packing is SFT's (data/packing.py); GRPO rows are prompts
@@ -499,7 +513,8 @@ def run(config) -> dict:
     """``train.steps`` GRPO steps (resuming the workdir's newest checkpoint); returns one metrics row per step
     and the run summary of ``Run.finish``."""
     g = config.grpo
-    r = Run(config, "grpo", loader_kind="rl", problems=tuple(config_problems(config)),
+    r = Run(config, "grpo", loader_kind="rl",
+            problems=lambda mesh: config_problems(config) + rollout_problems(config, mesh),
             loader_scale=int(g.oversample) if g.dynamic_sampling else 1)
     gcfg = grpo_config(config, r.model_config)
     ref_trainable = jax.tree.map(jnp.copy, r.state.trainable)   # the frozen reference: the starting policy
@@ -508,7 +523,8 @@ def run(config) -> dict:
         table = token_bytes_table(r.processor.tokenizer, vocab_size=r.model_config.text.vocab_size)
         scfg = sampler_config(config, gcfg, r.model_config)
         score_fn, update_fn, prepare_fn = _compiled_steps(r, gcfg, scfg)
-        policy = rollout_weights.decode_copy(r.parts, r.mesh, config.rollout.layout, r.model_config.dtype)
+        policy = rollout_weights.decode_copy(r.parts, r.mesh, config.rollout.layout, r.model_config.dtype,
+                                             int(config.rollout.get("tensor_parallel", 2)))
         state, history, base_rng, meter, mesh = r.state, [], jax.random.key(config.seed), mx.Meter(), r.mesh
         truncation_warned = False
         prompt_buckets, completion_buckets = learner_buckets(config)
@@ -517,9 +533,9 @@ def run(config) -> dict:
             local = next(r.loader)
             prompts = _device_prompts(mesh, local)
             # the rollout's copy of the weights lives only in this call: freed before scoring and the update
-            rollout = smp.generate(policy(state.trainable, state.frozen), prompts["prompt_ids"],
-                                   prompts["prompt_mask"], prompts.get("pixel_values"), prompts.get("image_grid_thw"),
-                                   scfg, jax.random.fold_in(base_rng, step))
+            rollout = policy.generate(state.trainable, state.frozen, prompts["prompt_ids"], prompts["prompt_mask"],
+                                      prompts.get("pixel_values"), prompts.get("image_grid_thw"), scfg,
+                                      jax.random.fold_in(base_rng, step))
             refs = _references(mesh, local, gcfg.num_samples)
             scores = rw.compute(rollout.tokens, rollout.mask, refs, table, config.rewards.variant, weights)
             batch, advantages, shaping = prepare_fn(rollout, prompts.get("pixel_values"),

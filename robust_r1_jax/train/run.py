@@ -200,12 +200,14 @@ class Run:
 
     def __init__(self, config: ml_collections.ConfigDict, name: str, loader_kind: str = "sft",
                  problems: tuple[str, ...] = (), loader_scale: int = 1):
-        """``problems``: the loop's own config problems, reported with the rest; ``loader_scale``: the loader
-        yields that many times the global batch per step (GRPO's dynamic sampling draws more prompts)."""
+        """``problems``: the loop's own config problems, reported with the rest (or a function of the mesh that
+        gives them, for problems that depend on the devices); ``loader_scale``: the loader yields that many times
+        the global batch per step (GRPO's dynamic sampling draws more prompts)."""
         self.config, self.name, self.loader_kind = config, name, loader_kind
         self.info = init_distributed(config)
         self.mesh = build_mesh(config)
-        validate.check_training_config(config, self.mesh, self.info.process_count, problems)
+        validate.check_training_config(config, self.mesh, self.info.process_count,
+                                       tuple(problems(self.mesh) if callable(problems) else problems))
         check_model_fits(config, self.mesh, loader_kind)
         self.workdir = check_workdir(config.workdir)
         self.per_host = distributed.check_divisible(config.data.global_batch_size, self.info.process_count)
