@@ -145,11 +145,15 @@ def _config_file_defaults(argv):
 def run_mode(config) -> None:
     """Runs the config's mode; a config problem or an early stop becomes its message on stderr and an exit code."""
     from robust_r1_jax.data import records
+    from robust_r1_jax.model import config as model_config
     from robust_r1_jax.train import stops, validate
     try:
         resolve(config.mode)(config)
     except validate.ConfigError as e:
         print("invalid config:\n" + "\n".join(f"error: {p}" for p in e.problems), file=sys.stderr)
+        sys.exit(2)
+    except model_config.ModelFolderError as e:  # a folder named by the config that no mode can use
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except (records.SourceError, records.MissingInput) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -349,7 +349,7 @@ def run(config, out: TextIO = sys.stdout, info: TextIO = sys.stderr) -> list[dic
     processor = loading.load_processor(spec.tokenizer_path or spec.path, min_pixels=int(config.min_pixels),
                                        max_pixels=int(config.max_pixels), name=spec.name, field="--config.tokenizer")
     model = inference.load_model(spec.path, str(config.dtype))
-    inference.check_pairing(model, processor, spec.name)
+    inference.check_pairing(model, processor, spec.name, model_dir=spec.path, field="--config.tokenizer")
     sampler_config = inference.sampler_config(model, processor, **settings)
     writer = report.is_writer()
     if writer:

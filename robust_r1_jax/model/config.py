@@ -145,15 +145,17 @@ class ModelConfig:
     def from_hf(cls, hf: dict, **overrides) -> "ModelConfig":
         """From a ``config.json`` dict, the family chosen by its ``model_type`` (none: Qwen2.5-VL).
 
-        ValueError for a family this package does not implement (Qwen3-VL MoE names itself as such)."""
+        ``ModelFolderError`` (a ValueError) for a family this package does not implement (Qwen3-VL MoE names itself
+        as such)."""
         kind = hf.get("model_type")
         if kind == "qwen3_vl":
             from robust_r1_jax.model import qwen3_vl
             return qwen3_vl.config_from_hf(hf, **overrides)
         if kind in UNSUPPORTED_FAMILIES:
-            raise ValueError(f"config.json has model_type {kind!r}: {UNSUPPORTED_FAMILIES[kind]}")
+            reason = UNSUPPORTED_FAMILIES[kind].format(dense=", ".join(preset_label(n) for n in sized_presets()))
+            raise ModelFolderError(f"config.json has model_type {kind!r}: {reason}")
         if kind not in (None, "qwen2_5_vl"):
-            raise ValueError(f"config.json has model_type {kind!r}, expected one of {FAMILIES}")
+            raise ModelFolderError(f"config.json has model_type {kind!r}, expected one of {FAMILIES}")
         t = dict(hf.get("text_config") or {})
         for k, v in hf.items():  # 4.x keeps the text fields at the top level
             t.setdefault(k, v)
@@ -221,10 +223,21 @@ class ModelConfig:
                     vision_end_token_id=self.vision_end_token_id)
 
 
+class ModelFolderError(ValueError):
+    """A model or tokenizer folder this package cannot use (an unsupported family, weights missing, a tokenizer of
+    another model); the message is one line naming the folder and what to do, which ``main`` prints alone (exit 2)."""
+
+
+class MissingWeights(ModelFolderError, FileNotFoundError):
+    """A model folder with a ``config.json`` but no weight file (``model.hf.weight_files``)."""
+
+
 FAMILIES = ("qwen2_5_vl", "qwen3_vl")
+# The names the model cards use for each family (Qwen/Qwen2.5-VL-3B-Instruct, Qwen/Qwen3-VL-4B-Instruct).
+FAMILY_NAMES = {"qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL"}
 UNSUPPORTED_FAMILIES = {
     "qwen3_vl_moe": "Qwen3-VL mixture-of-experts models (30B-A3B, 235B-A22B) are out of scope; use a dense "
-                    "Qwen3-VL (2B, 4B, 8B, 32B) or Qwen2.5-VL",
+                    "model ({dense})",
 }
 
 
@@ -320,6 +333,21 @@ SMALL_PRESETS = ("tiny", "demo", "qwen3_vl_tiny")
 
 PRESETS = {"tiny": tiny, "demo": demo, "3b": qwen2_5_vl_3b, "7b": qwen2_5_vl_7b, "qwen3_vl_tiny": qwen3_vl_tiny,
            "qwen3_vl_2b": qwen3_vl_2b, "qwen3_vl_4b": qwen3_vl_4b, "qwen3_vl_8b": qwen3_vl_8b}
+
+
+def sized_presets() -> tuple[str, ...]:
+    """The presets of released models (every preset but ``SMALL_PRESETS``), in ``PRESETS`` order."""
+    return tuple(name for name in PRESETS if name not in SMALL_PRESETS)
+
+
+def preset_size(name: str) -> str:
+    """A sized preset's parameter count as its name writes it ("3b" for "3b", "4b" for "qwen3_vl_4b")."""
+    return name.rsplit("_", 1)[-1]
+
+
+def preset_label(name: str) -> str:
+    """A sized preset as its model card names it: "Qwen2.5-VL-3B", "Qwen3-VL-4B"."""
+    return f"{FAMILY_NAMES[preset(name).model_type]}-{preset_size(name).upper()}"
 
 
 def preset(name: str, **kw) -> ModelConfig:

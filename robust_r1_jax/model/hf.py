@@ -24,7 +24,7 @@ from safetensors.numpy import save_file
 
 from robust_r1_jax import atomic, parallel
 from robust_r1_jax.model import assets, qwen3_vl, stacking
-from robust_r1_jax.model.config import ModelConfig, resolve_dtype
+from robust_r1_jax.model.config import MissingWeights, ModelConfig, ModelFolderError, resolve_dtype
 from robust_r1_jax.model.vlm import Qwen25VL
 
 
@@ -191,21 +191,31 @@ def read_config(path: str) -> dict:
         return json.load(f)
 
 
+def model_config(path: str, **overrides) -> ModelConfig:
+    """The ``ModelConfig`` of the folder's ``config.json`` (no weight read); ``ModelFolderError`` naming the folder
+    when its family is one this package does not implement."""
+    try:
+        return ModelConfig.from_hf(read_config(path), **overrides)
+    except ModelFolderError as error:
+        raise ModelFolderError(f"{path}: {error}") from error
+
+
 def weight_files(path: str) -> dict[str, str]:
-    """tensor name -> safetensors file, from the index when sharded; every listed shard must exist."""
+    """tensor name -> safetensors file, from the index when sharded; every listed shard must exist
+    (``MissingWeights``, a FileNotFoundError, otherwise)."""
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
         with open(index) as f:
             weight_map = json.load(f)["weight_map"]
         missing = sorted({s for s in weight_map.values() if not os.path.isfile(os.path.join(path, s))})
         if missing:
-            raise FileNotFoundError(f"checkpoint {path}: shard(s) listed in model.safetensors.index.json are "
+            raise MissingWeights(f"checkpoint {path}: shard(s) listed in model.safetensors.index.json are "
                                     f"missing: {', '.join(missing)}")
         return {k: os.path.join(path, s) for k, s in weight_map.items()}
     single = os.path.join(path, "model.safetensors")
     if not os.path.isfile(single):
-        raise FileNotFoundError(f"checkpoint {path}: neither model.safetensors nor "
-                                f"model.safetensors.index.json found")
+        raise MissingWeights(f"checkpoint {path} has a config.json but no weights: neither model.safetensors nor "
+                             f"model.safetensors.index.json found")
     with safe_open(single, framework="numpy") as f:
         return {k: single for k in f.keys()}
 
@@ -241,7 +251,7 @@ def load(path: str, dtype=jnp.float32, *, mesh: jax.sharding.Mesh | None = None,
     overrides = dict(config_overrides or {})
     overrides.setdefault("param_dtype", jnp.dtype(param_dtype).name)
     overrides.setdefault("dtype", jnp.dtype(param_dtype).name)
-    config = ModelConfig.from_hf(read_config(path), **overrides)
+    config = model_config(path, **overrides)
     model = abstract_model(config)
     graphdef, state = nnx.split(model)
     targets = _per_layer_targets(state)

@@ -21,7 +21,7 @@ from flax import nnx
 
 from robust_r1_jax import parallel
 from robust_r1_jax.model import assets, hf, orbax_io, stacking
-from robust_r1_jax.model.config import ModelConfig
+from robust_r1_jax.model.config import ModelConfig, ModelFolderError
 from robust_r1_jax.model.processor import ImageProcessor, Processor, load_tokenizer
 from robust_r1_jax.model.vlm import Qwen25VL
 
@@ -55,12 +55,17 @@ def is_training_checkpoint(path: str) -> bool:
     return any(name.isdigit() and os.path.isdir(os.path.join(path, name, META)) for name in os.listdir(path))
 
 
-def read_config(path: str) -> ModelConfig:
+def read_config(path: str, *, stored_dtype: bool = True) -> ModelConfig:
     """The model config of any of the three layouts, without reading weights; ``param_dtype`` is the dtype the
-    weights are stored in (for a Hugging Face folder: its safetensors headers)."""
+    weights are stored in (for a Hugging Face folder: its safetensors headers; ``stored_dtype=False`` reads
+    config.json alone and keeps the default dtypes). ``ModelFolderError`` for an unsupported family, or
+    ``MissingWeights`` for a Hugging Face folder without weight files when ``stored_dtype``."""
     if is_hf_dir(path):
+        config = hf.model_config(path)  # an unsupported family is named before any weight file is looked for
+        if not stored_dtype:
+            return config
         stored = hf.stored_dtype(path)
-        return ModelConfig.from_hf(hf.read_config(path), param_dtype=stored, dtype=stored)
+        return config.replace(param_dtype=stored, dtype=stored)
     if is_training_checkpoint(path):
         return _training_meta(path)[0]
     if is_orbax_model(path):
@@ -199,7 +204,8 @@ def load_processor(directory: str, *, min_pixels: int = 0, max_pixels: int = 0, 
         raise FileNotFoundError(f"{directory}{owner} has tokenizer_config.json but none of the vocabulary files "
                                 f"it needs ({', '.join(TOKENIZER_VOCABULARIES)}){hint}")
     overrides = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
-    return Processor(load_tokenizer(directory), ImageProcessor.from_pretrained(directory, **overrides))
+    return Processor(load_tokenizer(directory), ImageProcessor.from_pretrained(directory, **overrides),
+                     directory=directory)
 
 
 def token_fields(processor: Processor) -> dict[str, int]:
@@ -208,9 +214,13 @@ def token_fields(processor: Processor) -> dict[str, int]:
             if token in processor.token_ids}
 
 
-def check_pairing(model, processor: Processor, name: str = "") -> None:
-    """The tokenizer must use the model's image token id and fit its vocabulary; ValueError naming both."""
-    config = model.config
+def check_pairing(model, processor: Processor, name: str = "", *, model_dir: str = "", field: str = "") -> None:
+    """The tokenizer must use the model's image token id, cut images as its vision tower takes them and fit its
+    vocabulary. ``model`` is a model or its ``ModelConfig`` (checked before the weights load); ``model_dir`` is the
+    folder the model comes from and ``field`` the setting that picks the tokenizer folder (e.g.
+    ``--config.data.tokenizer``). ``ModelFolderError`` naming both folders: a tokenizer folder other than the model's
+    is told to use the model's own processor (its preprocessor_config.json cuts images for that tower)."""
+    config = model if isinstance(model, ModelConfig) else model.config
     problems = []
     if processor.image_token_id != config.image_token_id:
         problems.append(f"<|image_pad|> is {processor.image_token_id} in the tokenizer but "
@@ -219,12 +229,21 @@ def check_pairing(model, processor: Processor, name: str = "") -> None:
     ours = (image.patch_size, image.temporal_patch_size, image.merge_size)
     theirs = (vision.patch_size, vision.temporal_patch_size, vision.spatial_merge_size)
     if ours != theirs:
-        # e.g. a Qwen3-VL model (16-px patches) read with a folder that lacks its preprocessor_config.json
+        # e.g. a Qwen3-VL model (16-px patches) read with a Qwen2.5-VL tokenizer folder (14-px patches)
         problems.append(f"the image processor cuts (patch, temporal patch, merge) = {ours} but the model's vision "
-                        f"tower takes {theirs} (set them in the tokenizer folder's preprocessor_config.json)")
+                        f"tower takes {theirs}")
     if len(processor.tokenizer) > config.text.vocab_size:
         problems.append(f"the tokenizer has {len(processor.tokenizer)} tokens, the model's vocabulary only "
                         f"{config.text.vocab_size}")
-    if problems:
-        owner = f"model {name!r}: " if name else ""
-        raise ValueError(f"{owner}the tokenizer does not belong to this model: {'; '.join(problems)}")
+    if not problems:
+        return
+    owner = f"model {name!r}: " if name else ""
+    tokenizer_dir = getattr(processor, "directory", "")
+    where = (f"the tokenizer in {tokenizer_dir} does not belong to the model in {model_dir}" if tokenizer_dir and
+             model_dir else "the tokenizer does not belong to this model")
+    if tokenizer_dir and model_dir and os.path.realpath(tokenizer_dir) != os.path.realpath(model_dir):
+        advice = (f"use the model's own processor: {field}={model_dir}" if field else
+                  f"use the model's own processor (the tokenizer and preprocessor_config.json in {model_dir})")
+    else:
+        advice = "the folder's tokenizer and preprocessor_config.json must be the model's own"
+    raise ModelFolderError(f"{owner}{where}: {'; '.join(problems)}; {advice}")

@@ -357,8 +357,11 @@ class Processor:
     see ``load_tokenizer``), else with Qwen2.5-VL's template written out in ``chat_prompt``.
     """
 
-    def __init__(self, tokenizer, image_processor: ImageProcessor | None = None, system: str = DEFAULT_SYSTEM):
+    def __init__(self, tokenizer, image_processor: ImageProcessor | None = None, system: str = DEFAULT_SYSTEM,
+                 directory: str = ""):
+        """``directory``: the folder the tokenizer was read from ("" when built in memory), for error messages."""
         self.tokenizer = tokenizer
+        self.directory = directory
         self.image_processor = image_processor or ImageProcessor()
         self.system = system
         self.token_ids = special_token_ids(tokenizer)

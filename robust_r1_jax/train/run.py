@@ -25,7 +25,7 @@ import ml_collections
 from flax import nnx
 
 from robust_r1_jax import distributed, parallel
-from robust_r1_jax.model import assets, config as model_config, loading, orbax_io
+from robust_r1_jax.model import assets, config as model_config, hf, loading, orbax_io
 from robust_r1_jax.model.vlm import Qwen25VL
 from robust_r1_jax.train import checkpoint as ckpt
 from robust_r1_jax.train import curves
@@ -80,8 +80,8 @@ def planned_model_config(config) -> model_config.ModelConfig:
     m = config.model
     runtime = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention_impl=m.attention_impl,
                    scan_layers=m.get("scan_layers", False))
-    if m.init_from:
-        return loading.read_config(m.init_from).replace(**runtime)
+    if m.init_from:  # the recipe's dtypes replace the stored ones: config.json alone is read
+        return loading.read_config(m.init_from, stored_dtype=False).replace(**runtime)
     extra = {"vocab_size": m.vocab_size} if m.get("vocab_size") else {}
     return model_config.preset(m.preset, **extra, **runtime)
 
@@ -89,14 +89,28 @@ def planned_model_config(config) -> model_config.ModelConfig:
 def check_model_fits(config, mesh, kind: str) -> None:
     """Before any weight is read: the model in ``init_from`` is the size the recipe was written for
     (``validate.model_size_problems``) and its per-device memory estimate (``train.memory``) fits the devices;
-    otherwise ``validate.ConfigError`` with one line. ``train.memory_check=False`` skips the memory part."""
-    planned = planned_model_config(config)
-    problems = validate.model_size_problems(config, planned, kind)
+    otherwise ``validate.ConfigError`` with one line; a folder no mode can use (an unsupported family, no weight
+    files) is one such line too. ``train.memory_check=False`` skips the memory part."""
+    try:
+        planned = planned_model_config(config)
+        problems = validate.model_size_problems(config, planned, kind) or _weight_problems(config.model.init_from)
+    except model_config.ModelFolderError as error:
+        raise validate.ConfigError([f"config.model.init_from: {error}"]) from error
     if problems:
         raise validate.ConfigError(problems)
     if config.train.get("memory_check", True):
         estimate = memory.check_fits(config, planned, mesh, kind)
         log.info("memory: about %s", estimate.describe())
+
+
+def _weight_problems(init_from: str) -> list[str]:
+    """A Hugging Face folder's weight files are all there (read from the index and headers, no tensor loaded)."""
+    if init_from and loading.is_hf_dir(init_from):
+        try:
+            hf.weight_files(init_from)
+        except model_config.MissingWeights as error:
+            return [f"config.model.init_from: {error}"]
+    return []
 
 
 def load_processor(config):
@@ -117,7 +131,9 @@ def build_model(config, processor, mesh) -> Qwen25VL:
     m = config.model
     runtime = dict(dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl,
                    scan_layers=m.get("scan_layers", False))
-    if m.init_from:
+    if m.init_from:   # a tokenizer of another model is named before the weights load
+        loading.check_pairing(planned_model_config(config), processor, model_dir=m.init_from,
+                              field="--config.data.tokenizer")
         model = loading.with_runtime_settings(loading.load_model(m.init_from, m.param_dtype, mesh=mesh), **runtime)
     elif m.preset in model_config.SMALL_PRESETS:
         vocab = m.vocab_size or len(processor.tokenizer)

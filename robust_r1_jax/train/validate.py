@@ -111,24 +111,57 @@ def check_training_config(config, mesh, process_count: int, extra: tuple[str, ..
         raise ConfigError(problems)
 
 
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
+
+
 def _size(cfg) -> tuple[int, int, int]:
     return cfg.text.num_hidden_layers, cfg.text.hidden_size, cfg.text.intermediate_size
 
 
+def _shape(cfg) -> tuple[str, int, int, int]:
+    return (cfg.model_type, *_size(cfg))
+
+
+def recipe_for(preset: str, stage: str) -> str:
+    """The shipped recipe of a sized preset for ``stage`` ("sft" / "grpo"), "" when none is written: the configs
+    folder names them ``<stage>_<model_type>_<size>.py`` (configs/sft_qwen2_5_vl_3b.py, grpo_qwen3_vl_4b.py)."""
+    name = f"{stage}_{model_config.preset(preset).model_type}_{model_config.preset_size(preset)}.py"
+    return f"configs/{name}" if os.path.isfile(os.path.join(CONFIGS_DIR, name)) else ""
+
+
+def _family_recipe(model_type: str, stage: str) -> str:
+    """A shipped ``stage`` recipe of the family (the first sized preset that has one), "" when none."""
+    return next((recipe for name in model_config.sized_presets()
+                 if model_config.preset(name).model_type == model_type and (recipe := recipe_for(name, stage))), "")
+
+
 def model_size_problems(config, planned, kind: str) -> list[str]:
-    """A Qwen2.5-VL recipe (``model.preset`` "3b" / "7b") whose ``model.init_from`` holds a model of another size:
-    its batch, mesh and memory plan were written for the preset, so the run stops and names the recipe to use.
-    ``planned`` is the model config read from ``init_from`` (``train.run.planned_model_config``); ``kind`` "sft"
-    or "rl" picks the recipe named. A size no preset has is left to the memory check."""
+    """A recipe written for a released model (``model.preset`` outside ``model_config.SMALL_PRESETS``) whose
+    ``model.init_from`` holds another family (``model_type``) or size (layers x hidden): its batch, mesh and memory
+    plan were written for the preset, so the run stops before any weight loads, naming the folder's family and the
+    recipe written for it (or the family's recipe to copy when no recipe has that size). ``planned`` is the model
+    config read from ``init_from`` (``train.run.planned_model_config``); ``kind`` "sft" or "rl" picks the recipe."""
     preset = config.model.preset
-    if not config.model.init_from or preset not in ("3b", "7b") or _size(planned) == _size(model_config.preset(preset)):
+    if not config.model.init_from or preset in model_config.SMALL_PRESETS or preset not in model_config.PRESETS:
         return []
-    layers, hidden, _ = _size(planned)
-    size = next((name for name in ("3b", "7b") if _size(model_config.preset(name)) == _size(planned)), None)
+    expected = model_config.preset(preset)
+    if _shape(planned) == _shape(expected):
+        return []
     stage = "sft" if kind == "sft" else "grpo"
-    held = f"a Qwen2.5-VL-{size.upper()} model" if size else "a model"
-    advice = (f"use configs/{stage}_qwen2_5_vl_{size}.py" if size else
-              "no recipe here is written for that size: copy one and size its mesh and batch for it")
+    layers, hidden, _ = _size(planned)
+    family = model_config.FAMILY_NAMES.get(planned.model_type, planned.model_type)
+    match = next((name for name in model_config.sized_presets()
+                  if _shape(model_config.preset(name)) == _shape(planned)), None)
+    held = f"a {model_config.preset_label(match)} model" if match else f"a {family} model"
+    recipe = recipe_for(match, stage) if match else ""
+    if recipe:
+        advice = f"use {recipe}"
+    else:
+        what = f"{model_config.preset_label(match)}" if match else f"a {family} model of that size"
+        template = _family_recipe(planned.model_type, stage)
+        copy = f"copy {template}" if template else "copy one"
+        advice = f"no recipe here is written for {what}: {copy} and size its mesh and batch for it"
     return [f"config.model.init_from={config.model.init_from!r} holds {held} ({layers} layers x {hidden}), but this "
-            f"recipe is written for the {preset!r} preset ({_size(model_config.preset(preset))[0]} layers x "
-            f"{_size(model_config.preset(preset))[1]}): {advice}"]
+            f"recipe is written for the {preset!r} preset ({model_config.preset_label(preset)}, {_size(expected)[0]} "
+            f"layers x {_size(expected)[1]}): "
+            f"{advice}"]

@@ -111,7 +111,7 @@ def test_a_7b_model_under_the_3b_recipe_stops_naming_the_7b_recipe():
     config.model.init_from = "/models/Qwen2.5-VL-7B-Instruct"
     (line,) = validate.model_size_problems(config, model_config.preset("7b"), "sft")
     assert line == ("config.model.init_from='/models/Qwen2.5-VL-7B-Instruct' holds a Qwen2.5-VL-7B model (28 layers "
-                    "x 3584), but this recipe is written for the '3b' preset (36 layers x 2048): use "
+                    "x 3584), but this recipe is written for the '3b' preset (Qwen2.5-VL-3B, 36 layers x 2048): use "
                     "configs/sft_qwen2_5_vl_7b.py")
     grpo = recipe("grpo_qwen2_5_vl_7b.py")
     grpo.model.init_from = "/runs/sft_3b/model"
@@ -221,3 +221,68 @@ def test_a_mesh_the_devices_cannot_form_names_what_jax_sees_and_the_installs(tmp
                            f"devices, have {jax.device_count()}; JAX sees {jax.device_count()} cpu device")
     assert line.endswith("on NVIDIA GPUs install requirements-gpu.txt, on TPU VMs requirements-tpu.txt "
                          '(WORKSPACE.md "Run")')
+
+
+def hf_config_folder(tmp_path, cfg_or_json, name="model"):
+    """A Hugging Face folder holding only config.json (no weights): all the pre-load checks read."""
+    import json
+    folder = tmp_path / name
+    folder.mkdir()
+    hf_json = cfg_or_json if isinstance(cfg_or_json, dict) else cfg_or_json.to_hf()
+    (folder / "config.json").write_text(json.dumps(hf_json))
+    return str(folder)
+
+
+def test_a_qwen3_vl_4b_folder_under_the_3b_recipe_names_its_family_and_recipe(tmp_path):
+    config = recipe("sft_qwen2_5_vl_3b.py:v5p8")
+    config.model.init_from = hf_config_folder(tmp_path, model_config.qwen3_vl_4b())
+    with pytest.raises(validate.ConfigError) as caught:
+        run.check_model_fits(config, abstract_mesh(4), "sft")
+    assert caught.value.problems == [
+        f"config.model.init_from={config.model.init_from!r} holds a Qwen3-VL-4B model (36 layers x 2560), but this "
+        f"recipe is written for the '3b' preset (Qwen2.5-VL-3B, 36 layers x 2048): use configs/sft_qwen3_vl_4b.py"]
+
+
+def test_the_qwen3_vl_4b_recipes_check_family_and_size_before_loading(tmp_path):
+    grpo = recipe("grpo_qwen3_vl_4b.py")
+    grpo.model.init_from = hf_config_folder(tmp_path, model_config.qwen2_5_vl_3b())
+    with pytest.raises(validate.ConfigError) as caught:
+        run.check_model_fits(grpo, abstract_mesh(4), "rl")
+    assert caught.value.problems == [
+        f"config.model.init_from={grpo.model.init_from!r} holds a Qwen2.5-VL-3B model (36 layers x 2048), but this "
+        f"recipe is written for the 'qwen3_vl_4b' preset (Qwen3-VL-4B, 36 layers x 2560): use "
+        f"configs/grpo_qwen2_5_vl_3b.py"]
+    # the same shape in the other family is still another model
+    same_size = model_config.qwen3_vl_4b().replace(model_type="qwen2_5_vl")
+    (line,) = validate.model_size_problems(grpo, same_size, "rl")
+    assert line.endswith("holds a Qwen2.5-VL model (36 layers x 2560), but this recipe is written for the "
+                         "'qwen3_vl_4b' preset (Qwen3-VL-4B, 36 layers x 2560): no recipe here is written for a "
+                         "Qwen2.5-VL model of that size: copy configs/grpo_qwen2_5_vl_3b.py and size its mesh and "
+                         "batch for it")
+    (line,) = validate.model_size_problems(grpo, model_config.qwen3_vl_8b(), "rl")
+    assert line.endswith("no recipe here is written for Qwen3-VL-8B: copy configs/grpo_qwen3_vl_4b.py and size its "
+                         "mesh and batch for it")
+    assert validate.model_size_problems(grpo, model_config.qwen3_vl_4b(), "rl") == []
+
+
+def test_a_mixture_of_experts_folder_is_one_config_line(tmp_path):
+    config = recipe("sft_qwen3_vl_4b.py")
+    folder = hf_config_folder(tmp_path, {"model_type": "qwen3_vl_moe"})
+    config.model.init_from = folder
+    with pytest.raises(validate.ConfigError) as caught:
+        run.check_model_fits(config, abstract_mesh(4), "sft")
+    assert caught.value.problems == [
+        f"config.model.init_from: {folder}: config.json has model_type 'qwen3_vl_moe': Qwen3-VL mixture-of-experts "
+        f"models (30B-A3B, 235B-A22B) are out of scope; use a dense model (Qwen2.5-VL-3B, Qwen2.5-VL-7B, "
+        f"Qwen3-VL-2B, Qwen3-VL-4B, Qwen3-VL-8B)"]
+
+
+def test_a_folder_without_weights_is_one_config_line(tmp_path):
+    config = recipe("sft_qwen3_vl_4b.py")
+    config.model.init_from = hf_config_folder(tmp_path, model_config.qwen3_vl_4b())
+    config.train.memory_check = False
+    with pytest.raises(validate.ConfigError) as caught:
+        run.check_model_fits(config, abstract_mesh(4), "sft")
+    assert caught.value.problems == [
+        f"config.model.init_from: checkpoint {config.model.init_from} has a config.json but no weights: neither "
+        f"model.safetensors nor model.safetensors.index.json found"]
