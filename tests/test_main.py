@@ -173,3 +173,19 @@ def test_convert_from_a_folder_without_a_checkpoint(tmp_path):
     out = _main("--config=configs/convert.py", f"--config.convert.src={tmp_path}", f"--config.convert.dst={tmp_path}/o")
     assert out.returncode != 0
     assert "holds neither a Hugging Face checkpoint" in out.stderr
+
+
+def test_a_folder_no_mode_can_use_is_one_error_line(tmp_path):
+    """A mixture-of-experts config.json under convert and inspect: one line, exit 2, no traceback."""
+    (tmp_path / "moe").mkdir()
+    (tmp_path / "moe" / "config.json").write_text('{"model_type": "qwen3_vl_moe"}')
+    moe = str(tmp_path / "moe")
+    refused = (f"error: {moe}: config.json has model_type 'qwen3_vl_moe': Qwen3-VL mixture-of-experts models "
+               f"(30B-A3B, 235B-A22B) are out of scope; use a dense model (Qwen2.5-VL-3B, Qwen2.5-VL-7B, "
+               f"Qwen3-VL-2B, Qwen3-VL-4B, Qwen3-VL-8B)")
+    for args in ([f"--config={ROOT}/configs/inspect.py", f"--config.inspect.path={moe}"],
+                 [f"--config={ROOT}/configs/convert.py", f"--config.convert.src={moe}",
+                  f"--config.convert.dst={tmp_path / 'out'}"]):
+        out = _main(*args)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert out.stderr.strip().splitlines()[-1] == refused

@@ -228,8 +228,9 @@ class ModelFolderError(ValueError):
     another model); the message is one line naming the folder and what to do, which ``main`` prints alone (exit 2)."""
 
 
-class MissingWeights(ModelFolderError, FileNotFoundError):
-    """A model folder with a ``config.json`` but no weight file (``model.hf.weight_files``)."""
+class MissingModelFiles(ModelFolderError, FileNotFoundError):
+    """A model or tokenizer folder without the files it needs: weights beside a ``config.json``
+    (``model.hf.weight_files``), a tokenizer's vocabulary (``model.loading.load_processor``)."""
 
 
 FAMILIES = ("qwen2_5_vl", "qwen3_vl")

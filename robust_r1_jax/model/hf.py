@@ -24,7 +24,7 @@ from safetensors.numpy import save_file
 
 from robust_r1_jax import atomic, parallel
 from robust_r1_jax.model import assets, qwen3_vl, stacking
-from robust_r1_jax.model.config import MissingWeights, ModelConfig, ModelFolderError, resolve_dtype
+from robust_r1_jax.model.config import MissingModelFiles, ModelConfig, ModelFolderError, resolve_dtype
 from robust_r1_jax.model.vlm import Qwen25VL
 
 
@@ -202,19 +202,19 @@ def model_config(path: str, **overrides) -> ModelConfig:
 
 def weight_files(path: str) -> dict[str, str]:
     """tensor name -> safetensors file, from the index when sharded; every listed shard must exist
-    (``MissingWeights``, a FileNotFoundError, otherwise)."""
+    (``MissingModelFiles``, a FileNotFoundError, otherwise)."""
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
         with open(index) as f:
             weight_map = json.load(f)["weight_map"]
         missing = sorted({s for s in weight_map.values() if not os.path.isfile(os.path.join(path, s))})
         if missing:
-            raise MissingWeights(f"checkpoint {path}: shard(s) listed in model.safetensors.index.json are "
+            raise MissingModelFiles(f"checkpoint {path}: shard(s) listed in model.safetensors.index.json are "
                                     f"missing: {', '.join(missing)}")
         return {k: os.path.join(path, s) for k, s in weight_map.items()}
     single = os.path.join(path, "model.safetensors")
     if not os.path.isfile(single):
-        raise MissingWeights(f"checkpoint {path} has a config.json but no weights: neither model.safetensors nor "
+        raise MissingModelFiles(f"checkpoint {path} has a config.json but no weights: neither model.safetensors nor "
                              f"model.safetensors.index.json found")
     with safe_open(single, framework="numpy") as f:
         return {k: single for k in f.keys()}

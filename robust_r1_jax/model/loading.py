@@ -21,7 +21,7 @@ from flax import nnx
 
 from robust_r1_jax import parallel
 from robust_r1_jax.model import assets, hf, orbax_io, stacking
-from robust_r1_jax.model.config import ModelConfig, ModelFolderError
+from robust_r1_jax.model.config import MissingModelFiles, ModelConfig, ModelFolderError
 from robust_r1_jax.model.processor import ImageProcessor, Processor, load_tokenizer
 from robust_r1_jax.model.vlm import Qwen25VL
 
@@ -59,7 +59,7 @@ def read_config(path: str, *, stored_dtype: bool = True) -> ModelConfig:
     """The model config of any of the three layouts, without reading weights; ``param_dtype`` is the dtype the
     weights are stored in (for a Hugging Face folder: its safetensors headers; ``stored_dtype=False`` reads
     config.json alone and keeps the default dtypes). ``ModelFolderError`` for an unsupported family, or
-    ``MissingWeights`` for a Hugging Face folder without weight files when ``stored_dtype``."""
+    ``MissingModelFiles`` for a Hugging Face folder without weight files when ``stored_dtype``."""
     if is_hf_dir(path):
         config = hf.model_config(path)  # an unsupported family is named before any weight file is looked for
         if not stored_dtype:
@@ -110,6 +110,7 @@ def load_model(path: str, dtype: str | None = "float32", *, mesh: jax.sharding.M
         raise FileNotFoundError(f"model directory not found: {path}")
     overrides = {} if dtype is None else dict(param_dtype=jnp.dtype(dtype).name, dtype=jnp.dtype(dtype).name)
     if is_hf_dir(path):
+        hf.model_config(path)   # an unsupported family is named before the weight files are looked for
         return hf.load(path, dtype=dtype or hf.stored_dtype(path), mesh=mesh)
     if is_orbax_model(path):
         return orbax_io.restore(path, mesh=mesh, **overrides)
@@ -193,15 +194,16 @@ def load_processor(directory: str, *, min_pixels: int = 0, max_pixels: int = 0, 
                    field: str = "") -> Processor:
     """The tokenizer of ``directory`` with its image settings (``preprocessor_config.json``, else Qwen2-VL's);
     a nonzero ``min_pixels`` / ``max_pixels`` overrides the directory's. ``name`` labels the error and ``field``
-    (e.g. ``--config.data.tokenizer``) is the setting it tells the user to set. FileNotFoundError when the folder
+    (e.g. ``--config.data.tokenizer``) is the setting it tells the user to set. ``MissingModelFiles`` (a
+    FileNotFoundError) when the folder
     holds no tokenizer or only a ``tokenizer_config.json`` without the vocabulary files it needs."""
     owner = f" (model {name!r})" if name else ""
     hint = f"; set {field} to a folder that holds the model's tokenizer" if field else ""
     if not assets.has_tokenizer(directory):
-        raise FileNotFoundError(f"no tokenizer (tokenizer.json or tokenizer_config.json) in {directory}{owner}{hint}")
+        raise MissingModelFiles(f"no tokenizer (tokenizer.json or tokenizer_config.json) in {directory}{owner}{hint}")
     if not any(os.path.isfile(os.path.join(directory, f)) for f in TOKENIZER_VOCABULARIES):
         # transformers would try to convert a slow tokenizer and blame missing sentencepiece / tiktoken.
-        raise FileNotFoundError(f"{directory}{owner} has tokenizer_config.json but none of the vocabulary files "
+        raise MissingModelFiles(f"{directory}{owner} has tokenizer_config.json but none of the vocabulary files "
                                 f"it needs ({', '.join(TOKENIZER_VOCABULARIES)}){hint}")
     overrides = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
     return Processor(load_tokenizer(directory), ImageProcessor.from_pretrained(directory, **overrides),

@@ -108,7 +108,7 @@ def _weight_problems(init_from: str) -> list[str]:
     if init_from and loading.is_hf_dir(init_from):
         try:
             hf.weight_files(init_from)
-        except model_config.MissingWeights as error:
+        except model_config.MissingModelFiles as error:
             return [f"config.model.init_from: {error}"]
     return []
 

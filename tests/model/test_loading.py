@@ -121,3 +121,20 @@ def test_generate_and_grpo_name_their_tokenizer_field(hf_dir, tmp_path):
     config.model.init_from, config.data.tokenizer = hf_dir, ""
     with pytest.raises(FileNotFoundError, match=r"no tokenizer .*; set --config.data.tokenizer to"):
         run.load_processor(config)
+
+
+def test_a_tokenizer_folder_of_the_other_family_names_both_folders_and_the_fix():
+    """A Qwen2.5-VL tokenizer folder (14-px patches) with a Qwen3-VL model (16-px): one line, checked on the
+    model's config before any weight loads."""
+    from robust_r1_jax.model import config as model_config
+    config = model_config.qwen3_vl_tiny()
+    fourteen = types.SimpleNamespace(patch_size=14, temporal_patch_size=2, merge_size=2)
+    processor = _Processor(config.image_token_id, config.text.vocab_size, fourteen)
+    processor.directory = "/runs/demo/tokenizer"
+    with pytest.raises(model_config.ModelFolderError) as caught:
+        loading.check_pairing(config, processor, model_dir="/models/Qwen3-VL-4B-Instruct",
+                              field="--config.data.tokenizer")
+    assert str(caught.value) == (
+        "the tokenizer in /runs/demo/tokenizer does not belong to the model in /models/Qwen3-VL-4B-Instruct: the "
+        "image processor cuts (patch, temporal patch, merge) = (14, 2, 2) but the model's vision tower takes "
+        "(16, 2, 2); use the model's own processor: --config.data.tokenizer=/models/Qwen3-VL-4B-Instruct")
