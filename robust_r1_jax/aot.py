@@ -248,7 +248,11 @@ def recipe_model_config(recipe, platform: str = "tpu") -> model_config.ModelConf
 
 def table(rows: list[dict]) -> str:
     gib = lambda b: "-" if b is None else f"{b / tpu_topology.GIB:.1f}"
-    lines = [f"{'program':<14}{'slice':<8}{'mesh':<18}{'compile s':>10}{'args':>8}{'temp':>8}{'peak GiB':>10}"
+    # the first columns as wide as their longest entry ("rollout_weights", "v5litepod-16") plus a space
+    program_w = max([len("program"), *(len(r["program"]) for r in rows)]) + 1
+    slice_w = max([len("slice"), *(len(r["topology"]) for r in rows)]) + 1
+    lines = [f"{'program':<{program_w}}{'slice':<{slice_w}}{'mesh':<18}{'compile s':>10}{'args':>8}{'temp':>8}"
+             f"{'peak GiB':>10}"
              f"{'of HBM':>8}{'fits':>6}{'cost s':>10}{'tok/s/chip':>12}{'MFU':>7}{'useful tok/s':>14}"
              f"{'useful MFU':>11}"]
     for r in rows:
@@ -260,7 +264,7 @@ def table(rows: list[dict]) -> str:
         useful_mfu = "-" if r["useful_mfu"] is None else f"{100 * r['useful_mfu']:.1f}%"
         compile_s = "-" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
         fits = {True: "yes", False: "NO", None: "-"}[r["fits"]]
-        lines.append(f"{r['program']:<14}{r['topology']:<8}{mesh:<18}{compile_s:>10}"
+        lines.append(f"{r['program']:<{program_w}}{r['topology']:<{slice_w}}{mesh:<18}{compile_s:>10}"
                      f"{gib(r['argument_bytes']):>8}{gib(r['temp_bytes']):>8}{gib(r['peak_bytes']):>10}"
                      f"{gib(r['hbm_bytes_per_chip']):>8}{fits:>6}{cost:>10}{rate:>12}"
                      f"{mfu:>7}{useful_rate:>14}{useful_mfu:>11}")

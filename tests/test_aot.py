@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from robust_r1_jax import tpu_topology
+from robust_r1_jax import aot, tpu_topology
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -500,3 +500,14 @@ def test_grpo_programs_compile_with_the_tensor_rollout_layout(tmp_path):
     assert g["layout"] == "tensor" and g["rollout_weights_s"] == rows["rollout_weights"]["cost_model_s"]
     assert g["step_s"] == pytest.approx(g["rollout_weights_s"] + g["rollout_s"] + g["score_s"] + g["update_s"])
     assert g["rollout_s"] == pytest.approx(g["prefill_s"] + 11 * g["decode_step_s"])
+
+
+def test_the_table_keeps_a_long_program_name_apart_from_its_slice():
+    row = dict(program="rollout_weights", topology="v5p-8", mesh={"data": 1, "fsdp": 4, "tensor": 1}, compile_s=1.0,
+               argument_bytes=None, temp_bytes=None, peak_bytes=None, hbm_bytes_per_chip=None, fits=None,
+               cost_model_s=None, tokens_per_s_per_chip=None, mfu=None, useful_tokens_per_s_per_chip=None,
+               useful_mfu=None)
+    header, line = aot.table([row, dict(row, program="decode")]).splitlines()[:2]
+    assert header.split()[:3] == ["program", "slice", "mesh"]
+    assert line.split()[:4] == ["rollout_weights", "v5p-8", "1x4x1", "1.0"]
+    assert header.index("slice") == line.index("v5p-8")

@@ -65,8 +65,12 @@ class Estimate:
         return int(sum(self.parts.values()))
 
     def describe(self) -> str:
-        shown = ", ".join(f"{name} {value / GIB:.1f}" for name, value in self.parts.items() if value >= GIB / 20)
-        return f"{self.total / GIB:.1f} GiB per device ({self.phase}: {shown})"
+        """"65.1 GiB per device (train step: params 7.0, ...)" in GiB; under 1 GiB the parts are in MiB (a small
+        model's parts would all round to 0.0 GiB), and parts under a twentieth of the unit are left out."""
+        unit, suffix = (GIB, "") if self.total >= GIB else (1024 ** 2, " MiB")
+        shown = ", ".join(f"{name} {value / unit:.1f}{suffix}" for name, value in self.parts.items()
+                          if value >= unit / 20)
+        return f"{self.total / GIB:.1f} GiB per device ({self.phase}{': ' + shown if shown else ''})"
 
 
 # ---- parameters ------------------------------------------------------------------------------------------------

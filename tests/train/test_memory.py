@@ -286,3 +286,11 @@ def test_a_folder_without_weights_is_one_config_line(tmp_path):
     assert caught.value.problems == [
         f"config.model.init_from: checkpoint {config.model.init_from} has a config.json but no weights: neither "
         f"model.safetensors nor model.safetensors.index.json found"]
+
+
+def test_a_small_models_memory_line_shows_its_parts_in_mib():
+    small = memory.Estimate("update", {"params": 40 * 2 ** 20, "grads": 40 * 2 ** 20, "rest": 10})
+    assert small.describe() == "0.1 GiB per device (update: params 40.0 MiB, grads 40.0 MiB)"
+    assert memory.Estimate("update", {"rest": 10}).describe() == "0.0 GiB per device (update)"
+    assert memory.Estimate("train step", {"params": 7 * GIB, "opt": GIB // 2}).describe() == (
+        "7.5 GiB per device (train step: params 7.0, opt 0.5)")
