@@ -28,6 +28,7 @@ import dataclasses
 import importlib.util
 import json
 import logging
+import math
 import sys
 import time
 from typing import Callable
@@ -43,6 +44,7 @@ from robust_r1_jax import aot_splash_cost, parallel, tpu_topology
 from robust_r1_jax.model import config as model_config
 from robust_r1_jax.model.vlm import Qwen25VL
 from robust_r1_jax.train import state as train_state
+from robust_r1_jax.train import validate
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +236,21 @@ def mesh_for(recipe, devices) -> jax.sharding.Mesh:
     return parallel.make_mesh(data, fsdp, m.tensor, devices=devices)
 
 
+def recipe_problems(recipe, cfg: model_config.ModelConfig, mesh) -> list[str]:
+    """What keeps the recipe's programs from being built on ``mesh``, one line each, with the recipe override that
+    fixes it: a global batch the mesh's batch shards do not split (``train.validate.batch_problems``, on one host)
+    and, for a packing SFT recipe, examples of its length profile that no packed row holds."""
+    from robust_r1_jax import aot_programs
+    problems = []
+    for line in validate.batch_problems(recipe, mesh, 1):
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        step = math.lcm(shards, max(int(recipe.train.grad_accum), 1))
+        batch = max(int(recipe.data.global_batch_size), 1)
+        problems.append(f"{line} (aot: --config.recipe_overrides='(\"data.global_batch_size="
+                        f"{-(-batch // step) * step}\",)')")
+    return problems + aot_programs.packing_problems(recipe, cfg)
+
+
 def recipe_model_config(recipe, platform: str = "tpu") -> model_config.ModelConfig:
     """The recipe's model for the target ``platform`` (its mesh's devices): "auto" attention is resolved here,
     to splash on TPU, because tracing on this host sees a CPU backend (``jax.default_backend()``)."""
@@ -311,6 +328,9 @@ def run(config) -> dict:
     slice_ = tpu_topology.parse_slice(config.topology)
     mesh = mesh_for(recipe, tpu_topology.devices(slice_))
     cfg = recipe_model_config(recipe, mesh.devices.flat[0].platform)
+    problems = recipe_problems(recipe, cfg, mesh)
+    if problems:
+        raise validate.ConfigError(problems)
     # traced with the mesh in context: splash attention's shard_map and the scanned layers' batch-sharded
     # activations find it; only the abstract mesh, so eager work stays on this host
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):

@@ -38,6 +38,25 @@ def length_profile(recipe) -> dict:
 PROFILE_SAMPLES = 4096   # example sizes drawn from the profile for the useful-token share
 
 
+def packing_problems(recipe, cfg) -> list[str]:
+    """A packing SFT recipe whose length profile draws an example no empty row holds (more patches or images than
+    ``data.patch_bucket`` / ``data.image_slots``; tokens past ``data.seq_len`` are truncated): one line naming the
+    largest example and the fields to change, before the useful-token share (``packing.first_fit``) would fail."""
+    d = recipe.data
+    if recipe.mode != "sft" or not d.get("packing", False):
+        return []
+    sizes = packing.sample_sizes(length_profile(recipe), PROFILE_SAMPLES, merge_unit=cfg.vision.merge_unit)
+    budget = packing.RowBudget(d.seq_len, d.patch_bucket, d.image_slots)
+    most = [max(getattr(budget.clip(s), f) for s in sizes) for f in ("tokens", "patches", "images")]
+    if most[1] <= d.patch_bucket and most[2] <= d.image_slots:
+        return []
+    return [f"config.data.length_profile: its examples need up to {most[1]} patches and {most[2]} image(s) "
+            f"({most[0]} tokens kept at data.seq_len={d.seq_len}), more than one packed row holds "
+            f"(data.patch_bucket={d.patch_bucket}, data.image_slots={d.image_slots}): raise data.seq_len / "
+            f"data.patch_bucket to the recipe's real rows, or give a data.length_profile whose examples fit "
+            f"(aot: --config.recipe_overrides='(\"data.patch_bucket={most[1]}\",)')"]
+
+
 def sft_useful_share(recipe, cfg) -> float:
     """Real tokens per computed row slot of the recipe's SFT batches at its length profile, packed or not."""
     d = recipe.data

@@ -511,3 +511,28 @@ def test_the_table_keeps_a_long_program_name_apart_from_its_slice():
     assert header.split()[:3] == ["program", "slice", "mesh"]
     assert line.split()[:4] == ["rollout_weights", "v5p-8", "1x4x1", "1.0"]
     assert header.index("slice") == line.index("v5p-8")
+
+
+def _aot_recipe_file(spec: str, *overrides: str):
+    cmd = [sys.executable, "-m", "robust_r1_jax.main", "--config=configs/aot.py", f"--config.recipe={spec}",
+           "--config.topology=v5p-8", *(f"--config.recipe_overrides={o}" for o in overrides)]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def test_a_batch_the_slice_cannot_split_is_one_line_naming_the_override():
+    proc = _aot_recipe_file("configs/grpo_tiny.py")   # 2 prompts over v5p-8's 4 chips
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: config.data.global_batch_size=2 is not divisible by the 4 batch shards of the mesh (data=4 x fsdp=1 "
+        "over 4 devices): use a multiple of 4 (aot: --config.recipe_overrides='(\"data.global_batch_size=4\",)')")
+
+
+def test_packed_examples_no_row_holds_are_one_line_naming_the_overrides():
+    proc = _aot_recipe_file("configs/sft_tiny.py", "data.packing=True", "data.seq_len=512")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: config.data.length_profile: its examples need up to 1024 patches and 1 image(s) (512 tokens kept at "
+        "data.seq_len=512), more than one packed row holds (data.patch_bucket=64, data.image_slots=1): raise "
+        "data.seq_len / data.patch_bucket to the recipe's real rows, or give a data.length_profile whose examples "
+        "fit (aot: --config.recipe_overrides='(\"data.patch_bucket=1024\",)')")
