@@ -294,3 +294,20 @@ def test_a_small_models_memory_line_shows_its_parts_in_mib():
     assert memory.Estimate("update", {"rest": 10}).describe() == "0.0 GiB per device (update)"
     assert memory.Estimate("train step", {"params": 7 * GIB, "opt": GIB // 2}).describe() == (
         "7.5 GiB per device (train step: params 7.0, opt 0.5)")
+
+
+def test_a_tokenizer_folder_of_the_other_family_stops_before_the_weights_load(tmp_path):
+    """grpo_tiny's demo tokenizer (Qwen2.5-VL's 14-px patches) with a Qwen3-VL folder (config.json only)."""
+    import types
+    config = recipe("grpo_tiny.py")
+    cfg = model_config.qwen3_vl_tiny()
+    config.model.init_from = hf_config_folder(tmp_path, cfg)
+    processor = types.SimpleNamespace(
+        image_token_id=cfg.image_token_id, tokenizer=[0] * cfg.text.vocab_size, directory="runs/demo/tokenizer",
+        image_processor=types.SimpleNamespace(patch_size=14, temporal_patch_size=2, merge_size=2))
+    with pytest.raises(model_config.ModelFolderError) as caught:
+        run.build_model(config, processor, mesh=None)
+    assert str(caught.value) == (
+        f"the tokenizer in runs/demo/tokenizer does not belong to the model in {config.model.init_from}: the image "
+        f"processor cuts (patch, temporal patch, merge) = (14, 2, 2) but the model's vision tower takes (16, 2, 2); "
+        f"use the model's own processor: --config.data.tokenizer={config.model.init_from}")
