@@ -233,12 +233,17 @@ def hf_config_folder(tmp_path, cfg_or_json, name="model"):
     return str(folder)
 
 
+def fit_problems(config, chips, kind):
+    """The lines of the ConfigError ``run.check_model_fits`` raises (it must raise)."""
+    with pytest.raises(validate.ConfigError) as caught:
+        run.check_model_fits(config, abstract_mesh(chips), kind)
+    return caught.value.problems
+
+
 def test_a_qwen3_vl_4b_folder_under_the_3b_recipe_names_its_family_and_recipe(tmp_path):
     config = recipe("sft_qwen2_5_vl_3b.py:v5p8")
     config.model.init_from = hf_config_folder(tmp_path, model_config.qwen3_vl_4b())
-    with pytest.raises(validate.ConfigError) as caught:
-        run.check_model_fits(config, abstract_mesh(4), "sft")
-    assert caught.value.problems == [
+    assert fit_problems(config, 4, "sft") == [
         f"config.model.init_from={config.model.init_from!r} holds a Qwen3-VL-4B model (36 layers x 2560), but this "
         f"recipe is written for the '3b' preset (Qwen2.5-VL-3B, 36 layers x 2048): use configs/sft_qwen3_vl_4b.py"]
 
@@ -246,9 +251,7 @@ def test_a_qwen3_vl_4b_folder_under_the_3b_recipe_names_its_family_and_recipe(tm
 def test_the_qwen3_vl_4b_recipes_check_family_and_size_before_loading(tmp_path):
     grpo = recipe("grpo_qwen3_vl_4b.py")
     grpo.model.init_from = hf_config_folder(tmp_path, model_config.qwen2_5_vl_3b())
-    with pytest.raises(validate.ConfigError) as caught:
-        run.check_model_fits(grpo, abstract_mesh(4), "rl")
-    assert caught.value.problems == [
+    assert fit_problems(grpo, 4, "rl") == [
         f"config.model.init_from={grpo.model.init_from!r} holds a Qwen2.5-VL-3B model (36 layers x 2048), but this "
         f"recipe is written for the 'qwen3_vl_4b' preset (Qwen3-VL-4B, 36 layers x 2560): use "
         f"configs/grpo_qwen2_5_vl_3b.py"]
@@ -269,9 +272,7 @@ def test_a_mixture_of_experts_folder_is_one_config_line(tmp_path):
     config = recipe("sft_qwen3_vl_4b.py")
     folder = hf_config_folder(tmp_path, {"model_type": "qwen3_vl_moe"})
     config.model.init_from = folder
-    with pytest.raises(validate.ConfigError) as caught:
-        run.check_model_fits(config, abstract_mesh(4), "sft")
-    assert caught.value.problems == [
+    assert fit_problems(config, 4, "sft") == [
         f"config.model.init_from: {folder}: config.json has model_type 'qwen3_vl_moe': Qwen3-VL mixture-of-experts "
         f"models (30B-A3B, 235B-A22B) are out of scope; use a dense model (Qwen2.5-VL-3B, Qwen2.5-VL-7B, "
         f"Qwen3-VL-2B, Qwen3-VL-4B, Qwen3-VL-8B)"]
@@ -281,9 +282,7 @@ def test_a_folder_without_weights_is_one_config_line(tmp_path):
     config = recipe("sft_qwen3_vl_4b.py")
     config.model.init_from = hf_config_folder(tmp_path, model_config.qwen3_vl_4b())
     config.train.memory_check = False
-    with pytest.raises(validate.ConfigError) as caught:
-        run.check_model_fits(config, abstract_mesh(4), "sft")
-    assert caught.value.problems == [
+    assert fit_problems(config, 4, "sft") == [
         f"config.model.init_from: checkpoint {config.model.init_from} has a config.json but no weights: neither "
         f"model.safetensors nor model.safetensors.index.json found"]
 
