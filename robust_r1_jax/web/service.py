@@ -94,6 +94,7 @@ class ModelService:
         spec = generate_mode.model_spec(config)
         processor = inference.load_processor(spec, int(config.min_pixels), int(config.max_pixels))
         model = inference.load_model(spec.path, str(config.dtype))
+        inference.check_pairing(model, processor, spec.name, model_dir=spec.path, field="--config.tokenizer")
         sampler_config = inference.sampler_config(model, processor, **sampling.sampler_settings(config.sampling))
         logging.info("web: serving %s from %s", spec.name, spec.path)
         return cls(model, processor, sampler_config, name=spec.name, use_suffix=spec.use_suffix,
