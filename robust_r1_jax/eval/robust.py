@@ -36,7 +36,7 @@ from robust_r1_jax.eval import benchmarks, chain_metrics, defaults, inference, p
 from robust_r1_jax.eval import finished as finished_levels
 from robust_r1_jax.eval.benchmarks import BenchmarkRow
 from robust_r1_jax.eval.inference import ModelSpec
-from robust_r1_jax.model import loading, sampling
+from robust_r1_jax.model import sampling
 
 STAGE_OF = {name: stage for stage, names in degrade.STAGES.items() for name in names}
 OVERALL = "overall"
@@ -362,10 +362,9 @@ def evaluate(specs: Sequence[ModelSpec], bench_list: Sequence[Benchmark], settin
         if len(done) < len(keys):
             processor = inference.load_processor(
                 spec, *protocols.pixel_bounds(settings.eval_protocol, settings.min_pixels, settings.max_pixels))
-            # a tokenizer of another model is named with both folders before the weights load
-            inference.check_pairing(loading.read_config(spec.path), processor, spec.name, model_dir=spec.path,
-                                    field="--config.tokenizers")
             model = inference.load_model(spec.path, settings.dtype)
+            # named here with both folders (evaluate_model checks again without them)
+            inference.check_pairing(model, processor, spec.name, model_dir=spec.path, field="--config.tokenizers")
         summaries, records = evaluate_model(spec.name, model, processor, bench_list, settings, spec.use_suffix,
                                             generate_fn, finished=done, on_finished=on_finished)
         results["models"][spec.name] = {"path": spec.path, "tokenizer": spec.tokenizer_path or spec.path,
