@@ -1,10 +1,11 @@
 """The paper's SFT stage (configs/sft_qwen2_5_vl_3b.py) on Qwen3-VL-4B-Instruct from a local Hugging Face folder.
 
 The same method and data: vision tower, its merger and the DeepStack mergers frozen, the language model fully
-trained; bf16 compute, fp32 master weights and AdamW moments; 2.5K chains for two epochs, 16 sequences of 2048
-tokens per step. Qwen3-VL cuts 16-px patches: one 448 x 448 image is 28 x 28 = 784 patches, 196 image tokens
-(``patch_bucket`` 1024 leaves room for other aspect ratios at the same pixel budget); the image settings come from
-the folder's ``preprocessor_config.json``, the chat template from its ``chat_template.json``.
+trained; bf16 compute, fp32 master weights and AdamW moments; 2.5K chains for two epochs, packed as the 3B recipe
+packs them: 8 rows of 4096 tokens per step, up to five images a row, 131 steps. Qwen3-VL cuts 16-px patches: one
+448 x 448 image is 28 x 28 = 784 patches, 196 image tokens (each image slot's 1024 patches leave room for other
+aspect ratios at the same pixel budget); the image settings come from the folder's ``preprocessor_config.json``, the
+chat template from its ``chat_template.json``.
 
     python -m robust_r1_jax.main --config=configs/sft_qwen3_vl_4b.py:v5p8 \\
         --config.model.init_from=/models/Qwen3-VL-4B-Instruct \\
@@ -16,7 +17,7 @@ models are not supported.
 
 Variants (``--config=configs/sft_qwen3_vl_4b.py:VARIANT``), each one host: v5p-8 (4 chips, 95 GB HBM each) and
 v6e-8 (8 chips, 32 GB each); mesh (data 1, fsdp = chips, tensor 1) as for the 3B recipe. Memory per chip,
-estimated (GB = 1e9 bytes):                                                    v5p-8 (4 seqs)   v6e-8 (2 seqs)
+estimated for the same tokens per chip as 2048-token sequences (GB = 1e9 bytes):  v5p-8 (4 seqs)   v6e-8 (2 seqs)
   trained LM 4.02B x 16 B (fp32 weights, grads, two Adam moments) = 64.3 / chips       16.1             8.0
   frozen vision 0.41B x 4 B = 1.6 / chips                                               0.4             0.2
   remat "dots": per token and layer q, k, v, o, gate, up, down (4096 + 2 x 1024 + 2560
