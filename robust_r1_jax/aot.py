@@ -144,8 +144,10 @@ def _cost(compiled) -> dict:
     return {"flops": float(cost.get("flops", 0.0)), "seconds": float(cost.get("optimal_seconds", 0.0))}
 
 
-def _compile(c: Compiled):
-    return c.executable if c.executable is not None else c.fn.lower(*c.args).compile()
+def _compile(c: Compiled, options: dict | None = None):
+    if c.executable is not None:
+        return c.executable
+    return c.fn.lower(*c.args).compile(**({"compiler_options": options} if options else {}))
 
 
 def depth_variants(cfg: model_config.ModelConfig) -> list[model_config.ModelConfig]:
@@ -166,14 +168,15 @@ def depth_variants(cfg: model_config.ModelConfig) -> list[model_config.ModelConf
     return [at(1, 1), at(2, 1), at(1, 2)]
 
 
-def extrapolated_cost(cost_parts, cfg: model_config.ModelConfig) -> dict:
-    """cost(L, V) = c0 + a L + b V fitted on three small depths, evaluated at the config's depths."""
+def extrapolated_cost(cost_parts, cfg: model_config.ModelConfig, options: dict | None = None) -> dict:
+    """cost(L, V) = c0 + a L + b V fitted on three small depths, evaluated at the config's depths; ``options``:
+    XLA compiler options of the variants (default: the compiler's)."""
     samples = []
     with aot_splash_cost.splash_cost_estimates():   # traced and compiled (the rollout's prefill inside cost_parts)
         for variant in depth_variants(cfg):
             total = {"flops": 0.0, "seconds": 0.0}
             for part in cost_parts(variant):
-                cost = _cost(_compile(part))
+                cost = _cost(_compile(part, options))
                 if cost["seconds"] <= 0:   # the cost model's "no estimate"
                     return {"flops": float("nan"), "seconds": cost["seconds"]}
                 total = {k: total[k] + part.weight * cost[k] for k in total}
@@ -207,9 +210,16 @@ def measure(program: Program, slice_: tpu_topology.Slice, mesh, cfg, cost_estima
                tokens_per_s_per_chip=None, mfu=None, tokens=program.tokens, useful_tokens=program.useful_tokens,
                useful_tokens_per_s_per_chip=None, useful_mfu=None,
                padding_fraction=None if program.useful_tokens is None else 1.0 - program.useful_tokens / program.tokens,
-               note=NOTE)
+               cost_pricing=None, note=NOTE)
     if cost_estimate and program.cost_parts is not None:
         cost = extrapolated_cost(program.cost_parts, cfg)
+        if cost["seconds"] <= 0:
+            # libtpu's cost analysis gives no estimate for some programs (seen for every v6e SFT step); compiled
+            # without memory space assignment it does (the decode breakdown's "streamed" pricing), marked as such
+            from robust_r1_jax.aot_decode import STREAMED_COMPILER_OPTIONS
+            cost = extrapolated_cost(program.cost_parts, cfg, STREAMED_COMPILER_OPTIONS)
+            if cost["seconds"] > 0:
+                row["cost_pricing"] = "streamed (no memory space assignment; the default compile gave no estimate)"
         if cost["seconds"] > 0 and (cost["flops"] > 0 or not program.model_flops):   # a copy does no math
             row["flops_per_chip"] = cost["flops"]
             seconds = cost["seconds"]
@@ -285,7 +295,10 @@ def table(rows: list[dict]) -> str:
                      f"{gib(r['argument_bytes']):>8}{gib(r['temp_bytes']):>8}{gib(r['peak_bytes']):>10}"
                      f"{gib(r['hbm_bytes_per_chip']):>8}{fits:>6}{cost:>10}{rate:>12}"
                      f"{mfu:>7}{useful_rate:>14}{useful_mfu:>11}")
-    return "\n".join(lines + [NOTE, USEFUL_NOTE])
+    priced_apart = [r for r in rows if r.get("cost_pricing")]
+    pricing = [f"cost of {', '.join(r['program'] for r in priced_apart)}: {priced_apart[0]['cost_pricing']}"
+               ] if priced_apart else []
+    return "\n".join(lines + [NOTE, USEFUL_NOTE] + pricing)
 
 
 def load_recipe(spec: str) -> ml_collections.ConfigDict:

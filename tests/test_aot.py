@@ -536,3 +536,34 @@ def test_packed_examples_no_row_holds_are_one_line_naming_the_overrides():
         "data.seq_len=512), more than one packed row holds (data.patch_bucket=64, data.image_slots=1): raise "
         "data.seq_len / data.patch_bucket to the recipe's real rows, or give a data.length_profile whose examples "
         "fit (aot: --config.recipe_overrides='(\"data.patch_bucket=1024\",)')")
+
+
+def test_a_program_the_default_compile_cannot_price_is_priced_streamed_and_marked(monkeypatch):
+    """libtpu's cost analysis gives no estimate for every v6e SFT step: the cost variants are then compiled without
+    memory space assignment, and the row says so (MFU from that figure)."""
+    from robust_r1_jax import aot_decode
+    from robust_r1_jax.model import config as model_config
+    seen = []
+
+    def fake_compile(part, options=None):
+        seen.append(options)
+        return options
+
+    def fake_cost(options):   # no estimate by default; 1 s at every depth when streamed
+        return {"flops": 2e12, "seconds": 1.0 if options == aot_decode.STREAMED_COMPILER_OPTIONS else -1.0}
+
+    monkeypatch.setattr(aot, "_compile", fake_compile)
+    monkeypatch.setattr(aot, "_cost", fake_cost)
+    program = aot.Program("sft_step", aot.Compiled(None, ()), model_flops=4e15, tokens=1000, other_resident_bytes=0,
+                          cost_parts=lambda variant: [aot.Compiled(None, ())], useful_tokens=500.0)
+    slice_ = tpu_topology.parse_slice("v6e-8")
+    row = aot.measure(program, slice_, mesh=_FakeMesh(), cfg=model_config.tiny(), cost_estimate=True, memory=False)
+    assert seen[0] is None and aot_decode.STREAMED_COMPILER_OPTIONS in seen
+    assert row["cost_model_s"] == pytest.approx(1.0) and row["cost_pricing"].startswith("streamed")
+    assert row["mfu"] == pytest.approx(4e15 / (8 * slice_.generation.peak_bf16_flops * 1.0))
+    assert row["useful_mfu"] == pytest.approx(row["mfu"] / 2)
+    assert "cost of sft_step: streamed" in aot.table([row])
+
+
+class _FakeMesh:
+    shape = {"data": 1, "fsdp": 8, "tensor": 1}
