@@ -52,6 +52,7 @@ def _reference(model_dir, image_path, question, options, logits: bool = False) -
     return processor.tokenizer.decode([t for t in ids if t not in stops], skip_special_tokens=True), len(ids)
 
 
+@pytest.mark.slow   # 15-45 s on the 2-core CI machine, with its model fixture
 def test_one_image_streams_transformers_greedy_chain(folder):
     model_dir, images, records = folder
     record, out = records[0], io.StringIO()

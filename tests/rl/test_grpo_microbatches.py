@@ -171,6 +171,7 @@ def _check_variant(setup, aggregation, level, counts):
         _check_equal(_update(setup, count, **variant), one)
 
 
+@pytest.mark.slow   # 15-45 s on the 2-core CI machine, with its model fixture
 def test_micro_batched_update_equals_the_single_pass(setup):
     """The reference run's settings (sequence_mean, per-token ratio), M = 4 (one prompt per micro-batch; the last
     is the weight-0 padding group) against M = 1."""

@@ -37,6 +37,7 @@ def _handler(page, name: str):
     return fn
 
 
+@pytest.mark.slow   # 15-45 s on the 2-core CI machine, with its model fixture
 def test_run_streams_transformers_greedy_chain_on_the_degraded_image(qwen3_vl_config):
     config = qwen3_vl_config
     service = ModelService.from_config(config)
