@@ -250,7 +250,7 @@ SCRIPT = textwrap.dedent("""
                                    loss_aggregation="token_mean")
             score, update = grpo.learner_programs(parts, tx, optax.constant_schedule(1.0), gcfg,
                                                   train_state.shardings_of(state))
-            logp, _ = score(state.trainable, state.frozen, state.trainable, batch)
+            _, logp = score(state.trainable, state.frozen, state.trainable, batch)   # the reference = the policy
             old, ref, adv = (jax.device_put(v, parallel.batch_sharding(mesh, v.ndim))
                              for v in learner_logprobs(np.asarray(logp), host["mask"]))
             new, metrics = update(state, batch, old, ref, adv)
