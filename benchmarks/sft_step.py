@@ -240,7 +240,7 @@ def _timed_steps(step, state, device_batch, warmup: int, steps: int):
 
 
 def _profile_run(args, cfg, mesh, parts, state, tx, n_trained: int, n_vision: int) -> None:
-    """Padded and packed rows of the same examples, one after the other on the same state: real tokens/s."""
+    """Padded and packed rows of the same examples, their steps alternating on the same state: real tokens/s."""
     profile = packing.robust_r1_profile()
     batches = profile_batches(cfg, profile, args.bsz, args.seqlen, args.image_slots,
                               packed_seqlen=args.packed_seqlen)
@@ -248,13 +248,22 @@ def _profile_run(args, cfg, mesh, parts, state, tx, n_trained: int, n_vision: in
                   devices=jax.device_count(), dtype=str(cfg.dtype), remat=args.remat, attention=args.attention,
                   bsz=args.bsz, seqlen=args.seqlen, length_profile=args.length_profile, profile=profile,
                   trained_params=n_trained, vision_params=n_vision)
+    steps = {name: sft.compile_step(parts, tx, optim.schedule(optim.OptimConfig()), sft.StepConfig(1, args.ce_chunk),
+                                    state, mesh, batch) for name, batch in batches.items()}
+    device_batches = {name: sft.global_batch(mesh, batch) for name, batch in batches.items()}
+    times = {name: [] for name in batches}
+    last_metrics = {}
+    # Alternate padded and packed steps so that a change in the host's load weighs on both alike.
+    for i in range(args.warmup + args.steps):
+        for name in batches:
+            state, last_metrics[name], step_times = _timed_steps(steps[name], state, device_batches[name], 0, 1)
+            if i >= args.warmup:
+                times[name] += step_times
     for name, batch in batches.items():
-        step = sft.compile_step(parts, tx, optim.schedule(optim.OptimConfig()), sft.StepConfig(1, args.ce_chunk),
-                                state, mesh, batch)
-        state, metrics, times = _timed_steps(step, state, sft.global_batch(mesh, batch), args.warmup, args.steps)
-        med = float(np.median(times))
+        metrics = last_metrics[name]
+        med = float(np.median(times[name]))
         real = int(np.sum(batch["attention_mask"]))
-        result[name] = dict(step_s=med, step_s_all=times, examples=int(metrics["examples"]), real_tokens=real,
+        result[name] = dict(step_s=med, step_s_all=times[name], examples=int(metrics["examples"]), real_tokens=real,
                             row_slots=int(batch["input_ids"].size), padding_fraction=1 - real / batch["input_ids"].size,
                             patch_bucket=int(np.prod(batch["pixel_values"].shape[1:-1])), real_tokens_per_s=real / med,
                             slot_tokens_per_s=batch["input_ids"].size / med, loss=float(metrics["loss"]))
