@@ -90,6 +90,8 @@ class Program:
     cost_pieces: Callable[[model_config.ModelConfig], list[Compiled]] | None = None   # parts a summary prices
     # real (non-padding) tokens among ``tokens`` per run at the recipe's length profile (data/packing.py)
     useful_tokens: float | None = None
+    # {(sequence, causal): mean splash tiles per head} its rows need at the length profile (aot_splash_cost)
+    splash_tiles: dict | None = None
 
 
 # ---- abstract state -------------------------------------------------------------------------------------------
@@ -168,11 +170,14 @@ def depth_variants(cfg: model_config.ModelConfig) -> list[model_config.ModelConf
     return [at(1, 1), at(2, 1), at(1, 2)]
 
 
-def extrapolated_cost(cost_parts, cfg: model_config.ModelConfig, options: dict | None = None) -> dict:
+def extrapolated_cost(cost_parts, cfg: model_config.ModelConfig, options: dict | None = None,
+                      splash_tiles: dict | None = None) -> dict:
     """cost(L, V) = c0 + a L + b V fitted on three small depths, evaluated at the config's depths; ``options``:
-    XLA compiler options of the variants (default: the compiler's)."""
+    XLA compiler options of the variants (default: the compiler's); ``splash_tiles``: the tiles the data needs
+    (``aot_splash_cost.splash_cost_estimates``)."""
     samples = []
-    with aot_splash_cost.splash_cost_estimates():   # traced and compiled (the rollout's prefill inside cost_parts)
+    # traced and compiled inside (the rollout's prefill inside cost_parts)
+    with aot_splash_cost.splash_cost_estimates(splash_tiles):
         for variant in depth_variants(cfg):
             total = {"flops": 0.0, "seconds": 0.0}
             for part in cost_parts(variant):
@@ -212,12 +217,12 @@ def measure(program: Program, slice_: tpu_topology.Slice, mesh, cfg, cost_estima
                padding_fraction=None if program.useful_tokens is None else 1.0 - program.useful_tokens / program.tokens,
                cost_pricing=None, note=NOTE)
     if cost_estimate and program.cost_parts is not None:
-        cost = extrapolated_cost(program.cost_parts, cfg)
+        cost = extrapolated_cost(program.cost_parts, cfg, splash_tiles=program.splash_tiles)
         if cost["seconds"] <= 0:
             # libtpu's cost analysis gives no estimate for some programs (seen for every v6e SFT step); compiled
             # without memory space assignment it does (the decode breakdown's "streamed" pricing), marked as such
             from robust_r1_jax.aot_decode import STREAMED_COMPILER_OPTIONS
-            cost = extrapolated_cost(program.cost_parts, cfg, STREAMED_COMPILER_OPTIONS)
+            cost = extrapolated_cost(program.cost_parts, cfg, STREAMED_COMPILER_OPTIONS, program.splash_tiles)
             if cost["seconds"] > 0:
                 row["cost_pricing"] = "streamed (no memory space assignment; the default compile gave no estimate)"
         if cost["seconds"] > 0 and (cost["flops"] > 0 or not program.model_flops):   # a copy does no math

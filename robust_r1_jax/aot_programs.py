@@ -15,6 +15,7 @@ from flax import nnx
 
 from robust_r1_jax import aot_decode, parallel
 from robust_r1_jax.data import packing
+from robust_r1_jax.model import splash
 from robust_r1_jax.aot import Compiled, Program, abstract_state, batch_spec, per_chip_bytes, replicated
 from robust_r1_jax.train import optim, run as train_run, state as train_state, step as sft_step
 
@@ -64,6 +65,34 @@ def sft_useful_share(recipe, cfg) -> float:
     budget = packing.RowBudget(d.seq_len, d.patch_bucket, d.image_slots)
     stats = packing.packing_stats(sizes, d.global_batch_size, budget, packing=bool(d.get("packing", False)))
     return 1.0 - stats["padding_fraction"]
+
+
+SPLASH_TILE_ROWS = 64   # rows at the length profile whose splash block tables give the mean tiles
+
+
+def sft_splash_tiles(recipe, cfg) -> dict:
+    """{(sequence, True): mean causal splash tiles per head} of the language model's SFT rows at the recipe's
+    length profile, laid out as the loader lays them out (packed first-fit, or one example per row; examples
+    from the row's start, then padding): the tiles ``model/splash.py``'s block tables make the kernel compute,
+    for ``aot_splash_cost`` to price. The sequence is ``data.seq_len`` rounded up to the kernel's 128 lanes."""
+    d = recipe.data
+    sizes = packing.sample_sizes(length_profile(recipe), PROFILE_SAMPLES, merge_unit=cfg.vision.merge_unit)
+    budget = packing.RowBudget(d.seq_len, d.patch_bucket, d.image_slots)
+    clipped = [budget.clip(s) for s in sizes]
+    if d.get("packing", False):
+        batches = packing.first_fit(iter(enumerate(clipped)), d.global_batch_size, budget)
+        rows = [row for batch in batches for row in batch if row][:SPLASH_TILE_ROWS]
+    else:
+        rows = [[i] for i in range(SPLASH_TILE_ROWS)]
+    seq = -(-d.seq_len // splash.LANES) * splash.LANES
+    segments = np.full((len(rows), seq), splash.PAD_SEGMENT, np.int32)
+    for r, row in enumerate(rows):
+        segments[r, :d.seq_len] = 0
+        starts = np.cumsum([0] + [clipped[key].tokens for key in row])
+        for k, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+            segments[r, a:b] = k + 1
+    count = jax.jit(jax.vmap(lambda s: splash.tile_table(s, splash.block_size(seq), causal=True).sum()))
+    return {(seq, True): float(np.mean(np.asarray(count(jnp.asarray(segments)))))}
 
 
 def grpo_real_lengths(recipe, cfg, completion_bucket: int) -> tuple[float, float]:
@@ -122,7 +151,7 @@ def sft_programs(recipe, cfg, mesh) -> list[Program]:
     compiled, n, tokens = build(cfg, loop_free=False)
     return [Program("sft_step", compiled, 6.0 * n * tokens, tokens, 0,
                     cost_parts=lambda variant: [build(variant, loop_free=True)[0]],
-                    useful_tokens=tokens * sft_useful_share(recipe, cfg))]
+                    useful_tokens=tokens * sft_useful_share(recipe, cfg), splash_tiles=sft_splash_tiles(recipe, cfg))]
 
 
 # ---- GRPO -----------------------------------------------------------------------------------------------------

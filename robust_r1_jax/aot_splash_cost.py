@@ -15,10 +15,13 @@ recompute the scores, so the backward is 3.5x the forward here, not the fused ke
 - dq: S, dP = dO V^T, dQ += dS K: 3 matmuls, 6 bq bkv D FLOPs; bq bkv exps (P from the saved logsumexp).
 - dkv: S, dV += P^T dO, dP, dK += dS^T Q: 4 matmuls, 8 bq bkv D FLOPs; bq bkv exps.
 
-Tiles: splash skips the tiles its static mask rules out. A kernel with a ``mask_function`` is priced as causal
-(j bkv <= i bq + bq - 1: the only computable mask ``model/splash.py`` builds is ``CausalMask``); one without is
-priced at every tile (``FullMask``; segment ids mask inside computed tiles and skip none, so the vision
-tower's windows cost full tiles, as they do on the chip).
+Tiles: ``model/splash.py`` builds the kernel's block tables from each row's segment ids at run time
+(``splash.tile_table``), so the tiles a call computes depend on the data, which a compile does not see. A call
+is priced at the mean tiles the recipe's rows need where the caller gives that figure (``expected_tiles``,
+keyed by (sequence, causal): ``aot_programs`` computes it for the language model's rows at the recipe's length
+profile), else at every tile its static mask allows: causal when the kernel has a ``mask_function`` (j bkv <=
+i bq + bq - 1: the only computable mask ``model/splash.py`` builds is ``CausalMask``), all of them otherwise
+(``FullMask``), an upper bound on what the chip computes.
 
 Bytes: the operands that stay in VMEM across the inner grid axis are read once per head, the outputs written
 once, the streamed operands read once per computed tile: forward and dq stream K and V (per query head, GQA groups re-read their
@@ -65,14 +68,16 @@ def _phase(name: str) -> str:
 
 
 def kernel_cost(name: str, block_q: int, block_kv: int, causal: bool, operands: tuple,
-                out_shapes) -> pl.CostEstimate:
+                out_shapes, expected_tiles: dict | None = None) -> pl.CostEstimate:
     """The CostEstimate of one splash ``pallas_call`` ``name`` (its phase in the name: fwd, dq or dkv) on one
     example: q [H, Sq, D], k/v [KV, Sk, D] at operands 3-5, tiles block_q x block_kv; ``out_shapes`` its
-    outputs (None for absent ones). Raises ValueError for a kernel name of none of the three phases."""
+    outputs (None for absent ones); ``expected_tiles`` {(Sq, causal): mean tiles per head} for calls whose
+    tiles the data decides (see the module docstring). Raises ValueError for a kernel name of none of the three
+    phases."""
     phase = _phase(name)
     heads, q_len, head_dim = operands[_Q].shape
     kv_len = operands[_K].shape[1]
-    pairs = tile_pairs(q_len, kv_len, block_q, block_kv, causal)
+    pairs = (expected_tiles or {}).get((q_len, causal)) or tile_pairs(q_len, kv_len, block_q, block_kv, causal)
     flops = _FLOPS_PER_TILE_ELEMENT[phase] * heads * pairs * block_q * block_kv * head_dim
     exps = heads * pairs * block_q * block_kv
     # a streamed operand's tile: its bytes per head and row (its own head count: K and V have the KV heads)
@@ -89,11 +94,13 @@ def kernel_cost(name: str, block_q: int, block_kv: int, causal: bool, operands: 
 class _PallasWithCost:
     """``jax.experimental.pallas`` as the splash module sees it, with ``pallas_call`` adding a cost estimate."""
 
+    def __init__(self, expected_tiles: dict | None):
+        self.expected_tiles = expected_tiles
+
     def __getattr__(self, attr):
         return getattr(pl, attr)
 
-    @staticmethod
-    def pallas_call(kernel, *args, **kwargs):
+    def pallas_call(self, kernel, *args, **kwargs):
         if kwargs.get("cost_estimate") is not None:
             return pl.pallas_call(kernel, *args, **kwargs)
         settings = getattr(kernel, "keywords", {})
@@ -104,7 +111,7 @@ class _PallasWithCost:
 
         def call(*operands):
             cost = kernel_cost(name, settings["bq"], settings["bkv"], settings.get("mask_function") is not None,
-                               operands, kwargs.get("out_shape") or ())
+                               operands, kwargs.get("out_shape") or (), self.expected_tiles)
             return pl.pallas_call(kernel, *args, cost_estimate=cost, **kwargs)(*operands)
         return call
 
@@ -115,14 +122,16 @@ def active() -> bool:
 
 
 @contextlib.contextmanager
-def splash_cost_estimates():
-    """Within: splash ``pallas_call``s carry the estimates above. jax's trace caches are cleared on entry and
-    exit: the splash kernel is a ``jax.jit`` function whose cached trace would otherwise give the cost variant
-    an estimate-free kernel made earlier, or give later (training) traces the estimated one. Not reentrant."""
+def splash_cost_estimates(expected_tiles: dict | None = None):
+    """Within: splash ``pallas_call``s carry the estimates above; ``expected_tiles`` {(sequence, causal): mean
+    tiles per head} prices the calls of that shape at the tiles the recipe's data needs. jax's trace caches are
+    cleared on entry and exit: the splash kernel is a ``jax.jit`` function whose cached trace would otherwise
+    give the cost variant an estimate-free kernel made earlier, or give later (training) traces the estimated
+    one. Not reentrant."""
     if active():
         raise RuntimeError("splash_cost_estimates() is already active")
     jax.clear_caches()
-    splash_kernel.pl = _PallasWithCost()
+    splash_kernel.pl = _PallasWithCost(expected_tiles)
     try:
         yield
     finally:

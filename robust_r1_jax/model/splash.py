@@ -1,10 +1,18 @@
 """Splash attention: the Pallas TPU flash-attention kernel with block-sparse masks, for ``layers.attention``.
 
 ``jax.experimental.pallas.ops.tpu.splash_attention`` never materialises the [heads, Q, K] scores: it walks
-(block_q x block_kv) tiles, skips the tiles its static mask (causal, or full) rules out, and ANDs in a
-segment-id mask (a query sees only keys of its own segment). Padding, the vision tower's 112-px windows and
-its per-frame full attention are all segment ids here, so one kernel covers every self-attention of the model.
-Forward and backward are the kernel's own (its custom VJP runs the dq and dk/dv kernels).
+(block_q x block_kv) tiles and ANDs in a segment-id mask (a query sees only keys of its own segment) and, causal,
+the causal mask. Padding, packed examples, the vision tower's 112-px windows and its per-frame full attention
+are all segment ids here, so one kernel covers every self-attention of the model. Forward and backward are the
+kernel's own (its custom VJP runs the dq and dk/dv kernels).
+
+**Tiles skipped by segment.** The kernel's block tables (``MaskInfo``: which tiles to compute and which block
+to fetch next) are built here per row from its segment ids, inside the trace: a tile is computed only when one
+of its queries may see one of its keys. Segment ids mask inside the tiles, not between them, so with the static
+tables a packed 4096-token row of five examples computed every causal tile, including those that lie across
+examples, and padding's tiles too; with these tables it computes the block diagonal the examples make. A
+skipped tile's "next block" repeats the last computed one, so the pipeline fetches nothing for it
+(``tile_table``, ``skipping_mask_info``).
 
 Two things the kernel leaves to its caller:
 
@@ -25,6 +33,8 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_kernel
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask_info as splash_mask_info
 from jax.sharding import PartitionSpec
 
 from robust_r1_jax import parallel
@@ -84,10 +94,51 @@ def _make_kernel(heads: int, seq: int, causal: bool, interpret: bool):
                                   head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
+def tile_table(segment_ids: jax.Array, block: int, causal: bool) -> jax.Array:
+    """bool [S / block, S / block]: the (query tile, key tile) pairs of one row that hold a query and a key of one
+    segment (causal: the key not after the query), the tiles the kernel must compute. ``segment_ids`` int [S],
+    S a multiple of ``block``. Every diagonal tile is in the table (a token sees itself)."""
+    tiles = segment_ids.shape[0] // block
+    may_attend = segment_ids[:, None] == segment_ids[None, :]
+    if causal:
+        position = jnp.arange(segment_ids.shape[0])
+        may_attend &= position[None, :] <= position[:, None]
+    return may_attend.reshape(tiles, block, tiles, block).any(axis=(1, 3))
+
+
+def skipping_mask_info(tiles: jax.Array, q_sequence, *, walks_queries: bool) -> splash_mask_info.MaskInfo:
+    """The kernel's block tables for ``tiles`` bool [Q tiles, K tiles] (``tile_table``), one head's worth (the
+    kernel then uses them for every head). The forward and dq kernels walk the key tiles of each query tile, the
+    dk/dv kernel (``walks_queries``) the query tiles of each key tile; ``data_next`` gives the block to fetch at
+    each step: its own index where the tile is computed, else the last computed one before it along the walk
+    (the first after it at the walk's start), which the pipeline already holds. ``q_sequence``: the static
+    causal kernel's (its mask function reads it), None for a full mask."""
+    axis = 0 if walks_queries else 1
+    index = jnp.arange(tiles.shape[axis], dtype=jnp.int32)
+    index = index[:, None] if walks_queries else index[None, :]
+    last = jax.lax.cummax(jnp.where(tiles, index, -1), axis=axis)
+    first = jnp.argmax(tiles, axis=axis, keepdims=True).astype(jnp.int32)
+    data_next = jnp.where(last >= 0, last, first)
+    return splash_mask_info.MaskInfo(data_next=data_next[None], mask_next=None, block_mask=tiles.astype(jnp.int32)[None],
+                           partial_mask_blocks=None, q_sequence=q_sequence)
+
+
+def _skipping(kernel, segments: jax.Array, causal: bool):
+    """``kernel`` (the static one of ``_kernel``) with block tables that skip the tiles ``segments`` [S] rule out."""
+    bs = kernel.kwargs["block_sizes"]
+    tiles = tile_table(segments, bs.block_q, causal)
+    return splash_kernel.SplashAttentionKernel(
+        skipping_mask_info(tiles, kernel.fwd_mask_info.q_sequence, walks_queries=False),
+        skipping_mask_info(tiles, kernel.dq_mask_info.q_sequence, walks_queries=False),
+        skipping_mask_info(tiles, kernel.dkv_mask_info.q_sequence, walks_queries=True),
+        **kernel.kwargs)
+
+
 def _attend(q, k, v, segments, *, causal: bool, interpret: bool):
     """q [b, H, S, D], k/v [b, KV, S, D], segments [b, S] (S a multiple of 128) -> [b, H, S, D]."""
     kernel = _kernel(q.shape[1], q.shape[2], causal, interpret)
-    return jax.vmap(lambda q, k, v, s: kernel(q, k, v, splash.SegmentIds(s, s)))(q, k, v, segments)
+    return jax.vmap(lambda q, k, v, s: _skipping(kernel, s, causal)(q, k, v, splash.SegmentIds(s, s)))(
+        q, k, v, segments)
 
 
 def _sharded(run, mesh, batch: int, kv_heads: int):

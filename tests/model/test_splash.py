@@ -1,6 +1,6 @@
 """Splash attention (Pallas, interpret mode on the CPU) against the XLA path: forward and gradients in float32,
-for the language model's causal attention with left / right padding and grouped-query heads, the vision tower's
-window and full-attention blocks, and a whole tiny model."""
+for the language model's causal attention with left / right padding, packed rows and grouped-query heads, the
+vision tower's window and full-attention blocks, and a whole tiny model; the block tables that skip tiles."""
 import functools
 
 import jax
@@ -65,6 +65,56 @@ def test_causal_at_a_block_multiple_and_a_fully_padded_row(interpreted):
     real[1] = 0
     q, k, v = _qkv(2, 256, 2, 1, 16, seed=1)
     _compare(q, k, v, causal_mask(jnp.asarray(real)), jnp.asarray(real, jnp.float32))
+
+
+def _packed_segments(lengths_per_row, seq):
+    """int [rows, seq]: example k of a row (1-based) on its tokens, in order, then padding (0)."""
+    rows = np.zeros((len(lengths_per_row), seq), np.int32)
+    for r, lengths in enumerate(lengths_per_row):
+        starts = np.cumsum([0, *lengths])
+        for k, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+            rows[r, a:b] = k + 1
+    return rows
+
+
+def test_packed_rows_skip_the_tiles_across_examples_and_match_xla(interpreted):
+    """Two packed rows of 640 tokens (the kernel's 128-token tiles: 640 is no multiple of 256), each with its
+    own examples, so the two rows' block tables differ: forward and gradients equal the XLA path's, and the
+    tables hold only the tiles the examples (and the padding) make, 9 and 5 of the 15 causal ones."""
+    segments = _packed_segments([[100, 200, 150], [128, 128, 128, 128, 128]], 640)
+    assert splash.block_size(640) == 128
+    tables = [np.asarray(splash.tile_table(jnp.asarray(s), 128, causal=True)) for s in segments]
+    # row 0: tokens 0-99 | 100-299 | 300-449 | padding 450-639; tiles 3-4 share no segment with tiles 0-1
+    np.testing.assert_array_equal(tables[0], [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0],
+                                              [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]])
+    np.testing.assert_array_equal(tables[1], np.eye(5))   # one example per tile: the diagonal alone
+    q, k, v = _qkv(2, 640, 4, 2, 8, seed=3)
+    _compare(q, k, v, causal_mask(jnp.asarray(segments)), jnp.asarray(segments > 0, jnp.float32))
+
+
+def test_the_kernel_computes_only_the_tiles_of_its_table(interpreted, monkeypatch):
+    """A table of the diagonal alone (wrong for one 640-token example) changes the output of the queries past
+    the first tile and leaves the first tile's queries (which need only the diagonal) as they were: the kernel
+    reads these tables, not its static causal ones."""
+    segments = jnp.ones((1, 640), jnp.int32)
+    q, k, v = _qkv(1, 640, 2, 2, 8, seed=4)
+    mask = causal_mask(segments)
+    full = layers.attention(q, k, v, mask, implementation="splash")
+    monkeypatch.setattr(splash, "tile_table", lambda s, block, causal: jnp.eye(s.shape[0] // block, dtype=bool))
+    diagonal = layers.attention(q, k, v, mask, implementation="splash")
+    _close(diagonal[:, :128], full[:, :128])
+    assert float(jnp.max(jnp.abs(diagonal[:, 128:] - full[:, 128:]))) > 1e-2
+
+
+def test_skipped_tiles_fetch_the_block_already_held():
+    """data_next, forward walk (key tiles of each query tile): a computed tile's own index, a skipped one the
+    last computed index before it (the first after it at the walk's start); the dk/dv walk runs down columns."""
+    tiles = jnp.asarray([[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]], bool)
+    fwd = splash.skipping_mask_info(tiles, None, walks_queries=False)
+    np.testing.assert_array_equal(fwd.data_next[0], [[0, 0, 0, 0], [0, 1, 1, 1], [1, 1, 2, 2], [2, 2, 2, 3]])
+    np.testing.assert_array_equal(fwd.block_mask[0], np.asarray(tiles, np.int32))
+    dkv = splash.skipping_mask_info(tiles, None, walks_queries=True)
+    np.testing.assert_array_equal(dkv.data_next[0], [[0, 1, 2, 3], [1, 1, 2, 3], [1, 2, 2, 3], [1, 2, 3, 3]])
 
 
 @pytest.fixture(scope="module")
