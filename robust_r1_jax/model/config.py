@@ -8,7 +8,7 @@ says so; ``model/qwen3_vl.py`` holds what Qwen3-VL does differently. Qwen3-VL's 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import jax.numpy as jnp
 
@@ -156,41 +156,7 @@ class ModelConfig:
             raise ModelFolderError(f"config.json has model_type {kind!r}: {reason}")
         if kind not in (None, "qwen2_5_vl"):
             raise ModelFolderError(f"config.json has model_type {kind!r}, expected one of {FAMILIES}")
-        t = dict(hf.get("text_config") or {})
-        for k, v in hf.items():  # 4.x keeps the text fields at the top level
-            t.setdefault(k, v)
-        rope = t.get("rope_parameters") or t.get("rope_scaling") or {}
-        v = hf.get("vision_config") or {}
-        text = TextConfig(
-            vocab_size=t["vocab_size"], hidden_size=t["hidden_size"], intermediate_size=t["intermediate_size"],
-            num_hidden_layers=t["num_hidden_layers"], num_attention_heads=t["num_attention_heads"],
-            num_key_value_heads=t.get("num_key_value_heads") or t["num_attention_heads"],
-            rms_norm_eps=t.get("rms_norm_eps", 1e-6),
-            rope_theta=float(rope.get("rope_theta", t.get("rope_theta", 1e6))),
-            mrope_section=tuple(rope.get("mrope_section", (16, 24, 24))),
-            max_position_embeddings=t.get("max_position_embeddings", 128000),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", t.get("tie_word_embeddings", False))),
-        )
-        vrope = v.get("rope_parameters") or {}
-        vision = VisionConfig(
-            depth=v.get("depth", 32), hidden_size=v.get("hidden_size", 1280),
-            intermediate_size=v.get("intermediate_size", 3420), num_heads=v.get("num_heads", 16),
-            out_hidden_size=v.get("out_hidden_size", text.hidden_size), in_channels=v.get("in_channels", 3),
-            patch_size=v.get("patch_size", 14), temporal_patch_size=v.get("temporal_patch_size", 2),
-            spatial_merge_size=v.get("spatial_merge_size", 2), window_size=v.get("window_size", 112),
-            fullatt_block_indexes=tuple(v.get("fullatt_block_indexes", (7, 15, 23, 31))),
-            rope_theta=float(vrope.get("rope_theta", 10000.0)),
-            tokens_per_second=v.get("tokens_per_second", 2),
-            initializer_range=float(v.get("initializer_range", 0.02)),
-        )
-        eos = t.get("eos_token_id", 151645)
-        return cls(text=text, vision=vision,
-                   image_token_id=hf.get("image_token_id", 151655),
-                   video_token_id=hf.get("video_token_id", 151656),
-                   vision_start_token_id=hf.get("vision_start_token_id", 151652),
-                   vision_end_token_id=hf.get("vision_end_token_id", 151653),
-                   bos_token_id=t.get("bos_token_id") or 151643,
-                   eos_token_id=eos[0] if isinstance(eos, (list, tuple)) else eos, **overrides)
+        return read_hf_config(hf, QWEN2_5_VL_HF, **overrides)
 
     def to_hf(self) -> dict:
         """A ``config.json`` dict that transformers' config class of this family reads back."""
@@ -231,6 +197,95 @@ class ModelFolderError(ValueError):
 class MissingModelFiles(ModelFolderError, FileNotFoundError):
     """A model or tokenizer folder without the files it needs: weights beside a ``config.json``
     (``model.hf.weight_files``), a tokenizer's vocabulary (``model.loading.load_processor``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HFFields:
+    """How one family's ``config.json`` fills a ``ModelConfig`` (``read_hf_config``): where its text fields sit,
+    the defaults of the fields a file may leave out, and what the family checks or sets beyond the shared fields.
+
+    ``text_at_top_level``: transformers 4.x Qwen2.5-VL files keep the text fields at the top level, so those fill
+    in what ``text_config`` lacks. ``rope_theta`` / ``mrope_section``: the text rotary defaults (transformers'
+    config class defaults). ``vision``: ``VisionConfig`` field -> default, read from ``vision_config`` (a tuple or
+    float default converts the file's value to that type); ``vision_fixed``: fields set whatever the file says.
+    ``text_fields(text_config, rope)``: the family's own ``TextConfig`` fields, read before the shared ones; it
+    raises ValueError for what the model here does not implement. ``check_vision``: ValueError for a tower the
+    model here cannot build."""
+    model_type: str
+    text_at_top_level: bool
+    rope_theta: float
+    mrope_section: tuple[int, int, int]
+    vision: Mapping[str, Any]
+    vision_fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    text_fields: Callable[[dict, dict], dict] | None = None
+    check_vision: Callable[[VisionConfig], None] | None = None
+
+
+def _as_default_type(value, default):
+    """``value`` as the type of its default where the file's JSON type differs (lists -> tuples, ints -> floats)."""
+    if isinstance(default, tuple):
+        return tuple(value)
+    if isinstance(default, float):
+        return float(value)
+    return value
+
+
+def read_hf_config(hf: dict, family: HFFields, **overrides) -> ModelConfig:
+    """A ``ModelConfig`` of ``family`` from a ``config.json`` dict (transformers 4.x ``rope_scaling`` + ``rope_theta``
+    or 5.x ``rope_parameters``); ``overrides`` are ``ModelConfig`` fields. KeyError naming a required text field
+    the file lacks; ValueError from the family's checks."""
+    t = dict(hf.get("text_config") or {})
+    if family.text_at_top_level:
+        for k, v in hf.items():
+            t.setdefault(k, v)
+    rope = t.get("rope_parameters") or t.get("rope_scaling") or {}
+    own = family.text_fields(t, rope) if family.text_fields else {}
+    text = TextConfig(
+        vocab_size=t["vocab_size"], hidden_size=t["hidden_size"], intermediate_size=t["intermediate_size"],
+        num_hidden_layers=t["num_hidden_layers"], num_attention_heads=t["num_attention_heads"],
+        num_key_value_heads=t.get("num_key_value_heads") or t["num_attention_heads"],
+        rms_norm_eps=t.get("rms_norm_eps", 1e-6),
+        rope_theta=float(rope.get("rope_theta", t.get("rope_theta", family.rope_theta))),
+        mrope_section=tuple(rope.get("mrope_section", family.mrope_section)),
+        max_position_embeddings=t.get("max_position_embeddings", 128000),
+        # transformers 5 reads tie_word_embeddings at the top level (4.x files repeat it in text_config).
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", t.get("tie_word_embeddings", False))),
+        **own,
+    )
+    v = hf.get("vision_config") or {}
+    vrope = v.get("rope_parameters") or {}
+    fields = {}
+    for name in (f.name for f in dataclasses.fields(VisionConfig)):  # in field order, as the file was always read
+        if name == "out_hidden_size":
+            fields[name] = v.get(name, text.hidden_size)
+        elif name == "rope_theta":
+            fields[name] = float(vrope.get("rope_theta", 10000.0))
+        elif name in family.vision_fixed:
+            fields[name] = family.vision_fixed[name]
+        elif name in family.vision:
+            fields[name] = _as_default_type(v.get(name, family.vision[name]), family.vision[name])
+    vision = VisionConfig(**fields)
+    if family.check_vision:
+        family.check_vision(vision)
+    # Where the top level was merged into t above, t already holds its token ids.
+    top = {} if family.text_at_top_level else hf
+    eos = t.get("eos_token_id", top.get("eos_token_id", 151645))
+    return ModelConfig(text=text, vision=vision, model_type=family.model_type,
+                       image_token_id=hf.get("image_token_id", 151655),
+                       video_token_id=hf.get("video_token_id", 151656),
+                       vision_start_token_id=hf.get("vision_start_token_id", 151652),
+                       vision_end_token_id=hf.get("vision_end_token_id", 151653),
+                       bos_token_id=t.get("bos_token_id") or top.get("bos_token_id") or 151643,
+                       eos_token_id=eos[0] if isinstance(eos, (list, tuple)) else eos, **overrides)
+
+
+# transformers' Qwen2_5_VLConfig defaults (Qwen2.5-VL-3B's tower).
+QWEN2_5_VL_HF = HFFields(
+    model_type="qwen2_5_vl", text_at_top_level=True, rope_theta=1e6, mrope_section=(16, 24, 24),
+    vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3, patch_size=14,
+                temporal_patch_size=2, spatial_merge_size=2, window_size=112, fullatt_block_indexes=(7, 15, 23, 31),
+                tokens_per_second=2, initializer_range=0.02),
+)
 
 
 FAMILIES = ("qwen2_5_vl", "qwen3_vl")

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from robust_r1_jax.model import stacking
-from robust_r1_jax.model.config import ModelConfig, TextConfig, VisionConfig, resolve_dtype
+from robust_r1_jax.model.config import HFFields, ModelConfig, VisionConfig, read_hf_config, resolve_dtype
 from robust_r1_jax.model.layers import MLP, Dense, LayerNorm, param
 from robust_r1_jax.model.vision import VisionAttention, _segment_mask, batched_layout, image_major, vision_rotary
 
@@ -29,12 +29,9 @@ LAYER_NORM_EPS = 1e-6  # the tower's nn.LayerNorm(eps=1e-6) everywhere (not a co
 
 
 # ---- config.json --------------------------------------------------------------------------------------------------
-def config_from_hf(hf: dict, **overrides) -> ModelConfig:
-    """A ``ModelConfig`` from a Qwen3-VL ``config.json`` dict (transformers 4.57 ``rope_scaling`` + top-level
-    ``rope_theta``, or 5.x ``rope_parameters``). ValueError for what the model here does not implement."""
-    t = dict(hf.get("text_config") or {})
-    v = dict(hf.get("vision_config") or {})
-    rope = t.get("rope_parameters") or t.get("rope_scaling") or {}
+def _text_fields(t: dict, rope: dict) -> dict:
+    """Qwen3's own ``TextConfig`` fields from ``text_config`` and its rope dict; ValueError for what the model here
+    does not implement."""
     if rope.get("rope_type", "default") != "default":
         raise ValueError(f"config.json: Qwen3-VL text rope_type {rope.get('rope_type')!r} is not supported "
                          f"(only 'default')")
@@ -45,43 +42,32 @@ def config_from_hf(hf: dict, **overrides) -> ModelConfig:
         raise ValueError(f"config.json: Qwen3-VL text hidden_act={t['hidden_act']!r} is not supported (only 'silu')")
     heads = t["num_attention_heads"]
     head_dim = t.get("head_dim") or t["hidden_size"] // heads
-    # transformers 5 reads tie_word_embeddings at the top level (4.57 files repeat it in text_config).
-    tie = hf.get("tie_word_embeddings", t.get("tie_word_embeddings", False))
-    text = TextConfig(
-        vocab_size=t["vocab_size"], hidden_size=t["hidden_size"], intermediate_size=t["intermediate_size"],
-        num_hidden_layers=t["num_hidden_layers"], num_attention_heads=heads,
-        num_key_value_heads=t.get("num_key_value_heads") or heads, rms_norm_eps=t.get("rms_norm_eps", 1e-6),
-        rope_theta=float(rope.get("rope_theta", t.get("rope_theta", 500000.0))),
-        mrope_section=tuple(rope.get("mrope_section", (24, 20, 20))),
-        max_position_embeddings=t.get("max_position_embeddings", 128000), tie_word_embeddings=bool(tie),
-        explicit_head_dim=int(head_dim), attention_bias=False, qk_norm=True,
-        mrope_interleaved=bool(rope.get("mrope_interleaved", True)),
-    )
-    vrope = v.get("rope_parameters") or {}
-    vision = VisionConfig(
-        depth=v.get("depth", 27), hidden_size=v.get("hidden_size", 1152),
-        intermediate_size=v.get("intermediate_size", 4304), num_heads=v.get("num_heads", 16),
-        out_hidden_size=v.get("out_hidden_size", text.hidden_size), in_channels=v.get("in_channels", 3),
-        patch_size=v.get("patch_size", 16), temporal_patch_size=v.get("temporal_patch_size", 2),
-        spatial_merge_size=v.get("spatial_merge_size", 2), window_size=0, fullatt_block_indexes=(),
-        rope_theta=float(vrope.get("rope_theta", 10000.0)),
-        initializer_range=float(v.get("initializer_range", 0.02)),
-        num_position_embeddings=v.get("num_position_embeddings", 2304),
-        deepstack_visual_indexes=tuple(v.get("deepstack_visual_indexes", (8, 16, 24))),
-        hidden_act=v.get("hidden_act", "gelu_pytorch_tanh"),
-    )
+    return dict(explicit_head_dim=int(head_dim), attention_bias=False, qk_norm=True,
+                mrope_interleaved=bool(rope.get("mrope_interleaved", True)))
+
+
+def _check_vision(vision: VisionConfig) -> None:
     side = int(round(vision.num_position_embeddings ** 0.5))
     if side * side != vision.num_position_embeddings:
         raise ValueError(f"config.json: vision num_position_embeddings={vision.num_position_embeddings} is not a "
                          f"square")
-    eos = t.get("eos_token_id", hf.get("eos_token_id", 151645))
-    return ModelConfig(text=text, vision=vision, model_type=MODEL_TYPE,
-                       image_token_id=hf.get("image_token_id", 151655),
-                       video_token_id=hf.get("video_token_id", 151656),
-                       vision_start_token_id=hf.get("vision_start_token_id", 151652),
-                       vision_end_token_id=hf.get("vision_end_token_id", 151653),
-                       bos_token_id=t.get("bos_token_id") or hf.get("bos_token_id") or 151643,
-                       eos_token_id=eos[0] if isinstance(eos, (list, tuple)) else eos, **overrides)
+
+
+# transformers' Qwen3VLConfig defaults (Qwen3-VL-8B's tower); the tower has no windows.
+HF_FIELDS = HFFields(
+    model_type=MODEL_TYPE, text_at_top_level=False, rope_theta=500000.0, mrope_section=(24, 20, 20),
+    vision=dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, in_channels=3, patch_size=16,
+                temporal_patch_size=2, spatial_merge_size=2, initializer_range=0.02, num_position_embeddings=2304,
+                deepstack_visual_indexes=(8, 16, 24), hidden_act="gelu_pytorch_tanh"),
+    vision_fixed=dict(window_size=0, fullatt_block_indexes=()),
+    text_fields=_text_fields, check_vision=_check_vision,
+)
+
+
+def config_from_hf(hf: dict, **overrides) -> ModelConfig:
+    """A ``ModelConfig`` from a Qwen3-VL ``config.json`` dict (transformers 4.57 ``rope_scaling`` + top-level
+    ``rope_theta``, or 5.x ``rope_parameters``). ValueError for what the model here does not implement."""
+    return read_hf_config(hf, HF_FIELDS, **overrides)
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
