@@ -111,21 +111,30 @@ def _merger(hf: str, ours: str) -> list:
             *[(rf"{hf}\.linear_fc{i}\.bias", f"{ours}.mlp.fc{i}.bias", _same) for i in (1, 2)]]
 
 
+def _vision_blocks(norm_bias: bool, mlp: Sequence[tuple[str, str]]) -> list:
+    """The ViT block rules (``visual.blocks.N``) both towers share: norm1 / norm2, the fused qkv and the output
+    projection with biases, and the MLP's linears with biases. What differs: the norms' biases (Qwen3-VL's LayerNorm
+    has them, Qwen2.5-VL's RMSNorm not) and ``mlp``, the (HF linear name, our linear name) pairs in order."""
+    hf, ours = r"visual\.blocks\.(\d+)", "visual.blocks.{0}"
+    norms = ("norm1", "norm2")
+    return [
+        *[(rf"{hf}\.{n}\.weight", f"{ours}.{n}.scale", _same) for n in norms],
+        *[(rf"{hf}\.{n}\.bias", f"{ours}.{n}.bias", _same) for n in (norms if norm_bias else ())],
+        (rf"{hf}\.attn\.qkv\.weight", f"{ours}.attn.qkv.kernel", _qkv()),
+        (rf"{hf}\.attn\.qkv\.bias", f"{ours}.attn.qkv.bias", _qkv()),
+        (rf"{hf}\.attn\.proj\.weight", f"{ours}.attn.proj.kernel", _vproj),
+        (rf"{hf}\.attn\.proj\.bias", f"{ours}.attn.proj.bias", _same),
+        *[(rf"{hf}\.mlp\.{h}\.weight", f"{ours}.mlp.{o}.kernel", _lin) for h, o in mlp],
+        *[(rf"{hf}\.mlp\.{h}\.bias", f"{ours}.mlp.{o}.bias", _same) for h, o in mlp],
+    ]
+
+
 # Qwen3-VL: the tower of model/qwen3_vl.py, the Qwen2 text names plus q/k norms (no attention biases).
 QWEN3_VL_RULES: tuple[Rule, ...] = tuple(Rule(h, o, *fns) for h, o, fns in [
     (r"visual\.patch_embed\.proj\.weight", "visual.patch_embed.kernel", _patch()),
     (r"visual\.patch_embed\.proj\.bias", "visual.patch_embed.bias", _same),
     (r"visual\.pos_embed\.weight", "visual.pos_embed", _same),
-    *[(rf"visual\.blocks\.(\d+)\.{n}\.weight", f"visual.blocks.{{0}}.{n}.scale", _same) for n in ("norm1", "norm2")],
-    *[(rf"visual\.blocks\.(\d+)\.{n}\.bias", f"visual.blocks.{{0}}.{n}.bias", _same) for n in ("norm1", "norm2")],
-    (r"visual\.blocks\.(\d+)\.attn\.qkv\.weight", "visual.blocks.{0}.attn.qkv.kernel", _qkv()),
-    (r"visual\.blocks\.(\d+)\.attn\.qkv\.bias", "visual.blocks.{0}.attn.qkv.bias", _qkv()),
-    (r"visual\.blocks\.(\d+)\.attn\.proj\.weight", "visual.blocks.{0}.attn.proj.kernel", _vproj),
-    (r"visual\.blocks\.(\d+)\.attn\.proj\.bias", "visual.blocks.{0}.attn.proj.bias", _same),
-    *[(rf"visual\.blocks\.(\d+)\.mlp\.linear_fc{i}\.weight", f"visual.blocks.{{0}}.mlp.fc{i}.kernel", _lin)
-      for i in (1, 2)],
-    *[(rf"visual\.blocks\.(\d+)\.mlp\.linear_fc{i}\.bias", f"visual.blocks.{{0}}.mlp.fc{i}.bias", _same)
-      for i in (1, 2)],
+    *_vision_blocks(norm_bias=True, mlp=[(f"linear_fc{i}", f"fc{i}") for i in (1, 2)]),
     *_merger(r"visual\.merger", "visual.merger"),
     *_merger(r"visual\.deepstack_merger_list\.(\d+)", "visual.deepstack_mergers.{0}"),
     *_TEXT,
@@ -135,16 +144,7 @@ QWEN3_VL_RULES: tuple[Rule, ...] = tuple(Rule(h, o, *fns) for h, o, fns in [
 
 RULES: tuple[Rule, ...] = tuple(Rule(h, o, *fns) for h, o, fns in [
     (r"visual\.patch_embed\.proj\.weight", "visual.patch_embed.kernel", _patch()),
-    (r"visual\.blocks\.(\d+)\.norm1\.weight", "visual.blocks.{0}.norm1.scale", _same),
-    (r"visual\.blocks\.(\d+)\.norm2\.weight", "visual.blocks.{0}.norm2.scale", _same),
-    (r"visual\.blocks\.(\d+)\.attn\.qkv\.weight", "visual.blocks.{0}.attn.qkv.kernel", _qkv()),
-    (r"visual\.blocks\.(\d+)\.attn\.qkv\.bias", "visual.blocks.{0}.attn.qkv.bias", _qkv()),
-    (r"visual\.blocks\.(\d+)\.attn\.proj\.weight", "visual.blocks.{0}.attn.proj.kernel", _vproj),
-    (r"visual\.blocks\.(\d+)\.attn\.proj\.bias", "visual.blocks.{0}.attn.proj.bias", _same),
-    *[(rf"visual\.blocks\.(\d+)\.mlp\.{n}_proj\.weight", f"visual.blocks.{{0}}.mlp.{n}.kernel", _lin)
-      for n in ("gate", "up", "down")],
-    *[(rf"visual\.blocks\.(\d+)\.mlp\.{n}_proj\.bias", f"visual.blocks.{{0}}.mlp.{n}.bias", _same)
-      for n in ("gate", "up", "down")],
+    *_vision_blocks(norm_bias=False, mlp=[(f"{n}_proj", n) for n in ("gate", "up", "down")]),
     (r"visual\.merger\.ln_q\.weight", "visual.merger.norm.scale", _same),
     (r"visual\.merger\.mlp\.0\.weight", "visual.merger.fc1.kernel", _lin),
     (r"visual\.merger\.mlp\.0\.bias", "visual.merger.fc1.bias", _same),
