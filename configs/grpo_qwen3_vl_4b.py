@@ -27,7 +27,7 @@ under 85% of 32 GiB (27.2). To be proven by the aot mode (WORKSPACE.md "Qwen3-VL
 """
 import os
 
-from robust_r1_jax.aot import load_recipe
+from robust_r1_jax.aot import recipe_on_preset
 
 VARIANTS = ("", "v5p8", "v6e8")
 # the paper's settings and the slices' meshes, kept from the 3B recipe
@@ -35,11 +35,7 @@ PAPER_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpo_qw
 
 
 def get_config(variant: str = ""):
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; this config knows {', '.join(v for v in VARIANTS if v)}")
-    c = load_recipe(PAPER_RECIPE + (f":{variant}" if variant else ""))
-    c.workdir = "runs/grpo_qwen3_vl_4b" + (f"_{variant}" if variant else "")
-    c.model.preset = "qwen3_vl_4b"   # init_from must hold a Qwen3-VL-4B model (checked before loading)
+    c = recipe_on_preset(PAPER_RECIPE, variant, VARIANTS, "runs/grpo_qwen3_vl_4b", "qwen3_vl_4b")
     if variant == "v6e8":
         c.grpo.update_microbatches = 2   # the update's 16 rows per chip as 2 x 8 (see above)
     return c

@@ -28,7 +28,7 @@ The compiler's figures (configs/aot.py) are in WORKSPACE.md, "Scale configs".
 """
 import os
 
-from robust_r1_jax.aot import load_recipe
+from robust_r1_jax.aot import recipe_on_preset
 
 VARIANTS = ("", "v5p8", "v6e8")
 # the paper's settings and the slices' meshes, kept from the 3B recipe
@@ -36,10 +36,6 @@ PAPER_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sft_qwe
 
 
 def get_config(variant: str = ""):
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; this config knows {', '.join(v for v in VARIANTS if v)}")
-    c = load_recipe(PAPER_RECIPE + (f":{variant}" if variant else ""))
-    c.workdir = "runs/sft_qwen3_vl_4b" + (f"_{variant}" if variant else "")
-    c.model.preset = "qwen3_vl_4b"   # init_from must hold a Qwen3-VL-4B model (checked before loading)
+    c = recipe_on_preset(PAPER_RECIPE, variant, VARIANTS, "runs/sft_qwen3_vl_4b", "qwen3_vl_4b")
     c.model.remat = "dots"   # the 3B recipe keeps none on v5p-8; 4B needs dots there too
     return c

@@ -321,6 +321,19 @@ def load_recipe(spec: str) -> ml_collections.ConfigDict:
     return loaded.get_config(variant) if variant else loaded.get_config()
 
 
+def recipe_on_preset(base: str, variant: str, variants: tuple[str, ...], workdir: str,
+                     preset: str) -> ml_collections.ConfigDict:
+    """The recipe file ``base`` (a path) at the same ``variant`` (its method, batch and mesh) on another model
+    preset: ``model.preset = preset`` and ``workdir`` ("_" + ``variant`` appended for a named variant). ValueError
+    for a variant not in ``variants`` ("" being the plain recipe), worded as ``--config=`` reports it."""
+    if variant not in variants:
+        raise ValueError(f"unknown variant {variant!r}; this config knows {', '.join(v for v in variants if v)}")
+    recipe = load_recipe(base + (f":{variant}" if variant else ""))
+    recipe.workdir = workdir + (f"_{variant}" if variant else "")
+    recipe.model.preset = preset   # init_from must hold a model of this preset (checked before loading)
+    return recipe
+
+
 def apply_overrides(recipe: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
     """``"a.b=value"`` strings (value a Python literal, else a string) set on the recipe; an unknown key or a value
     of the wrong type is a ValueError naming the override."""
