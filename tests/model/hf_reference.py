@@ -44,6 +44,30 @@ def hf_model(cfg, seed: int = 0, tie: bool | None = None):
     return unit_scale_(model, seed)
 
 
+def saved_reference(tmp_path_factory, cfg, name: str, seed: int = 1, folder: str = "hf"):
+    """``hf_model(cfg, seed)`` written by ``save_pretrained`` into a fresh ``folder``/``name``: (cfg, model, path)."""
+    ref = hf_model(cfg, seed=seed)
+    path = str(tmp_path_factory.mktemp(folder) / name)
+    ref.save_pretrained(path)
+    return cfg, ref, path
+
+
+def loaded_reference(reference, scan_layers: bool):
+    """A ``saved_reference`` loaded by ``hf.load`` in one layer layout (one module per layer, or stacked under
+    lax.scan): (cfg, transformers' model, ours)."""
+    from robust_r1_jax.model import hf
+    cfg, ref, path = reference
+    ours = hf.load(path, config_overrides={"scan_layers": scan_layers})
+    assert ours.config.scan_layers == scan_layers
+    return cfg, ref, ours
+
+
+def random_pixels(rng, cfg, grids):
+    """Normal float32 patches [sum of t * h * w over ``grids``, patch_dim] for ``cfg``'s tower."""
+    n = sum(t * h * w for t, h, w in grids)
+    return rng.normal(size=(n, cfg.vision.patch_dim)).astype(np.float32)
+
+
 def image_tokens_prompt(rng, cfg, grids, text_lens):
     """Token ids: text, then for each image vision_start, n image tokens, vision_end, then text."""
     ids = []

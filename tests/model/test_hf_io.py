@@ -9,7 +9,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from hf_reference import hf_logits, hf_model, image_tokens_prompt, rel_err, tiny_config  # noqa: E402
+from hf_reference import (hf_logits, hf_model, image_tokens_prompt, random_pixels, rel_err,  # noqa: E402
+                          saved_reference, tiny_config)
 
 from robust_r1_jax.model import hf, orbax_io, stacking  # noqa: E402
 from robust_r1_jax.model.config import resolve_dtype  # noqa: E402
@@ -17,14 +18,11 @@ from robust_r1_jax.model.config import resolve_dtype  # noqa: E402
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    cfg = tiny_config()
-    ref = hf_model(cfg, seed=3)
-    path = str(tmp_path_factory.mktemp("ckpt") / "hf")
-    ref.save_pretrained(path)
+    cfg, ref, path = saved_reference(tmp_path_factory, tiny_config(), "hf", seed=3, folder="ckpt")
     rng = np.random.default_rng(0)
     grids = [(1, 6, 8)]
     ids = np.array([image_tokens_prompt(rng, cfg, grids, [3, 4])])
-    pix = rng.normal(size=(48, cfg.vision.patch_dim)).astype(np.float32)
+    pix = random_pixels(rng, cfg, grids)
     return cfg, ref, path, (ids, pix, np.array(grids))
 
 

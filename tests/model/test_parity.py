@@ -7,34 +7,21 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from hf_reference import hf_logits, hf_model, image_tokens_prompt, rel_err, tiny_config  # noqa: E402
-
-from robust_r1_jax.model import hf  # noqa: E402
+from hf_reference import (hf_logits, image_tokens_prompt, loaded_reference, random_pixels, rel_err,  # noqa: E402
+                          saved_reference, tiny_config)
 
 TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    cfg = tiny_config()
-    ref = hf_model(cfg, seed=1)
-    path = str(tmp_path_factory.mktemp("hf") / "tiny")
-    ref.save_pretrained(path)
-    return cfg, ref, path
+    return saved_reference(tmp_path_factory, tiny_config(), "tiny")
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["unrolled", "scanned"])
 def models(reference, request):
     """Every test runs on both layer layouts: one module per layer, and stacked layers under lax.scan."""
-    cfg, ref, path = reference
-    ours = hf.load(path, config_overrides={"scan_layers": request.param})
-    assert ours.config.scan_layers == request.param
-    return cfg, ref, ours
-
-
-def _pixels(rng, cfg, grids):
-    n = sum(t * h * w for t, h, w in grids)
-    return rng.normal(size=(n, cfg.vision.patch_dim)).astype(np.float32)
+    return loaded_reference(reference, request.param)
 
 
 def test_text_only(models):
@@ -48,7 +35,7 @@ def test_one_image(models):
     rng = np.random.default_rng(1)
     grids = [(1, 8, 8)]
     ids = np.array([image_tokens_prompt(rng, cfg, grids, [4, 6])])
-    pix = _pixels(rng, cfg, grids)
+    pix = random_pixels(rng, cfg, grids)
     err = rel_err(ours(ids, pixel_values=pix, image_grid_thw=np.array(grids)),
                   hf_logits(ref, ids, pixel_values=pix, grid=grids))
     assert err < TOL
@@ -59,7 +46,7 @@ def test_two_images_of_different_sizes(models):
     rng = np.random.default_rng(2)
     grids = [(1, 8, 12), (1, 6, 4)]
     ids = np.array([image_tokens_prompt(rng, cfg, grids, [2, 5, 3])])
-    pix = _pixels(rng, cfg, grids)
+    pix = random_pixels(rng, cfg, grids)
     err = rel_err(ours(ids, pixel_values=pix, image_grid_thw=np.array(grids)),
                   hf_logits(ref, ids, pixel_values=pix, grid=grids))
     assert err < TOL
@@ -71,7 +58,7 @@ def test_grid_not_a_multiple_of_the_window(models):
     rng = np.random.default_rng(3)
     grids = [(1, 10, 14)]
     ids = np.array([image_tokens_prompt(rng, cfg, grids, [1, 2])])
-    pix = _pixels(rng, cfg, grids)
+    pix = random_pixels(rng, cfg, grids)
     err = rel_err(ours(ids, pixel_values=pix, image_grid_thw=np.array(grids)),
                   hf_logits(ref, ids, pixel_values=pix, grid=grids))
     assert err < TOL
@@ -87,7 +74,7 @@ def test_batch_of_two_with_left_padding(models):
     pad = cfg.bos_token_id
     ids = np.array([[pad] * (width - len(r)) + r for r in (row0, row1)])
     mask = np.array([[0] * (width - len(r)) + [1] * len(r) for r in (row0, row1)])
-    pix = _pixels(rng, cfg, grids)
+    pix = random_pixels(rng, cfg, grids)
     ours_logits = ours(ids, pixel_values=pix, image_grid_thw=np.array(grids), attention_mask=mask)
     ref_logits = hf_logits(ref, ids, attention_mask=mask, pixel_values=pix, grid=grids)
     assert mask.sum() < mask.size  # the test really pads
@@ -98,7 +85,7 @@ def test_vision_tower_alone(models):
     cfg, ref, ours = models
     rng = np.random.default_rng(5)
     grids = [(1, 10, 14), (1, 4, 4)]
-    pix = _pixels(rng, cfg, grids)
+    pix = random_pixels(rng, cfg, grids)
     with torch.no_grad():
         want = ref.model.visual(torch.tensor(pix), grid_thw=torch.tensor(grids)).pooler_output.numpy()
     got, valid = ours.visual(pix, np.array(grids))
@@ -110,7 +97,7 @@ def test_vision_tower_ignores_bucket_padding(models):
     cfg, _, ours = models
     rng = np.random.default_rng(6)
     grids = np.array([(1, 8, 8)])
-    pix = _pixels(rng, cfg, grids)
+    pix = random_pixels(rng, cfg, grids)
     exact, _ = ours.visual(pix, grids)
     padded_pix = np.concatenate([pix, rng.normal(size=(32, pix.shape[1])).astype(np.float32)])
     padded_grid = np.concatenate([grids, np.zeros((2, 3), int)])
@@ -128,7 +115,7 @@ def test_batched_layout_equals_flat_layout(models):
     width = max(map(len, rows))
     ids = np.array([[cfg.bos_token_id] * (width - len(r)) + r for r in rows])
     mask = np.array([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    pix = _pixels(rng, cfg, grids)
+    pix = random_pixels(rng, cfg, grids)
     flat = np.asarray(ours(ids, pixel_values=pix, image_grid_thw=np.array(grids), attention_mask=mask))
     bucket = 40
     batched_pix = np.zeros((2, bucket, pix.shape[1]), np.float32)

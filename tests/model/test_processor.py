@@ -213,6 +213,23 @@ def user(question, num_images):
     return {"role": "user", "content": [{"type": "image"}] * num_images + [{"type": "text", "text": question}]}
 
 
+def reference_encoding(reference, question, images):
+    """transformers' ``reference`` processor on its chat template's prompt: one user turn (``images``, then
+    ``question``) and the generation prompt."""
+    text = reference.apply_chat_template([user(question, len(images))], tokenize=False, add_generation_prompt=True)
+    return reference(text=[text], images=images)
+
+
+SHARPER = "Which picture is sharper?"
+
+
+def answered_and_reference(ours, reference, images, question, answer="A"):
+    """``ours.encode`` of ``question`` about ``images`` answered ``answer``, the ``reference`` processor's encoding
+    of the prompt alone (``reference_encoding``), and that prompt's length in tokens."""
+    expected = reference_encoding(reference, question, images)
+    return ours.encode(question, images, answer=answer), expected, len(expected["input_ids"][0])
+
+
 def test_chat_prompt_matches_the_template(tokenizer_dir):
     tokenizer = load_tokenizer(tokenizer_dir)
     question = "What is the degradation in this image?"
@@ -237,8 +254,7 @@ def test_encode_matches_the_reference_processor(tokenizer_dir, processor):
                                    chat_template=QWEN2_5_VL_TEMPLATE)
     images = [random_image(60, 90, 1), random_image(100, 50, 2)]
     question = "Which of the two is the sharper picture?"
-    text = reference.apply_chat_template([user(question, 2)], tokenize=False, add_generation_prompt=True)
-    expected = reference(text=[text], images=images)
+    expected = reference_encoding(reference, question, images)
     ours = processor.encode(question, images)
     np.testing.assert_array_equal(ours["input_ids"], expected["input_ids"][0])
     np.testing.assert_array_equal(ours["image_grid_thw"], expected["image_grid_thw"])

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import transformers
-from test_processor import random_image, user
+from test_processor import SHARPER, answered_and_reference, random_image
 from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as hf_qwen2_vl
 
 from robust_r1_jax.model.processor import ImageProcessor, Processor, load_tokenizer
@@ -79,11 +79,7 @@ def test_prompt_ids_equal_qwen3_vl_processor(qwen3_vl_folder):
     reference = ReferenceProcessor(image_processor=reference_image_processor(**bounds), tokenizer=tokenizer,
                                    chat_template=QWEN3_VL_TEMPLATE)
     images = [random_image(90, 140, 1), random_image(200, 64, 2)]
-    question = "Which picture is sharper?"
-    expected = reference(text=[reference.apply_chat_template([user(question, 2)], tokenize=False,
-                                                             add_generation_prompt=True)], images=images)
-    got = ours.encode(question, images, answer="A")
-    prompt_length = len(expected["input_ids"][0])
+    got, expected, prompt_length = answered_and_reference(ours, reference, images, SHARPER)
     np.testing.assert_array_equal(got["input_ids"][:prompt_length], expected["input_ids"][0])
     np.testing.assert_array_equal(got["pixel_values"], expected["pixel_values"])
     np.testing.assert_array_equal(got["image_grid_thw"], expected["image_grid_thw"])

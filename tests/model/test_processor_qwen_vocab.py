@@ -4,7 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from test_processor import QWEN2_5_VL_TEMPLATE, ReferenceProcessor, random_image, reference_image_processor, user
+from test_processor import (QWEN2_5_VL_TEMPLATE, SHARPER, ReferenceProcessor, answered_and_reference, random_image,
+                            reference_encoding, reference_image_processor, user)
 
 from robust_r1_jax.data import chains
 from robust_r1_jax.data import tokenizer as tokenizers
@@ -65,8 +66,7 @@ def test_vlmevalkit_prompt_ids_equal_transformers_processor(qwen_dir, qwen_token
     question = protocols.prompt_text("What colour is the shape?", ("red", "green"), "Look at the centre.",
                                      "vlmevalkit", use_suffix=True)
     image = random_image(48, 64, 3)  # VLMEvalKit's min_pixels enlarge it to 1,003,520+ pixels
-    expected = reference(text=[reference.apply_chat_template([user(question, 1)], tokenize=False,
-                                                             add_generation_prompt=True)], images=[image])
+    expected = reference_encoding(reference, question, [image])
     got = ours.encode(question, [image])
     np.testing.assert_array_equal(got["input_ids"], expected["input_ids"][0])
     np.testing.assert_array_equal(got["image_grid_thw"], expected["image_grid_thw"])
@@ -93,22 +93,18 @@ def test_a_folders_own_template_is_used(qwen_dir, qwen_tokenizer, tmp_path):
     reference = ReferenceProcessor(image_processor=reference_image_processor(**small), tokenizer=qwen_tokenizer,
                                    chat_template=CUSTOM_TEMPLATE)
     images = [random_image(60, 90, 1), random_image(100, 50, 2)]
-    question = "Which picture is sharper?"
-    expected = reference(text=[reference.apply_chat_template([user(question, 2)], tokenize=False,
-                                                             add_generation_prompt=True)], images=images)
-    got = ours.encode(question, images, answer="A")
-    prompt_length = len(expected["input_ids"][0])
+    got, expected, prompt_length = answered_and_reference(ours, reference, images, SHARPER)
     np.testing.assert_array_equal(got["input_ids"][:prompt_length], expected["input_ids"][0])
     text = ours.tokenizer.decode(got["input_ids"])
     assert text.startswith("<|im_start|>user\nPicture 1: <|vision_start|><|image_pad|>")
     assert text.endswith("Which picture is sharper?<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n")
     assert got["loss_mask"].sum() == 2  # "A" and <|im_end|>
-    assert "system" not in text and text != chat_prompt(question, 2)
+    assert "system" not in text and text != chat_prompt(SHARPER, 2)
     # A template that drops the image is refused rather than silently misaligning the patches.
     qwen_tokenizer.chat_template = "{{ messages[-1]['content'][-1]['text'] }}"
     try:
         with pytest.raises(ValueError, match="rendered 0 <\\|image_pad\\|> for 1 images"):
-            Processor(qwen_tokenizer, ImageProcessor(**small)).encode(question, images[:1])
+            Processor(qwen_tokenizer, ImageProcessor(**small)).encode(SHARPER, images[:1])
     finally:
         qwen_tokenizer.chat_template = None
 
@@ -126,8 +122,7 @@ def test_special_token_strings_in_user_text_are_text_on_the_real_vocabulary(qwen
     text = reference.apply_chat_template([user(typed, 1)], tokenize=False, add_generation_prompt=True)
     with pytest.raises((ValueError, StopIteration)):  # transformers takes the typed pad for a second image
         reference(text=[text], images=[image])
-    plain = reference(text=[reference.apply_chat_template([user("How many?", 1)], tokenize=False,
-                                                          add_generation_prompt=True)], images=[image])
+    plain = reference_encoding(reference, "How many?", [image])
     ids = ours.encode(typed, [image])["input_ids"].tolist()
     plain_ids = list(plain["input_ids"][0])
     question_ids = qwen_tokenizer("How many?", add_special_tokens=False)["input_ids"]

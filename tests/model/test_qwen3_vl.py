@@ -9,7 +9,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from hf_reference import hf_logits, hf_model, image_tokens_prompt, qwen3_vl_tiny_config, rel_err  # noqa: E402
+from hf_reference import (hf_logits, hf_model, image_tokens_prompt, loaded_reference, qwen3_vl_tiny_config,  # noqa: E402
+                          random_pixels, rel_err, saved_reference)
 
 from robust_r1_jax.model import config as model_config  # noqa: E402
 from robust_r1_jax.model import hf, language, orbax_io  # noqa: E402
@@ -19,25 +20,15 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    cfg = qwen3_vl_tiny_config()
-    ref = hf_model(cfg, seed=1)
-    path = str(tmp_path_factory.mktemp("hf") / "qwen3_vl_tiny")
-    ref.save_pretrained(path)
-    return cfg, ref, path
+    return saved_reference(tmp_path_factory, qwen3_vl_tiny_config(), "qwen3_vl_tiny")
 
 
 # The scanned layout repeats every parity test (about a minute and a half here): in the slow suite.
 @pytest.fixture(scope="module", params=[False, pytest.param(True, marks=pytest.mark.slow)], ids=["unrolled", "scanned"])
 def models(reference, request):
-    cfg, ref, path = reference
-    ours = hf.load(path, config_overrides={"scan_layers": request.param})
-    assert ours.config.model_type == "qwen3_vl" and ours.config.scan_layers == request.param
+    cfg, ref, ours = loaded_reference(reference, request.param)
+    assert ours.config.model_type == "qwen3_vl"
     return cfg, ref, ours
-
-
-def _pixels(rng, cfg, grids):
-    n = sum(t * h * w for t, h, w in grids)
-    return rng.normal(size=(n, cfg.vision.patch_dim)).astype(np.float32)
 
 
 def _left_padded(cfg, rows):
@@ -92,7 +83,7 @@ def test_text_only(models):
                          ids=["larger-than-table", "odd-grid-and-smallest", "table-sized-and-narrow"])
 def test_vision_and_deepstack_features(models, grids):
     cfg, ref, ours = models
-    pix = _pixels(np.random.default_rng(5), cfg, grids)
+    pix = random_pixels(np.random.default_rng(5), cfg, grids)
     with torch.no_grad():
         want = ref.model.visual(torch.tensor(pix), grid_thw=torch.tensor(grids))
     got, valid, deepstack = ours.visual(pix, np.array(grids))
@@ -107,7 +98,7 @@ def test_two_images_in_one_prompt(models):
     rng = np.random.default_rng(2)
     grids = [(1, 8, 12), (1, 6, 4)]
     ids = np.array([image_tokens_prompt(rng, cfg, grids, [2, 5, 3])])
-    pix = _pixels(rng, cfg, grids)
+    pix = random_pixels(rng, cfg, grids)
     err = rel_err(ours(ids, pixel_values=pix, image_grid_thw=np.array(grids)),
                   hf_logits(ref, ids, pixel_values=pix, grid=grids))
     assert err < TOL
@@ -119,7 +110,7 @@ def _mixed_batch(cfg, rng):
     rows = [image_tokens_prompt(rng, cfg, grids[:1], [5, 7]), image_tokens_prompt(rng, cfg, grids[1:], [2, 1, 3]),
             list(rng.integers(0, cfg.bos_token_id, 9))]
     ids, mask = _left_padded(cfg, rows)
-    return ids, mask, grids, _pixels(rng, cfg, grids)
+    return ids, mask, grids, random_pixels(rng, cfg, grids)
 
 
 def test_positions_match_get_rope_index(models):
@@ -147,7 +138,7 @@ def test_batched_layout_equals_flat_layout(models):
     rng = np.random.default_rng(7)
     grids = [(1, 4, 8), (1, 6, 4)]
     ids, mask = _left_padded(cfg, [image_tokens_prompt(rng, cfg, [g], [3, 2]) for g in grids])
-    pix = _pixels(rng, cfg, grids)
+    pix = random_pixels(rng, cfg, grids)
     flat = np.asarray(ours(ids, pixel_values=pix, image_grid_thw=np.array(grids), attention_mask=mask))
     batched_pix = np.zeros((2, 40, pix.shape[1]), np.float32)
     batched_pix[0, :32], batched_pix[1, :24] = pix[:32], pix[32:]
@@ -163,7 +154,7 @@ def test_prefill_then_decode_matches_full_forward(models):
     grids = [(1, 4, 8), (1, 6, 4)]
     prompt, mask = _left_padded(cfg, [image_tokens_prompt(rng, cfg, grids[:1], [3, 4]),
                                       image_tokens_prompt(rng, cfg, grids[1:], [1, 2])])
-    pix = _pixels(rng, cfg, grids)
+    pix = random_pixels(rng, cfg, grids)
     steps = 4
     new_tokens = rng.integers(0, cfg.bos_token_id, (2, steps))
     full_ids = np.concatenate([prompt, new_tokens], axis=1)
