@@ -436,16 +436,34 @@ def model_specs(config) -> list[ModelSpec]:
             for name, path, tok in zip(names, checkpoints, tokenizers)]
 
 
+def benchmark_problems(config, using_demo: bool) -> list[str]:
+    """What leaves the ``eval`` mode nothing to evaluate, one line each naming the field to set: neither ``tsvs``
+    nor ``rbench_dir`` given for the config's own checkpoints (the demo models default to the demo TSV), and
+    ``levels`` empty or naming an unknown level."""
+    problems = []
+    if not using_demo and not as_list(config.tsvs) and not config.rbench_dir:
+        problems.append("no benchmark given: set --config.tsvs=a.tsv (a VLMEvalKit MCQ TSV; several as "
+                        "--config.tsvs='(\"a.tsv\", \"b.tsv\")') and/or --config.rbench_dir=<local R-Bench copy>")
+    try:
+        check_levels(as_list(config.levels))
+    except ValueError as error:
+        problems.append(f"config.levels: {error}")
+    return problems
+
+
 def load_benchmarks(config, using_demo: bool) -> list[Benchmark]:
+    """The config's benchmarks (the demo TSV for the demo models when none is given). ``validate.ConfigError`` with
+    ``benchmark_problems``; ``MissingInput`` when the demo TSV is needed and missing."""
+    from robust_r1_jax.train import validate
+    problems = benchmark_problems(config, using_demo)
+    if problems:
+        raise validate.ConfigError(problems)
     tsvs = as_list(config.tsvs)
     if not tsvs and not config.rbench_dir and using_demo:
         if not os.path.isfile(defaults.DEMO_EVAL_TSV):
             raise MissingInput(f"the demo's evaluation TSV {defaults.DEMO_EVAL_TSV} is missing (relative to "
                                     f"{os.getcwd()}). Run the demo first: {defaults.DEMO_COMMAND}")
         tsvs = [defaults.DEMO_EVAL_TSV]
-    if not tsvs and not config.rbench_dir:
-        raise ValueError("no benchmark given: set --config.tsvs=a.tsv,b.tsv (VLMEvalKit MCQ TSVs) and/or "
-                         "--config.rbench_dir=<local R-Bench copy>")
     levels = check_levels(as_list(config.levels))
     names = _display_names(tsvs) if tsvs else []
     names = [os.path.splitext(n)[0] for n in names]
@@ -509,10 +527,12 @@ def run_settings(config) -> Settings:
 def run(config) -> dict:
     """The ``eval`` mode: evaluate, write the reports into ``config.workdir`` and print the Markdown."""
     from robust_r1_jax.train import validate
-    validate.check_sampling(config)   # before any benchmark or model loads
+    using_demo = not as_list(config.checkpoints)
+    # before any benchmark or model loads
+    validate.check_sampling(config, extra=benchmark_problems(config, using_demo))
     specs = model_specs(config)
-    bench_list = load_benchmarks(config, using_demo=not as_list(config.checkpoints))
-    workdir = config.workdir or (defaults.DEMO_EVAL_WORKDIR if not as_list(config.checkpoints) else "runs/eval")
+    bench_list = load_benchmarks(config, using_demo)
+    workdir = config.workdir or (defaults.DEMO_EVAL_WORKDIR if using_demo else "runs/eval")
     store = finished_levels.FinishedLevels(workdir, writer=report.is_writer())
     results, predictions = evaluate(specs, bench_list, run_settings(config), store=store)
     paths = report.write_reports(results, predictions, workdir, bench_list)

@@ -57,6 +57,34 @@ def test_a_benchmark_is_required_for_your_own_checkpoints():
         robust.load_benchmarks(config(checkpoints=("/a",)), using_demo=False)
 
 
+NO_BENCHMARK = ("error: no benchmark given: set --config.tsvs=a.tsv (a VLMEvalKit MCQ TSV; several as "
+                "--config.tsvs='(\"a.tsv\", \"b.tsv\")') and/or --config.rbench_dir=<local R-Bench copy>")
+
+
+@pytest.mark.parametrize("overrides,lines", [
+    ({}, [NO_BENCHMARK]),
+    ({"levels": ()}, [NO_BENCHMARK, "error: config.levels: no benchmark level given"]),
+    ({"tsvs": ("bench.tsv",), "levels": ("clean", "75%")}, [
+        "error: config.levels: unknown benchmark level '75%'; expected names ['clean', '25%', '50%', '100%'] or "
+        "intensities [0.0, 0.23, 0.45, 0.9]"]),
+], ids=["no-benchmark", "no-benchmark-no-level", "unknown-level"])
+def test_eval_with_nothing_to_evaluate_is_one_error_line_per_field_before_any_load(overrides, lines, monkeypatch,
+                                                                                    capsys, tmp_path):
+    from robust_r1_jax import main
+    from robust_r1_jax.eval import inference
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the config was checked")
+    monkeypatch.setattr(inference, "load_model", refuse)
+    with pytest.raises(SystemExit) as stopped:
+        main.run_mode(config(checkpoints=(str(tmp_path / "model"),), workdir=str(tmp_path / "w"), **overrides))
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines() == ["invalid config:", *lines]
+    assert not (tmp_path / "w").exists()
+
+
 def test_settings_from_the_config():
     settings = robust.settings_from_config(config(prompt_buckets=(128, 256), patch_buckets=(16,), batch_size=3))
     assert settings.prompt_buckets == (128, 256) and settings.patch_buckets == (16,)
