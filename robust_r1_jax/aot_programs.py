@@ -73,8 +73,9 @@ SPLASH_TILE_ROWS = 64   # rows at the length profile whose splash block tables g
 def sft_splash_tiles(recipe, cfg) -> dict:
     """{(sequence, True): mean causal splash tiles per head} of the language model's SFT rows at the recipe's
     length profile, laid out as the loader lays them out (packed first-fit, or one example per row; examples
-    from the row's start, then padding): the tiles ``model/splash.py``'s block tables make the kernel compute,
-    for ``aot_splash_cost`` to price. The sequence is ``data.seq_len`` rounded up to the kernel's 128 lanes."""
+    from the row's start, then padding, which splash computes on the diagonal alone): the tiles
+    ``model/splash.py``'s block tables make the kernel compute, for ``aot_splash_cost`` to price. The sequence is
+    ``data.seq_len`` rounded up to the kernel's 128 lanes."""
     d = recipe.data
     sizes = packing.sample_sizes(length_profile(recipe), PROFILE_SAMPLES, merge_unit=cfg.vision.merge_unit)
     budget = packing.RowBudget(d.seq_len, d.patch_bucket, d.image_slots)
@@ -87,7 +88,6 @@ def sft_splash_tiles(recipe, cfg) -> dict:
     seq = -(-d.seq_len // splash.LANES) * splash.LANES
     segments = np.full((len(rows), seq), splash.PAD_SEGMENT, np.int32)
     for r, row in enumerate(rows):
-        segments[r, :d.seq_len] = 0
         starts = np.cumsum([0] + [clipped[key].tokens for key in row])
         for k, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
             segments[r, a:b] = k + 1
