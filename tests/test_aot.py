@@ -251,6 +251,17 @@ def test_splash_tiles_of_sft_rows_at_the_robust_r1_profile():
     assert aot_programs.sft_splash_tiles(recipe, cfg)[(4096, True)] == 8.0
 
 
+def test_splash_tiles_of_grpo_learner_rows_at_the_robust_r1_profile():
+    """Learner rows: a ~510-token prompt left-padded to 512, a 150-450-token chain, right padding to the bucket.
+    At the full horizon (2560 = 5 tiles of 512) the prompt tile, the chain's tile and the 3 padding tiles'
+    diagonal: 6 of the 15 causal tiles; at the 512 bucket all 3 causal tiles of the 1024-token row."""
+    from robust_r1_jax import aot, aot_programs
+    from robust_r1_jax.model import config as model_config
+    recipe = aot.load_recipe("configs/grpo_qwen2_5_vl_3b.py:v5p8")
+    assert aot_programs.grpo_splash_tiles(recipe, model_config.tiny(), 2048) == {(2560, True): 6.0}
+    assert aot_programs.grpo_splash_tiles(recipe, model_config.tiny(), 512) == {(1024, True): 3.0}
+
+
 def test_sft_step_with_splash_attention_compiles_for_v5p(tmp_path):
     """attention "auto" resolves to splash for a TPU slice; the step compiles with the Pallas kernels in it
     (the decoder's forward, dq and dk/dv; the frozen vision tower's forward), and through the aot mode, whose
