@@ -11,7 +11,9 @@ XLA's cost-model time (``cost_analysis()["optimal_seconds"]``) with the MFU it i
 Memory is exact for the compiled program. Time is XLA's cost model, not a measurement. The cost model prices a
 Pallas kernel only by the ``CostEstimate`` it declares and jax's splash kernels declare none, so the cost
 variants are traced with ``aot_splash_cost.splash_cost_estimates()`` open, which gives them one (tile-level
-FLOPs, exps and HBM bytes; see that module): the estimate prices the program's own splash attention. XLA
+FLOPs, exps and HBM bytes; see that module): the estimate prices the program's own splash attention, for the
+language model's SFT and learner rows at the tiles their rows need at the recipe's length profile (the kernel's
+block tables skip the rest at run time: ``aot_programs.sft_splash_tiles``, ``grpo_splash_tiles``). XLA
 counts a loop body once, so the cost is taken from loop-free variants of each
 program (no chunked cross-entropy, no gradient accumulation or update micro-batches; the rollout as one prefill
 plus T-1 single-token decode steps) compiled at two small depths of the language model and of the vision tower

@@ -70,11 +70,20 @@ def sft_useful_share(recipe, cfg) -> float:
 SPLASH_TILE_ROWS = 64   # rows at the length profile whose splash block tables give the mean tiles
 
 
+def _mean_causal_tiles(segments: np.ndarray) -> float:
+    """Mean causal splash tiles per head of rows ``segments`` int [rows, S] (S a multiple of 128; padding
+    ``splash.PAD_SEGMENT``)."""
+    seq = segments.shape[1]
+    count = jax.jit(jax.vmap(lambda s: splash.tile_table(s, splash.block_size(seq), causal=True).sum()))
+    return float(np.mean(np.asarray(count(jnp.asarray(segments)))))
+
+
 def sft_splash_tiles(recipe, cfg) -> dict:
     """{(sequence, True): mean causal splash tiles per head} of the language model's SFT rows at the recipe's
     length profile, laid out as the loader lays them out (packed first-fit, or one example per row; examples
-    from the row's start, then padding): the tiles ``model/splash.py``'s block tables make the kernel compute,
-    for ``aot_splash_cost`` to price. The sequence is ``data.seq_len`` rounded up to the kernel's 128 lanes."""
+    from the row's start, then padding, which splash computes on the diagonal alone): the tiles
+    ``model/splash.py``'s block tables make the kernel compute, for ``aot_splash_cost`` to price. The sequence is
+    ``data.seq_len`` rounded up to the kernel's 128 lanes."""
     d = recipe.data
     sizes = packing.sample_sizes(length_profile(recipe), PROFILE_SAMPLES, merge_unit=cfg.vision.merge_unit)
     budget = packing.RowBudget(d.seq_len, d.patch_bucket, d.image_slots)
@@ -87,12 +96,28 @@ def sft_splash_tiles(recipe, cfg) -> dict:
     seq = -(-d.seq_len // splash.LANES) * splash.LANES
     segments = np.full((len(rows), seq), splash.PAD_SEGMENT, np.int32)
     for r, row in enumerate(rows):
-        segments[r, :d.seq_len] = 0
         starts = np.cumsum([0] + [clipped[key].tokens for key in row])
         for k, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
             segments[r, a:b] = k + 1
-    count = jax.jit(jax.vmap(lambda s: splash.tile_table(s, splash.block_size(seq), causal=True).sum()))
-    return {(seq, True): float(np.mean(np.asarray(count(jnp.asarray(segments)))))}
+    return {(seq, True): _mean_causal_tiles(segments)}
+
+
+def grpo_splash_tiles(recipe, cfg, completion_bucket: int) -> dict:
+    """{(sequence, True): mean causal splash tiles per head} of the GRPO learner's rows (``score`` and
+    ``update``) at the recipe's length profile: the prompt left-padded to ``data.seq_len``, then its completion
+    (the chain, capped at ``completion_bucket``) and right padding to the bucket, as ``grpo.learner_hidden``
+    lays a row out; padding on its diagonal tiles alone (``model/splash.py``)."""
+    profile = length_profile(recipe)
+    prompt_len = recipe.data.seq_len
+    sizes = packing.sample_sizes(profile, SPLASH_TILE_ROWS, merge_unit=cfg.vision.merge_unit)
+    chains = packing.sample_sizes({**profile, "template_tokens": (0, 0), "image_tokens": (0, 0),
+                                   "question_tokens": (0, 0), "suffix_tokens": (0, 0)}, SPLASH_TILE_ROWS)
+    seq = -(-(prompt_len + completion_bucket) // splash.LANES) * splash.LANES
+    segments = np.full((len(sizes), seq), splash.PAD_SEGMENT, np.int32)
+    for r, (size, chain) in enumerate(zip(sizes, chains)):
+        prompt = min(size.tokens - chain.tokens, prompt_len)
+        segments[r, prompt_len - prompt:prompt_len + min(chain.tokens, completion_bucket)] = 1
+    return {(seq, True): _mean_causal_tiles(segments)}
 
 
 def grpo_real_lengths(recipe, cfg, completion_bucket: int) -> tuple[float, float]:
@@ -260,6 +285,7 @@ def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Progra
     learner_tokens = rows * (prompt_len + completion)
     real_prompt, real_completion = grpo_real_lengths(recipe, cfg, completion)
     useful = rows * (real_prompt + real_completion)
+    learner_tiles = grpo_splash_tiles(recipe, cfg, completion)
     # with a copy, the rollout's weights are the copy and the whole training state stays resident beside it
     beside_rollout = policy_only + (per_chip_bytes(state.trainable) + per_chip_bytes(state.frozen)
                                     if layout != "training" else 0)
@@ -273,11 +299,11 @@ def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Progra
         # the reference forward, and the old policy's only when μ > 1 (grpo.score_step)
         Program("score", score(cfg), (1 + (gcfg.inner_iterations > 1)) * 2.0 * n * learner_tokens, learner_tokens,
                 per_chip_bytes(state.opt_state), cost_parts=lambda v: [score(v, loop_free=True)],
-                useful_tokens=useful),
+                useful_tokens=useful, splash_tiles=learner_tiles),
         Program("update", update(cfg), gcfg.inner_iterations * 6.0 * n * learner_tokens,
                 gcfg.inner_iterations * learner_tokens, per_chip_bytes(state.trainable),
                 cost_parts=lambda v: [dataclasses.replace(update(v, loop_free=True), weight=gcfg.inner_iterations)],
-                useful_tokens=gcfg.inner_iterations * useful),
+                useful_tokens=gcfg.inner_iterations * useful, splash_tiles=learner_tiles),
     ]
 
 

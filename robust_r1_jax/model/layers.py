@@ -152,11 +152,13 @@ class AttentionMask:
     ``segment_ids`` int [B, S] (self-attention: Q = K = S) with ``causal`` says the same to splash: a query
     attends to keys of its own segment (not after it when causal). Padding is a segment of its own, so real
     tokens never see it; where a padding query's dense row allows other keys the two forms may give that row
-    different (finite) outputs, never used.
+    different (finite) outputs, never used. ``padding_segment``: that segment's id, whose queries splash computes
+    over their own diagonal tile only.
     """
     dense: jax.Array
     segment_ids: jax.Array | None = None
     causal: bool = dataclasses.field(default=False, metadata=dict(static=True))
+    padding_segment: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
 
 IMPLEMENTATIONS = ("xla", "cudnn", "splash", "auto")
@@ -236,7 +238,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask | ja
     """
     implementation = resolve_implementation(implementation, q.dtype, mask)
     if implementation == "splash":
-        return splash.splash_attention(q, k, v, mask.segment_ids, causal=mask.causal)
+        return splash.splash_attention(q, k, v, mask.segment_ids, causal=mask.causal,
+                                       padding_segment=mask.padding_segment)
     if isinstance(mask, AttentionMask):
         mask = mask.dense
     if implementation == "xla":

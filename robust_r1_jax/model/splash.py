@@ -41,17 +41,19 @@ from robust_r1_jax import parallel
 
 LANES = 128                      # block sizes (and so the padded sequence) are multiples of this
 _BLOCK_CHOICES = (512, 256, 128)
-PAD_SEGMENT = int(jnp.iinfo(jnp.int32).min)   # the padding appended here; never a caller's segment id
+PAD_SEGMENT = int(jnp.iinfo(jnp.int32).min)   # padding (the caller's, and that appended here); no real segment
 
 
 def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, *, causal: bool,
-                     interpret: bool = False) -> jax.Array:
+                     padding_segment: int | None = None, interpret: bool = False) -> jax.Array:
     """Self-attention of q [B, S, H, D] over k, v [B, S, KV, D] (H a multiple of KV) -> [B, S, H, D], q.dtype.
 
     segment_ids int [B, S]: query i attends to key j iff their ids are equal (and j <= i when ``causal``), so
-    every query sees at least itself. Scores are scaled by 1/sqrt(D) as in the XLA path; the kernel
-    accumulates in float32. ``interpret`` runs the Pallas kernel in interpret mode (any backend; CPU tests).
-    Raises ValueError unless q, k, v and segment_ids share B and S.
+    every query sees at least itself. ``padding_segment``: the id of padding, whose outputs the caller never
+    uses: its queries are computed over their own diagonal tile only (finite, and their keys are seen by no
+    other segment), so padding costs no tiles off the diagonal. Scores are scaled by 1/sqrt(D) as in the XLA
+    path; the kernel accumulates in float32. ``interpret`` runs the Pallas kernel in interpret mode (any
+    backend; CPU tests). Raises ValueError unless q, k, v and segment_ids share B and S.
     """
     b, s, h, d = q.shape
     if k.shape[:2] != (b, s) or v.shape[:2] != (b, s) or segment_ids.shape != (b, s):
@@ -60,7 +62,10 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
     padded = -(-s // LANES) * LANES
     q = q * jnp.asarray(1.0 / math.sqrt(d), q.dtype)
     heads_major = lambda x: jnp.pad(x, ((0, 0), (0, padded - s), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
-    segments = jnp.pad(segment_ids.astype(jnp.int32), ((0, 0), (0, padded - s)), constant_values=PAD_SEGMENT)
+    segments = segment_ids.astype(jnp.int32)
+    if padding_segment is not None:
+        segments = jnp.where(segments == padding_segment, PAD_SEGMENT, segments)
+    segments = jnp.pad(segments, ((0, 0), (0, padded - s)), constant_values=PAD_SEGMENT)
     run = functools.partial(_attend, causal=causal, interpret=interpret)
     mesh = jax.sharding.get_abstract_mesh()
     if not mesh.empty and mesh.size > 1:
@@ -97,13 +102,14 @@ def _make_kernel(heads: int, seq: int, causal: bool, interpret: bool):
 def tile_table(segment_ids: jax.Array, block: int, causal: bool) -> jax.Array:
     """bool [S / block, S / block]: the (query tile, key tile) pairs of one row that hold a query and a key of one
     segment (causal: the key not after the query), the tiles the kernel must compute. ``segment_ids`` int [S],
-    S a multiple of ``block``. Every diagonal tile is in the table (a token sees itself)."""
+    S a multiple of ``block``; queries of ``PAD_SEGMENT`` (padding) count on their diagonal tile alone. Every
+    diagonal tile is in the table (a token sees itself)."""
     tiles = segment_ids.shape[0] // block
-    may_attend = segment_ids[:, None] == segment_ids[None, :]
+    may_attend = (segment_ids[:, None] == segment_ids[None, :]) & (segment_ids != PAD_SEGMENT)[:, None]
     if causal:
         position = jnp.arange(segment_ids.shape[0])
         may_attend &= position[None, :] <= position[:, None]
-    return may_attend.reshape(tiles, block, tiles, block).any(axis=(1, 3))
+    return may_attend.reshape(tiles, block, tiles, block).any(axis=(1, 3)) | jnp.eye(tiles, dtype=bool)
 
 
 def skipping_mask_info(tiles: jax.Array, q_sequence, *, walks_queries: bool) -> splash_mask_info.MaskInfo:

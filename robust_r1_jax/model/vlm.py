@@ -168,7 +168,7 @@ def causal_mask(segment_ids: jax.Array) -> AttentionMask:
     segment_ids = segment_ids.astype(jnp.int32)
     same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids > 0)[:, None, :]
     dense = _with_self(same[:, None] & _causal(s, s)[None, None], s, s)
-    return AttentionMask(dense=dense, segment_ids=segment_ids, causal=True)
+    return AttentionMask(dense=dense, segment_ids=segment_ids, causal=True, padding_segment=0)
 
 
 def scatter_image_features(x: jax.Array, input_ids: jax.Array, features: jax.Array, image_token_id: int):

@@ -79,14 +79,16 @@ def _packed_segments(lengths_per_row, seq):
 
 def test_packed_rows_skip_the_tiles_across_examples_and_match_xla(interpreted):
     """Two packed rows of 640 tokens (the kernel's 128-token tiles: 640 is no multiple of 256), each with its
-    own examples, so the two rows' block tables differ: forward and gradients equal the XLA path's, and the
-    tables hold only the tiles the examples (and the padding) make, 9 and 5 of the 15 causal ones."""
+    own examples, so the two rows' block tables differ: forward and gradients equal the XLA path's on the real
+    tokens, and the tables hold only the tiles the examples make (padding: the diagonal), 8 and 5 of the 15
+    causal ones."""
     segments = _packed_segments([[100, 200, 150], [128, 128, 128, 128, 128]], 640)
     assert splash.block_size(640) == 128
-    tables = [np.asarray(splash.tile_table(jnp.asarray(s), 128, causal=True)) for s in segments]
-    # row 0: tokens 0-99 | 100-299 | 300-449 | padding 450-639; tiles 3-4 share no segment with tiles 0-1
+    padded = np.where(segments == 0, splash.PAD_SEGMENT, segments)   # as splash_attention marks the padding
+    tables = [np.asarray(splash.tile_table(jnp.asarray(s), 128, causal=True)) for s in padded]
+    # row 0: tokens 0-99 | 100-299 | 300-449 | padding 450-639 (only its diagonal tiles: tile 4 is padding alone)
     np.testing.assert_array_equal(tables[0], [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0],
-                                              [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]])
+                                              [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]])
     np.testing.assert_array_equal(tables[1], np.eye(5))   # one example per tile: the diagonal alone
     q, k, v = _qkv(2, 640, 4, 2, 8, seed=3)
     _compare(q, k, v, causal_mask(jnp.asarray(segments)), jnp.asarray(segments > 0, jnp.float32))
