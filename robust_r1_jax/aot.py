@@ -379,7 +379,14 @@ def run(config) -> dict:
         result = {"programs": rows}
         if recipe.mode == "rl" and config.cost_estimate and not wanted:   # the summary prices every program
             longest, median = (int(v) for v in config.completion_profile)
-            result["grpo"] = aot_programs.grpo_summary(recipe, cfg, mesh, slice_, programs, rows, longest, median)
+            learner_completion, learner_rows = config.learner_completion, None
+            if not learner_completion:   # a step at the profile runs the learner at its longest completion's bucket
+                learner_completion = longest
+                learner_rows = [measure(p, slice_, mesh, cfg, True, memory=False)
+                                for p in aot_programs.for_recipe(recipe, cfg, mesh, learner_completion=longest)
+                                if p.name in ("score", "update")]
+            result["grpo"] = aot_programs.grpo_summary(recipe, cfg, mesh, slice_, programs, rows, longest, median,
+                                                       learner_rows, learner_completion)
     report = table(rows)
     print(report)
     if "grpo" in result:
@@ -404,8 +411,8 @@ def grpo_table(g: dict) -> str:
         f"  decode step {ms(g['decode_step_s'])} (HBM roofline {ms(g['decode_roofline_s'])}); whole cache "
         f"{ms(g['decode_step_full_cache_s'])} (roofline {ms(g['decode_roofline_full_cache_s'])})",
         f"  weights copy {g['rollout_weights_s']:.3f} s + rollout {g['rollout_s']:.2f} s (full horizon "
-        f"{g['rollout_full_horizon_s']:.2f} s) + score {g['score_s']:.2f} s + update {g['update_s']:.2f} s = step "
-        f"{g['step_s']:.2f} s",
+        f"{g['rollout_full_horizon_s']:.2f} s) + score {g['score_s']:.2f} s + update {g['update_s']:.2f} s (learner "
+        f"at completion bucket {g['learner_completion_bucket']}) = step {g['step_s']:.2f} s",
         f"  {g['samples_per_s_per_chip']:.2f} samples/s per chip, {g['samples_per_s_per_pflops']:.2f} per PFLOP/s "
         f"of bf16 peak (EasyR1: {g['easyr1_samples_per_s_per_pflops']})",
         f"  decode priced as one streamed read (no memory space assignment): step {ms(g['streamed']['decode_step_s'])}, "

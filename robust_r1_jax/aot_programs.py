@@ -320,7 +320,7 @@ def decode_attends(prompt_len: int, horizon: int, cache_len: int, bucket: int, s
 
 
 def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[dict], longest: int,
-                 median: int) -> dict:
+                 median: int, learner_rows: list[dict] | None = None, learner_completion: int = 0) -> dict:
     """Rollout, scoring and update seconds of one GRPO step by the cost model at a completion profile (the longest
     completion sets the decode steps: every row decodes until the last stops; ``median`` is reported, and sets
     nothing while finished rows are not dropped), and the samples/s per chip and per PFLOP/s of peak. Fills in the
@@ -330,9 +330,12 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
     prefetch and depth-extrapolated) at the smallest and largest slot counts the buckets read, linear in
     between, plus the token draw (``sampling_s``; left out where the cost model gives no estimate). The copy of
     the weights counts once per step (priced without memory space assignment where the default compile gives no
-    estimate, as on v6e).
+    estimate, as on v6e). ``learner_rows``: ``score`` and ``update`` compiled for ``learner_completion`` (0: the
+    horizon), priced; a step at this profile runs them at the completion bucket of ``longest`` (rl/grpo.py's
+    learner buckets). Without them, the rows of ``rows``.
     """
     from robust_r1_jax import aot
+    from robust_r1_jax.rl import grpo
     gen = slice_.generation
     prompt_len, horizon = recipe.data.seq_len, recipe.sampling.max_new_tokens
     cache_len, bucket = prompt_len + horizon, int(recipe.rollout.decode_bucket)
@@ -376,7 +379,9 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
     row["cost_model_s"] = full_s
     row["tokens_per_s_per_chip"] = rollout.tokens / full_s / slice_.chips
     row["mfu"] = rollout.model_flops / (slice_.chips * gen.peak_bf16_flops * full_s)
-    learner = sum(by_name[k]["cost_model_s"] or float("nan") for k in ("score", "update"))
+    learner_by_name = {r["program"]: r for r in learner_rows} if learner_rows else by_name
+    learner = sum(learner_by_name[k]["cost_model_s"] or float("nan") for k in ("score", "update"))
+    learner_bucket = grpo.bucket_for(learner_completion or horizon, grpo.learner_buckets(recipe)[1], horizon)
     samples = recipe.data.global_batch_size * recipe.grpo.num_samples
     step = copy_s + rollout_s(longest - 1) + learner
     step_streamed = copy_s + rollout_s(longest - 1, streamed) + learner
@@ -389,7 +394,12 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
         decode_roofline_s=mean([per_step(a, need) for a in profile]) / gen.hbm_bytes_per_s if profile else None,
         decode_step_full_cache_s=step_s[hi], decode_roofline_full_cache_s=need[hi] / gen.hbm_bytes_per_s,
         rollout_s=rollout_s(longest - 1), rollout_full_horizon_s=full_s,
-        score_s=by_name["score"]["cost_model_s"], update_s=by_name["update"]["cost_model_s"], step_s=step,
+        learner_completion_bucket=learner_bucket,
+        learner_tokens={k: learner_by_name[k]["tokens"] for k in ("score", "update")},
+        score_s=learner_by_name["score"]["cost_model_s"],
+        update_s=learner_by_name["update"]["cost_model_s"],
+        score_full_horizon_s=by_name["score"]["cost_model_s"], update_full_horizon_s=by_name["update"]["cost_model_s"],
+        step_s=step,
         samples_per_step=samples, samples_per_s_per_chip=samples / step / slice_.chips,
         samples_per_s_per_pflops=samples / step / (slice_.chips * gen.peak_bf16_flops / 1e15),
         easyr1_samples_per_s_per_pflops=EASYR1_SAMPLES_PER_S_PER_PFLOPS,
@@ -398,4 +408,4 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
                       rollout_full_horizon_s=rollout_s(horizon - 1, streamed), step_s=step_streamed,
                       samples_per_s_per_pflops=samples / step_streamed / (slice_.chips * gen.peak_bf16_flops / 1e15),
                       note="decode steps compiled without memory space assignment (aot_decode)"),
-        note="XLA's TPU cost model, not a measurement; the scoring and update are the full-horizon programs")
+        note="XLA's TPU cost model, not a measurement; scoring and update at learner_completion_bucket")

@@ -53,6 +53,9 @@ RECIPES = {
             return c
     """,
 }
+# learner buckets below the 16-token horizon: a step's score and update run on the bucket of its longest completion
+RECIPES["grpo_buckets"] = RECIPES["grpo"].replace("return c", "c.learner.completion_buckets = (4, 8, 12)\n"
+                                                  + 12 * " " + "return c")
 
 # Qwen3-VL's tiny preset (16-px patches, learned positions, DeepStack), scanned as the 4B recipes are, packed rows:
 # image-major vision input (16 patches per image slot); a length profile of 18-28-token rows with one 4-token image,
@@ -134,7 +137,8 @@ def test_useful_share_of_sft_rows_at_the_robust_r1_profile():
 
 
 def test_grpo_programs_compile_for_v5p_and_a_program_that_does_not_fit_fails(tmp_path):
-    proc, out = _aot(tmp_path, "grpo", "--config.hbm_limit_fraction=1e-9", "--config.completion_profile=(12, 5)")
+    proc, out = _aot(tmp_path, "grpo_buckets", "--config.hbm_limit_fraction=1e-9",
+                     "--config.completion_profile=(12, 5)")
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "does not fit v5p-8" in proc.stderr
     report = json.loads(out.read_text())
@@ -157,6 +161,14 @@ def test_grpo_programs_compile_for_v5p_and_a_program_that_does_not_fit_fails(tmp
     assert g["step_s"] == pytest.approx(g["rollout_weights_s"] + g["rollout_s"] + g["score_s"] + g["update_s"])
     assert g["samples_per_s_per_pflops"] == pytest.approx(8 / g["step_s"] / (4 * 0.459))
     assert "per PFLOP/s" in proc.stdout
+    # the step's learner runs at its longest completion's bucket (12 of 16 columns), priced by its own programs
+    # (at these microsecond sizes their times need not order as their columns do)
+    assert g["learner_completion_bucket"] == 12
+    assert g["learner_tokens"] == {"score": 8 * (48 + 12), "update": 8 * (48 + 12)}
+    assert rows["score"]["tokens"] == rows["update"]["tokens"] == 8 * (48 + 16)
+    assert g["score_full_horizon_s"] == rows["score"]["cost_model_s"]
+    assert g["update_full_horizon_s"] == rows["update"]["cost_model_s"]
+    assert g["score_s"] > 0 and g["update_s"] > 0
     # every program, the rollout's decode step included, has a cost-model time (the decode step's was -1 while the
     # token lookup's bounds mask was gathered across chips through a TPU custom call the model cannot cost)
     assert rows["rollout"]["mfu"] > 0 and rows["rollout"]["cost_model_s"] > 0
@@ -181,7 +193,6 @@ def test_qwen3_vl_grpo_programs_compile_for_v5p(tmp_path):
 def test_grpo_learner_compiles_at_the_completion_bucket_of_the_step(tmp_path):
     """A step whose longest completion is 3 tokens: score and update compile for the 4-token bucket (prompt 48 +
     4 columns per row instead of 48 + 16), and only the programs asked for are compiled."""
-    RECIPES["grpo_buckets"] = RECIPES["grpo"].replace("return c", "c.learner.completion_buckets = (4, 8)\n" + 12 * " " + "return c")
     proc, out = _aot(tmp_path, "grpo_buckets", "--config.learner_completion=3", "--config.programs=('score', 'update')",
                      "--config.cost_estimate=False")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
