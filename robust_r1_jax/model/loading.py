@@ -196,7 +196,8 @@ def load_processor(directory: str, *, min_pixels: int = 0, max_pixels: int = 0, 
     a nonzero ``min_pixels`` / ``max_pixels`` overrides the directory's. ``name`` labels the error and ``field``
     (e.g. ``--config.data.tokenizer``) is the setting it tells the user to set. ``MissingModelFiles`` (a
     FileNotFoundError) when the folder
-    holds no tokenizer or only a ``tokenizer_config.json`` without the vocabulary files it needs."""
+    holds no tokenizer or only a ``tokenizer_config.json`` without the vocabulary files it needs;
+    ``ModelFolderError`` when its chat template cannot render an image turn (``check_chat_template``)."""
     owner = f" (model {name!r})" if name else ""
     hint = f"; set {field} to a folder that holds the model's tokenizer" if field else ""
     if not assets.has_tokenizer(directory):
@@ -206,8 +207,24 @@ def load_processor(directory: str, *, min_pixels: int = 0, max_pixels: int = 0, 
         raise MissingModelFiles(f"{directory}{owner} has tokenizer_config.json but none of the vocabulary files "
                                 f"it needs ({', '.join(TOKENIZER_VOCABULARIES)}){hint}")
     overrides = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
-    return Processor(load_tokenizer(directory), ImageProcessor.from_pretrained(directory, **overrides),
-                     directory=directory)
+    processor = Processor(load_tokenizer(directory), ImageProcessor.from_pretrained(directory, **overrides),
+                          directory=directory)
+    check_chat_template(processor, f"{directory}{owner}", hint)
+    return processor
+
+
+def check_chat_template(processor: Processor, where: str, hint: str = "") -> None:
+    """``ModelFolderError`` (one line) when the folder's chat template cannot render a user turn with one image:
+    a text-only model's template (Qwen3's reads the message content as a string, so Jinja fails on the list of
+    parts) would otherwise fail with Jinja's traceback at the first prompt of the run."""
+    import jinja2
+
+    try:
+        processor.prompt("question", [1])
+    except (jinja2.TemplateError, TypeError, ValueError) as e:
+        raise ModelFolderError(
+            f"{where}: its chat template cannot render a user turn with an image ({type(e).__name__}: {e}); "
+            f"a text-only model's tokenizer cannot tokenise these rows{hint or ''}") from e
 
 
 def token_fields(processor: Processor) -> dict[str, int]:

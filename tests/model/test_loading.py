@@ -138,3 +138,25 @@ def test_a_tokenizer_folder_of_the_other_family_names_both_folders_and_the_fix()
         "the tokenizer in /runs/demo/tokenizer does not belong to the model in /models/Qwen3-VL-4B-Instruct: the "
         "image processor cuts (patch, temporal patch, merge) = (14, 2, 2) but the model's vision tower takes "
         "(16, 2, 2); use the model's own processor: --config.data.tokenizer=/models/Qwen3-VL-4B-Instruct")
+
+
+@pytest.mark.parametrize("template, why", [
+    # Qwen3's text template calls string methods on the content, which an image turn gives as a list of parts
+    ("{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content.lstrip() }}<|im_end|>\n{%- endfor %}",
+     r"UndefinedError: 'list object' has no attribute 'lstrip'"),
+    # a template that prints the parts as text places no <|image_pad|>
+    ("{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}",
+     r"ValueError: the chat template rendered 0 <\|image_pad\|> for 1 images"),
+])
+def test_a_text_only_chat_template_is_one_line_naming_the_folder_and_field(tmp_path, template, why):
+    from test_processor import save_tiny_tokenizer
+    from robust_r1_jax.model import config as model_config
+    save_tiny_tokenizer(tmp_path)
+    (tmp_path / "chat_template.jinja").write_text(template)
+    with pytest.raises(model_config.ModelFolderError,
+                       match=rf"^{tmp_path}: its chat template cannot render a user turn with an image \({why}\); a "
+                             r"text-only model's tokenizer cannot tokenise these rows; set --config.inspect.tokenizer "
+                             r"to a folder that holds the model's tokenizer$"):
+        loading.load_processor(str(tmp_path), field="--config.inspect.tokenizer")
+    (tmp_path / "chat_template.jinja").unlink()   # without a template of its own: Qwen2.5-VL's, which renders
+    assert loading.load_processor(str(tmp_path)).prompt("q", [2]).count("<|image_pad|>") == 2
