@@ -43,15 +43,14 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from robust_r1_jax import aot_splash_cost, parallel, tpu_topology
-from robust_r1_jax.model import config as model_config
+from robust_r1_jax.model import config as model_config, splash
 from robust_r1_jax.model.vlm import Qwen25VL
 from robust_r1_jax.train import state as train_state
 from robust_r1_jax.train import validate
 
 log = logging.getLogger(__name__)
 
-NOTE = ("memory: the compiler's per-chip figures; time and MFU: XLA's TPU cost model (not a measurement; "
-        "splash attention priced by the tile-level CostEstimate of aot_splash_cost), "
+NOTE = ("memory: the compiler's per-chip figures; time and MFU: XLA's TPU cost model (not a measurement), "
         "loop-corrected by depth extrapolation")
 
 
@@ -194,6 +193,28 @@ def extrapolated_cost(cost_parts, cfg: model_config.ModelConfig, options: dict |
             for k in base}
 
 
+def _priced_tiles(program: Program, cfg) -> list[dict] | None:
+    """The language model's splash tiles per head the cost variants price ``program`` at, for the report."""
+    if cfg.attention_impl != "splash" or not program.splash_tiles:
+        return None
+    return [dict(sequence=seq, causal=causal, tiles=tiles,
+                 of=aot_splash_cost.tile_pairs(seq, seq, splash.block_size(seq), splash.block_size(seq), causal))
+            for (seq, causal), tiles in program.splash_tiles.items()]
+
+
+def attention_note(rows: list[dict]) -> str:
+    """One line: the attention the programs compiled, and for splash the tiles its cost is priced at."""
+    kinds = sorted({r.get("attention") or "-" for r in rows})
+    if kinds != ["splash"]:
+        return (f"attention: {', '.join(kinds)} (the recipe's model.attention_impl; \"auto\" compiles the splash "
+                "kernel for a TPU slice)")
+    tiles = [f"{r['program']} {t['tiles']:.1f} of {t['of']} {'causal ' if t['causal'] else ''}tiles per head at "
+             f"{t['sequence']} tokens" for r in rows for t in (r.get("splash_tiles") or [])]
+    return ("attention: splash, priced by aot_splash_cost's tile-level CostEstimate"
+            + (f"; the language model's at the tiles its rows need at the length profile: {'; '.join(tiles)}"
+               if tiles else ""))
+
+
 def measure(program: Program, slice_: tpu_topology.Slice, mesh, cfg, cost_estimate: bool,
             hbm_limit_fraction: float = 1.0, memory: bool = True) -> dict:
     """One report row; ``memory`` False skips compiling the program itself (its memory fields are None)."""
@@ -217,7 +238,7 @@ def measure(program: Program, slice_: tpu_topology.Slice, mesh, cfg, cost_estima
                tokens_per_s_per_chip=None, mfu=None, tokens=program.tokens, useful_tokens=program.useful_tokens,
                useful_tokens_per_s_per_chip=None, useful_mfu=None,
                padding_fraction=None if program.useful_tokens is None else 1.0 - program.useful_tokens / program.tokens,
-               cost_pricing=None, note=NOTE)
+               cost_pricing=None, attention=cfg.attention_impl, splash_tiles=_priced_tiles(program, cfg), note=NOTE)
     if cost_estimate and program.cost_parts is not None:
         cost = extrapolated_cost(program.cost_parts, cfg, splash_tiles=program.splash_tiles)
         if cost["seconds"] <= 0:
@@ -305,7 +326,7 @@ def table(rows: list[dict]) -> str:
     priced_apart = [r for r in rows if r.get("cost_pricing")]
     pricing = [f"cost of {', '.join(r['program'] for r in priced_apart)}: {priced_apart[0]['cost_pricing']}"
                ] if priced_apart else []
-    return "\n".join(lines + [NOTE, USEFUL_NOTE] + pricing)
+    return "\n".join(lines + [NOTE, attention_note(rows), USEFUL_NOTE] + pricing)
 
 
 def load_recipe(spec: str) -> ml_collections.ConfigDict:

@@ -297,6 +297,9 @@ def test_sft_step_with_splash_attention_compiles_for_v5p(tmp_path):
     # the cost variants run splash too, priced through its CostEstimate: a positive time, and the counted FLOPs
     # cover the 6 N tokens the MFU is made of (plus the attention's and the frozen vision tower's own)
     assert row["cost_model_s"] > 0 and 0 < row["mfu"] < 1
+    # the report names the kernel and the tiles it priced (the tiny recipe's 64-token rows: one 128-lane tile)
+    assert row["attention"] == "splash" and row["splash_tiles"] == [dict(sequence=128, causal=True, tiles=1.0, of=1)]
+    assert "attention: splash" in proc.stdout
     model_flops_per_chip = row["mfu"] * tpu_topology.parse_slice("v5p-8").generation.peak_bf16_flops * row[
         "cost_model_s"]
     assert row["flops_per_chip"] > model_flops_per_chip
@@ -560,6 +563,17 @@ def test_the_table_keeps_a_long_program_name_apart_from_its_slice():
     assert header.split()[:3] == ["program", "slice", "mesh"]
     assert line.split()[:4] == ["rollout_weights", "v5p-8", "1x4x1", "1.0"]
     assert header.index("slice") == line.index("v5p-8")
+
+
+def test_the_report_names_the_attention_it_compiled_and_the_tiles_splash_is_priced_at():
+    """A recipe left on xla attention says so (and how to get splash); a splash row names its priced tiles."""
+    xla = dict(program="sft_step", attention="xla", splash_tiles=None)
+    assert aot.attention_note([xla]).startswith("attention: xla (the recipe's model.attention_impl")
+    packed = dict(program="sft_step", attention="splash",
+                  splash_tiles=[dict(sequence=4096, causal=True, tiles=16.859375, of=36)])
+    assert aot.attention_note([packed]) == (
+        "attention: splash, priced by aot_splash_cost's tile-level CostEstimate; the language model's at the tiles "
+        "its rows need at the length profile: sft_step 16.9 of 36 causal tiles per head at 4096 tokens")
 
 
 def _aot_recipe_file(spec: str, *overrides: str):
