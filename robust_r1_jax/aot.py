@@ -193,6 +193,17 @@ def extrapolated_cost(cost_parts, cfg: model_config.ModelConfig, options: dict |
             for k in base}
 
 
+def priced_cost(cost_parts, cfg: model_config.ModelConfig, splash_tiles: dict | None = None) -> tuple[dict, bool]:
+    """(``extrapolated_cost``, whether it is the streamed pricing): libtpu's cost analysis gives no estimate for some
+    programs (seen for every v6e SFT step and the v6e rollout's prefill); compiled without memory space assignment
+    it does (the decode breakdown's "streamed" pricing), so that is the fallback. Seconds <= 0: neither priced."""
+    cost = extrapolated_cost(cost_parts, cfg, splash_tiles=splash_tiles)
+    if cost["seconds"] > 0:
+        return cost, False
+    from robust_r1_jax.aot_decode import STREAMED_COMPILER_OPTIONS
+    return extrapolated_cost(cost_parts, cfg, STREAMED_COMPILER_OPTIONS, splash_tiles), True
+
+
 def _priced_tiles(program: Program, cfg) -> list[dict] | None:
     """The language model's splash tiles per head the cost variants price ``program`` at, for the report."""
     if cfg.attention_impl != "splash" or not program.splash_tiles:
@@ -240,14 +251,9 @@ def measure(program: Program, slice_: tpu_topology.Slice, mesh, cfg, cost_estima
                padding_fraction=None if program.useful_tokens is None else 1.0 - program.useful_tokens / program.tokens,
                cost_pricing=None, attention=cfg.attention_impl, splash_tiles=_priced_tiles(program, cfg), note=NOTE)
     if cost_estimate and program.cost_parts is not None:
-        cost = extrapolated_cost(program.cost_parts, cfg, splash_tiles=program.splash_tiles)
-        if cost["seconds"] <= 0:
-            # libtpu's cost analysis gives no estimate for some programs (seen for every v6e SFT step); compiled
-            # without memory space assignment it does (the decode breakdown's "streamed" pricing), marked as such
-            from robust_r1_jax.aot_decode import STREAMED_COMPILER_OPTIONS
-            cost = extrapolated_cost(program.cost_parts, cfg, STREAMED_COMPILER_OPTIONS, program.splash_tiles)
-            if cost["seconds"] > 0:
-                row["cost_pricing"] = "streamed (no memory space assignment; the default compile gave no estimate)"
+        cost, streamed = priced_cost(program.cost_parts, cfg, program.splash_tiles)
+        if streamed and cost["seconds"] > 0:
+            row["cost_pricing"] = "streamed (no memory space assignment; the default compile gave no estimate)"
         if cost["seconds"] > 0 and (cost["flops"] > 0 or not program.model_flops):   # a copy does no math
             row["flops_per_chip"] = cost["flops"]
             seconds = cost["seconds"]

@@ -329,8 +329,8 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
     Decode steps: the per-chip cost of one step (``aot_decode.case_cost``, compiled without cross-program
     prefetch and depth-extrapolated) at the smallest and largest slot counts the buckets read, linear in
     between, plus the token draw (``sampling_s``; left out where the cost model gives no estimate). The copy of
-    the weights counts once per step (priced without memory space assignment where the default compile gives no
-    estimate, as on v6e). ``learner_rows``: ``score`` and ``update`` compiled for ``learner_completion`` (0: the
+    the weights counts once per step; it and the prefill are priced without memory space assignment where the
+    default compile gives no estimate (as on v6e). ``learner_rows``: ``score`` and ``update`` compiled for ``learner_completion`` (0: the
     horizon), priced; a step at this profile runs them at the completion bucket of ``longest`` (rl/grpo.py's
     learner buckets). Without them, the rows of ``rows``.
     """
@@ -364,7 +364,7 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
     if any(c["seconds"] <= 0 for c in costs.values()):   # the default compile has no estimate (seen on v6e)
         step_s, pricing = dict(streamed), "streamed (the default compile gave no estimate)"
     rollout = next(p for p in programs if p.name == "rollout")
-    prefill = aot.extrapolated_cost(rollout.cost_pieces, cfg)["seconds"]
+    prefill = max(aot.priced_cost(rollout.cost_pieces, cfg)[0]["seconds"], 0.0)   # <= 0: neither pricing gave one
     by_name = {r["program"]: r for r in rows}
     copy_s = (by_name["rollout_weights"]["cost_model_s"] or 0.0) if "rollout_weights" in by_name else 0.0
     copy_program = next((p for p in programs if p.name == "rollout_weights"), None)

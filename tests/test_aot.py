@@ -628,5 +628,18 @@ def test_a_program_the_default_compile_cannot_price_is_priced_streamed_and_marke
     assert "cost of sft_step: streamed" in aot.table([row])
 
 
+def test_priced_cost_falls_back_to_the_streamed_pricing_only_without_a_default_estimate(monkeypatch):
+    """The GRPO summary prices the rollout's prefill through this too (v6e's default compile gave -10 s)."""
+    from robust_r1_jax import aot_decode
+    from robust_r1_jax.model import config as model_config
+    parts = lambda variant: [aot.Compiled(None, ())]
+    monkeypatch.setattr(aot, "_compile", lambda part, options=None: options)
+    for default_s, want in ((0.5, (0.5, False)), (-10.0, (2.0, True))):
+        monkeypatch.setattr(aot, "_cost", lambda options, d=default_s: {
+            "flops": 1.0, "seconds": 2.0 if options == aot_decode.STREAMED_COMPILER_OPTIONS else d})
+        cost, streamed = aot.priced_cost(parts, model_config.tiny())
+        assert (cost["seconds"], streamed) == pytest.approx(want)
+
+
 class _FakeMesh:
     shape = {"data": 1, "fsdp": 8, "tensor": 1}
