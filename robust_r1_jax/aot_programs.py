@@ -330,9 +330,9 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
     prefetch and depth-extrapolated) at the smallest and largest slot counts the buckets read, linear in
     between, plus the token draw (``sampling_s``; left out where the cost model gives no estimate). The copy of
     the weights counts once per step; it and the prefill are priced without memory space assignment where the
-    default compile gives no estimate (as on v6e). ``learner_rows``: ``score`` and ``update`` compiled for ``learner_completion`` (0: the
-    horizon), priced; a step at this profile runs them at the completion bucket of ``longest`` (rl/grpo.py's
-    learner buckets). Without them, the rows of ``rows``.
+    default compile gives no estimate (as on v6e). ``learner_rows``: ``score`` and ``update`` compiled for
+    ``learner_completion`` (0: the horizon), priced; a step at this profile runs them at the completion bucket of
+    ``longest`` (rl/grpo.py's learner buckets). Without them, the rows of ``rows``.
     """
     from robust_r1_jax import aot
     from robust_r1_jax.rl import grpo

@@ -125,8 +125,9 @@ def skipping_mask_info(tiles: jax.Array, q_sequence, *, walks_queries: bool) -> 
     last = jax.lax.cummax(jnp.where(tiles, index, -1), axis=axis)
     first = jnp.argmax(tiles, axis=axis, keepdims=True).astype(jnp.int32)
     data_next = jnp.where(last >= 0, last, first)
-    return splash_mask_info.MaskInfo(data_next=data_next[None], mask_next=None, block_mask=tiles.astype(jnp.int32)[None],
-                           partial_mask_blocks=None, q_sequence=q_sequence)
+    return splash_mask_info.MaskInfo(data_next=data_next[None], mask_next=None,
+                                     block_mask=tiles.astype(jnp.int32)[None], partial_mask_blocks=None,
+                                     q_sequence=q_sequence)
 
 
 def _skipping(kernel, segments: jax.Array, causal: bool):
