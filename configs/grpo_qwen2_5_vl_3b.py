@@ -111,9 +111,10 @@ def get_config(variant: str = ""):
     c.train.freeze = ("^visual\\.",)
     c.train.checkpoint_every = 50
     c.rewards.variant = "paper"
-    if variant == "v6e8":
-        # 16 rows per chip read the whole 6.2 GB bf16 copy per token: split over 2 chips (the 2 KV heads' limit)
-        # the decode step reads half (WORKSPACE.md "Rollout at its roofline": 2.6 s of decode per rollout at the
-        # (1024, 300) profile against 4.45 s replicated, XLA's TPU cost model)
+    if variant in ("v5p8", "v6e8"):
+        # each chip's rows read the whole 6.2 GB bf16 copy per token: split over 2 chips (the 2 KV heads' limit)
+        # the decode step reads half (WORKSPACE.md "Rollout at its roofline", XLA's TPU cost model at the (1024,
+        # 300) profile: v6e-8 2.6 s of decode per rollout against 4.45 s replicated; v5p-8 5.47 s against 6.82 s,
+        # the whole step 9.4 s against 10.7 s)
         c.rollout.layout, c.rollout.tensor_parallel = "tensor", 2
     return c
