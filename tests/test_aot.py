@@ -136,6 +136,7 @@ def test_useful_share_of_sft_rows_at_the_robust_r1_profile():
     assert aot_programs.sft_useful_share(recipe, cfg) == pytest.approx(40 * 102 / 4096, rel=0.01)
 
 
+@pytest.mark.slow   # ~65 s here: every GRPO program plus the summary's learner at the profile's bucket
 def test_grpo_programs_compile_for_v5p_and_a_program_that_does_not_fit_fails(tmp_path):
     proc, out = _aot(tmp_path, "grpo_buckets", "--config.hbm_limit_fraction=1e-9",
                      "--config.completion_profile=(12, 5)")
