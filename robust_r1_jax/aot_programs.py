@@ -7,6 +7,7 @@ the same programs, laid out on the mesh exactly as the training loops lay them o
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -73,9 +74,12 @@ SPLASH_TILE_ROWS = 64   # rows at the length profile whose splash block tables g
 def _mean_causal_tiles(segments: np.ndarray) -> float:
     """Mean causal splash tiles per head of rows ``segments`` int [rows, S] (S a multiple of 128; padding
     ``splash.PAD_SEGMENT``)."""
-    seq = segments.shape[1]
-    count = jax.jit(jax.vmap(lambda s: splash.tile_table(s, splash.block_size(seq), causal=True).sum()))
-    return float(np.mean(np.asarray(count(jnp.asarray(segments)))))
+    return float(np.mean(np.asarray(_causal_tile_counts(jnp.asarray(segments), splash.block_size(segments.shape[1])))))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _causal_tile_counts(segments: jax.Array, block: int) -> jax.Array:
+    return jax.vmap(lambda s: splash.tile_table(s, block, causal=True).sum())(segments)
 
 
 def sft_splash_tiles(recipe, cfg) -> dict:
@@ -102,35 +106,37 @@ def sft_splash_tiles(recipe, cfg) -> dict:
     return {(seq, True): _mean_causal_tiles(segments)}
 
 
+def _prompt_and_chain_tokens(recipe, cfg, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt, chain) tokens int [count] of learner rows drawn from the recipe's length profile: the prompt is
+    the SFT row without its chain (uncapped), the chain the completion."""
+    profile = length_profile(recipe)
+    sizes = packing.sample_sizes(profile, count, merge_unit=cfg.vision.merge_unit)
+    chains = packing.sample_sizes({**profile, "template_tokens": (0, 0), "image_tokens": (0, 0),
+                                   "question_tokens": (0, 0), "suffix_tokens": (0, 0)}, count)
+    chain = np.array([c.tokens for c in chains], np.int64)
+    return np.array([s.tokens for s in sizes], np.int64) - chain, chain
+
+
 def grpo_splash_tiles(recipe, cfg, completion_bucket: int) -> dict:
     """{(sequence, True): mean causal splash tiles per head} of the GRPO learner's rows (``score`` and
     ``update``) at the recipe's length profile: the prompt left-padded to ``data.seq_len``, then its completion
     (the chain, capped at ``completion_bucket``) and right padding to the bucket, as ``grpo.learner_hidden``
     lays a row out; padding on its diagonal tiles alone (``model/splash.py``)."""
-    profile = length_profile(recipe)
     prompt_len = recipe.data.seq_len
-    sizes = packing.sample_sizes(profile, SPLASH_TILE_ROWS, merge_unit=cfg.vision.merge_unit)
-    chains = packing.sample_sizes({**profile, "template_tokens": (0, 0), "image_tokens": (0, 0),
-                                   "question_tokens": (0, 0), "suffix_tokens": (0, 0)}, SPLASH_TILE_ROWS)
+    prompts, chains = _prompt_and_chain_tokens(recipe, cfg, SPLASH_TILE_ROWS)
     seq = -(-(prompt_len + completion_bucket) // splash.LANES) * splash.LANES
-    segments = np.full((len(sizes), seq), splash.PAD_SEGMENT, np.int32)
-    for r, (size, chain) in enumerate(zip(sizes, chains)):
-        prompt = min(size.tokens - chain.tokens, prompt_len)
-        segments[r, prompt_len - prompt:prompt_len + min(chain.tokens, completion_bucket)] = 1
+    segments = np.full((len(prompts), seq), splash.PAD_SEGMENT, np.int32)
+    for r, (prompt, chain) in enumerate(zip(np.minimum(prompts, prompt_len), np.minimum(chains, completion_bucket))):
+        segments[r, prompt_len - prompt:prompt_len + chain] = 1
     return {(seq, True): _mean_causal_tiles(segments)}
 
 
 def grpo_real_lengths(recipe, cfg, completion_bucket: int) -> tuple[float, float]:
     """Mean real (prompt, completion) tokens of a learner row at the recipe's length profile: the prompt is the
     SFT row without its chain (capped at the prompt length), the completion the chain (capped at the bucket)."""
-    profile = length_profile(recipe)
-    sizes = packing.sample_sizes(profile, PROFILE_SAMPLES, merge_unit=cfg.vision.merge_unit)
-    chains = packing.sample_sizes({**profile, "template_tokens": (0, 0), "image_tokens": (0, 0),
-                                   "question_tokens": (0, 0), "suffix_tokens": (0, 0)}, PROFILE_SAMPLES)
-    chain = np.array([c.tokens for c in chains], np.float64)
-    prompt = np.array([s.tokens for s in sizes], np.float64) - chain
-    return (float(np.minimum(prompt, recipe.data.seq_len).mean()),
-            float(np.minimum(chain, completion_bucket).mean()))
+    prompts, chains = _prompt_and_chain_tokens(recipe, cfg, PROFILE_SAMPLES)
+    return (float(np.minimum(prompts, recipe.data.seq_len).mean()),
+            float(np.minimum(chains, completion_bucket).mean()))
 
 
 def _optimizer(recipe):
