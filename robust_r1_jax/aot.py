@@ -193,15 +193,26 @@ def extrapolated_cost(cost_parts, cfg: model_config.ModelConfig, options: dict |
             for k in base}
 
 
-def priced_cost(cost_parts, cfg: model_config.ModelConfig, splash_tiles: dict | None = None) -> tuple[dict, bool]:
-    """(``extrapolated_cost``, whether it is the streamed pricing): libtpu's cost analysis gives no estimate for some
-    programs (seen for every v6e SFT step and the v6e rollout's prefill); compiled without memory space assignment
-    it does (the decode breakdown's "streamed" pricing), so that is the fallback. Seconds <= 0: neither priced."""
-    cost = extrapolated_cost(cost_parts, cfg, splash_tiles=splash_tiles)
-    if cost["seconds"] > 0:
-        return cost, False
-    from robust_r1_jax.aot_decode import STREAMED_COMPILER_OPTIONS
-    return extrapolated_cost(cost_parts, cfg, STREAMED_COMPILER_OPTIONS, splash_tiles), True
+PRICINGS = {
+    "default": None,
+    "unsliced": "default memory space assignment with sliced prefetches off (the cost model cannot price the "
+                "ConcatBitcast that joins a sliced prefetch; the default compile gave no estimate)",
+    "streamed": "streamed (no memory space assignment; the default compile gave no estimate)",
+}
+
+
+def priced_cost(cost_parts, cfg: model_config.ModelConfig, splash_tiles: dict | None = None) -> tuple[dict, str]:
+    """(``extrapolated_cost``, the pricing that gave it: a key of ``PRICINGS``). libtpu's cost analysis gives no
+    estimate for some programs (every v6e SFT and GRPO program: sliced prefetches, see
+    ``aot_decode.UNSLICED_PREFETCH_OPTIONS``): they are compiled again with sliced prefetches off, and failing that
+    without memory space assignment (the decode breakdown's "streamed" pricing). Seconds <= 0: none priced it."""
+    from robust_r1_jax.aot_decode import STREAMED_COMPILER_OPTIONS, UNSLICED_PREFETCH_OPTIONS
+    for pricing, options in (("default", None), ("unsliced", UNSLICED_PREFETCH_OPTIONS),
+                             ("streamed", STREAMED_COMPILER_OPTIONS)):
+        cost = extrapolated_cost(cost_parts, cfg, options, splash_tiles)
+        if cost["seconds"] > 0:
+            break
+    return cost, pricing
 
 
 def _priced_tiles(program: Program, cfg) -> list[dict] | None:
@@ -251,9 +262,9 @@ def measure(program: Program, slice_: tpu_topology.Slice, mesh, cfg, cost_estima
                padding_fraction=None if program.useful_tokens is None else 1.0 - program.useful_tokens / program.tokens,
                cost_pricing=None, attention=cfg.attention_impl, splash_tiles=_priced_tiles(program, cfg), note=NOTE)
     if cost_estimate and program.cost_parts is not None:
-        cost, streamed = priced_cost(program.cost_parts, cfg, program.splash_tiles)
-        if streamed and cost["seconds"] > 0:
-            row["cost_pricing"] = "streamed (no memory space assignment; the default compile gave no estimate)"
+        cost, pricing = priced_cost(program.cost_parts, cfg, program.splash_tiles)
+        if cost["seconds"] > 0:
+            row["cost_pricing"] = PRICINGS[pricing]
         if cost["seconds"] > 0 and (cost["flops"] > 0 or not program.model_flops):   # a copy does no math
             row["flops_per_chip"] = cost["flops"]
             seconds = cost["seconds"]
@@ -329,9 +340,8 @@ def table(rows: list[dict]) -> str:
                      f"{gib(r['argument_bytes']):>8}{gib(r['temp_bytes']):>8}{gib(r['peak_bytes']):>10}"
                      f"{gib(r['hbm_bytes_per_chip']):>8}{fits:>6}{cost:>10}{rate:>12}"
                      f"{mfu:>7}{useful_rate:>14}{useful_mfu:>11}")
-    priced_apart = [r for r in rows if r.get("cost_pricing")]
-    pricing = [f"cost of {', '.join(r['program'] for r in priced_apart)}: {priced_apart[0]['cost_pricing']}"
-               ] if priced_apart else []
+    pricings = dict.fromkeys(r["cost_pricing"] for r in rows if r.get("cost_pricing"))
+    pricing = [f"cost of {', '.join(r['program'] for r in rows if r.get('cost_pricing') == p)}: {p}" for p in pricings]
     return "\n".join(lines + [NOTE, attention_note(rows), USEFUL_NOTE] + pricing)
 
 

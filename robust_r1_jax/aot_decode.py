@@ -181,6 +181,11 @@ COST_COMPILER_OPTIONS = {"xla_max_cross_program_prefetches": 0}
 # priced at ~2.5x their bytes with it, ~1.1x without (one streamed read, as a single [32, 2048] x [2048, 11008]
 # matmul is priced when nothing is prefetched). The "streamed" figure compiles without memory space assignment.
 STREAMED_COMPILER_OPTIONS = dict(COST_COMPILER_OPTIONS, xla_msa_enable=False)
+# On v6e, memory space assignment splits a large HBM -> VMEM prefetch into slices joined by a "ConcatBitcast"
+# custom call, which libtpu's cost model cannot price: a program holding one gets a negative estimate (every v6e
+# SFT and GRPO program does). Compiled with sliced prefetches off, memory space assignment is otherwise the
+# default's and the estimate is positive; added to a compile's options where the default gives none.
+UNSLICED_PREFETCH_OPTIONS = {"xla_tpu_sliced_prefetch_max_slices": 0}
 
 
 def streamed_seconds(compiled) -> float:
@@ -271,6 +276,15 @@ def case_cost(recipe, model_cfg, mesh, case: DecodeCase, options: dict | None = 
     return {k: one[k] + (layers - 1) * (two[k] - one[k]) for k in one}
 
 
+def default_case_cost(recipe, model_cfg, mesh, case: DecodeCase) -> tuple[dict, bool]:
+    """(``case_cost`` with the default options, whether sliced prefetches were turned off): where the default
+    compile gives no estimate, the case is compiled again with ``UNSLICED_PREFETCH_OPTIONS`` added (seen on v6e)."""
+    cost = case_cost(recipe, model_cfg, mesh, case)
+    if cost["seconds"] > 0:
+        return cost, False
+    return case_cost(recipe, model_cfg, mesh, case, dict(COST_COMPILER_OPTIONS, **UNSLICED_PREFETCH_OPTIONS)), True
+
+
 def roofline_bytes(recipe, model_cfg, mesh, case: DecodeCase) -> dict:
     """The bytes one chip must read for a decode step: its language weights as laid out (the vision tower is not
     read by a decode step) and its rows' attended KV slots (keys and values, every layer; its share of the KV
@@ -317,12 +331,13 @@ def breakdown_cases(recipe) -> list[DecodeCase]:
 
 def breakdown(recipe, model_cfg, mesh, slice_: tpu_topology.Slice, cases=None, streamed: bool = True
               ) -> list[dict]:
-    """One row per case: cost-model seconds (compiler defaults, and with ``streamed`` also without memory space
-    assignment) and its rooflines (all per chip, seconds per decode step)."""
+    """One row per case: cost-model seconds (compiler defaults, sliced prefetches off where those give no estimate:
+    ``default_case_cost``; with ``streamed`` also without memory space assignment) and its rooflines (all per chip,
+    seconds per decode step)."""
     gen = slice_.generation
     rows = []
     for case in cases or breakdown_cases(recipe):
-        cost = case_cost(recipe, model_cfg, mesh, case)
+        cost, unsliced = default_case_cost(recipe, model_cfg, mesh, case)
         plain = case_cost(recipe, model_cfg, mesh, case, STREAMED_COMPILER_OPTIONS) if streamed else None
         if cost["seconds"] <= 0 and plain is not None:   # no default estimate: FLOPs and bytes from the other
             cost = dict(plain, seconds=cost["seconds"])
@@ -330,6 +345,7 @@ def breakdown(recipe, model_cfg, mesh, slice_: tpu_topology.Slice, cases=None, s
         hbm_bytes = sum(need.values())
         rows.append(dict(
             case=case.name, layout=case.layout, attention=case.attention, slots_read=_shape(recipe, case)[2],
+            sliced_prefetch_off=unsliced,
             rows=_shape(recipe, case)[0], cost_model_s=cost["seconds"] if cost["seconds"] > 0 else None,
             cost_model_streamed_s=plain["seconds"] if plain and plain["seconds"] > 0 else None,
             hbm_roofline_s=hbm_bytes / gen.hbm_bytes_per_s, flop_roofline_s=cost["flops"] / gen.peak_bf16_flops,
@@ -347,10 +363,14 @@ def table(rows: list[dict]) -> str:
              f"{'FLOP ms':>9}{'ICI ms':>8}{'coll MB':>9}"]
     for r in rows:
         streamed = r.get("cost_model_streamed_s")
-        lines.append(f"{r['case']:<56}{ms(r['cost_model_s']):>9}{ratio(r['cost_model_s'], r):>7}"
+        name = r["case"] + (" *" if r.get("sliced_prefetch_off") else "")
+        lines.append(f"{name:<56}{ms(r['cost_model_s']):>9}{ratio(r['cost_model_s'], r):>7}"
                      f"{ms(streamed):>9}{ratio(streamed, r):>7}{ms(r['hbm_roofline_s']):>9}"
                      f"{ms(r['xla_bytes_roofline_s']):>13}{ms(r['flop_roofline_s']):>9}{ms(r['ici_roofline_s']):>8}"
                      f"{r['collective_bytes'] / 1e6:>9.1f}")
+    if any(r.get("sliced_prefetch_off") for r in rows):
+        lines.append("* cost ms: compiled with sliced prefetches off (UNSLICED_PREFETCH_OPTIONS): the default compile "
+                     "gave no estimate")
     return "\n".join(lines)
 
 

@@ -332,11 +332,11 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
     nothing while finished rows are not dropped), and the samples/s per chip and per PFLOP/s of peak. Fills in the
     rollout row's full-horizon time and MFU.
 
-    Decode steps: the per-chip cost of one step (``aot_decode.case_cost``, compiled without cross-program
-    prefetch and depth-extrapolated) at the smallest and largest slot counts the buckets read, linear in
-    between, plus the token draw (``sampling_s``; left out where the cost model gives no estimate). The copy of
-    the weights counts once per step; it and the prefill are priced without memory space assignment where the
-    default compile gives no estimate (as on v6e). ``learner_rows``: ``score`` and ``update`` compiled for
+    Decode steps: the per-chip cost of one step (``aot_decode.default_case_cost``, compiled without cross-program
+    prefetch, with sliced prefetches off where the default gives no estimate, as on v6e, and depth-extrapolated) at
+    the smallest and largest slot counts the buckets read, linear in between, plus the token draw (``sampling_s``;
+    left out where the cost model gives no estimate). The copy of the weights counts once per step; it and the
+    prefill are priced as ``aot.priced_cost`` prices a program. ``learner_rows``: ``score`` and ``update`` compiled for
     ``learner_completion`` (0: the horizon), priced; a step at this profile runs them at the completion bucket of
     ``longest`` (rl/grpo.py's learner buckets). Without them, the rows of ``rows``.
     """
@@ -352,8 +352,10 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
     median = min(median, longest)
     full = decode_attends(prompt_len, horizon, cache_len, bucket, horizon - 1)
     lo, hi = min(full), max(full)
-    costs = {a: aot_decode.case_cost(recipe, cfg, mesh, aot_decode.DecodeCase(f"attend {a}", layout, attend=a))
+    costs = {a: aot_decode.default_case_cost(recipe, cfg, mesh, aot_decode.DecodeCase(f"attend {a}", layout, attend=a))
              for a in sorted({lo, hi})}
+    unsliced = any(off for _, off in costs.values())
+    costs = {a: cost for a, (cost, _) in costs.items()}
     need = {a: sum(aot_decode.roofline_bytes(recipe, cfg, mesh, aot_decode.DecodeCase("", layout, attend=a)).values())
             for a in costs}
 
@@ -361,20 +363,21 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
         if lo == hi:
             return table[lo]
         return table[lo] + (a - lo) / (hi - lo) * (table[hi] - table[lo])
-    draw = aot_decode.case_cost(recipe, cfg, mesh, aot_decode.DecodeCase("draw", layout, sampling_only=True))["seconds"]
+    draw = aot_decode.default_case_cost(recipe, cfg, mesh, aot_decode.DecodeCase("draw", layout, sampling_only=True)
+                                        )[0]["seconds"]
     draw = max(draw, 0.0)   # <= 0: the cost model's "no estimate" for the random draw, left out (noted)
     step_s = {a: c["seconds"] + draw for a, c in costs.items()}
     streamed = {a: aot_decode.case_cost(recipe, cfg, mesh, aot_decode.DecodeCase(f"attend {a}", layout, attend=a),
                                         aot_decode.STREAMED_COMPILER_OPTIONS)["seconds"] + draw for a in costs}
-    pricing = "default"
-    if any(c["seconds"] <= 0 for c in costs.values()):   # the default compile has no estimate (seen on v6e)
-        step_s, pricing = dict(streamed), "streamed (the default compile gave no estimate)"
+    pricing = aot.PRICINGS["unsliced"] if unsliced else "default"
+    if any(c["seconds"] <= 0 for c in costs.values()):   # neither compile gave an estimate
+        step_s, pricing = dict(streamed), aot.PRICINGS["streamed"]
     rollout = next(p for p in programs if p.name == "rollout")
     prefill = max(aot.priced_cost(rollout.cost_pieces, cfg)[0]["seconds"], 0.0)   # <= 0: neither pricing gave one
     by_name = {r["program"]: r for r in rows}
     copy_s = (by_name["rollout_weights"]["cost_model_s"] or 0.0) if "rollout_weights" in by_name else 0.0
     copy_program = next((p for p in programs if p.name == "rollout_weights"), None)
-    if copy_program is not None and copy_s <= 0:   # the default compile has no estimate (seen on v6e): streamed
+    if copy_program is not None and copy_s <= 0:   # no estimate from the row's pricings: streamed
         copy_s = max(aot_decode.streamed_seconds(copy_program.compiled), 0.0)
 
     def rollout_s(steps, table=step_s):

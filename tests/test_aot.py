@@ -629,17 +629,38 @@ def test_a_program_the_default_compile_cannot_price_is_priced_streamed_and_marke
     assert "cost of sft_step: streamed" in aot.table([row])
 
 
-def test_priced_cost_falls_back_to_the_streamed_pricing_only_without_a_default_estimate(monkeypatch):
-    """The GRPO summary prices the rollout's prefill through this too (v6e's default compile gave -10 s)."""
+def test_priced_cost_turns_sliced_prefetches_off_then_streams_only_without_an_estimate(monkeypatch):
+    """Default first; where it gives none (v6e: the ConcatBitcast of sliced prefetches), the same compile with
+    sliced prefetches off; then streamed. The GRPO summary prices the rollout's prefill through this too (v6e's
+    default compile gave -10 s)."""
     from robust_r1_jax import aot_decode
     from robust_r1_jax.model import config as model_config
     parts = lambda variant: [aot.Compiled(None, ())]
     monkeypatch.setattr(aot, "_compile", lambda part, options=None: options)
-    for default_s, want in ((0.5, (0.5, False)), (-10.0, (2.0, True))):
-        monkeypatch.setattr(aot, "_cost", lambda options, d=default_s: {
-            "flops": 1.0, "seconds": 2.0 if options == aot_decode.STREAMED_COMPILER_OPTIONS else d})
-        cost, streamed = aot.priced_cost(parts, model_config.tiny())
-        assert (cost["seconds"], streamed) == pytest.approx(want)
+    cases = (((0.5, 3.0, 2.0), (0.5, "default")), ((-10.0, 3.0, 2.0), (3.0, "unsliced")),
+             ((-10.0, -1.0, 2.0), (2.0, "streamed")), ((-10.0, -1.0, -1.0), (-1.0, "streamed")))
+    for (default_s, unsliced_s, streamed_s), (want_s, want_pricing) in cases:
+        by_options = lambda options, d=default_s, u=unsliced_s, st=streamed_s: {
+            "flops": 1.0, "seconds": {None: d, str(aot_decode.UNSLICED_PREFETCH_OPTIONS): u,
+                                      str(aot_decode.STREAMED_COMPILER_OPTIONS): st}[None if options is None
+                                                                                     else str(options)]}
+        monkeypatch.setattr(aot, "_cost", by_options)
+        cost, pricing = aot.priced_cost(parts, model_config.tiny())
+        assert (cost["seconds"], pricing) == (pytest.approx(want_s), want_pricing)
+
+
+def test_a_program_priced_with_sliced_prefetches_off_says_so(monkeypatch):
+    from robust_r1_jax import aot_decode
+    from robust_r1_jax.model import config as model_config
+    monkeypatch.setattr(aot, "_compile", lambda part, options=None: options)
+    monkeypatch.setattr(aot, "_cost", lambda options: {
+        "flops": 2e12, "seconds": 1.0 if options == aot_decode.UNSLICED_PREFETCH_OPTIONS else -1.0})
+    program = aot.Program("sft_step", aot.Compiled(None, ()), model_flops=4e15, tokens=1000, other_resident_bytes=0,
+                          cost_parts=lambda variant: [aot.Compiled(None, ())])
+    row = aot.measure(program, tpu_topology.parse_slice("v6e-8"), mesh=_FakeMesh(), cfg=model_config.tiny(),
+                      cost_estimate=True, memory=False)
+    assert row["cost_model_s"] == pytest.approx(1.0) and "sliced prefetches off" in row["cost_pricing"]
+    assert "cost of sft_step: default memory space assignment with sliced prefetches off" in aot.table([row])
 
 
 class _FakeMesh:
