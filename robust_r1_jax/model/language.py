@@ -16,7 +16,8 @@ from flax import nnx
 
 from robust_r1_jax.model import stacking
 from robust_r1_jax.model.config import TextConfig
-from robust_r1_jax.model.layers import Dense, GatedMLP, RMSNorm, apply_rotary, attention, cached_attention, param
+from robust_r1_jax.model.layers import (Dense, GatedMLP, RMSNorm, apply_rotary, attention, cached_attention, param,
+                                        with_splash_tables)
 
 
 @jax.tree_util.register_dataclass
@@ -193,6 +194,7 @@ class LanguageModel(nnx.Module):
         Raises ValueError for an ``attend`` outside [1, max_len].
         """
         cos, sin = mrope_cos_sin(positions, self.cfg)
+        mask = with_splash_tables(mask, self.attention_impl, self.dtype)   # once, for every layer
         layers = np.arange(self.cfg.num_hidden_layers)
 
         def with_deepstack(x, index):

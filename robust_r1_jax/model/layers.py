@@ -153,12 +153,15 @@ class AttentionMask:
     attends to keys of its own segment (not after it when causal). Padding is a segment of its own, so real
     tokens never see it; where a padding query's dense row allows other keys the two forms may give that row
     different (finite) outputs, never used. ``padding_segment``: that segment's id, whose queries splash computes
-    over their own diagonal tile only.
+    over their own diagonal tile only. ``splash_tables``: splash's block tables of these segment ids
+    (``with_splash_tables``: built once for all the layers that share the mask); None: each splash call builds
+    its own.
     """
     dense: jax.Array
     segment_ids: jax.Array | None = None
     causal: bool = dataclasses.field(default=False, metadata=dict(static=True))
     padding_segment: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+    splash_tables: splash.BlockTables | None = None
 
 
 IMPLEMENTATIONS = ("xla", "cudnn", "splash", "auto")
@@ -181,6 +184,18 @@ def resolve_implementation(implementation: str, dtype, mask) -> str:
     if implementation == "splash" and not has_segments:
         return "xla"
     return implementation
+
+
+def with_splash_tables(mask, implementation: str, dtype):
+    """``mask`` with its splash block tables built (``splash.block_tables``) when ``attention`` would run it on
+    splash for queries of ``dtype``, else ``mask`` as it is (a plain array, tables already built, or another
+    implementation). A model calls it once per forward, before its layers, so the layers share one set of tables
+    (an S x S comparison per row) instead of each building its own. Trace it under the mesh the attention is
+    traced under: the choice and the tables' row split follow that mesh."""
+    if resolve_implementation(implementation, dtype, mask) != "splash" or mask.splash_tables is not None:
+        return mask
+    tables = splash.block_tables(mask.segment_ids, causal=mask.causal, padding_segment=mask.padding_segment)
+    return dataclasses.replace(mask, splash_tables=tables)
 
 
 def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
@@ -239,7 +254,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask | ja
     implementation = resolve_implementation(implementation, q.dtype, mask)
     if implementation == "splash":
         return splash.splash_attention(q, k, v, mask.segment_ids, causal=mask.causal,
-                                       padding_segment=mask.padding_segment)
+                                       padding_segment=mask.padding_segment, tables=mask.splash_tables)
     if isinstance(mask, AttentionMask):
         mask = mask.dense
     if implementation == "xla":

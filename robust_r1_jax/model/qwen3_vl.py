@@ -21,7 +21,7 @@ from flax import nnx
 
 from robust_r1_jax.model import stacking
 from robust_r1_jax.model.config import HFFields, ModelConfig, VisionConfig, read_hf_config, resolve_dtype
-from robust_r1_jax.model.layers import MLP, Dense, LayerNorm, param
+from robust_r1_jax.model.layers import MLP, Dense, LayerNorm, param, with_splash_tables
 from robust_r1_jax.model.vision import VisionAttention, _segment_mask, batched_layout, image_major, vision_rotary
 
 MODEL_TYPE = "qwen3_vl"
@@ -200,7 +200,8 @@ class VisionTower(nnx.Module):
         cfg = self.cfg
         layout = batched_layout(pixel_values, grid_thw, cfg)
         cos, sin = vision_rotary(layout["row"], layout["col"], cfg)
-        mask = _segment_mask(layout["frame_segment"])  # full attention within each frame of each image
+        # full attention within each frame of each image; splash's tables built once, for all the blocks
+        mask = with_splash_tables(_segment_mask(layout["frame_segment"]), self.attention_impl, self.dtype)
         positions = interpolated_positions(self.pos_embed.value, layout["row"], layout["col"], layout["height"],
                                            layout["width"])
         x = self.patch_embed(pixel_values)

@@ -14,7 +14,8 @@ from flax import nnx
 
 from robust_r1_jax.model import stacking
 from robust_r1_jax.model.config import VisionConfig, resolve_dtype
-from robust_r1_jax.model.layers import AttentionMask, Dense, GatedMLP, RMSNorm, apply_rotary, attention
+from robust_r1_jax.model.layers import (AttentionMask, Dense, GatedMLP, RMSNorm, apply_rotary, attention,
+                                        with_splash_tables)
 
 _WINDOW_STRIDE = 1 << 20  # window ids of different images never collide
 
@@ -129,6 +130,7 @@ class VisionTower(nnx.Module):
         dtype, param_dtype = resolve_dtype(dtype), resolve_dtype(param_dtype)
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.cfg, self.attention_impl, self.scan_layers = cfg, attention_impl, scan_layers
+        self.dtype = dtype
         self.patch_embed = Dense((cfg.patch_dim,), (cfg.hidden_size,), ("vision_patch",), ("vision_embed",),
                                  use_bias=False, std=cfg.initializer_range, **kw)
         blocks = [VisionBlock(cfg, **kw) for _ in range(cfg.depth)]
@@ -154,8 +156,9 @@ class VisionTower(nnx.Module):
         cfg = self.cfg
         layout = batched_layout(pixel_values, grid_thw, cfg)
         cos, sin = vision_rotary(layout["row"], layout["col"], cfg)
-        window_mask = _segment_mask(layout["window_segment"])
-        full_mask = _segment_mask(layout["frame_segment"])
+        # each mask's splash tables built once, for all the blocks that use it
+        window_mask = with_splash_tables(_segment_mask(layout["window_segment"]), self.attention_impl, self.dtype)
+        full_mask = with_splash_tables(_segment_mask(layout["frame_segment"]), self.attention_impl, self.dtype)
         x = self.patch_embed(pixel_values)
 
         def step(block, x, full_attention):

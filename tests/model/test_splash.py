@@ -2,6 +2,9 @@
 for the language model's causal attention with left / right padding, packed rows and grouped-query heads, the
 vision tower's window and full-attention blocks, and a whole tiny model; the block tables that skip tiles."""
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -164,3 +167,98 @@ def test_whole_tiny_model_matches_on_real_tokens(interpreted):
     keep = real.astype(bool)[:, :, None]
     assert np.isfinite(np.asarray(logits["splash"])).all()
     _close(logits["splash"] * keep, logits["xla"] * keep)
+
+
+def _table_builds(jaxpr, in_loop: bool = False) -> list[bool]:
+    """One entry per block-table build (``skipping_mask_info``'s cummax, one per walk) in ``jaxpr`` and the
+    programs nested in it: whether it sits inside a loop body (a scan or while: run once per layer)."""
+    builds = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "cummax":
+            builds.append(in_loop)
+        loop = in_loop or eqn.primitive.name in ("scan", "while")
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    builds += _table_builds(sub.jaxpr, loop)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    builds += _table_builds(sub, loop)
+    return builds
+
+
+@pytest.mark.parametrize("scan_layers,remat", [(False, "none"), (False, "full"), (True, "full")])
+def test_block_tables_are_built_once_per_forward_not_per_layer(interpreted, scan_layers, remat):
+    """The gradient of a tiny model's loss (3 vision blocks over a window and a full-attention mask, 2 decoder
+    layers over the causal one) builds each mask's tables once, two walks each, outside the layer loop: the
+    layers share them, and remat does not rebuild them in the backward pass."""
+    cfg = model_config.tiny()
+    cfg = cfg.replace(attention_impl="splash", scan_layers=scan_layers, remat=remat)
+    assert cfg.text.num_hidden_layers >= 2 and cfg.vision.depth >= 3
+    image_tokens = 8 * 8 // cfg.vision.merge_unit
+    ids = np.full((2, 30), 7, np.int32)
+    ids[0, 2:2 + image_tokens] = cfg.image_token_id
+    real = np.ones((2, 30), np.int32)
+    real[1, :5] = 0
+    pixels = jnp.zeros((64, cfg.vision.patch_dim))
+    grid = jnp.asarray([[1, 8, 8]], jnp.int32)
+    graphdef, state = nnx.split(Qwen25VL(cfg, rngs=nnx.Rngs(0)))
+    loss = lambda state: nnx.merge(graphdef, state).logits(jnp.asarray(ids), pixels, grid, jnp.asarray(real)).sum()
+    builds = _table_builds(jax.make_jaxpr(jax.grad(loss))(state).jaxpr)
+    masks, walks = 3, 2
+    assert builds == [False] * (masks * walks)
+
+
+def test_prebuilt_tables_are_the_ones_a_call_builds_and_must_fit(interpreted):
+    """Tables built once (``layers.with_splash_tables``) give the output of a call that builds its own; tables of
+    another length are refused."""
+    segments = jnp.asarray(_packed_segments([[100, 200, 150], [128, 128, 128, 128, 128]], 640))
+    q, k, v = _qkv(2, 640, 4, 2, 8, seed=5)
+    mask = causal_mask(segments)
+    prebuilt = layers.with_splash_tables(mask, "splash", jnp.float32)
+    assert mask.splash_tables is None and prebuilt.splash_tables.computed.shape == (2, 5, 5)
+    assert layers.with_splash_tables(mask, "xla", jnp.float32) is mask
+    np.testing.assert_array_equal(layers.attention(q, k, v, prebuilt, implementation="splash"),
+                                  layers.attention(q, k, v, mask, implementation="splash"))
+    short = layers.with_splash_tables(causal_mask(segments[:, :256]), "splash", jnp.float32)
+    with pytest.raises(ValueError, match="do not fit"):
+        splash.splash_attention(q, k, v, segments, causal=True, padding_segment=0, tables=short.splash_tables)
+
+
+SHARDED_CHECK = """
+import functools
+import jax, jax.numpy as jnp, numpy as np
+from robust_r1_jax.model import layers, splash
+from robust_r1_jax.model.vlm import causal_mask
+splash.splash_attention = functools.partial(splash.splash_attention, interpret=True)
+mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(1, 4, 1), ("data", "fsdp", "tensor"))
+rows = np.zeros((4, 300), np.int32)
+for r, lengths in enumerate([[100, 150], [300], [40, 40, 40], [128, 128]]):
+    starts = np.cumsum([0, *lengths])
+    for k, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+        rows[r, a:b] = k + 1
+keys = jax.random.split(jax.random.key(0), 3)
+q = jax.random.normal(keys[0], (4, 300, 4, 8))
+k, v = (jax.random.normal(key, (4, 300, 2, 8)) for key in keys[1:])
+xla = layers.attention(q, k, v, causal_mask(jnp.asarray(rows)), implementation="xla")
+with jax.set_mesh(mesh):
+    prebuilt = jax.jit(lambda q, k, v, s: layers.attention(
+        q, k, v, layers.with_splash_tables(causal_mask(s), "splash", q.dtype), implementation="splash"))
+    out = prebuilt(q, k, v, jnp.asarray(rows))
+    tables = jax.jit(lambda s: splash.block_tables(s, causal=True, padding_segment=0))(jnp.asarray(rows))
+real = (rows > 0)[:, :, None, None]
+print("ERR", float(jnp.max(jnp.abs((out - xla) * real))), "rows per device",
+      tables.computed.sharding.shard_shape(tables.computed.shape)[0])
+"""
+
+
+def test_tables_built_on_a_mesh_split_the_rows_and_keep_the_kernel_exact():
+    """4 devices, rows over fsdp: each device builds its own rows' tables (one row each), and the kernel reading
+    them gives XLA's outputs on the real tokens of four rows with different examples."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", SHARDED_CHECK], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    words = out.stdout.split()
+    assert float(words[words.index("ERR") + 1]) < 1e-5
+    assert words[words.index("device") + 1] == "1"
