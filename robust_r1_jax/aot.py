@@ -420,8 +420,7 @@ def run(config) -> dict:
             if not learner_completion:   # a step at the profile runs the learner at its longest completion's bucket
                 learner_completion = longest
                 learner_rows = [measure(p, slice_, mesh, cfg, True, memory=False)
-                                for p in aot_programs.for_recipe(recipe, cfg, mesh, learner_completion=longest)
-                                if p.name in ("score", "update")]
+                                for p in aot_programs.grpo_learner_programs(recipe, cfg, mesh, longest)]
             result["grpo"] = aot_programs.grpo_summary(recipe, cfg, mesh, slice_, programs, rows, longest, median,
                                                        learner_rows, learner_completion)
     report = table(rows)

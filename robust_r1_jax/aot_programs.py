@@ -186,6 +186,13 @@ def sft_programs(recipe, cfg, mesh) -> list[Program]:
 
 
 # ---- GRPO -----------------------------------------------------------------------------------------------------
+def _grpo_setup(recipe, model_cfg, mesh):
+    """((optimizer, schedule), model parts, abstract training state) of ``model_cfg`` on ``mesh``."""
+    tx, schedule = _optimizer(recipe)
+    parts, state = abstract_state(model_cfg, tx, tuple(recipe.train.freeze), mesh)
+    return (tx, schedule), parts, state
+
+
 def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Program]:
     from robust_r1_jax.model import generate as smp
     from robust_r1_jax.rl import grpo, rollout_weights
@@ -194,13 +201,6 @@ def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Progra
     group, horizon = gcfg.num_samples, recipe.sampling.max_new_tokens
     prompts, prompt_len = recipe.data.global_batch_size, recipe.data.seq_len
     rows = prompts * group
-    # the learner's completion columns: the bucket the step's longest completion needs (rl/grpo.py)
-    completion = grpo.bucket_for(learner_completion or horizon, grpo.learner_buckets(recipe)[1], horizon)
-
-    def setup(model_cfg):
-        tx, schedule = _optimizer(recipe)
-        parts, state = abstract_state(model_cfg, tx, tuple(recipe.train.freeze), mesh)
-        return (tx, schedule), parts, state
 
     problems = rollout_weights.layout_problems(recipe.rollout, mesh.devices.size, cfg.text.num_key_value_heads)
     if problems:
@@ -230,7 +230,7 @@ def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Progra
     def copy_program(model_cfg) -> Compiled:
         """The rollout's weight copy, made once per step from the training state (a cast + all-gather for
         "replicated", a cast + reshard onto the rollout mesh for "tensor")."""
-        _, parts, state = setup(model_cfg)
+        _, parts, state = _grpo_setup(recipe, model_cfg, mesh)
         weights = nnx.split(parts.merge(state.trainable, state.frozen))[1]
         fn = jax.jit(lambda tr, fr: rollout_weights.cast_floating(nnx.split(parts.merge(tr, fr))[1], model_cfg.dtype),
                      out_shardings=aot_decode.copy_shardings(weights, sampler_mesh, layout))
@@ -253,6 +253,42 @@ def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Progra
         return [Compiled(on_sampler_mesh(jax.jit(prefill)), (weights, p["prompt_ids"], p["prompt_mask"], p["pixel_values"],
                                             p["image_grid_thw"]))]
 
+    _, _, state = _grpo_setup(recipe, cfg, mesh)
+    n = train_state.count(state.trainable)
+    policy_only = per_chip_bytes(state.opt_state) + per_chip_bytes(state.trainable)   # optimizer + reference copy
+    # with a copy, the rollout's weights are the copy and the whole training state stays resident beside it
+    beside_rollout = policy_only + (per_chip_bytes(state.trainable) + per_chip_bytes(state.frozen)
+                                    if layout != "training" else 0)
+    copy = [Program("rollout_weights", copy_program(cfg), 0.0, 0, policy_only,
+                    cost_parts=lambda v: [copy_program(v)])] if layout != "training" else []
+    return copy + [
+        # the rollout's time is put together by grpo_summary: prefill + decode steps by length bucket
+        Program("rollout", rollout(cfg), 2.0 * n * rows * horizon + 2.0 * n * prompts * prompt_len, rows * horizon,
+                beside_rollout, cost_parts=None, cost_pieces=prefill_part,
+                useful_tokens=rows * grpo_real_lengths(recipe, cfg, horizon)[1]),
+        *_learner_programs(recipe, cfg, mesh, learner_completion, state),
+    ]
+
+
+def grpo_learner_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Program]:
+    """GRPO's learner programs alone, ``score`` and ``update``, as ``grpo_programs`` builds them:
+    ``learner_completion`` (0: the horizon) picks their completion bucket. For pricing the learner at another
+    bucket without building the rollout's programs again."""
+    return _learner_programs(recipe, cfg, mesh, learner_completion, _grpo_setup(recipe, cfg, mesh)[2])
+
+
+def _learner_programs(recipe, cfg, mesh, learner_completion: int, state) -> list[Program]:
+    """``score`` and ``update`` at the completion bucket of ``learner_completion``; ``state``: the abstract
+    training state of ``cfg`` (its counts and bytes)."""
+    from robust_r1_jax.rl import grpo
+
+    gcfg = grpo.grpo_config(recipe)
+    horizon = recipe.sampling.max_new_tokens
+    prompts, prompt_len = recipe.data.global_batch_size, recipe.data.seq_len
+    rows = prompts * gcfg.num_samples
+    # the learner's completion columns: the bucket the step's longest completion needs (rl/grpo.py)
+    completion = grpo.bucket_for(learner_completion or horizon, grpo.learner_buckets(recipe)[1], horizon)
+
     def learner_batch(model_cfg):
         shapes = {"prompt_ids": ((rows, prompt_len), jnp.int32), "prompt_mask": ((rows, prompt_len), jnp.int32),
                   "tokens": ((rows, completion), jnp.int32), "mask": ((rows, completion), jnp.int32),
@@ -269,14 +305,14 @@ def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Progra
         return dataclasses.replace(gcfg, logprob_chunk=0, update_microbatches=1)
 
     def score(model_cfg, loop_free: bool = False) -> Compiled:
-        _, parts, state = setup(model_cfg)
+        _, parts, state = _grpo_setup(recipe, model_cfg, mesh)
         batch, _ = learner_batch(model_cfg)
         g = chunked(loop_free)
         fn = jax.jit(lambda tr, fr, ref, b: grpo.score_step(parts, g, tr, fr, ref, b))
         return Compiled(fn, (state.trainable, state.frozen, state.trainable, batch))
 
     def update(model_cfg, loop_free: bool = False) -> Compiled:
-        (tx, schedule), parts, state = setup(model_cfg)
+        (tx, schedule), parts, state = _grpo_setup(recipe, model_cfg, mesh)
         batch, logp = learner_batch(model_cfg)
         g = chunked(loop_free)
         state_sh = jax.tree.map(lambda x: x.sharding, state)
@@ -285,23 +321,12 @@ def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Progra
         old = logp["old"] if gcfg.inner_iterations > 1 else None   # μ = 1: π_old is the update's own forward
         return Compiled(fn, (state, batch, old, logp["ref"], logp["advantages"]))
 
-    _, _, state = setup(cfg)
     n = train_state.count(state.trainable)
-    policy_only = per_chip_bytes(state.opt_state) + per_chip_bytes(state.trainable)   # optimizer + reference copy
     learner_tokens = rows * (prompt_len + completion)
     real_prompt, real_completion = grpo_real_lengths(recipe, cfg, completion)
     useful = rows * (real_prompt + real_completion)
     learner_tiles = grpo_splash_tiles(recipe, cfg, completion)
-    # with a copy, the rollout's weights are the copy and the whole training state stays resident beside it
-    beside_rollout = policy_only + (per_chip_bytes(state.trainable) + per_chip_bytes(state.frozen)
-                                    if layout != "training" else 0)
-    copy = [Program("rollout_weights", copy_program(cfg), 0.0, 0, policy_only,
-                    cost_parts=lambda v: [copy_program(v)])] if layout != "training" else []
-    return copy + [
-        # the rollout's time is put together by grpo_summary: prefill + decode steps by length bucket
-        Program("rollout", rollout(cfg), 2.0 * n * rows * horizon + 2.0 * n * prompts * prompt_len, rows * horizon,
-                beside_rollout, cost_parts=None, cost_pieces=prefill_part,
-                useful_tokens=rows * grpo_real_lengths(recipe, cfg, horizon)[1]),
+    return [
         # the reference forward, and the old policy's only when μ > 1 (grpo.score_step)
         Program("score", score(cfg), (1 + (gcfg.inner_iterations > 1)) * 2.0 * n * learner_tokens, learner_tokens,
                 per_chip_bytes(state.opt_state), cost_parts=lambda v: [score(v, loop_free=True)],

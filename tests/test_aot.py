@@ -207,6 +207,39 @@ def test_grpo_learner_compiles_at_the_completion_bucket_of_the_step(tmp_path):
         _check_common(row)
 
 
+LEARNER_CHECK = """
+import sys
+import jax
+from robust_r1_jax import aot, aot_decode, aot_programs, tpu_topology
+recipe = aot.load_recipe(sys.argv[1])
+mesh = aot.mesh_for(recipe, tpu_topology.devices(tpu_topology.parse_slice("v5p-8")))
+cfg = aot.recipe_model_config(recipe, "tpu")
+arguments = lambda args: str(jax.tree.map(lambda a: (a.shape, a.dtype, a.sharding), args))
+describe = lambda p: (p.name, p.model_flops, p.tokens, p.other_resident_bytes, p.useful_tokens, p.splash_tiles,
+                      arguments(p.compiled.args), [arguments(c.args) for c in p.cost_parts(cfg)])
+with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+    whole = [describe(p) for p in aot_programs.for_recipe(recipe, cfg, mesh, learner_completion=3)
+             if p.name in ("score", "update")]
+    def refuse(*args, **kwargs):
+        raise AssertionError("the rollout's weights were built for the learner alone")
+    aot_decode.model_weights = refuse
+    alone = [describe(p) for p in aot_programs.grpo_learner_programs(recipe, cfg, mesh, 3)]
+print("learner", [d[0] for d in alone], "same" if alone == whole else f"differ: {alone} vs {whole}")
+"""
+
+
+def test_the_learner_programs_alone_are_those_of_the_whole_grpo_step(tmp_path):
+    """``grpo_learner_programs`` (the aot summary's learner at the profile's bucket) gives the score and update
+    ``for_recipe`` gives at that bucket (arguments, shardings, FLOPs, tokens, bytes, tiles, cost variants) without
+    building the rollout's programs."""
+    recipe = tmp_path / "grpo_recipe.py"
+    recipe.write_text(textwrap.dedent(RECIPES["grpo_buckets"]))
+    proc = subprocess.run([sys.executable, "-c", LEARNER_CHECK, str(recipe)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "learner ['score', 'update'] same" in proc.stdout, proc.stdout[-3000:]
+
+
 @pytest.mark.slow   # two compiles of the update for v5p-8: ~1.5 min on this project's loaded CPU machine
 def test_a_micro_batched_update_holds_one_micro_batchs_activations(tmp_path):
     """16 prompts x 4 samples of 48 + 256 tokens on 4 chips (4 prompt groups per chip): with
