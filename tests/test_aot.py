@@ -307,6 +307,7 @@ def test_splash_tiles_of_grpo_learner_rows_at_the_robust_r1_profile():
     assert aot_programs.grpo_splash_tiles(recipe, model_config.tiny(), 512) == {(1024, True): 3.0}
 
 
+@pytest.mark.slow   # ~50 s on 2 cores; the default step keeps the xla-attention v5p compile and the splash cost tests
 def test_sft_step_with_splash_attention_compiles_for_v5p(tmp_path):
     """attention "auto" resolves to splash for a TPU slice; the step compiles with the Pallas kernels in it
     (the decoder's forward, dq and dk/dv; the frozen vision tower's forward), and through the aot mode, whose
@@ -363,6 +364,7 @@ print("after", *cost(True))
 """
 
 
+@pytest.mark.slow   # ~25 s on 2 cores; test_aot's tile-count tests stay in the default step
 def test_splash_kernels_are_priced_by_their_tiles_only_inside_the_cost_context(tmp_path):
     """Causal splash, q [1, 1024, 4 heads, 128] over 2 KV heads, 512-tiles: 3 of the 4 tiles computed (2 where
     the expected tiles say so), 18 bq bkv D FLOPs per head and tile over the forward (4), dq (6) and dk/dv (8)

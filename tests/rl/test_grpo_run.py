@@ -24,6 +24,7 @@ def _config(data, workdir, steps):
     return sft_data.tiny_grpo_config(data, workdir, steps)
 
 
+@pytest.mark.slow   # ~45 s on 2 cores; tests/test_demo.py runs SFT and GRPO end to end in the default step
 def test_grpo_steps_report_every_reward_and_resume(data, tmp_path):
     before = gen.compiled_cache_size()
     out = grpo.run(_config(data, tmp_path / "run", steps=2))

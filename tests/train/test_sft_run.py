@@ -24,6 +24,7 @@ def _config(data, workdir, steps=5, **train):
     return sft_data.tiny_sft_config(data, workdir, steps, **{"async_checkpoint": True, **train})
 
 
+@pytest.mark.slow   # ~35 s on 2 cores; test_run_lifecycle's signal-save test stays in the default step
 def test_kill_and_resume_reproduces_the_uninterrupted_run(data, tmp_path):
     full = sft.run(_config(data, tmp_path / "full", steps=5))
     first = sft.run(_config(data, tmp_path / "split", steps=2))

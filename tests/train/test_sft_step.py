@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from sft_fixtures import run_on_eight_devices, synthetic_batch, tiny_model  # noqa: E402
@@ -117,5 +118,6 @@ EIGHT_DEVICES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow   # ~50 s on 2 cores; tests/model/test_sharding.py keeps a sharded-vs-single check in the default step
 def test_step_on_eight_devices_equals_one_device():
     assert "GRADS" in run_on_eight_devices(EIGHT_DEVICES)
