@@ -253,7 +253,8 @@ def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Progra
         return [Compiled(on_sampler_mesh(jax.jit(prefill)), (weights, p["prompt_ids"], p["prompt_mask"], p["pixel_values"],
                                             p["image_grid_thw"]))]
 
-    _, _, state = _grpo_setup(recipe, cfg, mesh)
+    setup = _grpo_setup(recipe, cfg, mesh)
+    state = setup[2]
     n = train_state.count(state.trainable)
     policy_only = per_chip_bytes(state.opt_state) + per_chip_bytes(state.trainable)   # optimizer + reference copy
     # with a copy, the rollout's weights are the copy and the whole training state stays resident beside it
@@ -266,7 +267,7 @@ def grpo_programs(recipe, cfg, mesh, learner_completion: int = 0) -> list[Progra
         Program("rollout", rollout(cfg), 2.0 * n * rows * horizon + 2.0 * n * prompts * prompt_len, rows * horizon,
                 beside_rollout, cost_parts=None, cost_pieces=prefill_part,
                 useful_tokens=rows * grpo_real_lengths(recipe, cfg, horizon)[1]),
-        *_learner_programs(recipe, cfg, mesh, learner_completion, state),
+        *_learner_programs(recipe, cfg, mesh, learner_completion, setup),
     ]
 
 
@@ -274,12 +275,19 @@ def grpo_learner_programs(recipe, cfg, mesh, learner_completion: int = 0) -> lis
     """GRPO's learner programs alone, ``score`` and ``update``, as ``grpo_programs`` builds them:
     ``learner_completion`` (0: the horizon) picks their completion bucket. For pricing the learner at another
     bucket without building the rollout's programs again."""
-    return _learner_programs(recipe, cfg, mesh, learner_completion, _grpo_setup(recipe, cfg, mesh)[2])
+    return _learner_programs(recipe, cfg, mesh, learner_completion, _grpo_setup(recipe, cfg, mesh))
 
 
-def _learner_programs(recipe, cfg, mesh, learner_completion: int, state) -> list[Program]:
-    """``score`` and ``update`` at the completion bucket of ``learner_completion``; ``state``: the abstract
-    training state of ``cfg`` (its counts and bytes)."""
+def _learner_programs(recipe, cfg, mesh, learner_completion: int, setup) -> list[Program]:
+    """``score`` and ``update`` at the completion bucket of ``learner_completion``; ``setup``: ``_grpo_setup`` of
+    ``cfg``. Both programs, and each cost variant's pair, share one abstract state per model config (a 3B state
+    takes ~20 s to build)."""
+    setups = {cfg: setup}
+
+    def setup_of(model_cfg):
+        if model_cfg not in setups:
+            setups[model_cfg] = _grpo_setup(recipe, model_cfg, mesh)
+        return setups[model_cfg]
     from robust_r1_jax.rl import grpo
 
     gcfg = grpo.grpo_config(recipe)
@@ -305,14 +313,14 @@ def _learner_programs(recipe, cfg, mesh, learner_completion: int, state) -> list
         return dataclasses.replace(gcfg, logprob_chunk=0, update_microbatches=1)
 
     def score(model_cfg, loop_free: bool = False) -> Compiled:
-        _, parts, state = _grpo_setup(recipe, model_cfg, mesh)
+        _, parts, state = setup_of(model_cfg)
         batch, _ = learner_batch(model_cfg)
         g = chunked(loop_free)
         fn = jax.jit(lambda tr, fr, ref, b: grpo.score_step(parts, g, tr, fr, ref, b))
         return Compiled(fn, (state.trainable, state.frozen, state.trainable, batch))
 
     def update(model_cfg, loop_free: bool = False) -> Compiled:
-        (tx, schedule), parts, state = _grpo_setup(recipe, model_cfg, mesh)
+        (tx, schedule), parts, state = setup_of(model_cfg)
         batch, logp = learner_batch(model_cfg)
         g = chunked(loop_free)
         state_sh = jax.tree.map(lambda x: x.sharding, state)
@@ -321,6 +329,7 @@ def _learner_programs(recipe, cfg, mesh, learner_completion: int, state) -> list
         old = logp["old"] if gcfg.inner_iterations > 1 else None   # μ = 1: π_old is the update's own forward
         return Compiled(fn, (state, batch, old, logp["ref"], logp["advantages"]))
 
+    state = setup[2]
     n = train_state.count(state.trainable)
     learner_tokens = rows * (prompt_len + completion)
     real_prompt, real_completion = grpo_real_lengths(recipe, cfg, completion)
