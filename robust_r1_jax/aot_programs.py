@@ -282,13 +282,14 @@ def _learner_programs(recipe, cfg, mesh, learner_completion: int, setup) -> list
     """``score`` and ``update`` at the completion bucket of ``learner_completion``; ``setup``: ``_grpo_setup`` of
     ``cfg``. Both programs, and each cost variant's pair, share one abstract state per model config (a 3B state
     takes ~20 s to build)."""
+    from robust_r1_jax.rl import grpo
+
     setups = {cfg: setup}
 
     def setup_of(model_cfg):
         if model_cfg not in setups:
             setups[model_cfg] = _grpo_setup(recipe, model_cfg, mesh)
         return setups[model_cfg]
-    from robust_r1_jax.rl import grpo
 
     gcfg = grpo.grpo_config(recipe)
     horizon = recipe.sampling.max_new_tokens
