@@ -3,6 +3,8 @@ import os
 import sys
 import textwrap
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(__file__))
 from sft_fixtures import run_on_eight_devices  # noqa: E402
 
@@ -49,5 +51,6 @@ EIGHT_DEVICES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow   # ~26 s on 2 cores; test_aot's fsdp test keeps the sharded step's layout in the default step
 def test_optimizer_state_is_sharded_like_parameters_and_the_step_compiles_once():
     assert "COMPILES 1" in run_on_eight_devices(EIGHT_DEVICES)
