@@ -193,6 +193,21 @@ def extrapolated_cost(cost_parts, cfg: model_config.ModelConfig, options: dict |
             for k in base}
 
 
+# XLA's TPU compiler prefetches one argument buffer into VMEM across program runs when it fits (a single layer's
+# 45 MB MLP matrix of the unrolled cost variants does; the scanned rollout's stacked [layers, ...] weights never
+# do), and the cost model prices that prefetched matmul at ~5.8x its bytes where the streamed one is ~1.2x: the
+# cost variants are compiled without it, as the real program runs.
+COST_COMPILER_OPTIONS = {"xla_max_cross_program_prefetches": 0}
+# The cost model adds the time of an asynchronous HBM -> VMEM prefetch (memory space assignment) to the time of the
+# matmul that reads the prefetched weight, as if the two ran one after the other: a decode layer's weights are
+# priced at ~2.5x their bytes with it, ~1.1x without (one streamed read, as a single [32, 2048] x [2048, 11008]
+# matmul is priced when nothing is prefetched). The "streamed" figure compiles without memory space assignment.
+STREAMED_COMPILER_OPTIONS = dict(COST_COMPILER_OPTIONS, xla_msa_enable=False)
+# On v6e, memory space assignment splits a large HBM -> VMEM prefetch into slices joined by a "ConcatBitcast"
+# custom call, which libtpu's cost model cannot price: a program holding one gets a negative estimate (every v6e
+# SFT and GRPO program does). Compiled with sliced prefetches off, memory space assignment is otherwise the
+# default's and the estimate is positive; added to a compile's options where the default gives none.
+UNSLICED_PREFETCH_OPTIONS = {"xla_tpu_sliced_prefetch_max_slices": 0}
 PRICINGS = {
     "default": None,
     "unsliced": "default memory space assignment with sliced prefetches off (the cost model cannot price the "
@@ -201,18 +216,31 @@ PRICINGS = {
 }
 
 
-def priced_cost(cost_parts, cfg: model_config.ModelConfig, splash_tiles: dict | None = None) -> tuple[dict, str]:
-    """(``extrapolated_cost``, the pricing that gave it: a key of ``PRICINGS``). libtpu's cost analysis gives no
-    estimate for some programs (every v6e SFT and GRPO program: sliced prefetches, see
-    ``aot_decode.UNSLICED_PREFETCH_OPTIONS``): they are compiled again with sliced prefetches off, and failing that
-    without memory space assignment (the decode breakdown's "streamed" pricing). Seconds <= 0: none priced it."""
-    from robust_r1_jax.aot_decode import STREAMED_COMPILER_OPTIONS, UNSLICED_PREFETCH_OPTIONS
-    for pricing, options in (("default", None), ("unsliced", UNSLICED_PREFETCH_OPTIONS),
-                             ("streamed", STREAMED_COMPILER_OPTIONS)):
-        cost = extrapolated_cost(cost_parts, cfg, options, splash_tiles)
+# the programs' pricings, in the order tried (``priced_cost``)
+PROGRAM_PRICINGS = (("default", None), ("unsliced", UNSLICED_PREFETCH_OPTIONS), ("streamed", STREAMED_COMPILER_OPTIONS))
+
+
+def first_priced(price: Callable[[dict | None], dict], pricings) -> tuple[dict, str]:
+    """(``price(options)`` of the first (key, options) of ``pricings`` whose ``"seconds"`` is > 0, its key); the
+    last one's when none is (seconds <= 0: libtpu's cost analysis gave no estimate)."""
+    for pricing, options in pricings:
+        cost = price(options)
         if cost["seconds"] > 0:
             break
     return cost, pricing
+
+
+def priced_cost(cost_parts, cfg: model_config.ModelConfig, splash_tiles: dict | None = None) -> tuple[dict, str]:
+    """(``extrapolated_cost``, the pricing that gave it: a key of ``PRICINGS``). libtpu's cost analysis gives no
+    estimate for some programs (every v6e SFT and GRPO program: sliced prefetches, see
+    ``UNSLICED_PREFETCH_OPTIONS``): they are compiled again with sliced prefetches off, and failing that without
+    memory space assignment (the decode breakdown's "streamed" pricing). Seconds <= 0: none priced it."""
+    return first_priced(lambda options: extrapolated_cost(cost_parts, cfg, options, splash_tiles), PROGRAM_PRICINGS)
+
+
+def priced_compiled(compiled: Compiled) -> tuple[dict, str]:
+    """``priced_cost`` of one whole program (no depth variants), for a loop-free one such as the rollout copy."""
+    return first_priced(lambda options: _cost(_compile(compiled, options)), PROGRAM_PRICINGS)
 
 
 def _priced_tiles(program: Program, cfg) -> list[dict] | None:

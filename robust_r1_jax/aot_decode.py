@@ -29,7 +29,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from robust_r1_jax import parallel, tpu_topology
-from robust_r1_jax.aot import abstract_state, depth_variants, per_chip_bytes, replicated
+from robust_r1_jax.aot import (COST_COMPILER_OPTIONS, STREAMED_COMPILER_OPTIONS, UNSLICED_PREFETCH_OPTIONS,
+                               abstract_state, depth_variants, first_priced, per_chip_bytes, replicated)
 from robust_r1_jax.model import config as model_config
 from robust_r1_jax.model import language
 from robust_r1_jax.model.language import KVCache
@@ -171,27 +172,6 @@ def model_weights(recipe, model_cfg, mesh, layout: str, rules=parallel.ROLLOUT_A
     return graphdef, weights
 
 
-# XLA's TPU compiler prefetches one argument buffer into VMEM across program runs when it fits (a single layer's
-# 45 MB MLP matrix of the unrolled cost variants does; the scanned rollout's stacked [layers, ...] weights never
-# do), and the cost model prices that prefetched matmul at ~5.8x its bytes where the streamed one is ~1.2x: the
-# cost variants are compiled without it, as the real program runs.
-COST_COMPILER_OPTIONS = {"xla_max_cross_program_prefetches": 0}
-# The cost model adds the time of an asynchronous HBM -> VMEM prefetch (memory space assignment) to the time of the
-# matmul that reads the prefetched weight, as if the two ran one after the other: a decode layer's weights are
-# priced at ~2.5x their bytes with it, ~1.1x without (one streamed read, as a single [32, 2048] x [2048, 11008]
-# matmul is priced when nothing is prefetched). The "streamed" figure compiles without memory space assignment.
-STREAMED_COMPILER_OPTIONS = dict(COST_COMPILER_OPTIONS, xla_msa_enable=False)
-# On v6e, memory space assignment splits a large HBM -> VMEM prefetch into slices joined by a "ConcatBitcast"
-# custom call, which libtpu's cost model cannot price: a program holding one gets a negative estimate (every v6e
-# SFT and GRPO program does). Compiled with sliced prefetches off, memory space assignment is otherwise the
-# default's and the estimate is positive; added to a compile's options where the default gives none.
-UNSLICED_PREFETCH_OPTIONS = {"xla_tpu_sliced_prefetch_max_slices": 0}
-
-
-def streamed_seconds(compiled) -> float:
-    """The cost-model seconds of an ``aot.Compiled`` program compiled with ``STREAMED_COMPILER_OPTIONS`` (<= 0: no
-    estimate); for a loop-free program such as the rollout copy, whose default compile gets no estimate on v6e."""
-    return _measure(compiled.fn.lower(*compiled.args).compile(compiler_options=STREAMED_COMPILER_OPTIONS))["seconds"]
 
 
 def compile_case(recipe, model_cfg, mesh, case: DecodeCase, options: dict | None = None):
@@ -276,13 +256,16 @@ def case_cost(recipe, model_cfg, mesh, case: DecodeCase, options: dict | None = 
     return {k: one[k] + (layers - 1) * (two[k] - one[k]) for k in one}
 
 
-def default_case_cost(recipe, model_cfg, mesh, case: DecodeCase) -> tuple[dict, bool]:
-    """(``case_cost`` with the default options, whether sliced prefetches were turned off): where the default
-    compile gives no estimate, the case is compiled again with ``UNSLICED_PREFETCH_OPTIONS`` added (seen on v6e)."""
-    cost = case_cost(recipe, model_cfg, mesh, case)
-    if cost["seconds"] > 0:
-        return cost, False
-    return case_cost(recipe, model_cfg, mesh, case, dict(COST_COMPILER_OPTIONS, **UNSLICED_PREFETCH_OPTIONS)), True
+# the decode cases' pricings, in the order tried (``priced_case_cost``): every one without cross-program prefetch
+DECODE_PRICINGS = (("default", COST_COMPILER_OPTIONS),
+                   ("unsliced", dict(COST_COMPILER_OPTIONS, **UNSLICED_PREFETCH_OPTIONS)),
+                   ("streamed", STREAMED_COMPILER_OPTIONS))
+
+
+def priced_case_cost(recipe, model_cfg, mesh, case: DecodeCase, pricings=DECODE_PRICINGS) -> tuple[dict, str]:
+    """(``case_cost`` by the first of ``pricings`` that gives an estimate, its key; a key of ``aot.PRICINGS``): the
+    default compile, then sliced prefetches off (v6e), then streamed. Seconds <= 0: none of them priced it."""
+    return first_priced(lambda options: case_cost(recipe, model_cfg, mesh, case, options), pricings)
 
 
 def roofline_bytes(recipe, model_cfg, mesh, case: DecodeCase) -> dict:
@@ -332,12 +315,12 @@ def breakdown_cases(recipe) -> list[DecodeCase]:
 def breakdown(recipe, model_cfg, mesh, slice_: tpu_topology.Slice, cases=None, streamed: bool = True
               ) -> list[dict]:
     """One row per case: cost-model seconds (compiler defaults, sliced prefetches off where those give no estimate:
-    ``default_case_cost``; with ``streamed`` also without memory space assignment) and its rooflines (all per chip,
+    ``priced_case_cost``; with ``streamed`` also without memory space assignment) and its rooflines (all per chip,
     seconds per decode step)."""
     gen = slice_.generation
     rows = []
     for case in cases or breakdown_cases(recipe):
-        cost, unsliced = default_case_cost(recipe, model_cfg, mesh, case)
+        cost, pricing = priced_case_cost(recipe, model_cfg, mesh, case, DECODE_PRICINGS[:2])
         plain = case_cost(recipe, model_cfg, mesh, case, STREAMED_COMPILER_OPTIONS) if streamed else None
         if cost["seconds"] <= 0 and plain is not None:   # no default estimate: FLOPs and bytes from the other
             cost = dict(plain, seconds=cost["seconds"])
@@ -345,7 +328,7 @@ def breakdown(recipe, model_cfg, mesh, slice_: tpu_topology.Slice, cases=None, s
         hbm_bytes = sum(need.values())
         rows.append(dict(
             case=case.name, layout=case.layout, attention=case.attention, slots_read=_shape(recipe, case)[2],
-            sliced_prefetch_off=unsliced,
+            sliced_prefetch_off=pricing == "unsliced",
             rows=_shape(recipe, case)[0], cost_model_s=cost["seconds"] if cost["seconds"] > 0 else None,
             cost_model_streamed_s=plain["seconds"] if plain and plain["seconds"] > 0 else None,
             hbm_roofline_s=hbm_bytes / gen.hbm_bytes_per_s, flop_roofline_s=cost["flops"] / gen.peak_bf16_flops,

@@ -367,13 +367,13 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
     nothing while finished rows are not dropped), and the samples/s per chip and per PFLOP/s of peak. Fills in the
     rollout row's full-horizon time and MFU.
 
-    Decode steps: the per-chip cost of one step (``aot_decode.default_case_cost``, compiled without cross-program
-    prefetch, with sliced prefetches off where the default gives no estimate, as on v6e, and depth-extrapolated) at
-    the smallest and largest slot counts the buckets read, linear in between, plus the token draw (``sampling_s``;
-    left out where the cost model gives no estimate). The copy of the weights counts once per step; it and the
-    prefill are priced as ``aot.priced_cost`` prices a program. ``learner_rows``: ``score`` and ``update`` compiled for
-    ``learner_completion`` (0: the horizon), priced; a step at this profile runs them at the completion bucket of
-    ``longest`` (rl/grpo.py's learner buckets). Without them, the rows of ``rows``.
+    Decode steps: the per-chip cost of one step (``aot_decode.case_cost``, compiled without cross-program prefetch
+    by the first of ``aot_decode.DECODE_PRICINGS`` that prices every case, and depth-extrapolated) at the smallest
+    and largest slot counts the buckets read, linear in between, plus the token draw by the same pricing
+    (``sampling_s``; left out where the cost model gives no estimate). The copy of the weights counts once per step;
+    it and the prefill are priced as ``aot.priced_cost`` prices a program. ``learner_rows``: ``score`` and
+    ``update`` compiled for ``learner_completion`` (0: the horizon), priced; a step at this profile runs them at the
+    completion bucket of ``longest`` (rl/grpo.py's learner buckets). Without them, the rows of ``rows``.
     """
     from robust_r1_jax import aot
     from robust_r1_jax.rl import grpo
@@ -387,10 +387,13 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
     median = min(median, longest)
     full = decode_attends(prompt_len, horizon, cache_len, bucket, horizon - 1)
     lo, hi = min(full), max(full)
-    costs = {a: aot_decode.default_case_cost(recipe, cfg, mesh, aot_decode.DecodeCase(f"attend {a}", layout, attend=a))
-             for a in sorted({lo, hi})}
-    unsliced = any(off for _, off in costs.values())
-    costs = {a: cost for a, (cost, _) in costs.items()}
+    def attend_cases(options):   # one pricing for every slot count the buckets read
+        per = {a: aot_decode.case_cost(recipe, cfg, mesh, aot_decode.DecodeCase(f"attend {a}", layout, attend=a),
+                                       options) for a in sorted({lo, hi})}
+        return {"seconds": min(c["seconds"] for c in per.values()), "per": per}
+    priced, pricing = aot.first_priced(attend_cases, aot_decode.DECODE_PRICINGS)
+    options = dict(aot_decode.DECODE_PRICINGS)[pricing]
+    costs = priced["per"]
     need = {a: sum(aot_decode.roofline_bytes(recipe, cfg, mesh, aot_decode.DecodeCase("", layout, attend=a)).values())
             for a in costs}
 
@@ -398,22 +401,20 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
         if lo == hi:
             return table[lo]
         return table[lo] + (a - lo) / (hi - lo) * (table[hi] - table[lo])
-    draw = aot_decode.default_case_cost(recipe, cfg, mesh, aot_decode.DecodeCase("draw", layout, sampling_only=True)
-                                        )[0]["seconds"]
+    draw = aot_decode.case_cost(recipe, cfg, mesh, aot_decode.DecodeCase("draw", layout, sampling_only=True),
+                                options)["seconds"]
     draw = max(draw, 0.0)   # <= 0: the cost model's "no estimate" for the random draw, left out (noted)
     step_s = {a: c["seconds"] + draw for a, c in costs.items()}
-    streamed = {a: aot_decode.case_cost(recipe, cfg, mesh, aot_decode.DecodeCase(f"attend {a}", layout, attend=a),
-                                        aot_decode.STREAMED_COMPILER_OPTIONS)["seconds"] + draw for a in costs}
-    pricing = aot.PRICINGS["unsliced"] if unsliced else "default"
-    if any(c["seconds"] <= 0 for c in costs.values()):   # neither compile gave an estimate
-        step_s, pricing = dict(streamed), aot.PRICINGS["streamed"]
+    streamed = step_s if pricing == "streamed" else {
+        a: aot_decode.case_cost(recipe, cfg, mesh, aot_decode.DecodeCase(f"attend {a}", layout, attend=a),
+                                aot_decode.STREAMED_COMPILER_OPTIONS)["seconds"] + draw for a in costs}
     rollout = next(p for p in programs if p.name == "rollout")
     prefill = max(aot.priced_cost(rollout.cost_pieces, cfg)[0]["seconds"], 0.0)   # <= 0: neither pricing gave one
     by_name = {r["program"]: r for r in rows}
     copy_s = (by_name["rollout_weights"]["cost_model_s"] or 0.0) if "rollout_weights" in by_name else 0.0
     copy_program = next((p for p in programs if p.name == "rollout_weights"), None)
-    if copy_program is not None and copy_s <= 0:   # no estimate from the row's pricings: streamed
-        copy_s = max(aot_decode.streamed_seconds(copy_program.compiled), 0.0)
+    if copy_program is not None and copy_s <= 0:   # not priced as a row (its depth variants gave no estimate)
+        copy_s = max(aot.priced_compiled(copy_program.compiled)[0]["seconds"], 0.0)
 
     def rollout_s(steps, table=step_s):
         return prefill + sum(per_step(a, table) for a in decode_attends(prompt_len, horizon, cache_len, bucket, steps))
@@ -433,7 +434,8 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
     return dict(
         profile=dict(longest=longest, median=median, decode_steps=longest - 1,
                      note="every row decodes until the longest stops (finished rows are not dropped: see WORKSPACE.md)"),
-        layout=layout, decode_bucket=bucket, decode_pricing=pricing, prefill_s=prefill, rollout_weights_s=copy_s, sampling_s=draw,
+        layout=layout, decode_bucket=bucket, decode_pricing=aot.PRICINGS[pricing] or pricing, prefill_s=prefill,
+        rollout_weights_s=copy_s, sampling_s=draw,
         decode_step_s=mean([per_step(a, step_s) for a in profile]) if profile else None,
         decode_roofline_s=mean([per_step(a, need) for a in profile]) / gen.hbm_bytes_per_s if profile else None,
         decode_step_full_cache_s=step_s[hi], decode_roofline_full_cache_s=need[hi] / gen.hbm_bytes_per_s,

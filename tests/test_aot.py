@@ -700,3 +700,23 @@ def test_a_program_priced_with_sliced_prefetches_off_says_so(monkeypatch):
 
 class _FakeMesh:
     shape = {"data": 1, "fsdp": 8, "tensor": 1}
+
+
+def test_decode_cases_are_priced_by_the_programs_chain_keeping_cross_program_prefetch_off(monkeypatch):
+    """One fallback chain (``aot.first_priced``) for programs and decode cases: default, sliced prefetches off,
+    streamed; every decode pricing compiles without cross-program prefetch."""
+    from robust_r1_jax import aot_decode
+    assert [key for key, _ in aot_decode.DECODE_PRICINGS] == [key for key, _ in aot.PROGRAM_PRICINGS]
+    assert all(options["xla_max_cross_program_prefetches"] == 0 for _, options in aot_decode.DECODE_PRICINGS)
+    tried = []
+
+    def case_cost(recipe, model_cfg, mesh, case, options):
+        tried.append(options)
+        return {"seconds": 2.0 if options.get("xla_tpu_sliced_prefetch_max_slices") == 0 else -1.0}
+    monkeypatch.setattr(aot_decode, "case_cost", case_cost)
+    cost, pricing = aot_decode.priced_case_cost(None, None, None, aot_decode.DecodeCase("x"))
+    assert (cost["seconds"], pricing) == (2.0, "unsliced") and len(tried) == 2
+    tried.clear()
+    monkeypatch.setattr(aot_decode, "case_cost", lambda *a: tried.append(a[-1]) or {"seconds": -1.0})
+    cost, pricing = aot_decode.priced_case_cost(None, None, None, aot_decode.DecodeCase("x"))
+    assert (cost["seconds"], pricing) == (-1.0, "streamed") and tried[-1] == aot_decode.STREAMED_COMPILER_OPTIONS
