@@ -116,6 +116,15 @@ def test_each_example_in_a_packed_row_has_its_logits_alone(cfg, model, examples)
     assert np.max(np.abs(crossing[0, second:second + 4] - got[0, second:second + 4])) > 1e-3
 
 
+def test_packed_rows_in_query_chunks_have_the_logits_of_the_whole_row(cfg, model, examples, monkeypatch):
+    """The xla path's causal query chunks (``layers.XLA_QUERY_CHUNK``), with chunk borders inside examples."""
+    packed = _batch(cfg, examples)
+    whole = _logits(model, packed, segments=True)
+    monkeypatch.setattr(layers, "XLA_QUERY_CHUNK", 24)
+    np.testing.assert_allclose(_logits(model, packed, segments=True), whole, rtol=0,
+                               atol=1e-5 * float(np.max(np.abs(whole))))
+
+
 def _check_deepstack_lands_on_each_examples_image_tokens(model, packed, examples):
     """Qwen3-VL: the DeepStack additions [B, D, S, E] of a packed row are, column for column, those of each example
     run alone (the image-major tower's levels in the row's image order), and zero off the image tokens."""
