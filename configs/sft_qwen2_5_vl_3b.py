@@ -30,7 +30,8 @@ tensor parallelism buys nothing at this size (2 KV heads cap it at 2). Examples 
 global batch of 8 rows of 4096 tokens, ~4.77 examples of SPEC §8's 644-974 tokens per row (6% padding; one
 example per 2048-token row was 60%), 2 epochs of 2.5K chains = 131 steps, 8 / chips rows per chip, no gradient
 accumulation. The compiler's figures for the packed step: v5p-8 64.2 of 95 GiB per chip (remat "none"), v6e-8
-15.6 of 32 GiB (remat "dots"); XLA's cost model on v5p-8: 52.8% MFU, 49.8% on real tokens (WORKSPACE.md).
+15.6 of 32 GiB (remat "dots"); XLA's cost model on v5p-8: 57.8% MFU, 54.5% on real tokens; on v6e-8 (sliced
+prefetches off, the only v6e pricing with memory space assignment) 21.0% MFU, 19.8% on real tokens (WORKSPACE.md).
 The sizing below was made for the former unpacked batch of 16 sequences of 2048 tokens (the same tokens per
 chip; the compiler's packed figures above are within 1 GiB of the unpacked ones).
 Memory per chip, estimated (GB = 1e9 bytes):                                  v5p-8 (4 seqs)   v6e-8 (2 seqs)
