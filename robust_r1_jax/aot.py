@@ -196,7 +196,7 @@ def extrapolated_cost(cost_parts, cfg: model_config.ModelConfig, options: dict |
 # XLA's TPU compiler prefetches one argument buffer into VMEM across program runs when it fits (a single layer's
 # 45 MB MLP matrix of the unrolled cost variants does; the scanned rollout's stacked [layers, ...] weights never
 # do), and the cost model prices that prefetched matmul at ~5.8x its bytes where the streamed one is ~1.2x: the
-# cost variants are compiled without it, as the real program runs.
+# decode step's cost variants (aot_decode) are compiled without it, as the real scanned program runs.
 COST_COMPILER_OPTIONS = {"xla_max_cross_program_prefetches": 0}
 # The cost model adds the time of an asynchronous HBM -> VMEM prefetch (memory space assignment) to the time of the
 # matmul that reads the prefetched weight, as if the two ran one after the other: a decode layer's weights are
@@ -208,6 +208,7 @@ STREAMED_COMPILER_OPTIONS = dict(COST_COMPILER_OPTIONS, xla_msa_enable=False)
 # SFT and GRPO program does). Compiled with sliced prefetches off, memory space assignment is otherwise the
 # default's and the estimate is positive; added to a compile's options where the default gives none.
 UNSLICED_PREFETCH_OPTIONS = {"xla_tpu_sliced_prefetch_max_slices": 0}
+
 PRICINGS = {
     "default": None,
     "unsliced": "default memory space assignment with sliced prefetches off (the cost model cannot price the "

@@ -172,8 +172,6 @@ def model_weights(recipe, model_cfg, mesh, layout: str, rules=parallel.ROLLOUT_A
     return graphdef, weights
 
 
-
-
 def compile_case(recipe, model_cfg, mesh, case: DecodeCase, options: dict | None = None):
     """The compiled decode-step variant (a TPU executable); ``options``: XLA compiler options (default
     ``COST_COMPILER_OPTIONS``)."""
