@@ -244,7 +244,7 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, 
 # Causal self-attention on the xla path runs in query chunks of this many tokens, each against the keys up to its
 # last query, so the masked upper triangle is never computed: 56% of the scores at 4,096 tokens. Forward and
 # backward of one 3B layer's attention on this project's 2-core CPU, float32 (benchmarks/attention_xla.py):
-# 11.0 s -> 3.1 s at 4 x 2,048 tokens, 23.2 s -> 6.2 s at 2 x 4,096.
+# 11.0 s (the former grouped einsum) -> 2.9 s at 4 x 2,048 tokens, 23.2 s -> 5.3 s at 2 x 4,096.
 XLA_QUERY_CHUNK = 512
 
 
