@@ -106,9 +106,12 @@ EIGHT_DEVICES = textwrap.dedent("""
         train_state.split_model(tiny_model(), ("^visual\\.",))[1])[0]]
     # The key bias has a zero true gradient (softmax ignores a shift shared by all keys), so Adam turns its
     # rounding noise into +-lr steps from a zero init; its gradient is checked below instead.
+    # Elements whose gradient is near zero (a few of the query bias's) see the same amplification, less strongly:
+    # 8.8e-6 of the largest element before the xla attention's batched-matmul layout, 1.3e-5 after (gradients
+    # within 3e-6 either way), so the bound is 5e-5; a sharding error is of the order of the step itself.
     worst = max(float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
                 for n, a, b in zip(names, p1, p8) if "['k']['bias']" not in n)
-    assert worst < 1e-5, worst
+    assert worst < 5e-5, worst
     # plain SGD with rate 1 exposes the gradients themselves (Adam's step one is about +-lr per element)
     (_, b1, g1), (_, b8, g8) = (run(m, optax.sgd(1.0)) for m in meshes)
     grad_err = max(float(np.linalg.norm((x1 - y1) - (x8 - y8)) / max(np.linalg.norm(x1 - y1), 1e-6))
