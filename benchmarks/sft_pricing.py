@@ -60,16 +60,13 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         step = next(p for p in aot_programs.for_recipe(recipe, cfg, mesh) if p.name == "sft_step")
-        cost = aot.extrapolated_cost(step.cost_parts, cfg, options or None, step.splash_tiles)
+        row = aot.measure(step, slice_, mesh, cfg, cost_estimate=True, memory=False,
+                          pricings=((args.pricing, options or None),))
     result = dict(what="sft_step_pricing", recipe=args.recipe, topology=args.topology, overrides=args.override,
-                  pricing=args.pricing, xla_options=extra, cost_model_s=None, mfu=None, useful_mfu=None,
-                  tokens=step.tokens, useful_tokens=step.useful_tokens, compile_s=None)
-    if cost["seconds"] > 0:
-        mfu = step.model_flops / (slice_.chips * slice_.generation.peak_bf16_flops * cost["seconds"])
-        result.update(cost_model_s=cost["seconds"], mfu=mfu,
-                      useful_mfu=None if step.useful_tokens is None else mfu * step.useful_tokens / step.tokens)
-    result["compile_s"] = round(time.perf_counter() - start, 1)
-    result["note"] = "XLA's TPU cost model, not a measurement; cost_model_s None: this pricing gave no estimate"
+                  pricing=args.pricing, xla_options=extra,
+                  **{k: row[k] for k in ("cost_model_s", "mfu", "useful_mfu", "tokens", "useful_tokens")},
+                  compile_s=round(time.perf_counter() - start, 1),
+                  note="XLA's TPU cost model, not a measurement; cost_model_s None: this pricing gave no estimate")
     print(json.dumps(result), flush=True)
     if args.out:
         atomic.write_text(args.out, json.dumps(result, indent=2) + "\n")

@@ -231,12 +231,14 @@ def first_priced(price: Callable[[dict | None], dict], pricings) -> tuple[dict, 
     return cost, pricing
 
 
-def priced_cost(cost_parts, cfg: model_config.ModelConfig, splash_tiles: dict | None = None) -> tuple[dict, str]:
+def priced_cost(cost_parts, cfg: model_config.ModelConfig, splash_tiles: dict | None = None,
+                pricings=PROGRAM_PRICINGS) -> tuple[dict, str]:
     """(``extrapolated_cost``, the pricing that gave it: a key of ``PRICINGS``). libtpu's cost analysis gives no
     estimate for some programs (every v6e SFT and GRPO program: sliced prefetches, see
     ``UNSLICED_PREFETCH_OPTIONS``): they are compiled again with sliced prefetches off, and failing that without
-    memory space assignment (the decode breakdown's "streamed" pricing). Seconds <= 0: none priced it."""
-    return first_priced(lambda options: extrapolated_cost(cost_parts, cfg, options, splash_tiles), PROGRAM_PRICINGS)
+    memory space assignment (the decode breakdown's "streamed" pricing). Seconds <= 0: none priced it.
+    ``pricings``: (key, XLA options) tried in turn, ``PROGRAM_PRICINGS`` by default."""
+    return first_priced(lambda options: extrapolated_cost(cost_parts, cfg, options, splash_tiles), pricings)
 
 
 def priced_compiled(compiled: Compiled) -> tuple[dict, str]:
@@ -267,8 +269,9 @@ def attention_note(rows: list[dict]) -> str:
 
 
 def measure(program: Program, slice_: tpu_topology.Slice, mesh, cfg, cost_estimate: bool,
-            hbm_limit_fraction: float = 1.0, memory: bool = True) -> dict:
-    """One report row; ``memory`` False skips compiling the program itself (its memory fields are None)."""
+            hbm_limit_fraction: float = 1.0, memory: bool = True, pricings=PROGRAM_PRICINGS) -> dict:
+    """One report row; ``memory`` False skips compiling the program itself (its memory fields are None);
+    ``pricings``: those ``priced_cost`` tries."""
     hbm = slice_.generation.hbm_bytes
     row = dict(program=program.name, topology=slice_.name, chips=slice_.chips, hosts=slice_.hosts,
                mesh={k: int(v) for k, v in mesh.shape.items()}, compile_s=None, argument_bytes=None,
@@ -291,7 +294,7 @@ def measure(program: Program, slice_: tpu_topology.Slice, mesh, cfg, cost_estima
                padding_fraction=None if program.useful_tokens is None else 1.0 - program.useful_tokens / program.tokens,
                cost_pricing=None, attention=cfg.attention_impl, splash_tiles=_priced_tiles(program, cfg), note=NOTE)
     if cost_estimate and program.cost_parts is not None:
-        cost, pricing = priced_cost(program.cost_parts, cfg, program.splash_tiles)
+        cost, pricing = priced_cost(program.cost_parts, cfg, program.splash_tiles, pricings)
         if cost["seconds"] > 0:
             row["cost_pricing"] = PRICINGS[pricing]
         if cost["seconds"] > 0 and (cost["flops"] > 0 or not program.model_flops):   # a copy does no math
