@@ -406,8 +406,7 @@ def grpo_summary(recipe, cfg, mesh, slice_, programs: list[Program], rows: list[
     draw = max(draw, 0.0)   # <= 0: the cost model's "no estimate" for the random draw, left out (noted)
     step_s = {a: c["seconds"] + draw for a, c in costs.items()}
     streamed = step_s if pricing == "streamed" else {
-        a: aot_decode.case_cost(recipe, cfg, mesh, aot_decode.DecodeCase(f"attend {a}", layout, attend=a),
-                                aot_decode.STREAMED_COMPILER_OPTIONS)["seconds"] + draw for a in costs}
+        a: c["seconds"] + draw for a, c in attend_cases(aot_decode.STREAMED_COMPILER_OPTIONS)["per"].items()}
     rollout = next(p for p in programs if p.name == "rollout")
     prefill = max(aot.priced_cost(rollout.cost_pieces, cfg)[0]["seconds"], 0.0)   # <= 0: neither pricing gave one
     by_name = {r["program"]: r for r in rows}
